@@ -1,0 +1,181 @@
+"""The one engine interface that every phase speaks.
+
+The proxy, the snapshot loader and the verifier only ever see this interface; only the
+modules in ``datastore/engines/`` know an engine. Each app is its own table, so a
+migration can move one app (one tenant) at a time.
+
+Contract every engine keeps (the conformance suite in ``tests/`` checks each one):
+
+* **Last-write-wins by timestamp, deletes included.** ``apply`` of an entity changes the
+  stored state only when ``Entity.wins_over`` the stored one: a newer timestamp wins, and
+  at an equal timestamp a tombstone wins over a value. An older put after a newer put or
+  delete changes nothing. The engine reaches this with its own mechanism (Cassandra
+  ``USING TIMESTAMP``, HBase cell timestamps, SQLite a guarded upsert), never with a
+  read-then-write race.
+* **Tombstones are rows.** A delete is stored with its timestamp and is returned by
+  ``scan(..., tombstones=True)`` and ``read``, so exports carry deletes and verify can
+  repair by timestamp. ``get`` hides them.
+* **Ranges cover a table exactly once.** ``ranges`` returns ranges such that every row of
+  the app, including rows written after the call, is in exactly one of them. A
+  ``KeyRange`` is opaque outside the engine that made it (Cassandra token ranges, HBase
+  region boundaries, SQLite rowid ranges) but is plain strings, so it can be
+  checkpointed in ZooKeeper and handed back to the same engine later.
+* **Checksums are engine-independent.** ``checksum`` of equal content is equal on every
+  engine, whatever the ranges: it is an order-independent sum of per-entity digests.
+* Blocking client libraries never run on the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from datastore.model import Entity, EntityRef, check_app
+
+_DIGEST_MOD = 1 << 128
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """A slice of one app's table, in the terms of the engine that produced it.
+
+    ``start`` is inclusive and ``end`` exclusive; an empty string means unbounded.
+    """
+
+    start: str
+    end: str
+
+    def __str__(self) -> str:
+        return f"[{self.start or '-inf'}, {self.end or '+inf'})"
+
+
+def entity_digest(entity: Entity) -> int:
+    """A 128-bit digest of everything that makes two copies of an entity equal."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(entity.app.encode())
+    h.update(b"\x00")
+    h.update(entity.row_key)
+    h.update(b"\x00" + entity.ts.to_bytes(8, "big"))
+    if entity.value is None:
+        h.update(b"\x00D")
+    else:
+        h.update(b"\x01V" + len(entity.value).to_bytes(4, "big"))
+        h.update(entity.value)
+    return int.from_bytes(h.digest(), "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Checksum:
+    """Count and digest sum of a set of entities; checksums of disjoint sets add up."""
+
+    count: int = 0
+    digest: int = 0
+
+    def __add__(self, other: "Checksum") -> "Checksum":
+        return Checksum(self.count + other.count, (self.digest + other.digest) % _DIGEST_MOD)
+
+    @classmethod
+    def of(cls, entities: Iterable[Entity]) -> "Checksum":
+        count = 0
+        total = 0
+        for entity in entities:
+            count += 1
+            total += entity_digest(entity)
+        return cls(count, total % _DIGEST_MOD)
+
+    def __str__(self) -> str:
+        return f"{self.count} entities, digest {self.digest:032x}"
+
+
+class Engine(ABC):
+    """An open connection to one deployment's datastore (N1's or N2's).
+
+    Engines are opened with ``await engine.open()`` and closed with ``await
+    engine.close()`` (or ``async with``). ``url`` is what ``datastore.open_engine`` parsed.
+    """
+
+    scheme: ClassVar[str]
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def __aenter__(self) -> "Engine":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect; raise ``EngineUnavailable`` with the address when it cannot."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def apply(self, entities: Sequence[Entity]) -> None:
+        """Apply puts and tombstones, each last-write-wins against what is stored.
+
+        Entities may belong to different apps; a batch is not atomic across entities.
+        """
+
+    @abstractmethod
+    async def read(self, ref: EntityRef) -> Entity | None:
+        """The stored entity, tombstone included; ``None`` when the key was never written."""
+
+    @abstractmethod
+    async def scan(self, app: str, key_range: KeyRange, *, page_size: int = 1000,
+                   tombstones: bool = False) -> AsyncIterator[list[Entity]]:
+        """Yield the range's entities page by page (order within a range is the engine's)."""
+        yield []  # pragma: no cover - the signature of an async generator
+
+    @abstractmethod
+    async def ranges(self, app: str, *, at_least: int = 1) -> list[KeyRange]:
+        """Ranges that cover the app's table exactly once; at least ``at_least`` of them (some
+        may be empty), so a snapshot can spread even a small table over its workers."""
+
+    @abstractmethod
+    async def apps(self) -> list[str]:
+        """The apps that have a table on this deployment."""
+
+    @abstractmethod
+    async def drop_app(self, app: str) -> None:
+        """Remove an app's table and every row in it (tests and rollback of N2 only)."""
+
+    async def get(self, ref: EntityRef) -> Entity | None:
+        """The live entity, or ``None`` when it is absent or deleted."""
+        entity = await self.read(ref)
+        return None if entity is None or entity.deleted else entity
+
+    async def put(self, entity: Entity) -> None:
+        await self.apply([entity])
+
+    async def delete(self, ref: EntityRef, ts: int) -> None:
+        await self.apply([Entity(ref.app, ref.kind, ref.key, None, ts)])
+
+    async def write_time(self, ref: EntityRef) -> int | None:
+        """The timestamp of the last write or delete that won, or ``None``."""
+        entity = await self.read(ref)
+        return None if entity is None else entity.ts
+
+    async def checksum(self, app: str, key_range: KeyRange) -> Checksum:
+        """Checksum of a range, tombstones included (they are content: a delete must match)."""
+        check_app(app)
+        total = Checksum()
+        async for page in self.scan(app, key_range, tombstones=True):
+            total = total + Checksum.of(page)
+        return total
+
+    async def table_checksum(self, app: str) -> Checksum:
+        total = Checksum()
+        for key_range in await self.ranges(app):
+            total = total + await self.checksum(app, key_range)
+        return total
+
+
+class EngineUnavailable(ConnectionError):
+    """The engine did not answer; the message names the address."""

@@ -1,0 +1,134 @@
+"""The entity model and its limits: the one place where bad input is stopped.
+
+Every entity that reaches an engine has passed through ``Entity`` or ``EntityRef``
+construction, so an engine never sees an empty key, an oversized value or an app name
+that its table naming cannot carry. Errors name the limit and the offending value, so
+that the proxy can answer a 4xx with the reason and the CLI can print one line.
+
+A deletion is an entity whose ``value`` is ``None``: a tombstone with its own timestamp,
+stored and exported like any other write, so that a snapshot row or a repair older than
+the delete can never bring the key back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: App names become table names (Cassandra caps them at 48 characters, lower case).
+APP_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,47}")
+#: Kind names are joined to keys with a NUL byte, so they may not contain one.
+KIND_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,99}")
+MAX_KEY_BYTES = 1024
+MAX_VALUE_BYTES = 1024 * 1024
+#: Timestamps are microseconds since the epoch and must fit a signed 64-bit integer.
+MAX_TIMESTAMP = 2**63 - 1
+
+
+class InvalidEntity(ValueError):
+    """Input that must never reach an engine; the message names the limit it broke."""
+
+
+def check_app(app: str) -> str:
+    if not isinstance(app, str) or not APP_PATTERN.fullmatch(app):
+        raise InvalidEntity(f"app {app!r} must match {APP_PATTERN.pattern} (lower-case letter, then up to 47 of a-z 0-9 _)")
+    return app
+
+
+def check_kind(kind: str) -> str:
+    if not isinstance(kind, str) or not KIND_PATTERN.fullmatch(kind):
+        raise InvalidEntity(f"kind {kind!r} must match {KIND_PATTERN.pattern} (a letter, then up to 99 of A-Z a-z 0-9 _ . -)")
+    return kind
+
+
+def check_key(key: bytes) -> bytes:
+    if not isinstance(key, bytes):
+        raise InvalidEntity(f"key must be bytes, not {type(key).__name__}")
+    if not key:
+        raise InvalidEntity("key is empty; keys are 1 to 1024 bytes")
+    if len(key) > MAX_KEY_BYTES:
+        raise InvalidEntity(f"key is {len(key)} bytes; the limit is {MAX_KEY_BYTES}")
+    return key
+
+
+def check_value(value: bytes | None) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, bytes):
+        raise InvalidEntity(f"value must be bytes, not {type(value).__name__}")
+    if len(value) > MAX_VALUE_BYTES:
+        raise InvalidEntity(f"value is {len(value)} bytes; the limit is {MAX_VALUE_BYTES} (1 MiB)")
+    return value
+
+
+def check_ts(ts: int) -> int:
+    if not isinstance(ts, int) or isinstance(ts, bool) or not 0 < ts <= MAX_TIMESTAMP:
+        raise InvalidEntity(f"timestamp {ts!r} must be an integer of microseconds in 1..2**63-1")
+    return ts
+
+
+@dataclass(frozen=True, slots=True)
+class EntityRef:
+    """Where an entity lives: app (its table), kind, key."""
+
+    app: str
+    kind: str
+    key: bytes
+
+    def __post_init__(self) -> None:
+        check_app(self.app)
+        check_kind(self.kind)
+        check_key(self.key)
+
+    @property
+    def row_key(self) -> bytes:
+        """The key inside the app's table; NUL cannot occur in a kind, so this is unambiguous."""
+        return self.kind.encode() + b"\x00" + self.key
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """One write: a value, or a tombstone (``value is None``), at a timestamp in µs."""
+
+    app: str
+    kind: str
+    key: bytes
+    value: bytes | None
+    ts: int
+
+    def __post_init__(self) -> None:
+        check_app(self.app)
+        check_kind(self.kind)
+        check_key(self.key)
+        check_value(self.value)
+        check_ts(self.ts)
+
+    @property
+    def deleted(self) -> bool:
+        return self.value is None
+
+    @property
+    def ref(self) -> EntityRef:
+        return EntityRef(self.app, self.kind, self.key)
+
+    @property
+    def row_key(self) -> bytes:
+        return self.kind.encode() + b"\x00" + self.key
+
+    @classmethod
+    def from_row(cls, app: str, row_key: bytes, value: bytes | None, ts: int) -> "Entity":
+        """Rebuild an entity from an engine row; the inverse of ``row_key``."""
+        kind, sep, key = row_key.partition(b"\x00")
+        if not sep:
+            raise InvalidEntity(f"row key {row_key!r} in app {app!r} has no kind separator")
+        return cls(app, kind.decode(), key, value, ts)
+
+    def wins_over(self, other: "Entity | None") -> bool:
+        """Last-write-wins, the rule every engine applies: the newer timestamp wins, and at
+        an equal timestamp a tombstone wins over a value (two different values never share a
+        timestamp: the clock puts its writer's id in the low bits)."""
+        if other is None:
+            return True
+        if self.ts != other.ts:
+            return self.ts > other.ts
+        return self.deleted and not other.deleted

@@ -1,0 +1,74 @@
+"""Session fixtures: the real services, started by the project's own code.
+
+A service that cannot be started fails the session with its name, port and log tail;
+nothing is skipped because a server is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from datastore import Engine, open_engine
+from nxnw import services
+from nxnw.services.endpoints import engine_url
+
+ENGINES = ["sqlite", "cassandra", "hbase"]
+
+
+ENGINE_SERVICES = {"sqlite": [], "cassandra": ["cassandra"], "hbase": ["hbase"]}
+_started: set[str] = set()
+
+
+def require(*names: str) -> None:
+    """Start the named services once per session (already-running ones are reused).
+
+    A service that will not start fails the test with its name, port and log tail.
+    """
+    missing = [n for n in names if n not in _started]
+    if missing:
+        services.up(missing)
+        _started.update(missing)
+
+
+@pytest.fixture(scope="session")
+def sqlite_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("sqlite"))
+
+
+@pytest.fixture
+def app_name() -> str:
+    """A fresh app (table) per test, so tests never see each other's rows."""
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+async def _open(engine: str, deployment: str, sqlite_dir: str) -> Engine:
+    eng = open_engine(engine_url(engine, deployment, sqlite_dir))
+    await eng.open()
+    return eng
+
+
+@pytest.fixture(params=ENGINES)
+async def engine(request: pytest.FixtureRequest, sqlite_dir: str, app_name: str) -> AsyncIterator[Engine]:
+    require(*ENGINE_SERVICES[request.param])
+    eng = await _open(request.param, "n1", sqlite_dir)
+    yield eng
+    await eng.drop_app(app_name)
+    await eng.close()
+
+
+@pytest.fixture
+async def all_engines(sqlite_dir: str, app_name: str) -> AsyncIterator[dict[str, Engine]]:
+    require("cassandra", "hbase")
+    engines = {name: await _open(name, "n1", sqlite_dir) for name in ENGINES}
+    yield engines
+    for eng in engines.values():
+        await eng.drop_app(app_name)
+        await eng.close()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"nxnw services state dir: {os.environ.get('NXNW_STATE_DIR', '.cache/services')}"

@@ -1,0 +1,169 @@
+"""The engine contract (datastore/engine.py), checked on every engine against its real server."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from datastore import Engine, Entity, EntityRef, InvalidEntity
+from datastore.model import MAX_KEY_BYTES, MAX_VALUE_BYTES
+
+KEY_BINARY = b"\xff\xfe\x00\x80 non-utf8 \xc3\x28"
+
+
+async def stored(engine: Engine, app: str, tombstones: bool = False) -> list[Entity]:
+    out: list[Entity] = []
+    for key_range in await engine.ranges(app):
+        async for page in engine.scan(app, key_range, tombstones=tombstones):
+            out.extend(page)
+    return out
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 100_000, 1_000_000])
+async def test_values_and_binary_keys_round_trip(engine: Engine, app_name: str, size: int) -> None:
+    value = bytes((i * 7 + 3) % 256 for i in range(size))
+    entity = Entity(app_name, "Blob", KEY_BINARY + str(size).encode(), value, 1_700_000_000_000_001)
+    await engine.put(entity)
+    assert await engine.get(entity.ref) == entity
+    assert await engine.write_time(entity.ref) == entity.ts
+
+
+async def test_missing_key_reads_as_none(engine: Engine, app_name: str) -> None:
+    await engine.put(Entity(app_name, "K", b"present", b"v", 10))
+    assert await engine.get(EntityRef(app_name, "K", b"absent")) is None
+    assert await engine.read(EntityRef(app_name, "K", b"absent")) is None
+
+
+async def test_older_put_after_newer_put_changes_nothing(engine: Engine, app_name: str) -> None:
+    ref = EntityRef(app_name, "K", b"k")
+    await engine.put(Entity(app_name, "K", b"k", b"new", 200))
+    await engine.put(Entity(app_name, "K", b"k", b"old", 100))
+    assert (await engine.get(ref)).value == b"new"
+    assert await engine.write_time(ref) == 200
+
+
+async def test_older_put_after_newer_delete_stays_deleted(engine: Engine, app_name: str) -> None:
+    ref = EntityRef(app_name, "K", b"k")
+    await engine.put(Entity(app_name, "K", b"k", b"v1", 100))
+    await engine.delete(ref, 300)
+    await engine.put(Entity(app_name, "K", b"k", b"late snapshot row", 200))
+    assert await engine.get(ref) is None
+    assert await engine.read(ref) == Entity(app_name, "K", b"k", None, 300)
+
+
+async def test_newer_put_after_delete_is_visible(engine: Engine, app_name: str) -> None:
+    ref = EntityRef(app_name, "K", b"k")
+    await engine.delete(ref, 300)
+    await engine.put(Entity(app_name, "K", b"k", b"reborn", 400))
+    assert (await engine.get(ref)).value == b"reborn"
+
+
+@pytest.mark.parametrize("delete_first", [True, False])
+async def test_equal_timestamp_tombstone_wins_in_either_order(engine: Engine, app_name: str, delete_first: bool) -> None:
+    ref = EntityRef(app_name, "K", b"tie")
+    put = Entity(app_name, "K", b"tie", b"value", 500)
+    tomb = Entity(app_name, "K", b"tie", None, 500)
+    for entity in ([tomb, put] if delete_first else [put, tomb]):
+        await engine.apply([entity])
+    assert await engine.read(ref) == tomb
+
+
+async def test_replayed_write_is_idempotent(engine: Engine, app_name: str) -> None:
+    entity = Entity(app_name, "K", b"k", b"same", 600)
+    await engine.apply([entity, entity])
+    await engine.put(entity)
+    assert await stored(engine, app_name) == [entity]
+
+
+async def test_batch_applies_each_entity_last_write_wins(engine: Engine, app_name: str) -> None:
+    await engine.put(Entity(app_name, "K", b"a", b"newer", 900))
+    await engine.apply([
+        Entity(app_name, "K", b"a", b"older", 800),
+        Entity(app_name, "K", b"b", b"fresh", 800),
+        Entity(app_name, "K", b"c", None, 800),
+    ])
+    got = {e.key: e for e in await stored(engine, app_name, tombstones=True)}
+    assert got[b"a"].value == b"newer"
+    assert got[b"b"].value == b"fresh"
+    assert got[b"c"].deleted
+
+
+async def test_scan_hides_tombstones_unless_asked(engine: Engine, app_name: str) -> None:
+    await engine.apply([Entity(app_name, "K", b"live", b"v", 10), Entity(app_name, "K", b"gone", None, 10)])
+    assert [e.key for e in await stored(engine, app_name)] == [b"live"]
+    assert sorted(e.key for e in await stored(engine, app_name, tombstones=True)) == [b"gone", b"live"]
+
+
+key_sets = st.sets(st.binary(min_size=1, max_size=24), min_size=0, max_size=60)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(keys=key_sets, at_least=st.integers(min_value=1, max_value=9), late=st.sets(st.binary(min_size=1, max_size=8), max_size=5))
+async def test_ranges_cover_the_table_exactly_once(engine: Engine, app_name: str, keys: set[bytes], at_least: int, late: set[bytes]) -> None:
+    await engine.drop_app(app_name)
+    await engine.apply([Entity(app_name, "R", k, b"x", 1000) for k in keys])
+    ranges = await engine.ranges(app_name, at_least=at_least)
+    assert len(ranges) >= at_least
+    late_keys = {b"late:" + k for k in late}
+    await engine.apply([Entity(app_name, "R", k, None, 1000) for k in late_keys])
+    seen: list[bytes] = []
+    for key_range in ranges:
+        async for page in engine.scan(app_name, key_range, page_size=7, tombstones=True):
+            seen.extend(e.key for e in page)
+    assert sorted(seen) == sorted(keys | late_keys)
+
+
+CONTENT = [
+    (b"a", b"alpha", 1001),
+    (b"\x00\xff", b"", 1002),
+    (b"deleted", None, 1003),
+    (b"big", bytes(range(256)) * 40, 1004),
+]
+
+
+def content(app: str) -> list[Entity]:
+    return [Entity(app, "C", k, v, ts) for k, v, ts in CONTENT]
+
+
+async def test_equal_content_has_equal_checksums_on_different_engines(all_engines: dict[str, Engine], app_name: str) -> None:
+    sums = {}
+    for name, engine in all_engines.items():
+        await engine.apply(content(app_name))
+        sums[name] = await engine.table_checksum(app_name)
+    assert len(set(sums.values())) == 1, sums
+    assert sums["sqlite"].count == len(CONTENT)
+
+
+@pytest.mark.parametrize("change", ["value byte", "timestamp", "tombstone"])
+async def test_one_changed_byte_or_timestamp_changes_the_checksum(engine: Engine, app_name: str, change: str) -> None:
+    await engine.apply(content(app_name))
+    before = await engine.table_checksum(app_name)
+    if change == "value byte":
+        await engine.put(Entity(app_name, "C", b"a", b"alphA", 2000))
+        await engine.put(Entity(app_name, "C", b"a", b"alpha", 2000 + 16))
+    elif change == "timestamp":
+        await engine.put(Entity(app_name, "C", b"a", b"alpha", 1001 + 16))
+    else:
+        await engine.delete(EntityRef(app_name, "C", b"a"), 1001)
+    assert await engine.table_checksum(app_name) != before
+
+
+@pytest.mark.parametrize(
+    ("build", "limit"),
+    [
+        (lambda app: Entity(app, "K", b"", b"v", 1), "1 to 1024 bytes"),
+        (lambda app: Entity(app, "K", b"k" * (MAX_KEY_BYTES + 1), b"v", 1), f"limit is {MAX_KEY_BYTES}"),
+        (lambda app: Entity(app, "K", b"k", b"v" * (MAX_VALUE_BYTES + 1), 1), f"limit is {MAX_VALUE_BYTES}"),
+        (lambda app: Entity(app.upper(), "K", b"k", b"v", 1), "must match"),
+        (lambda app: Entity(app + "-x", "K", b"k", b"v", 1), "must match"),
+        (lambda app: Entity(app, "bad kind!", b"k", b"v", 1), "must match"),
+        (lambda app: Entity(app, "K", b"k", b"v", 0), "microseconds"),
+        (lambda app: Entity(app, "K", "text key", b"v", 1), "must be bytes"),
+    ],
+)
+async def test_bad_input_is_refused_naming_the_limit_and_writes_nothing(engine: Engine, app_name: str, build, limit: str) -> None:
+    await engine.put(Entity(app_name, "K", b"witness", b"v", 1))
+    with pytest.raises(InvalidEntity, match=limit):
+        await engine.apply([Entity(app_name, "K", b"k", b"v", 5), build(app_name)])
+    assert [e.key for e in await stored(engine, app_name, tombstones=True)] == [b"witness"]
