@@ -72,3 +72,19 @@ async def all_engines(sqlite_dir: str, app_name: str) -> AsyncIterator[dict[str,
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"nxnw services state dir: {os.environ.get('NXNW_STATE_DIR', '.cache/services')}"
+
+
+PAIRS = [("sqlite", "sqlite"), ("cassandra", "hbase"), ("hbase", "cassandra"), ("sqlite", "cassandra")]
+
+
+@pytest.fixture(params=PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
+async def n1_n2(request: pytest.FixtureRequest, sqlite_dir: str, app_name: str) -> AsyncIterator[tuple[Engine, Engine]]:
+    """N1 and N2 on the given engines, each an independent deployment."""
+    first, second = request.param
+    require(*ENGINE_SERVICES[first], *ENGINE_SERVICES[second])
+    n1 = await _open(first, "n1", sqlite_dir)
+    n2 = await _open(second, "n2", sqlite_dir)
+    yield n1, n2
+    for eng in (n1, n2):
+        await eng.drop_app(app_name)
+        await eng.close()

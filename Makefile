@@ -1,0 +1,35 @@
+# The project's commands. `make demo` and `make test` are the two a newcomer needs;
+# both set up everything on first use (virtualenv, Debian packages, Maven jars, services).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test services services-down status bench setup
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/nxnw demo
+
+test: $(STAMP)
+	$(BIN)/nxnw services up
+	$(BIN)/python -m pytest
+
+services: $(STAMP)
+	$(BIN)/nxnw services up
+
+services-down: $(STAMP)
+	$(BIN)/nxnw services down
+
+status: $(STAMP)
+	$(BIN)/nxnw services status
+
+bench: $(STAMP)
+	$(BIN)/nxnw services up
+	$(BIN)/python -m bench
