@@ -76,9 +76,10 @@ def apt_install(packages: list[str], binaries: list[str]) -> None:
         return
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     if not _apt_updated:
-        run_install(["apt-get", "update", "-q"], "apt package lists", env=env)
+        run_install(["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=300"], "apt package lists", env=env)
         _apt_updated = True
-    run_install(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages], ", ".join(packages), env=env)
+    run_install(["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", "--no-install-recommends", *packages],
+                ", ".join(packages), env=env)
 
 
 def maven_copy(ctx: Context, artifact: str, dest: Path) -> Path:
@@ -173,6 +174,12 @@ class Service(ABC):
             pid = int(self.pid_path.read_text())
         except (FileNotFoundError, ValueError):
             return None
+        try:
+            # Reap it if it is our own exited child: a zombie still answers kill(pid, 0).
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return None
+        except ChildProcessError:
+            pass
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

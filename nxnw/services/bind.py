@@ -7,8 +7,10 @@ and nothing else, on :data:`endpoints.BIND_DNS`, IPv4 loopback only, no recursio
 rndc. Every start begins from the same zone: ``app.nxnw.test.`` points at N1
 (127.0.0.11) with a 60 s TTL, and the journal of earlier updates is removed.
 
-It must never read or change ``/etc/bind`` or the system ``named`` the Debian package may
-have started on port 53, and it must never accept an unsigned update.
+It must never use or change ``/etc/bind``'s config (named still reads the package's
+built-in trust anchors from there; validation is off, so they are unused), never touch a
+system ``named`` the Debian package may have started on port 53, and never accept an
+unsigned update.
 """
 
 from __future__ import annotations

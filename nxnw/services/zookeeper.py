@@ -8,7 +8,8 @@ holds the migration state that a crashed orchestrator resumes from, so a restart
 every znode. It must never open the admin server (an HTTP port we do not reserve).
 
 Session timeouts: ``minSessionTimeout`` is one tick (2 s) so that tests of session
-expiry and fencing (invariant 3) run in seconds, not in the default 4 s + 20 s.
+expiry and fencing (invariant 3) run in seconds (ZooKeeper's default minimum is two
+ticks, 4 s); the maximum is 60 s so no client can hold a dead session for long.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from nxnw.services import endpoints
 from nxnw.services.base import Context, Service, maven_classpath
 
 ZOOKEEPER_VERSION = "3.9.5"
-#: ZooKeeper's pom marks its log binding optional, so it is listed here, at the version
-#: ZooKeeper's parent pom names (logback 1.3 for slf4j 2); without it the server logs nothing.
+#: ZooKeeper's pom marks these optional or ``provided`` (its release tarball ships them in
+#: lib/), so they are listed here at the versions ZooKeeper's parent pom names. Without
+#: metrics-core the server dies at start (NoClassDefFoundError: com/codahale/metrics/...);
+#: without logback (1.3, for slf4j 2) it logs nothing; snappy is for compressed snapshots.
 ZOOKEEPER_ARTIFACTS = [
     f"org.apache.zookeeper:zookeeper:{ZOOKEEPER_VERSION}",
+    "io.dropwizard.metrics:metrics-core:4.1.12.1",
+    "org.xerial.snappy:snappy-java:1.1.10.5",
     "ch.qos.logback:logback-classic:1.3.15",
 ]
 
@@ -35,6 +40,11 @@ LOGBACK_XML = """<configuration>
   <root level="INFO"><appender-ref ref="CONSOLE"/></root>
 </configuration>
 """
+
+#: kazoo logs every refused connection as a warning; while ``up`` polls a starting server
+#: that is expected, and the probe's own exception already carries the reason.
+_PROBE_LOG = logging.getLogger("nxnw.services.zookeeper.probe")
+_PROBE_LOG.setLevel(logging.ERROR)
 
 
 class ZooKeeperService(Service):
@@ -81,8 +91,7 @@ class ZooKeeperService(Service):
                 "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.conf_path)]
 
     def probe(self) -> None:
-        client = KazooClient(hosts=f"{endpoints.HOST}:{self.port}", timeout=2.0,
-                             logger=logging.getLogger(f"nxnw.services.{self.name}.probe"))
+        client = KazooClient(hosts=f"{endpoints.HOST}:{self.port}", timeout=2.0, logger=_PROBE_LOG)
         try:
             client.start(timeout=2.0)
             client.get_children("/")
