@@ -43,7 +43,9 @@ def service(name: str, ctx: Context | None = None) -> Service:
 def up(names: list[str] | None = None, ctx: Context | None = None) -> dict[str, float]:
     """Start every named service (all by default); return seconds each took (0 = was up)."""
     ctx = ctx or Context()
-    names = names or list(SERVICES)
+    names = list(SERVICES) if names is None else names
+    if not names:
+        return {}
     services = [service(n, ctx) for n in names]
     # Installs (apt, Maven) are not safe to run concurrently; do them one by one first.
     for svc in services:
@@ -65,7 +67,7 @@ def up(names: list[str] | None = None, ctx: Context | None = None) -> dict[str, 
 
 def down(names: list[str] | None = None, ctx: Context | None = None) -> None:
     ctx = ctx or Context()
-    for name in names or list(SERVICES):
+    for name in list(SERVICES) if names is None else names:
         service(name, ctx).down()
 
 
