@@ -88,3 +88,39 @@ async def n1_n2(request: pytest.FixtureRequest, sqlite_dir: str, app_name: str) 
     for eng in (n1, n2):
         await eng.drop_app(app_name)
         await eng.close()
+
+
+# --- DNS hand-off (tests/test_dns_*.py) ---------------------------------------------------
+
+
+@pytest.fixture
+def bind_dns():
+    """An RFC 2136 provider for the real BIND's zone, signed with the test TSIG key."""
+    from dns_handoff import Rfc2136Provider
+    from nxnw.services import endpoints as ep
+
+    require("bind")
+    return Rfc2136Provider(
+        ep.BIND_ZONE, f"{ep.HOST}:{ep.BIND_DNS}", ep.BIND_TSIG_NAME, ep.BIND_TSIG_SECRET, ep.BIND_TSIG_ALGORITHM
+    )
+
+
+@pytest.fixture
+def route53_zone():
+    """A Route 53 provider on a fresh hosted zone in moto's server; the zone is deleted afterwards."""
+    import boto3
+
+    from dns_handoff import Route53Provider
+    from nxnw.services.moto import DUMMY_CREDENTIALS, ENDPOINT_URL, REGION
+
+    require("moto")
+    client = boto3.client("route53", endpoint_url=ENDPOINT_URL, region_name=REGION, **DUMMY_CREDENTIALS)
+    zone = f"z{uuid.uuid4().hex[:10]}.nxnw-r53.test."
+    created = client.create_hosted_zone(Name=zone, CallerReference=uuid.uuid4().hex)
+    zone_id = created["HostedZone"]["Id"]
+    yield Route53Provider(zone_id, endpoint_url=ENDPOINT_URL, region_name=REGION, poll_interval=0.1, **DUMMY_CREDENTIALS)
+    sets = client.list_resource_record_sets(HostedZoneId=zone_id)["ResourceRecordSets"]
+    changes = [{"Action": "DELETE", "ResourceRecordSet": rs} for rs in sets if rs["Type"] not in ("SOA", "NS")]
+    if changes:
+        client.change_resource_record_sets(HostedZoneId=zone_id, ChangeBatch={"Changes": changes})
+    client.delete_hosted_zone(Id=zone_id)
