@@ -73,6 +73,16 @@ class SqliteEngine(Engine):
         self._executor = None
         self._conn = None
 
+    def _has_table(self, table: str) -> bool:
+        """Whether the app's table exists; another process on the same file may have made it."""
+        if table in self._tables:
+            return True
+        assert self._conn is not None
+        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone():
+            self._tables.add(table)
+            return True
+        return False
+
     def _ensure_table(self, table: str) -> None:
         if table in self._tables:
             return
@@ -110,7 +120,7 @@ class SqliteEngine(Engine):
     def _read(self, ref: EntityRef) -> Entity | None:
         assert self._conn is not None
         table = _table(ref.app)
-        if table not in self._tables:
+        if not self._has_table(table):
             return None
         row = self._conn.execute(f"SELECT value, ts FROM {table} WHERE rk = ?", (ref.row_key,)).fetchone()
         if row is None:
@@ -123,7 +133,7 @@ class SqliteEngine(Engine):
     def _page(self, app: str, after: int, hi: int | None, limit: int, tombstones: bool) -> list[tuple[int, Entity]]:
         assert self._conn is not None
         table = _table(app)
-        if table not in self._tables:
+        if not self._has_table(table):
             return []
         sql = f"SELECT rid, rk, value, ts FROM {table} WHERE rid > ?"
         args: list[int] = [after]
@@ -152,7 +162,7 @@ class SqliteEngine(Engine):
     def _rowid_bounds(self, app: str) -> tuple[int, int] | None:
         assert self._conn is not None
         table = _table(app)
-        if table not in self._tables:
+        if not self._has_table(table):
             return None
         lo, hi = self._conn.execute(f"SELECT min(rid), max(rid) FROM {table}").fetchone()
         return None if lo is None else (lo, hi)
@@ -163,8 +173,13 @@ class SqliteEngine(Engine):
         edges = [""] + [str(lo + step * i) for i in range(1, max(1, at_least))] + [""]
         return [KeyRange(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
 
+    def _apps(self) -> list[str]:
+        assert self._conn is not None
+        rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'e\\_%' ESCAPE '\\'")
+        return sorted(row[0][2:] for row in rows)
+
     async def apps(self) -> list[str]:
-        return sorted(t[2:] for t in self._tables)
+        return await self._run(self._apps)
 
     def _drop(self, app: str) -> None:
         assert self._conn is not None

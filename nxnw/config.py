@@ -1,0 +1,151 @@
+"""The migration plan: one TOML file, validated before anything is touched.
+
+``load_plan`` turns every problem in the file into one line naming the field and the
+reason (pydantic does the checking); ``PlanError`` carries all of them at once, so an
+operator fixes a plan in one pass. Reachability (ZooKeeper, engines, the DNS zone) is
+checked separately by the orchestrator's preflight, also before any change.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from datastore.model import APP_PATTERN
+from datastore.registry import ENGINES
+
+HOSTPORT = r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9_.\-\[\]:]+:\d{1,5})*$"
+
+
+class PlanError(ValueError):
+    """The plan file is invalid; ``problems`` has one line per problem."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        super().__init__(f"{path}: {len(problems)} problem(s)\n" + "\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class Deployment(_Strict):
+    """N1 or N2: where its datastore, memcached and ZooKeeper answer."""
+
+    engine: str = Field(description="engine URL: sqlite:///file, cassandra://host:port/keyspace, hbase://host:port/prefix")
+    zookeeper: str = Field(pattern=HOSTPORT)
+    memcached: str = Field(pattern=HOSTPORT)
+    proxies: list[str] = Field(default_factory=list, description="the proxy instances' HTTP endpoints (N1 only)")
+
+    @field_validator("engine")
+    @classmethod
+    def known_engine(cls, url: str) -> str:
+        scheme = url.split(":", 1)[0]
+        if "://" not in url or scheme not in ENGINES:
+            raise ValueError(f"engine {url!r} must be a URL whose scheme is one of: {', '.join(sorted(ENGINES))}")
+        return url
+
+
+class Rfc2136(_Strict):
+    server: str = Field(pattern=HOSTPORT)
+    zone: str
+    key_name: str
+    key_secret: str
+    key_algorithm: str = "hmac-sha256"
+    authoritative: list[str] = Field(default_factory=list)
+
+
+class Route53(_Strict):
+    hosted_zone_id: str
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+
+
+class Dns(_Strict):
+    provider: Literal["rfc2136", "route53"]
+    name: str
+    n1_values: list[str] = Field(min_length=1)
+    n2_values: list[str] = Field(min_length=1)
+    ttl: int = Field(default=5, ge=1, le=86400, description="TTL during the hand-off")
+    resolver: str | None = Field(default=None, pattern=HOSTPORT, description="where verify queries; default the primary")
+    mode: Literal["at_once", "weighted"] = "at_once"
+    steps: list[int] = Field(default_factory=lambda: [10, 50, 100])
+    rfc2136: Rfc2136 | None = None
+    route53: Route53 | None = None
+
+    @model_validator(mode="after")
+    def provider_settings(self) -> "Dns":
+        if getattr(self, self.provider) is None:
+            raise ValueError(f"provider {self.provider!r} needs a [dns.{self.provider}] table")
+        return self
+
+
+class Thresholds(_Strict):
+    shadow_rate: float = Field(default=0.05, ge=0, le=1)
+    journal_drain_seconds: float = Field(default=120, gt=0)
+    verify_repair: bool = True
+    load_workers: int = Field(default=8, ge=1, le=256)
+    export_workers: int = Field(default=4, ge=1, le=256)
+    ranges_per_app: int = Field(default=32, ge=1, le=100_000)
+
+
+class Plan(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    apps: list[str] = Field(min_length=1)
+    n1: Deployment
+    n2: Deployment
+    dns: Dns | None = None
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+
+    @field_validator("apps")
+    @classmethod
+    def app_names(cls, apps: list[str]) -> list[str]:
+        bad = [a for a in apps if not APP_PATTERN.fullmatch(a)]
+        if bad:
+            raise ValueError(f"app names {bad} must match {APP_PATTERN.pattern}")
+        if len(set(apps)) != len(apps):
+            raise ValueError("an app is listed twice")
+        return apps
+
+    @model_validator(mode="after")
+    def distinct_deployments(self) -> "Plan":
+        if self.n1.engine == self.n2.engine:
+            raise ValueError(f"n1 and n2 name the same engine {self.n1.engine!r}; N2 must be a different deployment")
+        if self.n1.zookeeper == self.n2.zookeeper:
+            raise ValueError("n1 and n2 name the same ZooKeeper; N2 must have its own")
+        return self
+
+
+def _where(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def parse_plan(text: str, source: str = "plan") -> Plan:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PlanError(source, [f"not valid TOML: {exc}"]) from None
+    try:
+        return Plan.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "missing":
+                message = "missing (required)"
+            elif err["type"] == "extra_forbidden":
+                message = "unknown setting"
+            problems.append(f"{_where(err['loc'])}: {message}")
+        raise PlanError(source, problems) from None
+
+
+def load_plan(path: str | Path) -> Plan:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PlanError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    return parse_plan(text, str(path))

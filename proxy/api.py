@@ -1,0 +1,258 @@
+"""The HTTP data API: what applications call instead of N1's datastore and memcache.
+
+Keys travel in the path as unpadded base64url, so any byte string is a key; values travel
+as raw bodies (application/octet-stream) or base64 inside JSON for batches and
+transactions. Every error is JSON ``{"error": ..., "reason": ...}`` with a 4xx for bad
+input (never passed to an engine) or 503 while the proxy is fenced (no ZooKeeper session,
+so it cannot know the mode all instances agree on). The API is described in
+``proxy/openapi.yaml``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from datastore import Entity, EntityRef, InvalidEntity
+from datastore.model import MAX_VALUE_BYTES
+from proxy.core import Conflict, Fenced, ProxyCore
+from sync.lock import GroupLockError
+
+log = logging.getLogger("nxnw.proxy.api")
+
+REQUESTS = Counter("nxnw_http_requests_total", "HTTP requests", ["route", "status"])
+LATENCY = Histogram("nxnw_http_request_seconds", "HTTP request latency by mode", ["route", "mode"],
+                    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+MAX_JSON_BODY = 8 * 1024 * 1024
+BODY_TIMEOUT_SECONDS = 10.0
+
+CORE: web.AppKey[ProxyCore] = web.AppKey("core", ProxyCore)
+
+
+class BadRequest(web.HTTPBadRequest):
+    def __init__(self, reason: str) -> None:
+        super().__init__(text=json.dumps({"error": "bad request", "reason": reason}), content_type="application/json")
+
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def decode_key(text: str) -> bytes:
+    """Strict unpadded base64url: a stray character is an error, not silently dropped."""
+    if not _BASE64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise InvalidEntity(f"key {text[:80]!r} is not unpadded base64url (A-Z a-z 0-9 - _)")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def encode_key(key: bytes) -> str:
+    return base64.urlsafe_b64encode(key).rstrip(b"=").decode()
+
+
+def _b64(field: str, text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidEntity(f"{field} must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidEntity(f"{field} is not valid base64: {exc}") from exc
+
+
+def _json_error(status: int, error: str, reason: str) -> web.Response:
+    return web.json_response({"error": error, "reason": reason}, status=status)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Turn every failure into a JSON error with its reason; bad input never crashes."""
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    core = request.app[CORE]
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except InvalidEntity as exc:
+        response = _json_error(400, "invalid input", str(exc))
+    except Conflict as exc:
+        response = _json_error(409, "conflict", str(exc))
+    except (Fenced, GroupLockError) as exc:
+        response = _json_error(503, "unavailable", str(exc))
+    except web.HTTPRequestEntityTooLarge as exc:
+        response = _json_error(413, "body too large", exc.text or "the body exceeds the limit")
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json":
+            raise
+        response = _json_error(exc.status, exc.reason.lower(), exc.text or exc.reason)
+    except TimeoutError:
+        response = _json_error(408, "request timeout", f"the body did not arrive within {BODY_TIMEOUT_SECONDS:.0f} s")
+    except Exception as exc:  # an engine failure: the client gets 502, the process keeps serving
+        log.exception("request %s %s failed", request.method, request.path)
+        response = _json_error(502, "backend failure", f"{type(exc).__name__}: {exc}")
+    REQUESTS.labels(route, str(response.status)).inc()
+    LATENCY.labels(route, core.mode or "fenced").observe(time.perf_counter() - started)
+    return response
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length,
+                                            text=f"the body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+    async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+        body = await request.read()
+    if len(body) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body),
+                                            text=f"the body exceeds the limit of {limit} bytes")
+    return body
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    body = await read_body(request, MAX_JSON_BODY)
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEntity(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidEntity("body must be a JSON object")
+    return doc
+
+
+def _ref(request: web.Request) -> EntityRef:
+    info = request.match_info
+    return EntityRef(info["app"], info["kind"], decode_key(info["key"]))
+
+
+async def get_entity(request: web.Request) -> web.Response:
+    entity = await request.app[CORE].get(_ref(request))
+    if entity is None:
+        return _json_error(404, "not found", "no live entity at that key")
+    return web.Response(body=entity.value, content_type="application/octet-stream",
+                        headers={"X-Nxnw-Timestamp": str(entity.ts)})
+
+
+async def put_entity(request: web.Request) -> web.Response:
+    ref = _ref(request)
+    value = await read_body(request, MAX_VALUE_BYTES)
+    ts = await request.app[CORE].put(ref, value)
+    return web.json_response({"ts": ts})
+
+
+async def delete_entity(request: web.Request) -> web.Response:
+    ts = await request.app[CORE].delete(_ref(request))
+    return web.json_response({"ts": ts})
+
+
+def _writes(app: str, items: Any) -> list[tuple[EntityRef, bytes | None]]:
+    if not isinstance(items, list):
+        raise InvalidEntity("writes must be a list")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidEntity(f"writes[{i}] must be an object")
+        ref = EntityRef(app, item.get("kind"), _b64(f"writes[{i}].key", item.get("key")))
+        value = None if item.get("value") is None else _b64(f"writes[{i}].value", item["value"])
+        out.append((ref, value))
+    return out
+
+
+async def batch(request: web.Request) -> web.Response:
+    doc = await read_json(request)
+    writes = _writes(request.match_info["app"], doc.get("writes"))
+    ts = await request.app[CORE].write_many(writes)
+    return web.json_response({"ts": ts, "count": len(writes)})
+
+
+async def transaction(request: web.Request) -> web.Response:
+    app = request.match_info["app"]
+    doc = await read_json(request)
+    group = doc.get("group")
+    if not isinstance(group, str) or not group or len(group) > 200 or "/" in group:
+        raise InvalidEntity("group must be a non-empty string of at most 200 characters without '/'")
+    reads = doc.get("reads", [])
+    if not isinstance(reads, list):
+        raise InvalidEntity("reads must be a list")
+    expected = []
+    for i, item in enumerate(reads):
+        if not isinstance(item, dict) or not (item.get("ts") is None or isinstance(item.get("ts"), int)):
+            raise InvalidEntity(f"reads[{i}] must be an object with kind, key and ts (an integer or null)")
+        expected.append((EntityRef(app, item.get("kind"), _b64(f"reads[{i}].key", item.get("key"))), item.get("ts")))
+    writes = _writes(app, doc.get("writes", []))
+    ts = await request.app[CORE].transaction(app, group, expected, writes)
+    return web.json_response({"ts": ts})
+
+
+async def scan(request: web.Request) -> web.StreamResponse:
+    app = request.match_info["app"]
+    kind = request.query.get("kind")
+    try:
+        limit = int(request.query.get("limit", "0")) or None
+    except ValueError as exc:
+        raise InvalidEntity(f"limit {request.query.get('limit')!r} is not an integer") from exc
+    core = request.app[CORE]
+    entities = core.scan(app, kind)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    sent = 0
+    async for page in entities:
+        lines = []
+        for e in page:
+            lines.append(json.dumps({"kind": e.kind, "key": base64.b64encode(e.key).decode(),
+                                     "value": base64.b64encode(e.value or b"").decode(), "ts": e.ts}))
+            sent += 1
+            if limit and sent >= limit:
+                break
+        await response.write(("\n".join(lines) + "\n").encode() if lines else b"")
+        if limit and sent >= limit:
+            break
+    await response.write_eof()
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    core = request.app[CORE]
+    body = {"mode": core.mode, "writable": core.mode is not None, "instance": core.instance}
+    return web.json_response(body, status=200 if core.mode is not None else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _admin(request: web.Request) -> None:
+    token = request.app[CORE].admin_token
+    if not token or request.headers.get("Authorization") != f"Bearer {token}":
+        raise web.HTTPUnauthorized(text=json.dumps({"error": "unauthorized", "reason": "admin endpoints need the admin bearer token"}),
+                                   content_type="application/json")
+
+
+async def admin_state(request: web.Request) -> web.Response:
+    _admin(request)
+    return web.json_response(await request.app[CORE].describe())
+
+
+def add_routes(app: web.Application) -> None:
+    entity = "/v1/apps/{app}/kinds/{kind}/entities/{key}"
+    app.router.add_get(entity, get_entity)
+    app.router.add_put(entity, put_entity)
+    app.router.add_delete(entity, delete_entity)
+    app.router.add_post("/v1/apps/{app}/batch", batch)
+    app.router.add_post("/v1/apps/{app}/transactions", transaction)
+    app.router.add_get("/v1/apps/{app}/scan", scan)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/admin/state", admin_state)
+
+
+def build_app(core: ProxyCore) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)
+    app[CORE] = core
+    add_routes(app)
+    return app
