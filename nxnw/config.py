@@ -99,6 +99,17 @@ class Plan(_Strict):
     n2: Deployment
     dns: Dns | None = None
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    sync_paths: list[str] = Field(default_factory=lambda: ["/nxnw/locks"],
+                                  description="ZooKeeper subtrees mirrored from N1 to N2")
+    status_port: int | None = Field(default=None, ge=0, le=65535, description="serve the status page here")
+
+    @field_validator("sync_paths")
+    @classmethod
+    def absolute_paths(cls, paths: list[str]) -> list[str]:
+        bad = [p for p in paths if not p.startswith("/") or p.endswith("/") or "//" in p]
+        if bad:
+            raise ValueError(f"sync paths {bad} must be absolute znode paths like /apps")
+        return paths
 
     @field_validator("apps")
     @classmethod

@@ -24,15 +24,18 @@ from snapshot.export import export_chunks, plan_ids
 
 
 class CheckpointStore(Protocol):
-    """Where a loader records its plan and the ranges it has finished, per task."""
+    """Where a loader records its plan and the ranges it has finished, per task.
 
-    def load_plan(self, task: str) -> list[tuple[str, KeyRange]] | None: ...
+    Async, because the store (ZooKeeper) is remote and the loader runs on the event loop.
+    """
 
-    def save_plan(self, task: str, plan: Sequence[tuple[str, KeyRange]]) -> None: ...
+    async def load_plan(self, task: str) -> list[tuple[str, KeyRange]] | None: ...
 
-    def completed(self, task: str) -> set[str]: ...
+    async def save_plan(self, task: str, plan: Sequence[tuple[str, KeyRange]]) -> None: ...
 
-    def mark_completed(self, task: str, range_id: str, entities: int) -> None: ...
+    async def completed(self, task: str) -> set[str]: ...
+
+    async def mark_completed(self, task: str, range_id: str, entities: int) -> None: ...
 
 
 @dataclass
@@ -72,12 +75,12 @@ class Loader:
         self._applied: dict[str, int] = {}
         self._entities: dict[str, int] = {}
 
-    def _range_may_finish(self, range_id: str) -> None:
+    async def _range_may_finish(self, range_id: str) -> None:
         if range_id in self._final_seen and self._applied.get(range_id, 0) == self._final_seen[range_id]:
-            if self.checkpoints is not None:
-                self.checkpoints.mark_completed(self.task, range_id, self._entities.get(range_id, 0))
-            self.stats.ranges_done += 1
             del self._final_seen[range_id]
+            if self.checkpoints is not None:
+                await self.checkpoints.mark_completed(self.task, range_id, self._entities.get(range_id, 0))
+            self.stats.ranges_done += 1
 
     async def _apply(self, chunk: Chunk) -> None:
         await self.engine.apply(chunk.entities)
@@ -86,7 +89,7 @@ class Loader:
         self.stats.entities += len(chunk.entities)
         self.stats.tombstones += sum(1 for e in chunk.entities if e.value is None)
         self.stats.bytes += sum(len(e.value or b"") + len(e.key) for e in chunk.entities)
-        self._range_may_finish(chunk.range_id)
+        await self._range_may_finish(chunk.range_id)
         if self.on_progress is not None:
             self.on_progress(self.stats)
 
@@ -119,12 +122,12 @@ async def copy_app(source: Engine, target: Engine, app: str, *, task: str, check
     The range plan is saved with the checkpoints on the first run and reused on a rerun,
     so the ranges a killed copy finished are skipped and the others are redone whole.
     """
-    plan = checkpoints.load_plan(task) if checkpoints is not None else None
+    plan = await checkpoints.load_plan(task) if checkpoints is not None else None
     if plan is None:
         plan = plan_ids(await source.ranges(app, at_least=at_least))
         if checkpoints is not None:
-            checkpoints.save_plan(task, plan)
-    done = checkpoints.completed(task) if checkpoints is not None else set()
+            await checkpoints.save_plan(task, plan)
+    done = await checkpoints.completed(task) if checkpoints is not None else set()
     loader = Loader(target, task=task, checkpoints=checkpoints, workers=load_workers, on_progress=on_progress)
     loader.stats.ranges_total = len(plan)
     loader.stats.ranges_skipped = len(done)

@@ -21,7 +21,10 @@ Fast start (a cold node answers CQL in seconds, not in the default half minute):
 ``-Dcassandra.ring_delay_ms=0`` and ``-Dcassandra.load_ring_state=false`` (no ring to
 learn), ``-Dcassandra.unsafesystem=true`` (system-table schema changes are not fsynced:
 a test node loses nothing it cares about), a small G1 heap, and a seed list naming only
-itself so the node never bootstraps.
+itself so the node never bootstraps. ``-Dcassandra.shutdown_announce_in_ms=0`` makes
+``down`` take ~3 s instead of ~5 s (nobody listens for the shutdown gossip). Measured on 2
+cores: first ``up`` ~9 s with the jars already in Maven's local repository (~12 s when
+Maven downloads them), ``up`` after ``down`` ~5-7 s.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ FAST_START_FLAGS = [
     "-Dcassandra.load_ring_state=false",
     "-Dcassandra.unsafesystem=true",
     "-Dcassandra.superuser_setup_delay_ms=0",
+    "-Dcassandra.shutdown_announce_in_ms=0",
 ]
 
 NETTY_FLAGS = [
@@ -119,7 +123,7 @@ class CassandraService(Service):
 
     name = "cassandra"
     port = endpoints.CASSANDRA_CQL
-    #: A cold start resolves ~70 MB of jars first; a warm start answers in ~15 s.
+    #: Generous: a loaded CI machine can be several times slower than the ~10 s measured.
     start_timeout = 240.0
 
     def __init__(self, ctx: Context) -> None:
@@ -128,6 +132,7 @@ class CassandraService(Service):
         self.conf_dir = self.dir / "conf"
         self.data_dir = self.dir / "data"
         self.log_dir = self.dir / "logs"
+        self.triggers_dir = self.dir / "triggers"
 
     # --- install -----------------------------------------------------------------------
 
@@ -193,6 +198,10 @@ compaction_throughput: 64MiB/s
 user_defined_functions_enabled: false
 materialized_views_enabled: false
 sasi_indexes_enabled: false
+# The engine's bulk writes are unlogged batches of up to 32 KiB / 100 keys (see
+# datastore/engines/cassandra.py): warn only above that; fail at the stock 50 KiB.
+batch_size_warn_threshold: 64KiB
+unlogged_batch_across_partitions_warn_threshold: 200
 """
 
     def prepare(self) -> None:
@@ -200,6 +209,7 @@ sasi_indexes_enabled: false
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.triggers_dir.mkdir(parents=True, exist_ok=True)
         (self.conf_dir / "cassandra.yaml").write_text(self.yaml())
         (self.conf_dir / "logback.xml").write_text(LOGBACK_XML)
 
@@ -218,8 +228,9 @@ sasi_indexes_enabled: false
             f"-Dlogback.configurationFile={conf / 'logback.xml'}",
             f"-Dcassandra.logdir={self.log_dir}",
             f"-Dcassandra.storagedir={self.data_dir}",
+            f"-Dcassandra.triggers_dir={self.triggers_dir}",
             "-Dcassandra-foreground=yes",
-            "-cp", f"{conf}:{self.lib_dir}/*",
+            "-cp", f"{self.lib_dir}/*",
             "org.apache.cassandra.service.CassandraDaemon",
         ]
 
