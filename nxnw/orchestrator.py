@@ -1,0 +1,450 @@
+"""The orchestrator: a migration's phases as a task graph, its state in N1's ZooKeeper.
+
+Phases (the one vocabulary of the CLI, the znodes, the logs and the status page):
+``prepare → sync-zk → cow → snapshot+load → verify → proxy → handoff → complete``.
+Each phase is one or more tasks; a task runs once its dependencies are done, independent
+tasks run in parallel (each app's load and verify, the DNS TTL lowering beside the data
+phases). Every finished task is recorded in the migration-state znode before the next
+one that depends on it starts, so ``nxnw migrate`` killed with -9 anywhere and started
+again skips what was done and redoes the task it was in — every task is written to be
+redone safely: mode switches are compare-and-set and idempotent, loads resume from
+their range checkpoints and are last-write-wins, verify only ever applies newer data,
+the DNS hand-off resumes from its saved copy.
+
+Nothing changes before ``prepare`` has checked every problem it can see (engines,
+both ZooKeepers, the DNS zone's update rights); they are reported all at once.
+
+The ZooKeeper mirror is a worker, not a one-off task: whenever a migration is between
+``sync-zk`` and ``complete``, the orchestrator process runs it (a restart re-syncs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kazoo.client import KazooClient
+
+from datastore import Engine, EngineUnavailable, open_engine
+from dns_handoff import Handoff
+from dns_handoff.provider import DnsProvider, RecordSet
+from nxnw.checkpoints import ZooKeeperCheckpoints
+from nxnw.config import Plan
+from proxy.control import journal_depth, members, switch_mode
+from snapshot import LoadStats, copy_app, verify_app
+from sync.aio import run_blocking
+from sync.mirror import TreeMirror
+from sync.state import CheckpointStore, MigrationState, MigrationStateStore
+
+log = logging.getLogger("nxnw.orchestrator")
+
+PHASES = ("prepare", "sync-zk", "cow", "snapshot+load", "verify", "proxy", "handoff", "complete")
+
+
+class PreflightFailed(RuntimeError):
+    """The plan cannot run here; ``problems`` has one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(f"{len(problems)} problem(s) before anything was changed:\n" + "\n".join(problems))
+        self.problems = problems
+
+
+class MigrationFailed(RuntimeError):
+    """A task failed; the migration stays in its phase and can be resumed or rolled back."""
+
+
+@dataclass
+class Task:
+    name: str
+    phase: str
+    deps: tuple[str, ...]
+    run: Callable[[], Awaitable[dict[str, Any] | None]]
+    #: False for work done early on behalf of a later phase (lowering the DNS TTL)
+    moves_phase: bool = True
+
+
+@dataclass
+class Progress:
+    """What the status page and the CLI show while a migration runs."""
+
+    phase: str = "prepare"
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    load: dict[str, LoadStats] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
+    mode: str | None = None
+    journal_depth: int = 0
+
+    def event(self, text: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        self.events.append(f"{stamp} {text}")
+        del self.events[:-200]
+        log.info(text)
+
+
+def dns_provider(plan: Plan) -> DnsProvider | None:
+    """The plan's DNS provider, or None when the plan has no DNS hand-off."""
+    if plan.dns is None:
+        return None
+    if plan.dns.provider == "rfc2136":
+        from dns_handoff.rfc2136 import Rfc2136Provider
+        cfg = plan.dns.rfc2136
+        assert cfg is not None
+        return Rfc2136Provider(cfg.zone, cfg.server, cfg.key_name, cfg.key_secret, cfg.key_algorithm,
+                               authoritative=cfg.authoritative or None)
+    from dns_handoff.route53 import Route53Provider
+    cfg53 = plan.dns.route53
+    assert cfg53 is not None
+    return Route53Provider(cfg53.hosted_zone_id, endpoint_url=cfg53.endpoint_url, region=cfg53.region)
+
+
+def _zk(hosts: str) -> KazooClient:
+    return KazooClient(hosts=hosts, timeout=6.0)
+
+
+async def _start_zk(hosts: str, what: str) -> KazooClient:
+    client = _zk(hosts)
+    try:
+        await run_blocking(client.start, 8)
+    except Exception as exc:
+        await run_blocking(client.close)
+        raise EngineUnavailable(f"{what} ZooKeeper at {hosts} did not answer within 8 s ({type(exc).__name__})") from exc
+    return client
+
+
+async def _stop_zk(client: KazooClient) -> None:
+    await run_blocking(client.stop)
+    await run_blocking(client.close)
+
+
+async def preflight(plan: Plan) -> None:
+    """Check everything the plan touches without changing anything; raise all problems."""
+    problems: list[str] = []
+    for side in ("n1", "n2"):
+        dep = getattr(plan, side)
+        try:
+            zk = await _start_zk(dep.zookeeper, side.upper() + "'s")
+            await _stop_zk(zk)
+        except EngineUnavailable as exc:
+            problems.append(f"{side}.zookeeper: {exc}")
+        engine = open_engine(dep.engine)
+        try:
+            await asyncio.wait_for(engine.open(), 20)
+            await engine.apps()
+        except Exception as exc:
+            problems.append(f"{side}.engine: cannot open {dep.engine}: {exc}")
+        finally:
+            with contextlib.suppress(Exception):
+                await engine.close()
+    if plan.dns is not None:
+        try:
+            provider = dns_provider(plan)
+            assert provider is not None
+            await asyncio.get_running_loop().run_in_executor(None, _check_dns_rights, provider, plan)
+        except Exception as exc:
+            problems.append(f"dns: {exc}")
+    if problems:
+        raise PreflightFailed(problems)
+
+
+def _check_dns_rights(provider: DnsProvider, plan: Plan) -> None:
+    """Read the record and make one harmless signed change, so a refusal shows up now."""
+    assert plan.dns is not None
+    current = provider.records(plan.dns.name, "A")
+    if not current:
+        raise ValueError(f"{plan.dns.name} has no A record to hand off")
+    probe = RecordSet(f"_nxnw-preflight.{plan.dns.name}", "TXT", 1, ('"nxnw preflight"',))
+    provider.wait_in_sync(provider.upsert([probe]), 30)
+    provider.delete([probe])
+
+
+class Orchestrator:
+    """Runs (or resumes) one plan's migration in this process."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.progress = Progress()
+        self.zk: KazooClient | None = None
+        self.store: MigrationStateStore | None = None
+        self.state: MigrationState | None = None
+        self.n1: Engine | None = None
+        self.n2: Engine | None = None
+        self.mirrors: list[TreeMirror] = []
+        self.handoff: Handoff | None = None
+        self._state_lock = asyncio.Lock()
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self.zk = await _start_zk(self.plan.n1.zookeeper, "N1's")
+        self.store = MigrationStateStore(self.zk)
+        self.n1, self.n2 = open_engine(self.plan.n1.engine), open_engine(self.plan.n2.engine)
+        await self.n1.open()
+        await self.n2.open()
+
+    async def close(self) -> None:
+        for mirror in self.mirrors:
+            await run_blocking(mirror.stop)
+        self.mirrors = []
+        for engine in (self.n1, self.n2):
+            if engine is not None:
+                await engine.close()
+        if self.zk is not None:
+            await _stop_zk(self.zk)
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def _tasks_key(self) -> str:
+        return f"{self.plan.name}._tasks"
+
+    async def _finished_tasks(self) -> dict[str, dict[str, Any]]:
+        """Finished tasks and their results, one znode each beside the loader's checkpoints."""
+        assert self.zk is not None
+        return await run_blocking(CheckpointStore(self.zk).list, self._tasks_key)
+
+    async def _task_done(self, name: str, result: dict[str, Any]) -> None:
+        assert self.zk is not None
+        await run_blocking(CheckpointStore(self.zk).put, self._tasks_key, name, result)
+
+    async def _set_phase(self, phase: str) -> None:
+        """Compare-and-set the state's phase, never backwards: with tasks of several phases
+        running at once, the phase shown is the furthest."""
+        assert self.store is not None
+        async with self._state_lock:
+            current = await run_blocking(self.store.get)
+            assert current is not None
+            if PHASES.index(phase) > PHASES.index(current.phase):
+                self.state = await run_blocking(self.store.update, current.version, phase=phase)
+            else:
+                self.state = current
+            self.progress.phase = self.state.phase
+
+    async def _saved_handoff(self) -> dict[str, Any] | None:
+        assert self.zk is not None
+        return await run_blocking(CheckpointStore(self.zk).get, self._tasks_key, "_dns")
+
+    # -- the graph -------------------------------------------------------------------------
+
+    def tasks(self) -> list[Task]:
+        plan = self.plan
+        graph = [
+            Task("prepare", "prepare", (), self._prepare),
+            Task("sync-zk", "sync-zk", ("prepare",), self._sync_zk),
+            Task("cow", "cow", ("sync-zk",), self._cow),
+        ]
+        for app in plan.apps:
+            graph.append(Task(f"snapshot+load:{app}", "snapshot+load", ("cow",), lambda app=app: self._load(app)))
+            graph.append(Task(f"verify:{app}", "verify", (f"snapshot+load:{app}",), lambda app=app: self._verify(app)))
+        graph.append(Task("proxy", "proxy", tuple(f"verify:{a}" for a in plan.apps), self._proxy))
+        last = "proxy"
+        if plan.dns is not None:
+            graph.append(Task("handoff:lower-ttl", "handoff", ("prepare",), self._lower_ttl, moves_phase=False))
+            graph.append(Task("handoff", "handoff", ("proxy", "handoff:lower-ttl"), self._switch_dns))
+            last = "handoff"
+        graph.append(Task("complete", "complete", (last,), self._complete))
+        return graph
+
+    async def migrate(self) -> MigrationState:
+        """Run every task not yet done, in dependency order, in parallel where possible."""
+        assert self.store is not None
+        self.state = await run_blocking(self.store.get)
+        if self.state is not None and self.state.phase == "complete":
+            self.progress.event("migration already complete; nothing to do")
+            return self.state
+        if self.state is not None and self.state.phase == "rollback":
+            raise MigrationFailed("the last migration was rolled back; run `nxnw migrate --restart` to start a new one")
+        if self.state is None:
+            self.state = await run_blocking(self.store.create, "prepare", {"plan": self.plan.name})
+            self.progress.event(f"migration {self.plan.name} started")
+        else:
+            self.progress.event(f"migration {self.plan.name} resumed in phase {self.state.phase}")
+        done = await self._finished_tasks()
+        if "sync-zk" in done:
+            await self._start_mirrors()
+        graph = {t.name: t for t in self.tasks()}
+        for name in graph:
+            self.progress.tasks[name] = {"state": "done" if name in done else "pending", **done.get(name, {})}
+        running: dict[str, asyncio.Task] = {}
+        try:
+            while len(done) < len(graph):
+                for name, task in graph.items():
+                    if name in done or name in running or not all(d in done for d in task.deps):
+                        continue
+                    running[name] = asyncio.create_task(self._run_task(task), name=name)
+                if not running:
+                    raise MigrationFailed(f"no task can run; done: {sorted(done)}")
+                finished, _ = await asyncio.wait(running.values(), return_when=asyncio.FIRST_COMPLETED)
+                for fut in finished:
+                    name = fut.get_name()
+                    del running[name]
+                    done[name] = fut.result()
+        finally:
+            for fut in running.values():
+                fut.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+        assert self.state is not None
+        return self.state
+
+    async def _run_task(self, task: Task) -> dict[str, Any]:
+        if task.moves_phase:
+            await self._set_phase(task.phase)
+        entry = self.progress.tasks.setdefault(task.name, {})
+        entry.update(state="running", phase=task.phase, started=time.time())
+        self.progress.event(f"{task.name}: started")
+        try:
+            result = await task.run() or {}
+        except Exception as exc:
+            entry.update(state="failed", finished=time.time(), error=str(exc))
+            self.progress.event(f"{task.name}: failed: {exc}")
+            raise MigrationFailed(f"task {task.name} (phase {task.phase}) failed: {exc}") from exc
+        result = {**result, "phase": task.phase, "started": entry["started"], "finished": time.time()}
+        await self._task_done(task.name, result)
+        entry.update(state="done", **result)
+        self.progress.event(f"{task.name}: done")
+        return result
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def _prepare(self) -> dict[str, Any]:
+        assert self.n2 is not None
+        return {"n2_apps_before": await self.n2.apps()}
+
+    async def _start_mirrors(self) -> None:
+        if self.mirrors:
+            return
+        for root in self.plan.sync_paths:
+            mirror = TreeMirror(self.plan.n1.zookeeper, self.plan.n2.zookeeper, root)
+            await run_blocking(mirror.start)
+            self.mirrors.append(mirror)
+
+    async def _sync_zk(self) -> dict[str, Any]:
+        assert self.zk is not None
+        for root in self.plan.sync_paths:
+            await run_blocking(self.zk.ensure_path, root)
+        await self._start_mirrors()
+        for mirror in self.mirrors:
+            await run_blocking(mirror.wait_synced, 120)
+        return {"roots": self.plan.sync_paths}
+
+    async def _switch(self, mode: str) -> dict[str, Any]:
+        assert self.zk is not None
+        state = await run_blocking(switch_mode, self.zk, mode, drain_timeout=self.plan.thresholds.journal_drain_seconds)
+        self.progress.mode = mode
+        found = await run_blocking(members, self.zk)
+        return {"mode": mode, "epoch": state.epoch, "proxies": sorted(found)}
+
+    async def _cow(self) -> dict[str, Any]:
+        return await self._switch("cow")
+
+    async def _load(self, app: str) -> dict[str, Any]:
+        assert self.zk is not None and self.n1 is not None and self.n2 is not None
+        th = self.plan.thresholds
+        checkpoints = ZooKeeperCheckpoints(CheckpointStore(self.zk))
+        stats = await copy_app(self.n1, self.n2, app, task=f"{self.plan.name}.{app}", checkpoints=checkpoints,
+                               at_least=th.ranges_per_app, export_workers=th.export_workers,
+                               load_workers=th.load_workers,
+                               on_progress=lambda s: self.progress.load.__setitem__(app, s))
+        self.progress.load[app] = stats
+        return {"entities": stats.entities, "bytes": stats.bytes, "seconds": round(stats.seconds, 3),
+                "rate": round(stats.rate, 1), "ranges": stats.ranges_total, "ranges_resumed": stats.ranges_skipped}
+
+    async def _verify(self, app: str) -> dict[str, Any]:
+        assert self.n1 is not None and self.n2 is not None
+        report = await verify_app(self.n1, self.n2, app, repair=self.plan.thresholds.verify_repair)
+        self.progress.event(report.summary())
+        return {"identical": report.identical, "differences": report.counts(), "repaired": report.repaired,
+                "entities": report.n1.count}
+
+    async def _proxy(self) -> dict[str, Any]:
+        assert self.zk is not None
+        self.progress.journal_depth = await run_blocking(journal_depth, self.zk, "n2")
+        return await self._switch("proxy")
+
+    async def _dns_handoff(self) -> Handoff:
+        """The hand-off, resumed from its saved copy when an earlier run began it."""
+        assert self.plan.dns is not None
+        if self.handoff is None:
+            provider = dns_provider(self.plan)
+            assert provider is not None
+            saved = await self._saved_handoff()
+            self.handoff = Handoff.from_dict(provider, saved) if saved else Handoff(provider, self.plan.dns.name)
+        return self.handoff
+
+    async def _save_handoff(self) -> None:
+        assert self.handoff is not None and self.zk is not None
+        await run_blocking(CheckpointStore(self.zk).put, self._tasks_key, "_dns", self.handoff.to_dict())
+
+    async def _lower_ttl(self) -> dict[str, Any]:
+        assert self.plan.dns is not None
+        handoff = await self._dns_handoff()
+        await asyncio.get_running_loop().run_in_executor(None, handoff.save)
+        await self._save_handoff()
+        waited = await asyncio.get_running_loop().run_in_executor(None, handoff.lower_ttl, self.plan.dns.ttl)
+        await self._save_handoff()
+        return {"waited_old_ttl": round(waited, 3)}
+
+    async def _switch_dns(self) -> dict[str, Any]:
+        dns = self.plan.dns
+        assert dns is not None
+        handoff = await self._dns_handoff()
+        loop = asyncio.get_running_loop()
+        started = time.time()
+        await loop.run_in_executor(None, lambda: handoff.switch(dns.n1_values, dns.n2_values, dns.mode, dns.steps))
+        await self._save_handoff()
+        resolver = dns.resolver or (dns.rfc2136.server if dns.rfc2136 else None)
+        if resolver:
+            await loop.run_in_executor(None, handoff.verify, resolver, dns.n2_values, 10.0)
+        await self._save_handoff()
+        return {"switched_at": started, "in_sync_after": round(time.time() - started, 3)}
+
+    async def _complete(self) -> dict[str, Any]:
+        for mirror in self.mirrors:
+            await run_blocking(mirror.stop)
+        self.mirrors = []
+        await self._set_phase("complete")
+        return {}
+
+    # -- rollback ----------------------------------------------------------------------------
+
+    async def rollback(self) -> MigrationState:
+        """Back to N1 from any phase before ``complete``, losing nothing.
+
+        Proxies go back to ``passthrough`` only once the journal toward N1 is empty (every
+        write made in ``proxy`` mode is then on N1); the DNS records are restored exactly
+        from the hand-off's saved copy.
+        """
+        assert self.store is not None and self.zk is not None
+        self.state = await run_blocking(self.store.get)
+        if self.state is None:
+            raise MigrationFailed("no migration is recorded in N1's ZooKeeper; nothing to roll back")
+        if self.state.phase == "complete":
+            raise MigrationFailed("the migration is complete; N2 is live and N1 no longer takes writes")
+        if self.state.phase == "rollback":
+            self.progress.event("already rolled back")
+            return self.state
+        from_phase = self.state.phase
+        await self._switch("passthrough")
+        if self.plan.dns is not None and await self._saved_handoff():
+            handoff = await self._dns_handoff()
+            await asyncio.get_running_loop().run_in_executor(None, handoff.rollback)
+        self.state = await run_blocking(self.store.update, self.state.version, phase="rollback",
+                                        data={"from": from_phase, "at": time.time()})
+        self.progress.event(f"rolled back from phase {from_phase}: proxies in passthrough, N1 serves")
+        return self.state
+
+    async def restart(self) -> None:
+        """Forget a finished or rolled-back migration (state and checkpoints) to start anew."""
+        assert self.store is not None and self.zk is not None
+        state = await run_blocking(self.store.get)
+        if state is not None and state.phase not in ("complete", "rollback"):
+            raise MigrationFailed(f"a migration is in phase {state.phase}; roll it back before starting anew")
+        checkpoints = ZooKeeperCheckpoints(CheckpointStore(self.zk))
+        for task in [f"{self.plan.name}.{app}" for app in self.plan.apps] + [self._tasks_key]:
+            await checkpoints.clear(task)
+        if state is not None:
+            await run_blocking(self.store.delete, state.version)
