@@ -8,15 +8,174 @@ traceback means a bug in nxnw.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
+import signal
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
 from nxnw import services
+from nxnw.config import PlanError, load_plan
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _async(coro) -> int:
+    try:
+        import uvloop
+        return uvloop.run(coro)
+    except ImportError:  # uvloop is a dependency; this only guards odd platforms
+        return asyncio.run(coro)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from nxnw.orchestrator import Orchestrator, preflight
+    from nxnw.status_page import render_report, status_app
+
+    plan = load_plan(args.plan)
+    if args.status_port is not None:
+        plan.status_port = args.status_port
+
+    async def run() -> int:
+        await preflight(plan)
+        orchestrator = Orchestrator(plan)
+        await orchestrator.connect()
+        runner = None
+        try:
+            if args.restart:
+                await orchestrator.restart()
+            if plan.status_port is not None:
+                runner = web.AppRunner(status_app(orchestrator.status), access_log=None)
+                await runner.setup()
+                await web.TCPSite(runner, "127.0.0.1", plan.status_port).start()
+                console.print(f"status page: http://127.0.0.1:{plan.status_port}/")
+            state = await orchestrator.migrate()
+            if args.report:
+                Path(args.report).write_text(render_report(orchestrator.status()))
+            console.print(f"migration {plan.name}: phase {state.phase}")
+            return 0
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            await orchestrator.close()
+
+    return _async(run())
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from nxnw.orchestrator import Orchestrator
+
+    plan = load_plan(args.plan)
+
+    async def run() -> int:
+        orchestrator = Orchestrator(plan)
+        await orchestrator.connect()
+        try:
+            state = await orchestrator.rollback()
+            console.print(f"migration {plan.name}: rolled back from {state.data.get('from')}; N1 serves every write")
+            return 0
+        finally:
+            await orchestrator.close()
+
+    return _async(run())
+
+
+def _status(args: argparse.Namespace) -> int:
+    from kazoo.client import KazooClient
+
+    from proxy.control import journal_depth, members
+    from sync.state import CheckpointStore, MigrationStateStore
+
+    plan = load_plan(args.plan)
+    zk = KazooClient(hosts=plan.n1.zookeeper, timeout=5)
+    try:
+        zk.start(8)
+    except Exception as exc:
+        raise ConnectionError(f"N1's ZooKeeper at {plan.n1.zookeeper} did not answer: {type(exc).__name__}") from exc
+    try:
+        state = MigrationStateStore(zk).get()
+        tasks = CheckpointStore(zk).list(f"{plan.name}._tasks")
+        table = Table("what", "value", title=f"migration {plan.name}")
+        table.add_row("phase", "not started" if state is None else state.phase)
+        for name, proxy in sorted(members(zk).items()):
+            table.add_row(f"proxy {name}", f"mode {proxy.get('mode')} (epoch {proxy.get('epoch')})")
+        table.add_row("repair journal", f"to N2: {journal_depth(zk, 'n2')}, to N1: {journal_depth(zk, 'n1')}")
+        for name, result in sorted(tasks.items(), key=lambda kv: kv[1].get("finished", 0)):
+            if not name.startswith("_"):
+                detail = ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("phase", "started", "finished"))
+                table.add_row(f"done: {name}", detail)
+        Console().print(table)
+        return 0
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from datastore import open_engine
+    from snapshot import verify_app
+
+    plan = load_plan(args.plan)
+
+    async def run() -> int:
+        n1, n2 = open_engine(plan.n1.engine), open_engine(plan.n2.engine)
+        await n1.open()
+        await n2.open()
+        try:
+            clean = True
+            for app in plan.apps:
+                report = await verify_app(n1, n2, app, repair=args.repair)
+                Console().print(report.summary(), markup=False)
+                clean = clean and (report.identical or args.repair)
+            return 0 if clean else 1
+        finally:
+            await n1.close()
+            await n2.close()
+
+    return _async(run())
+
+
+def _proxy_serve(args: argparse.Namespace) -> int:
+    from proxy.config import ProxyConfig
+    from proxy.server import serve
+
+    plan = load_plan(args.plan)
+    config = ProxyConfig(instance=args.instance, node_id=args.node_id, n1_engine=plan.n1.engine,
+                         n2_engine=plan.n2.engine, n1_zookeeper=plan.n1.zookeeper, n2_zookeeper=plan.n2.zookeeper,
+                         n1_memcached=plan.n1.memcached, n2_memcached=plan.n2.memcached, http_host=args.host,
+                         http_port=args.port, memcache_port=args.memcache_port,
+                         shadow_rate=plan.thresholds.shadow_rate, admin_token=os.environ.get("NXNW_ADMIN_TOKEN", ""))
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+        return 0
+
+    return _async(run())
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from nxnw.demo import DemoOptions, run_demo
+
+    options = DemoOptions(source=args.source, target=args.target, seed_entities=args.entities,
+                          clients=args.clients, ttl=args.ttl, status_port=args.status_port,
+                          orchestrator_kills=args.kill_orchestrator_in)
+    figures, ok = _async(run_demo(options))
+    print()
+    for name, value in figures.items():
+        print(f"{name}: {value}")
+    print(f"result: {'ok' if ok else 'FAILED'}")
+    return 0 if ok else 1
 
 
 def _services_up(args: argparse.Namespace) -> int:
@@ -64,6 +223,52 @@ def build_parser() -> argparse.ArgumentParser:
         p = svc_verbs.add_parser(action, help=text)
         p.add_argument("names", nargs="*", help=names_help)
         p.set_defaults(func=func)
+    engines = ["sqlite", "cassandra", "hbase"]
+    demo = verbs.add_parser("demo", help="a live migration on this machine under load, checked by a history checker",
+                            description="Start the local services, migrate N1 -> N2 under a steady workload through "
+                            "the proxy (every phase, DNS hand-off on the local BIND included) and print a report; "
+                            "exit 0 only when nothing was lost, resurrected or read stale.")
+    demo.add_argument("--from", dest="source", choices=engines, default="sqlite", help="N1's engine (default sqlite)")
+    demo.add_argument("--to", dest="target", choices=engines, default="sqlite", help="N2's engine (default sqlite)")
+    demo.add_argument("--entities", type=int, default=5000, help="entities seeded on N1 before the migration")
+    demo.add_argument("--clients", type=int, default=4, help="concurrent workload clients")
+    demo.add_argument("--ttl", type=int, default=2, help="DNS TTL during the hand-off, seconds")
+    demo.add_argument("--status-port", type=int, default=None, help="serve the live status page on this port")
+    demo.add_argument("--kill-orchestrator-in", nargs="*", default=[], metavar="PHASE",
+                      help="run the orchestrator as a child and SIGKILL it once in each of these phases")
+    demo.set_defaults(func=_demo)
+
+    plan_help = "the migration plan (TOML)"
+    migrate = verbs.add_parser("migrate", help="run or resume a migration: prepare, sync-zk, cow, snapshot+load, "
+                               "verify, proxy, handoff, complete")
+    migrate.add_argument("plan", help=plan_help)
+    migrate.add_argument("--restart", action="store_true", help="forget a completed or rolled-back migration first")
+    migrate.add_argument("--status-port", type=int, help="serve the live status page on this port")
+    migrate.add_argument("--report", help="write the final HTML report here")
+    migrate.set_defaults(func=_migrate)
+
+    for verb, func, text in [("status", _status, "show the phase, the proxies' modes, the journal and finished tasks"),
+                             ("rollback", _rollback, "go back to N1 from any phase before complete, losing nothing")]:
+        p = verbs.add_parser(verb, help=text)
+        p.add_argument("plan", help=plan_help)
+        p.set_defaults(func=func)
+
+    verify = verbs.add_parser("verify", help="compare N1 and N2 app by app (exit 1 if they differ)")
+    verify.add_argument("plan", help=plan_help)
+    verify.add_argument("--repair", action="store_true", help="copy the newer side of each differing key over")
+    verify.set_defaults(func=_verify)
+
+    proxy = verbs.add_parser("proxy", help="run a proxy instance (N1's data endpoint during a migration)")
+    proxy_verbs = proxy.add_subparsers(dest="action", metavar="ACTION")
+    proxy_verbs.required = True
+    serve = proxy_verbs.add_parser("serve", help="serve the data API until SIGTERM")
+    serve.add_argument("plan", help=plan_help)
+    serve.add_argument("--instance", required=True, help="this instance's name, unique among the proxies")
+    serve.add_argument("--node-id", type=int, required=True, help="the clock's writer id, 0-15, unique per instance")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--memcache-port", type=int, default=None, help="also speak the memcached protocol here")
+    serve.set_defaults(func=_proxy_serve)
     return parser
 
 
@@ -73,7 +278,7 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
     except KeyboardInterrupt:
         console.print("nxnw: interrupted")
         return 130
-    except (services.ServicesDown, KeyError, ValueError, OSError) as exc:
+    except (services.ServicesDown, PlanError, KeyError, ValueError, OSError, RuntimeError) as exc:
         first, _, rest = str(exc).partition("\n")
         console.print(f"nxnw {args.verb}: {first}", markup=False, highlight=False)
         if rest:
@@ -83,6 +288,7 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("NXNW_LOG", "WARNING"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return run(args.func, args)
 
 

@@ -8,16 +8,35 @@ checked separately by the orchestrator's preflight, also before any change.
 
 from __future__ import annotations
 
+import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
 from datastore.model import APP_PATTERN
 from datastore.registry import ENGINES
 
-HOSTPORT = r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9_.\-\[\]:]+:\d{1,5})*$"
+_HOST = r"[A-Za-z0-9_.\-\[\]:]+:\d{1,5}"
+HOSTPORT = re.compile(rf"{_HOST}")
+HOSTS = re.compile(rf"{_HOST}(,{_HOST})*")
+#: ZooKeeper connection strings may end in a chroot, as kazoo and ZooKeeper clients accept
+ZK_HOSTS = re.compile(rf"{_HOST}(,{_HOST})*(/[A-Za-z0-9_.\-]+)*")
+
+
+def _matching(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"{value!r} is not {what}")
+        return value
+    return check
+
+
+HostPort = Annotated[str, AfterValidator(_matching(HOSTPORT, "host:port"))]
+Hosts = Annotated[str, AfterValidator(_matching(HOSTS, "host:port[,host:port…]"))]
+ZooKeeperHosts = Annotated[str, AfterValidator(_matching(ZK_HOSTS, "host:port[,host:port…][/chroot]"))]
 
 
 class PlanError(ValueError):
@@ -36,8 +55,8 @@ class Deployment(_Strict):
     """N1 or N2: where its datastore, memcached and ZooKeeper answer."""
 
     engine: str = Field(description="engine URL: sqlite:///file, cassandra://host:port/keyspace, hbase://host:port/prefix")
-    zookeeper: str = Field(pattern=HOSTPORT)
-    memcached: str = Field(pattern=HOSTPORT)
+    zookeeper: ZooKeeperHosts
+    memcached: Hosts
     proxies: list[str] = Field(default_factory=list, description="the proxy instances' HTTP endpoints (N1 only)")
 
     @field_validator("engine")
@@ -50,12 +69,12 @@ class Deployment(_Strict):
 
 
 class Rfc2136(_Strict):
-    server: str = Field(pattern=HOSTPORT)
+    server: HostPort
     zone: str
     key_name: str
     key_secret: str
     key_algorithm: str = "hmac-sha256"
-    authoritative: list[str] = Field(default_factory=list)
+    authoritative: list[HostPort] = Field(default_factory=list)
 
 
 class Route53(_Strict):
@@ -70,7 +89,7 @@ class Dns(_Strict):
     n1_values: list[str] = Field(min_length=1)
     n2_values: list[str] = Field(min_length=1)
     ttl: int = Field(default=5, ge=1, le=86400, description="TTL during the hand-off")
-    resolver: str | None = Field(default=None, pattern=HOSTPORT, description="where verify queries; default the primary")
+    resolver: HostPort | None = Field(default=None, description="where verify queries; default the primary")
     mode: Literal["at_once", "weighted"] = "at_once"
     steps: list[int] = Field(default_factory=lambda: [10, 50, 100])
     rfc2136: Rfc2136 | None = None

@@ -60,6 +60,7 @@ class MigrationFailed(RuntimeError):
 
 @dataclass
 class Task:
+    #: the phase's name, then ``:detail`` when a phase has several tasks
     name: str
     phase: str
     deps: tuple[str, ...]
@@ -176,6 +177,30 @@ class Orchestrator:
         self.mirrors: list[TreeMirror] = []
         self.handoff: Handoff | None = None
         self._state_lock = asyncio.Lock()
+
+    def status(self) -> dict[str, Any]:
+        """The state the status page draws (see nxnw/status_page.py for the shape)."""
+        phases = []
+        for phase in PHASES:
+            tasks = [t for name, t in self.progress.tasks.items() if name.split(":")[0] == phase]
+            states = {t.get("state", "pending") for t in tasks}
+            started = [t["started"] for t in tasks if t.get("started")]
+            finished = [t["finished"] for t in tasks if t.get("finished")]
+            state = ("failed" if "failed" in states else "running" if "running" in states
+                     else "done" if tasks and states == {"done"} else "running" if "done" in states else "pending")
+            phases.append({"name": phase, "state": state, "started": min(started) if started else None,
+                           "finished": max(finished) if state == "done" and finished else None})
+        loads = list(self.progress.load.values())
+        seconds = max((s.seconds for s in loads), default=0.0)
+        entities = sum(s.entities for s in loads)
+        return {
+            "plan": self.plan.name, "phase": self.progress.phase, "mode": self.progress.mode,
+            "journal_depth": self.progress.journal_depth, "events": self.progress.events[-50:], "phases": phases,
+            "progress": {"entities": entities, "bytes": sum(s.bytes for s in loads),
+                         "rate": entities / seconds if seconds else 0.0,
+                         "ranges_done": sum(s.ranges_done for s in loads),
+                         "ranges_total": sum(s.ranges_total for s in loads)},
+        }
 
     # -- connections ---------------------------------------------------------------------
 

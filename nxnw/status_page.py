@@ -42,7 +42,7 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 
-PHASES = ("prepare", "sync-zk", "cow", "snapshot", "verify", "proxy", "handoff", "complete", "rollback")
+PHASES = ("prepare", "sync-zk", "cow", "snapshot+load", "verify", "proxy", "handoff", "complete", "rollback")
 STATE_COLOURS = {
     "pending": "#c7ccd6",
     "running": "#2d7ff9",

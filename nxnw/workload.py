@@ -50,7 +50,7 @@ class Endpoint:
 class WorkloadStats:
     requests: int = 0
     failed: int = 0
-    #: (monotonic second, address reached) of every request, for the switch-over figures
+    #: (wall-clock second, address reached) of every request, for the switch-over figures
     reached: list[tuple[float, str]] = field(default_factory=list)
 
 
@@ -64,7 +64,7 @@ class Workload:
         self.keys = [f"key-{i:05d}" for i in range(keys)]
         self.endpoint_for = endpoint_for
         self.clients = clients
-        self.history = history or History()
+        self.history = history if history is not None else History()
         self.pause = pause
         self.seed = seed
         self.stats = WorkloadStats()
@@ -121,4 +121,4 @@ class Workload:
             op.fail()
             self.stats.failed += 1
             await asyncio.sleep(0.05)
-        self.stats.reached.append((time.monotonic(), address))
+        self.stats.reached.append((time.time(), address))

@@ -22,7 +22,9 @@ composed route object; nothing else in the proxy knows which side is which.
     asynchronously (never delaying the client) and compared by value and timestamp; a
     divergence is counted, logged with the key, and handed to ``on_divergence`` (the
     repair journal). A shadow answer newer than the inner one is not a divergence to
-    repair toward the inner side: it only means a write raced the comparison.
+    repair toward the inner side: it only means a write raced the comparison. A key absent
+    from the shadow is counted (``missing``) but not journalled: until the snapshot load
+    has passed it, absence is expected, and the load copies it anyway.
     write: inner. Bounded: at most ``max_in_flight`` shadow reads at once; beyond that
     samples are skipped, not queued.
 """
@@ -157,6 +159,9 @@ class ShadowReadRoute(DataRoute):
             return
         if shadow == primary or (shadow is not None and shadow.wins_over(primary)):
             SHADOW_READS.labels("match").inc()
+            return
+        if shadow is None:
+            SHADOW_READS.labels("missing").inc()
             return
         SHADOW_READS.labels("divergence").inc()
         log.warning("shadow read divergence on %s/%s/%r: N1 %s, N2 %s", ref.app, ref.kind, ref.key,

@@ -71,7 +71,8 @@ class ProxyServer:
         self._mode_task = asyncio.create_task(self._follow_modes(), name="follow-modes")
         self.watcher = ModeWatcher(self.zk)
         self.watcher.add_callback(lambda state: loop.call_soon_threadsafe(self._modes.put_nowait, state))
-        self._modes.put_nowait(self.watcher.current)
+        if self.watcher.current is not None:  # read before the callback was added: adopt it now
+            self._modes.put_nowait(self.watcher.current)
         await run_blocking(self.watcher.wait_until, lambda state: state is not None, 15.0)
         while self.core.mode is None:  # the watcher has it; let the follower adopt it
             await asyncio.sleep(0.01)

@@ -34,7 +34,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 MAIN_PHASES = [p for p in PHASES if p != "rollback"]
 
 
-def migration_state(current: str = "snapshot") -> dict[str, Any]:
+def migration_state(current: str = "snapshot+load") -> dict[str, Any]:
     """A state as the orchestrator reports it: phases before ``current`` done, it running."""
     now = time.time()
     phases, t = [], now - 100
@@ -164,7 +164,7 @@ BARS = "Array.from(document.querySelectorAll('#timeline svg rect.bar'))"
 
 async def test_the_page_shows_the_current_phase_and_follows_it_without_a_reload(served, browser):
     orchestrator, _ = served
-    await browser.wait_for("document.getElementById('phase').textContent", "snapshot")
+    await browser.wait_for("document.getElementById('phase').textContent", "snapshot+load")
     assert await browser.evaluate("document.getElementById('mode').textContent") == "cow"
     assert await browser.evaluate("document.getElementById('journal').textContent") == "7"
     assert await browser.evaluate("document.getElementById('progress-bar').style.width") == "25%"
@@ -206,7 +206,7 @@ async def test_the_page_says_when_the_orchestrator_is_unreachable_and_recovers(s
     await browser.wait_for("document.getElementById('status').textContent.startsWith('live')", True)
     orchestrator.broken = "ZooKeeper session lost"
     await browser.wait_for("document.getElementById('status').textContent.includes('ZooKeeper session lost')", True)
-    assert await browser.evaluate("document.getElementById('phase').textContent") == "snapshot"  # last known
+    assert await browser.evaluate("document.getElementById('phase').textContent") == "snapshot+load"  # last known
     orchestrator.broken = None
     await browser.wait_for("document.getElementById('status').textContent.startsWith('live')", True)
 
