@@ -124,3 +124,108 @@ def route53_zone():
     if changes:
         client.change_resource_record_sets(HostedZoneId=zone_id, ChangeBatch={"Changes": changes})
     client.delete_hosted_zone(Id=zone_id)
+
+
+# --- ZooKeeper, for sync/ (tests/test_sync_*.py) ---------------------------------------------
+
+
+@pytest.fixture
+def zk_hosts() -> dict[str, str]:
+    """Connection strings of N1's and N2's ZooKeeper (``{"n1": ..., "n2": ...}``), started if needed."""
+    from nxnw.services.endpoints import HOST, ZOOKEEPER
+
+    require("zookeeper-n1", "zookeeper-n2")
+    return {deployment: f"{HOST}:{port}" for deployment, port in ZOOKEEPER.items()}
+
+
+@pytest.fixture
+def zk_connect(zk_hosts: dict[str, str]):
+    """``zk_connect("n1" | "n2", **kazoo_kwargs)`` -> a started KazooClient; all closed after the test."""
+    from kazoo.client import KazooClient
+
+    made = []
+
+    def connect(deployment: str, **kwargs):
+        client = KazooClient(hosts=zk_hosts[deployment], **{"timeout": 10.0, **kwargs})
+        client.start(timeout=10)
+        made.append(client)
+        return client
+
+    yield connect
+    for client in made:
+        try:
+            client.stop()
+            client.close()
+        except Exception:
+            pass
+
+
+#: The digest identities tests may restrict ACLs to; cleanup authenticates as all of them.
+ZK_TEST_AUTH = [("digest", "mirror:secret"), ("digest", "someone:else")]
+
+
+@pytest.fixture
+def zk_root(zk_hosts: dict[str, str]):
+    """A fresh znode path for one test; deleted on N1 and N2 afterwards, mirror markers included.
+
+    Nodes whose ACL shuts out the world must grant one of ``ZK_TEST_AUTH``'s identities.
+    """
+    from kazoo.client import KazooClient
+
+    from sync.mirror import purge_ephemeral_copies
+
+    root = f"/nxnw-tests/{uuid.uuid4().hex[:12]}"
+    yield root
+    for hosts in zk_hosts.values():
+        client = KazooClient(hosts=hosts, auth_data=ZK_TEST_AUTH)
+        client.start(timeout=10)
+        try:
+            purge_ephemeral_copies(client, root)
+            client.delete(root, recursive=True)
+        finally:
+            client.stop()
+            client.close()
+
+
+@pytest.fixture
+def expire_zk_session(zk_hosts: dict[str, str]):
+    """``expire(client, "n1" | "n2", during_loss=None)``: really expire ``client``'s session.
+
+    A second client connects with the same session id and password and closes it, so the
+    server ends the session; ``client`` sees SUSPENDED, LOST, then CONNECTED on a new
+    session, which ``expire`` waits for. ``during_loss`` runs when ``client`` reports LOST,
+    on its kazoo connection thread: ``client`` cannot reconnect (or react) until it
+    returns, so whatever it does happens while ``client`` has no session.
+    """
+    import threading
+
+    from kazoo.client import KazooClient
+    from kazoo.protocol.states import KazooState
+
+    def expire(client, deployment: str, during_loss=None, timeout: float = 15.0) -> None:
+        lost, back = threading.Event(), threading.Event()
+        failure: list[BaseException] = []
+
+        def listener(state):
+            if state == KazooState.LOST and not lost.is_set():
+                try:
+                    if during_loss is not None:
+                        during_loss()
+                except BaseException as exc:  # re-raised in the test's thread
+                    failure.append(exc)
+                lost.set()
+            elif state == KazooState.CONNECTED and lost.is_set():
+                back.set()
+                return True
+            return None
+
+        client.add_listener(listener)
+        thief = KazooClient(hosts=zk_hosts[deployment], client_id=client.client_id)
+        thief.start(timeout=10)
+        thief.stop()
+        thief.close()
+        assert back.wait(timeout), f"{client.hosts}: session did not expire and come back within {timeout}s"
+        if failure:
+            raise failure[0]
+
+    return expire

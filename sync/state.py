@@ -1,0 +1,278 @@
+"""Migration state and snapshot-loader checkpoints, persisted in N1's ZooKeeper.
+
+Error handling
+==============
+
+Nothing here holds session-bound state (no watches, no ephemeral nodes), so a SUSPENDED or
+LOST session costs nothing but the call in flight: every call goes through a KazooRetry
+with a deadline that also retries across a session expiry (the new session simply
+continues), and raises ``kazoo.retry.RetryFailedError`` once the deadline has passed.
+A process that crashes mid-call resumes from whatever the znodes say.
+
+Compare-and-set: the migration state is only ever written against the version the writer
+read (``expected_version``); a different version raises ``StateConflict`` — another
+orchestrator moved the migration on. A retried write whose first attempt had in fact
+succeeded (reply lost with the connection) is recognised by the ``write_id`` it carries
+and returned as a success, not reported as a conflict.
+
+Layout:
+
+* ``/nxnw/migration/state`` — one JSON document: the current ``phase`` (one of ``PHASES``,
+  the words of the CLI, logs and status page), ``started_at`` (the migration),
+  ``phase_started_at``, ``updated_at`` (unix seconds), ``phases`` (per-phase data, a JSON
+  object per phase name) and ``write_id``.
+* ``/nxnw/migration/checkpoints/<task>/<range-id>`` — one JSON object per finished (or
+  partly finished) range of a snapshot/load task. Task and range ids are url-quoted into
+  znode names, so any non-empty string works (token ranges contain '/' and ':').
+  Checkpoints are last-writer-wins: one loader owns a range at a time.
+
+Must never: write the state without a version check; accept a phase outside ``PHASES``;
+store a value ZooKeeper would refuse (documents are limited to ``MAX_DOCUMENT_BYTES``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError, NoNodeError, NodeExistsError
+from kazoo.protocol.states import ZnodeStat
+
+from sync._zk import bounded_retry, check_path, check_timeout, decode_name, encode_name, join
+
+PHASES = ("prepare", "sync-zk", "cow", "snapshot+load", "verify", "proxy", "handoff", "complete", "rollback")
+STATE_PATH = "/nxnw/migration/state"
+CHECKPOINTS_ROOT = "/nxnw/migration/checkpoints"
+#: ZooKeeper refuses requests near 1 MB (jute.maxbuffer); stay well below.
+MAX_DOCUMENT_BYTES = 512 * 1024
+
+
+class StateConflict(RuntimeError):
+    """The migration-state znode is not at the version (or existence) the writer expected."""
+
+
+class CorruptDocument(ValueError):
+    """A znode holds data that is not the expected JSON document; the message has the path."""
+
+
+def check_phase(phase: object) -> str:
+    if phase not in PHASES:
+        raise ValueError(f"unknown migration phase {phase!r}; phases: {', '.join(PHASES)}")
+    return phase  # type: ignore[return-value]
+
+
+def _encode(doc: object, what: str) -> bytes:
+    try:
+        data = json.dumps(doc, sort_keys=True, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} is not JSON-serialisable: {exc}") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise ValueError(f"{what} is {len(data)} bytes encoded; the limit is {MAX_DOCUMENT_BYTES}")
+    return data
+
+
+def _decode_object(data: bytes, path: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptDocument(f"{path} does not hold JSON ({exc}): {data[:80]!r}") from None
+    if not isinstance(doc, dict):
+        raise CorruptDocument(f"{path} does not hold a JSON object: {data[:80]!r}")
+    return doc
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    phase: str
+    started_at: float
+    phase_started_at: float
+    updated_at: float
+    #: Per-phase data: ``phases[name]`` is the JSON object recorded for that phase.
+    phases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The znode version: pass it to ``update`` as ``expected_version``.
+    version: int = 0
+    write_id: str = ""
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The current phase's data."""
+        return self.phases.get(self.phase, {})
+
+
+class MigrationStateStore:
+    """The migration-state znode, read and compare-and-set (blocking calls)."""
+
+    def __init__(self, client: KazooClient, *, path: str = STATE_PATH, deadline: float = 10.0) -> None:
+        self.client = client
+        self.path = check_path(path, "state path")
+        self.deadline = check_timeout(deadline, "deadline")
+
+    def _retry(self):  # a fresh KazooRetry per call: its deadline counts from the call
+        return bounded_retry(self.deadline, ignore_expire=True)
+
+    def get(self) -> MigrationState | None:
+        """The state now, or None if no migration has been recorded."""
+        try:
+            data, stat = self._retry()(self.client.get, self.path)
+        except NoNodeError:
+            return None
+        return self._parse(data, stat)
+
+    def _parse(self, data: bytes, stat: ZnodeStat) -> MigrationState:
+        doc = _decode_object(data, self.path)
+        try:
+            phase = check_phase(doc["phase"])
+            phases = doc.get("phases", {})
+            if not isinstance(phases, dict) or not all(isinstance(v, dict) for v in phases.values()):
+                raise ValueError(f"'phases' is not an object of objects: {phases!r}"[:200])
+            return MigrationState(phase, float(doc["started_at"]), float(doc["phase_started_at"]),
+                                  float(doc["updated_at"]), phases, stat.version, str(doc.get("write_id", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptDocument(f"{self.path} is not a migration-state document: {exc}") from None
+
+    def create(self, phase: str = "prepare", data: dict[str, Any] | None = None) -> MigrationState:
+        """Record a new migration in ``phase``; StateConflict if one is already recorded."""
+        check_phase(phase)
+        now = time.time()
+        doc = {"phase": phase, "started_at": now, "phase_started_at": now, "updated_at": now,
+               "phases": {phase: self._phase_data(data)}, "write_id": uuid.uuid4().hex}
+        return self._write(doc, None)
+
+    def update(self, expected_version: int, *, phase: str | None = None,
+               data: dict[str, Any] | None = None) -> MigrationState:
+        """Compare-and-set: move to ``phase`` and/or replace the (new) current phase's data.
+
+        Raises StateConflict if the znode is not at ``expected_version``.
+        """
+        if isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 0:
+            raise ValueError(f"expected_version must be a znode version (int >= 0), got {expected_version!r}")
+        if phase is not None:
+            check_phase(phase)
+        current = self.get()
+        if current is None:
+            raise StateConflict(f"{self.path} does not exist; expected it at version {expected_version}")
+        if current.version != expected_version:
+            raise StateConflict(f"{self.path} is at version {current.version} (phase {current.phase!r}), "
+                                f"not {expected_version}: re-read the state and decide again")
+        now = time.time()
+        phases = copy.deepcopy(current.phases)
+        target = phase or current.phase
+        if data is not None or target not in phases:
+            phases[target] = self._phase_data(data)
+        doc = {"phase": target, "started_at": current.started_at,
+               "phase_started_at": now if target != current.phase else current.phase_started_at,
+               "updated_at": now, "phases": phases, "write_id": uuid.uuid4().hex}
+        return self._write(doc, expected_version)
+
+    def delete(self, expected_version: int) -> None:
+        """Remove the record (after ``complete`` or a finished ``rollback``); CAS like update."""
+        try:
+            self._retry()(self.client.delete, self.path, version=expected_version)
+        except NoNodeError:
+            pass
+        except BadVersionError as exc:
+            raise StateConflict(f"{self.path} is not at version {expected_version}; not deleted") from exc
+
+    @staticmethod
+    def _phase_data(data: dict[str, Any] | None) -> dict[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ValueError(f"phase data must be a JSON object (dict), got {type(data).__name__}")
+        return copy.deepcopy(data)
+
+    def _write(self, doc: dict[str, Any], expected_version: int | None) -> MigrationState:
+        data = _encode(doc, f"migration state for {self.path}")
+        try:
+            if expected_version is None:
+                self._retry()(self.client.create, self.path, data, makepath=True)
+                version = 0
+            else:
+                version = self._retry()(self.client.set, self.path, data, version=expected_version).version
+        except (NodeExistsError, BadVersionError, NoNodeError) as exc:
+            now = self.get()
+            if now is not None and now.write_id == doc["write_id"]:
+                return now  # our first attempt had succeeded; its reply was lost
+            found = "does not exist" if now is None else f"is at version {now.version} (phase {now.phase!r})"
+            wanted = "to be absent" if expected_version is None else f"at version {expected_version}"
+            raise StateConflict(f"{self.path} {found}; expected it {wanted}") from exc
+        return MigrationState(doc["phase"], doc["started_at"], doc["phase_started_at"], doc["updated_at"],
+                              doc["phases"], version, doc["write_id"])
+
+
+class CheckpointStore:
+    """Per-range checkpoints of snapshot/load tasks (blocking calls)."""
+
+    def __init__(self, client: KazooClient, *, root: str = CHECKPOINTS_ROOT, deadline: float = 10.0) -> None:
+        self.client = client
+        self.root = check_path(root, "checkpoints root")
+        self.deadline = check_timeout(deadline, "deadline")
+
+    def _retry(self):
+        return bounded_retry(self.deadline, ignore_expire=True)
+
+    def _task_path(self, task: str) -> str:
+        return join(self.root, encode_name(task, "checkpoint task"))
+
+    def _path(self, task: str, range_id: str) -> str:
+        return join(self._task_path(task), encode_name(range_id, "range id"))
+
+    def put(self, task: str, range_id: str, value: dict[str, Any]) -> None:
+        """Store ``value`` (a JSON object) as the checkpoint of ``range_id`` in ``task``."""
+        path = self._path(task, range_id)
+        if not isinstance(value, dict):
+            raise ValueError(f"checkpoint {task}/{range_id} must be a JSON object (dict), got {type(value).__name__}")
+        data = _encode(value, f"checkpoint {task}/{range_id}")
+
+        def put_once() -> None:
+            try:
+                self.client.set(path, data)
+            except NoNodeError:
+                try:
+                    self.client.create(path, data, makepath=True)
+                except NodeExistsError:
+                    self.client.set(path, data)  # created meanwhile (or by our lost-reply attempt)
+
+        self._retry()(put_once)
+
+    def get(self, task: str, range_id: str) -> dict[str, Any] | None:
+        path = self._path(task, range_id)
+        try:
+            data, _ = self._retry()(self.client.get, path)
+        except NoNodeError:
+            return None
+        return _decode_object(data, path)
+
+    def list(self, task: str) -> dict[str, dict[str, Any]]:
+        """Every checkpoint of ``task``: range id -> value (reads pipelined)."""
+        task_path = self._task_path(task)
+
+        def read_all() -> dict[str, bytes]:
+            try:
+                names = self.client.get_children(task_path)
+            except NoNodeError:
+                return {}
+            pending = {name: self.client.get_async(join(task_path, name)) for name in names}
+            found = {}
+            for name, result in pending.items():
+                try:
+                    found[name] = result.get()[0]
+                except NoNodeError:
+                    pass  # cleared meanwhile
+            return found
+
+        raw = self._retry()(read_all)
+        return {decode_name(name): _decode_object(data, join(task_path, name)) for name, data in sorted(raw.items())}
+
+    def clear(self, task: str, range_id: str | None = None) -> None:
+        """Delete one checkpoint, or (``range_id=None``) every checkpoint of ``task``."""
+        path = self._task_path(task) if range_id is None else self._path(task, range_id)
+        try:
+            self._retry()(self.client.delete, path, recursive=True)
+        except NoNodeError:
+            pass

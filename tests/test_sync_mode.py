@@ -1,0 +1,99 @@
+"""The mode znode against the real N1 ZooKeeper: CAS writes, watchers on several clients, fencing."""
+
+from __future__ import annotations
+
+import pytest
+
+from sync.mode import MODES, ModeConflict, ModeWatcher, ensure_mode, read_mode, set_mode
+
+
+@pytest.fixture
+def mode_path(zk_root: str) -> str:
+    return f"{zk_root}/mode"
+
+
+@pytest.fixture
+def watchers():
+    made = []
+
+    def watch(client, path: str) -> ModeWatcher:
+        watcher = ModeWatcher(client, path=path)
+        made.append(watcher)
+        return watcher
+
+    yield watch
+    for watcher in made:
+        watcher.close()
+
+
+def test_unknown_mode_is_refused_naming_the_allowed_ones(zk_connect, mode_path):
+    client = zk_connect("n1")
+    with pytest.raises(ValueError, match="'copy-on-write'.*passthrough, cow, proxy"):
+        set_mode(client, "copy-on-write", None, path=mode_path)
+    assert client.exists(mode_path) is None
+    assert MODES == ("passthrough", "cow", "proxy")
+
+
+def test_every_watcher_on_every_client_sees_each_change(zk_connect, mode_path, watchers):
+    writer = zk_connect("n1")
+    state = ensure_mode(writer, path=mode_path)
+    assert (state.mode, state.epoch, state.version) == ("passthrough", 0, 0)
+    fleet = [watchers(zk_connect("n1"), mode_path) for _ in range(3)]
+    for watcher in fleet:
+        assert watcher.wait_for("passthrough", 5).epoch == 0
+
+    state = set_mode(writer, "cow", state.version, path=mode_path)
+    for watcher in fleet:
+        assert watcher.wait_for("cow", 5) == state
+    state = set_mode(writer, "proxy", state.version, path=mode_path)
+    for watcher in fleet:
+        assert watcher.wait_for("proxy", 5).epoch == 2
+
+
+def test_set_mode_with_a_stale_version_fails_and_changes_nothing(zk_connect, mode_path):
+    a, b = zk_connect("n1"), zk_connect("n1")
+    seen_by_a = ensure_mode(a, path=mode_path)
+    seen_by_b = read_mode(b, path=mode_path)
+    set_mode(b, "cow", seen_by_b.version, path=mode_path)
+
+    with pytest.raises(ModeConflict, match="is at version 1 .*'cow'.*expected it at version 0"):
+        set_mode(a, "proxy", seen_by_a.version, path=mode_path)
+    with pytest.raises(ModeConflict, match="expected it to be absent"):
+        set_mode(a, "proxy", None, path=mode_path)
+    assert read_mode(a, path=mode_path).mode == "cow"
+
+
+def test_watcher_reports_none_while_its_session_is_lost_then_rereads(zk_connect, mode_path, watchers,
+                                                                     expire_zk_session):
+    writer, proxy_client = zk_connect("n1"), zk_connect("n1")
+    state = ensure_mode(writer, path=mode_path)
+    watcher = watchers(proxy_client, mode_path)
+    watcher.wait_for("passthrough", 5)
+    seen = []
+    watcher.add_callback(seen.append)
+    during = []
+
+    def while_watcher_has_no_session():
+        during.append(watcher.current)
+        set_mode(writer, "cow", state.version, path=mode_path)  # no watch of the watcher can see this
+
+    expire_zk_session(proxy_client, "n1", during_loss=while_watcher_has_no_session)
+
+    assert during == [None]  # fenced: the proxy refuses writes
+    assert watcher.wait_for("cow", 5).epoch == 1
+    assert None in seen and seen[-1].mode == "cow"
+    set_mode(writer, "proxy", 1, path=mode_path)  # and its watch is armed again
+    watcher.wait_for("proxy", 5)
+
+
+def test_garbage_in_the_mode_znode_fences_instead_of_guessing(zk_connect, mode_path, watchers):
+    client = zk_connect("n1")
+    ensure_mode(client, path=mode_path)
+    watcher = watchers(client, mode_path)
+    watcher.wait_for("passthrough", 5)
+
+    client.set(mode_path, b'{"mode": "turbo", "epoch": 1}')
+    watcher.wait_until(lambda s: s is None, 5)
+    client.set(mode_path, b"not json at all")
+    set_mode(client, "cow", 2, path=mode_path)
+    assert watcher.wait_for("cow", 5).version == 3
