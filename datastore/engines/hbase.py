@@ -1,0 +1,405 @@
+"""The HBase engine: one table per app, reached through HBase's Thrift1 gateway with happybase.
+
+URL: ``hbase://host:port/table_prefix``; app ``a`` lives in table ``<table_prefix>a``, one
+column family ``e``, one row per entity (row key = ``Entity.row_key``).
+
+How last-write-wins is kept, and why tombstones are explicit cells. Every write is a
+cell whose HBase timestamp *is* the entity's µs timestamp (``mutateRowsTs``); HBase never
+assigns one. A value lives in ``e:v``; a deletion is a cell in ``e:d`` (empty value) at the
+delete's timestamp. The stored entity is whichever of the two newest cells has the larger
+timestamp, the tombstone on a tie, so an older write arriving late is an older cell version
+that never shows, in any arrival order. HBase's own delete markers are not enough on their
+own: a marker at T does mask every ``e:v`` cell at or below T (an older snapshot row stays
+masked, and a tie goes to the delete), but the marker is invisible to reads (no tombstone
+to export, verify or read back with its timestamp), Thrift1 cannot ask for a raw scan, and
+a major compaction purges the marker (KEEP_DELETED_CELLS cannot be set through Thrift1), after
+which a late older put would resurrect the key. The explicit ``e:d`` cell has none of these
+problems. A delete also writes a DeleteColumn marker on ``e:v`` at its timestamp, purely to
+let compactions reclaim the deleted value; correctness never depends on it.
+
+Costs of Thrift1 to know about: one timestamp per ``mutateRowsTs`` call, so a batch is one
+call per distinct timestamp (snapshot rows all differ: one call per entity, spread over the
+connection pool); scans cannot be bounded in bytes, so pages are fetched in slices of
+``SCAN_SLICE`` rows. Cell timestamps in µs look ~1000 years ahead to HBase, which reads them
+as ms: fine with the family's TTL "forever" (the default here), wrong with any TTL or
+time-based compaction policy, so the tables must never be given one.
+
+Ranges are the table's regions, cut further at sampled row keys (a keys-only scan) when
+the caller asks for more ranges than there are regions; empty ranges pad the list when the
+table has too few keys. Ranges are hex row keys, start inclusive, end exclusive.
+
+Blocking calls (happybase/thriftpy2) run only on this engine's bounded thread pool, one
+Thrift connection per pool thread; never on the event loop. Every call is idempotent (puts
+and tombstones carry their timestamps), so one that failed on a broken connection is retried
+once on a fresh connection; a second failure is ``EngineUnavailable`` naming the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import happybase  # noqa: F401  (registers the Hbase_thrift module that the next import needs)
+from Hbase_thrift import AlreadyExists, BatchMutation, ColumnDescriptor, Mutation, TScan
+from Hbase_thrift import IOError as HBaseIOError
+from thriftpy2.thrift import TApplicationException
+from thriftpy2.transport import TTransportException
+
+from datastore.engine import Engine, EngineUnavailable, KeyRange
+from datastore.model import APP_PATTERN, Entity, EntityRef, check_app
+
+T = TypeVar("T")
+
+FAMILY = b"e"
+VALUE_COLUMN = b"e:v"
+TOMBSTONE_COLUMN = b"e:d"
+COLUMNS = [VALUE_COLUMN, TOMBSTONE_COLUMN]
+
+DEFAULT_PORT = 9090
+POOL_SIZE = 8
+SOCKET_TIMEOUT_MS = 60_000
+#: A ``mutateRowsTs`` call carries at most this many rows and value bytes.
+BATCH_ROWS = 500
+BATCH_BYTES = 4 * 1024 * 1024
+#: Rows fetched per ``scannerGetList``: values may be 1 MiB each.
+SCAN_SLICE = 64
+#: Cap on the keys read to cut a table into more ranges than it has regions.
+SAMPLE_KEYS_MAX = 1_000_000
+KEYS_ONLY_FILTER = b"KeyOnlyFilter() AND FirstKeyOnlyFilter()"
+TABLE_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{0,64}")
+
+#: Failures of the connection itself (the call may not have reached HBase): retried once.
+_TRANSPORT_ERRORS = (TTransportException, OSError, EOFError)
+
+
+def _message(exc: HBaseIOError) -> str:
+    """The exception's message as text (thriftpy2 hands Thrift strings over as bytes)."""
+    message = exc.message or ""
+    return message.decode(errors="replace") if isinstance(message, bytes) else str(message)
+
+
+def _table_missing(exc: HBaseIOError) -> bool:
+    message = _message(exc)
+    return "TableNotFoundException" in message or "does not exist" in message
+
+
+def _first_line(exc: HBaseIOError, limit: int = 400) -> str:
+    text = _message(exc).strip()
+    return text.splitlines()[0][:limit] if text else "(no message)"
+
+
+def _entity_from(app: str, row: Any) -> Entity | None:
+    """The entity a row holds: the newer of its value and tombstone cells, the tombstone on a tie."""
+    columns = row.columns or {}
+    value = columns.get(VALUE_COLUMN)
+    tomb = columns.get(TOMBSTONE_COLUMN)
+    if tomb is not None and (value is None or tomb.timestamp >= value.timestamp):
+        return Entity.from_row(app, row.row, None, tomb.timestamp)
+    if value is not None:
+        return Entity.from_row(app, row.row, value.value, value.timestamp)
+    return None
+
+
+def _mutations(entity: Entity) -> list[Mutation]:
+    if entity.deleted:
+        # The tombstone cell first (the gateway sends a batch's puts before its deletes), then
+        # the marker that lets compactions drop the value it supersedes.
+        return [Mutation(isDelete=False, column=TOMBSTONE_COLUMN, value=b""),
+                Mutation(isDelete=True, column=VALUE_COLUMN)]
+    return [Mutation(isDelete=False, column=VALUE_COLUMN, value=entity.value)]
+
+
+def _split(keys: list[bytes], region_starts: list[bytes], at_least: int) -> list[KeyRange]:
+    """Ranges from cut points: every region start, plus sampled keys if more ranges are wanted.
+
+    Consecutive cuts cover the key space exactly once whatever they are; a cut that equals
+    the next one makes an empty range. Distinct empty ranges pad the list up to ``at_least``.
+    """
+    cuts = {k for k in region_starts if k}
+    if keys and len(cuts) + 1 < at_least:
+        for i in range(1, at_least):
+            cuts.add(keys[i * len(keys) // at_least])
+    edges = [b""] + sorted(cuts) + [b""]
+    ranges = [KeyRange(edges[i].hex(), edges[i + 1].hex()) for i in range(len(edges) - 1)]
+    pad = 1
+    while len(ranges) < at_least:
+        ranges.append(KeyRange("00" * pad, "00" * pad))  # [k, k): empty by definition
+        pad += 1
+    return ranges
+
+
+class HBaseEngine(Engine):
+    scheme = "hbase"
+
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE, timeout_ms: int = SOCKET_TIMEOUT_MS) -> None:
+        super().__init__(url)
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        try:
+            self.port = parts.port or DEFAULT_PORT
+        except ValueError as exc:
+            raise EngineUnavailable(f"hbase URL {url!r} has a bad port: {exc}") from exc
+        self.prefix = parts.path.lstrip("/")
+        if not TABLE_PREFIX_PATTERN.fullmatch(self.prefix):
+            raise EngineUnavailable(
+                f"hbase URL {url!r}: table prefix {self.prefix!r} must match {TABLE_PREFIX_PATTERN.pattern}")
+        self.address = f"{self.host}:{self.port}"
+        self.pool_size = pool_size
+        self.timeout_ms = timeout_ms
+        self._executor: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._connections: list[happybase.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._tables: set[str] = set()
+
+    # ---- connections and the thread pool ----
+
+    def _table(self, app: str) -> bytes:
+        return (self.prefix + check_app(app)).encode()
+
+    def _connection(self) -> happybase.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = happybase.Connection(self.host, self.port, timeout=self.timeout_ms, autoconnect=False)
+            conn.open()
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with self._connections_lock:
+                if conn in self._connections:
+                    self._connections.remove(conn)
+            conn.close()
+
+    def _call(self, what: str, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """Run ``fn(client, *args)`` on this thread's connection, retrying once on a new one."""
+        for attempt in (1, 2):
+            try:
+                return fn(self._connection().client, *args)
+            except _TRANSPORT_ERRORS as exc:
+                self._drop_connection()
+                if attempt == 2:
+                    raise EngineUnavailable(
+                        f"HBase Thrift gateway at {self.address} failed {what}: {type(exc).__name__}: {exc}") from exc
+            except HBaseIOError as exc:
+                raise EngineUnavailable(
+                    f"HBase at {self.address} refused {what}: {_first_line(exc)}") from exc
+            except TApplicationException as exc:
+                raise EngineUnavailable(
+                    f"HBase Thrift gateway at {self.address} could not run {what}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise EngineUnavailable(f"hbase engine {self.url} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, what, fn, args)
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=self.pool_size, thread_name_prefix=f"hbase-{self.port}")
+        try:
+            names = await self._run("listing tables", lambda client: client.getTableNames())
+        except BaseException:
+            await self.close()
+            raise
+        self._tables = self._apps_in(names)
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+    # ---- tables ----
+
+    def _apps_in(self, names: list[bytes]) -> set[str]:
+        prefix = self.prefix.encode()
+        apps = set()
+        for name in names:
+            if name.startswith(prefix):
+                app = name[len(prefix):].decode(errors="replace")
+                if APP_PATTERN.fullmatch(app):
+                    apps.add(app)
+        return apps
+
+    def _create_table(self, client: Any, table: bytes) -> None:
+        family = ColumnDescriptor(name=FAMILY + b":", maxVersions=1, compression="NONE", inMemory=False,
+                                  bloomFilterType="ROW", blockCacheEnabled=True, timeToLive=-1)
+        try:
+            client.createTable(table, [family])
+        except AlreadyExists:
+            pass  # another writer created it first: the same table
+
+    async def _ensure_table(self, app: str) -> None:
+        if app not in self._tables:
+            await self._run(f"creating table {self._table(app)!r}", self._create_table, self._table(app))
+            self._tables.add(app)
+
+    async def apps(self) -> list[str]:
+        names = await self._run("listing tables", lambda client: client.getTableNames())
+        self._tables = self._apps_in(names)
+        return sorted(self._tables)
+
+    def _drop(self, client: Any, table: bytes) -> None:
+        try:
+            client.disableTable(table)
+        except HBaseIOError as exc:
+            if _table_missing(exc):
+                return
+            if "TableNotEnabledException" not in _message(exc):
+                raise
+        try:
+            client.deleteTable(table)
+        except HBaseIOError as exc:
+            if not _table_missing(exc):
+                raise
+
+    async def drop_app(self, app: str) -> None:
+        await self._run(f"dropping table {self._table(app)!r}", self._drop, self._table(app))
+        self._tables.discard(app)
+
+    # ---- writes ----
+
+    def _mutate(self, client: Any, table: bytes, batches: list[BatchMutation], ts: int) -> None:
+        client.mutateRowsTs(table, batches, ts, {})
+
+    async def _write(self, app: str, batches: list[BatchMutation], ts: int) -> None:
+        table = self._table(app)
+        try:
+            await self._run(f"writing {len(batches)} rows to {table!r}", self._mutate, table, batches, ts)
+        except EngineUnavailable as exc:
+            if not isinstance(exc.__cause__, HBaseIOError) or not _table_missing(exc.__cause__):
+                raise
+            # Dropped since we cached it (by another engine instance): create it again, once.
+            self._tables.discard(app)
+            await self._ensure_table(app)
+            await self._run(f"writing {len(batches)} rows to {table!r}", self._mutate, table, batches, ts)
+
+    async def apply(self, entities: Sequence[Entity]) -> None:
+        if not entities:
+            return
+        # Thrift1 takes one timestamp per call: group by app and timestamp, then cut by size.
+        groups: dict[tuple[str, int], list[Entity]] = defaultdict(list)
+        for entity in entities:
+            groups[(entity.app, entity.ts)].append(entity)
+        for app in {app for app, _ in groups}:
+            await self._ensure_table(app)
+        calls = []
+        for (app, ts), members in groups.items():
+            batch: list[BatchMutation] = []
+            size = 0
+            for entity in members:
+                batch.append(BatchMutation(row=entity.row_key, mutations=_mutations(entity)))
+                size += len(entity.row_key) + len(entity.value or b"")
+                if len(batch) >= BATCH_ROWS or size >= BATCH_BYTES:
+                    calls.append(self._write(app, batch, ts))
+                    batch, size = [], 0
+            if batch:
+                calls.append(self._write(app, batch, ts))
+        await asyncio.gather(*calls)
+
+    # ---- reads ----
+
+    def _get(self, client: Any, table: bytes, row: bytes) -> list[Any]:
+        try:
+            return client.getRowWithColumns(table, row, COLUMNS, {})
+        except HBaseIOError as exc:
+            if _table_missing(exc):
+                return []
+            raise
+
+    async def read(self, ref: EntityRef) -> Entity | None:
+        table = self._table(ref.app)
+        rows = await self._run(f"reading a row of {table!r}", self._get, table, ref.row_key)
+        for row in rows:
+            return _entity_from(ref.app, row)
+        return None
+
+    def _scan_rows(self, client: Any, table: bytes, start: bytes, stop: bytes, limit: int,
+                   keys_only: bool = False) -> list[Any]:
+        """Up to ``limit`` rows in [start, stop) in key order, through one short-lived scanner."""
+        scan = TScan(startRow=start, columns=[FAMILY] if keys_only else COLUMNS,
+                     caching=min(limit, 10_000 if keys_only else SCAN_SLICE))
+        if stop:
+            scan.stopRow = stop
+        if keys_only:
+            scan.filterString = KEYS_ONLY_FILTER
+        try:
+            scanner = client.scannerOpenWithScan(table, scan, {})
+        except HBaseIOError as exc:
+            if _table_missing(exc):
+                return []
+            raise
+        rows: list[Any] = []
+        slice_rows = 10_000 if keys_only else SCAN_SLICE
+        try:
+            while len(rows) < limit:
+                got = client.scannerGetList(scanner, min(limit - len(rows), slice_rows))
+                if not got:
+                    break
+                rows.extend(got)
+        except HBaseIOError as exc:
+            # The gateway has already dropped a scanner whose read failed (HBase's does too).
+            # The table can vanish between open and read: a missing table reads as empty.
+            if _table_missing(exc):
+                return []
+            raise
+        client.scannerClose(scanner)
+        return rows
+
+    async def scan(self, app: str, key_range: KeyRange, *, page_size: int = 1000,
+                   tombstones: bool = False) -> AsyncIterator[list[Entity]]:
+        table = self._table(app)
+        start = bytes.fromhex(key_range.start)
+        stop = bytes.fromhex(key_range.end)
+        if stop and start >= stop:
+            return
+        page_size = max(1, page_size)
+        while True:
+            rows = await self._run(f"scanning {table!r} {key_range}", self._scan_rows, table, start, stop, page_size)
+            page = [e for e in (_entity_from(app, row) for row in rows) if e is not None and (tombstones or not e.deleted)]
+            if page:
+                yield page
+            if len(rows) < page_size:
+                return
+            start = rows[-1].row + b"\x00"  # the smallest key after the last one read
+
+    # ---- ranges ----
+
+    def _regions(self, client: Any, table: bytes) -> list[bytes]:
+        try:
+            regions = client.getTableRegions(table)
+        except HBaseIOError as exc:
+            if _table_missing(exc):
+                return []
+            raise
+        return sorted(r.startKey for r in regions)
+
+    def _sample_keys(self, client: Any, table: bytes) -> list[bytes]:
+        rows = self._scan_rows(client, table, b"", b"", SAMPLE_KEYS_MAX, keys_only=True)
+        return [row.row for row in rows]
+
+    async def ranges(self, app: str, *, at_least: int = 1) -> list[KeyRange]:
+        table = self._table(app)
+        at_least = max(1, at_least)
+        starts = await self._run(f"listing the regions of {table!r}", self._regions, table)
+        keys: list[bytes] = []
+        if max(1, len(starts)) < at_least:
+            keys = await self._run(f"sampling the keys of {table!r}", self._sample_keys, table)
+        return _split(keys, starts, at_least)

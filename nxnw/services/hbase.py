@@ -1,0 +1,227 @@
+"""HBase in standalone mode with a Thrift1 gateway, on loopback, for the tests and the demo.
+
+This module installs, configures, starts, probes and stops one local HBase 2.6 (master,
+region server and HBase's own ZooKeeper on ``HBASE_ZOOKEEPER``) and the Thrift1 gateway
+that happybase speaks (binary protocol, buffered transport, on ``HBASE_THRIFT``). It must
+never download anything itself and never report HBase as up before a table can be created
+and read through Thrift.
+
+Where the pieces come from:
+
+* HBase's binary tarball is not on the package registry, so the servers run from a
+  classpath that Maven resolves from ``hbase-server`` (``*-hadoop3`` build: Hadoop 3.4
+  client jars, ZooKeeper 3.8, reload4j + slf4j for logging).
+* ``hbase-thrift`` is not served by the registry this project may use (every version of
+  it was refused), so the Thrift1 gateway is nxnw's own:
+  ``nxnw/services/hbase_gateway/Thrift1Gateway.java`` implements the ``Hbase`` Thrift
+  service on the HBase client API with HBase's own Thrift1 semantics. Its Java interface is
+  generated from the ``Hbase.thrift`` IDL that happybase ships, by Debian's
+  ``thrift-compiler``, against ``libthrift`` from Maven; ``javac`` builds it at install.
+
+One JVM runs everything (``Thrift1Gateway --local-cluster``): the master, the region server
+and the gateway. ``down`` sends SIGTERM; the gateway's shutdown hook then makes a cluster
+shutdown (regions are closed and flushed, then both servers exit, then ZooKeeper), which
+takes about two seconds. HBase's per-server shutdown hooks are turned off because, with both
+servers in one JVM, they race and the region server can be left waiting on a ZooKeeper that
+is already gone.
+
+Failure handling: a gateway or cluster that exits, or a probe that does not pass before
+``start_timeout``, is reported by ``Service.up`` with the tail of ``service.log``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import os
+import shutil
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import happybase
+
+from nxnw.services.base import REPO_ROOT, Context, InstallError, Service, apt_install, maven_classpath, run_install
+from nxnw.services.endpoints import HBASE_MASTER, HBASE_REGIONSERVER, HBASE_THRIFT, HBASE_ZOOKEEPER, HOST
+
+#: Newest 2.6 release whose ``-hadoop3`` build the registry serves.
+HBASE_VERSION = "2.6.4-hadoop3"
+#: The Thrift runtime matching Debian 12's ``thrift`` compiler (0.17.0).
+LIBTHRIFT_VERSION = "0.17.0"
+
+GATEWAY_SOURCE = REPO_ROOT / "nxnw" / "services" / "hbase_gateway" / "Thrift1Gateway.java"
+GATEWAY_CLASS = "nxnw.hbase.Thrift1Gateway"
+
+#: What HBase 2.6 passes to a JDK 11+/17 JVM (``hbase.jdk11.flags`` in its build, applied by
+#: ``bin/hbase``): its shaded Netty and its WAL writer reach into JDK internals.
+JDK17_FLAGS = [
+    "-Dorg.apache.hbase.thirdparty.io.netty.tryReflectionSetAccessible=true",
+    "--add-modules", "jdk.unsupported",
+    "--add-opens", "java.base/java.io=ALL-UNNAMED",
+    "--add-opens", "java.base/java.nio=ALL-UNNAMED",
+    "--add-opens", "java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens", "java.base/java.lang=ALL-UNNAMED",
+    "--add-opens", "java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens", "java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens", "java.base/java.util=ALL-UNNAMED",
+    "--add-opens", "java.base/java.util.concurrent=ALL-UNNAMED",
+    "--add-exports", "java.base/jdk.internal.misc=ALL-UNNAMED",
+    "--add-exports", "java.security.jgss/sun.security.krb5=ALL-UNNAMED",
+    "--add-exports", "java.base/sun.net.dns=ALL-UNNAMED",
+    "--add-exports", "java.base/sun.net.util=ALL-UNNAMED",
+]
+HEAP = ["-Xms256m", "-Xmx768m"]
+
+#: A table of the probe's own; engines' tables carry a deployment prefix and never clash.
+PROBE_TABLE = b"nxnw_service_probe"
+PROBE_TIMEOUT_MS = 15_000
+
+LOG4J_PROPERTIES = """\
+log4j.rootLogger=INFO,console
+log4j.appender.console=org.apache.log4j.ConsoleAppender
+log4j.appender.console.target=System.err
+log4j.appender.console.layout=org.apache.log4j.PatternLayout
+log4j.appender.console.layout.ConversionPattern=%d{ISO8601} %-5p [%t] %c{2}: %m%n
+log4j.logger.org.apache.zookeeper=WARN
+log4j.logger.org.apache.hadoop=WARN
+log4j.logger.org.apache.hadoop.hbase=INFO
+log4j.logger.org.apache.hadoop.hbase.procedure2=WARN
+log4j.logger.org.apache.hadoop.hbase.regionserver.HStore=WARN
+log4j.logger.org.apache.hadoop.hbase.ipc=WARN
+log4j.logger.nxnw=INFO
+"""
+
+
+def _happybase_idl() -> Path:
+    return Path(str(importlib.resources.files("happybase") / "Hbase.thrift"))
+
+
+class HBaseService(Service):
+    name = "hbase"
+    port = HBASE_THRIFT
+    start_timeout = 240.0
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.lib_dir = self.dir / "lib"
+        self.gateway_dir = self.dir / "gateway"
+        self.conf_dir = self.dir / "conf"
+        self.data_dir = self.dir / "data"
+
+    # ---- install ----
+
+    def install(self) -> None:
+        apt_install(["thrift-compiler"], ["thrift"])
+        maven_classpath(self.ctx, [
+            f"org.apache.hbase:hbase-server:{HBASE_VERSION}",
+            f"org.apache.hbase:hbase-zookeeper:{HBASE_VERSION}",
+            f"org.apache.thrift:libthrift:{LIBTHRIFT_VERSION}",
+        ], self.lib_dir)
+        self._build_gateway()
+
+    def _build_gateway(self) -> None:
+        """Generate the Thrift1 interface from happybase's IDL and compile the gateway.
+
+        Rebuilt only when the Java source, the IDL or the classpath changed.
+        """
+        idl = _happybase_idl()
+        fingerprint = hashlib.sha256(
+            GATEWAY_SOURCE.read_bytes() + idl.read_bytes() + (self.lib_dir / ".complete").read_bytes()
+        ).hexdigest()
+        marker = self.gateway_dir / ".built"
+        if marker.exists() and marker.read_text() == fingerprint:
+            return
+        javac = shutil.which("javac")
+        if javac is None:
+            raise InstallError("building the HBase Thrift1 gateway needs javac (a JDK 17), and none is on PATH")
+        shutil.rmtree(self.gateway_dir, ignore_errors=True)
+        gen = self.gateway_dir / "gen"
+        classes = self.gateway_dir / "classes"
+        gen.mkdir(parents=True)
+        classes.mkdir()
+        run_install(["thrift", "--gen", "java:generated_annotations=suppress", "-out", str(gen), str(idl)],
+                    "the Thrift1 interface generated from happybase's Hbase.thrift")
+        sources = sorted(str(p) for p in gen.rglob("*.java")) + [str(GATEWAY_SOURCE)]
+        run_install([javac, "--release", "17", "-nowarn", "-encoding", "UTF-8", "-d", str(classes),
+                     "-cp", f"{self.lib_dir}/*", *sources], "the HBase Thrift1 gateway")
+        marker.write_text(fingerprint)
+
+    # ---- configure and run ----
+
+    def site(self) -> dict[str, str]:
+        """hbase-site.xml: standalone, every port ours and on loopback, state under ``self.dir``."""
+        return {
+            "hbase.cluster.distributed": "false",
+            "hbase.rootdir": (self.data_dir / "hbase").as_uri(),
+            "hbase.tmp.dir": str(self.data_dir / "tmp"),
+            "hbase.zookeeper.quorum": HOST,
+            "hbase.zookeeper.property.clientPort": str(HBASE_ZOOKEEPER),
+            "hbase.zookeeper.property.dataDir": str(self.data_dir / "zookeeper"),
+            "hbase.master.hostname": HOST,
+            "hbase.regionserver.hostname": HOST,
+            "hbase.master.port": str(HBASE_MASTER),
+            "hbase.regionserver.port": str(HBASE_REGIONSERVER),
+            "hbase.master.info.port": "-1",
+            "hbase.regionserver.info.port": "-1",
+            # The local filesystem has no hflush/hsync; HBase refuses it unless told otherwise.
+            "hbase.unsafe.stream.capability.enforce": "false",
+            # One region server in the same JVM: stop waiting for more as soon as it reports.
+            "hbase.master.wait.on.regionservers.mintostart": "1",
+            "hbase.master.wait.on.regionservers.maxtostart": "1",
+            "hbase.master.wait.on.regionservers.timeout": "1000",
+            # The master places regions only on a server that has sent a report (default 3 s).
+            "hbase.regionserver.msginterval": "500",
+        }
+
+    def prepare(self) -> None:
+        for path in (self.conf_dir, self.data_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        props = "".join(
+            f"  <property><name>{escape(k)}</name><value>{escape(v)}</value></property>\n" for k, v in self.site().items()
+        )
+        (self.conf_dir / "hbase-site.xml").write_text(f'<?xml version="1.0"?>\n<configuration>\n{props}</configuration>\n')
+        (self.conf_dir / "log4j.properties").write_text(LOG4J_PROPERTIES)
+
+    def command(self) -> list[str]:
+        java = shutil.which("java") or "java"
+        classpath = os.pathsep.join([str(self.conf_dir), str(self.gateway_dir / "classes"), f"{self.lib_dir}/*"])
+        return [java, *HEAP, *JDK17_FLAGS, "-XX:+ExitOnOutOfMemoryError", "-cp", classpath,
+                GATEWAY_CLASS, "--local-cluster", HOST, str(HBASE_THRIFT)]
+
+    def probe(self) -> None:
+        """Through Thrift: list tables, create the probe table once, read a row from it.
+
+        Listing fails until the master has initialised; the read fails until the region
+        server serves the probe table's region.
+        """
+        conn = happybase.Connection(HOST, HBASE_THRIFT, timeout=PROBE_TIMEOUT_MS, autoconnect=False)
+        try:
+            conn.open()
+            if PROBE_TABLE not in conn.tables():
+                conn.create_table(PROBE_TABLE, {"p": dict(max_versions=1, block_cache_enabled=True)})
+            conn.table(PROBE_TABLE).row(b"probe")
+        finally:
+            conn.close()
+
+    # ---- process bookkeeping ----
+
+    def pid(self) -> int | None:
+        """The JVM's pid, or ``None`` when it has exited (a zombie counts as exited) or the
+        pid now belongs to some other program (so ``down`` never signals a stranger)."""
+        pid = super().pid()
+        if pid is None:
+            return None
+        try:
+            reaped, _ = os.waitpid(pid, os.WNOHANG)
+            if reaped == pid:
+                return None
+        except ChildProcessError:
+            pass  # not our child: started by another process, nothing to reap
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            return None
+        state = stat.rsplit(")", 1)[1].split()[0]
+        if state == "Z" or GATEWAY_CLASS.encode() not in cmdline:
+            return None
+        return pid
