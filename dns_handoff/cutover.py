@@ -131,8 +131,13 @@ def _judge(check: ErrorBudgetCheck) -> BudgetVerdict:
 class Handoff:
     """The hand-off of one DNS name and type on one provider: its saved copy, its writes, its timeline."""
 
-    def __init__(self, provider: DnsProvider, name: str, rtype: str = "A", sync_timeout: float = 300.0) -> None:
+    def __init__(self, provider: DnsProvider, name: str, rtype: str = "A", sync_timeout: float = 300.0,
+                 persist: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.provider = provider
+        #: Called with ``to_dict()`` after the saved copy is taken and before and after every
+        #: write (write-ahead), so a process killed mid-write resumes knowing the sets it may
+        #: have written. It must not return before the copy is durable.
+        self.persist = persist
         self.name = absolute(name)
         self.rtype = rtype.upper()
         self.sync_timeout = sync_timeout
@@ -176,6 +181,7 @@ class Handoff:
                 self.saved = self.provider.records(self.name, self.rtype)
                 self.written = list(self.saved)
                 step.detail["saved"] = describe(self.saved)
+            self._persist()
         return list(self.saved)
 
     def lower_ttl(self, ttl: int, sync_timeout: float | None = None) -> float:
@@ -285,6 +291,7 @@ class Handoff:
             step.detail["from"] = describe(current)
             change = self.provider.replace(current, self.saved)
             self.written = list(self.saved)
+            self._persist()
         self.wait_in_sync(change, sync_timeout)
 
     # --- persistence -----------------------------------------------------------------
@@ -299,9 +306,14 @@ class Handoff:
             "steps": self.timeline(),
         }
 
+    def _persist(self) -> None:
+        if self.persist is not None:
+            self.persist(self.to_dict())
+
     @classmethod
-    def from_dict(cls, provider: DnsProvider, data: dict[str, Any]) -> Handoff:
-        handoff = cls(provider, data["name"], data["rtype"], data.get("sync_timeout", 300.0))
+    def from_dict(cls, provider: DnsProvider, data: dict[str, Any],
+                  persist: Callable[[dict[str, Any]], None] | None = None) -> Handoff:
+        handoff = cls(provider, data["name"], data["rtype"], data.get("sync_timeout", 300.0), persist)
         if data.get("saved") is not None:
             handoff.saved = [RecordSet.from_dict(d) for d in data["saved"]]
         handoff.ours = [RecordSet.from_dict(d) for d in data.get("ours", [])]
@@ -323,8 +335,10 @@ class Handoff:
                 f"{describe(current)}, the hand-off left {describe(self.written)}; not overwriting it"
             )
         self.ours.extend(rs for rs in target if rs not in self.ours)
+        self._persist()
         change = self.provider.replace(current, target)
         self.written = list(target)
+        self._persist()
         return change
 
     def _check_points_at_n1(self, current: list[RecordSet], n1: tuple[str, ...], n2: tuple[str, ...]) -> None:

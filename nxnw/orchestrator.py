@@ -397,20 +397,20 @@ class Orchestrator:
             provider = dns_provider(self.plan)
             assert provider is not None
             saved = await self._saved_handoff()
-            self.handoff = Handoff.from_dict(provider, saved) if saved else Handoff(provider, self.plan.dns.name)
-        return self.handoff
+            assert self.zk is not None
+            store, key = CheckpointStore(self.zk), self._tasks_key
 
-    async def _save_handoff(self) -> None:
-        assert self.handoff is not None and self.zk is not None
-        await run_blocking(CheckpointStore(self.zk).put, self._tasks_key, "_dns", self.handoff.to_dict())
+            def persist(doc: dict[str, Any]) -> None:  # runs on the executor thread doing the DNS work
+                store.put(key, "_dns", doc)
+
+            self.handoff = (Handoff.from_dict(provider, saved, persist) if saved
+                            else Handoff(provider, self.plan.dns.name, persist=persist))
+        return self.handoff
 
     async def _lower_ttl(self) -> dict[str, Any]:
         assert self.plan.dns is not None
         handoff = await self._dns_handoff()
-        await asyncio.get_running_loop().run_in_executor(None, handoff.save)
-        await self._save_handoff()
         waited = await asyncio.get_running_loop().run_in_executor(None, handoff.lower_ttl, self.plan.dns.ttl)
-        await self._save_handoff()
         return {"waited_old_ttl": round(waited, 3)}
 
     async def _switch_dns(self) -> dict[str, Any]:
@@ -420,11 +420,9 @@ class Orchestrator:
         loop = asyncio.get_running_loop()
         started = time.time()
         await loop.run_in_executor(None, lambda: handoff.switch(dns.n1_values, dns.n2_values, dns.mode, dns.steps))
-        await self._save_handoff()
         resolver = dns.resolver or (dns.rfc2136.server if dns.rfc2136 else None)
         if resolver:
             await loop.run_in_executor(None, handoff.verify, resolver, dns.n2_values, 10.0)
-        await self._save_handoff()
         return {"switched_at": started, "in_sync_after": round(time.time() - started, 3)}
 
     async def _complete(self) -> dict[str, Any]:
