@@ -56,7 +56,7 @@ def _migrate(args: argparse.Namespace) -> int:
                 await runner.setup()
                 await web.TCPSite(runner, "127.0.0.1", plan.status_port).start()
                 console.print(f"status page: http://127.0.0.1:{plan.status_port}/")
-            state = await orchestrator.migrate()
+            state = await orchestrator.migrate(until=args.until)
             if args.report:
                 Path(args.report).write_text(render_report(orchestrator.status()))
             console.print(f"migration {plan.name}: phase {state.phase}")
@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--restart", action="store_true", help="forget a completed or rolled-back migration first")
     migrate.add_argument("--status-port", type=int, help="serve the live status page on this port")
     migrate.add_argument("--report", help="write the final HTML report here")
+    migrate.add_argument("--until", metavar="PHASE", help="stop after this phase (e.g. proxy, to hand off DNS later)")
     migrate.set_defaults(func=_migrate)
 
     for verb, func, text in [("status", _status, "show the phase, the proxies' modes, the journal and finished tasks"),

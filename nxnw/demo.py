@@ -302,6 +302,10 @@ def _switch_over(reached: list[tuple[float, str]], switched_at: float) -> tuple[
     return ninety_nine, full
 
 
+def _ratio(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3f}"
+
+
 async def run_demo(options: DemoOptions) -> tuple[dict[str, Any], bool]:
     env = DemoEnvironment(options)
     print(f"demo {env.id}: {options.source} N1 -> {options.target} N2, app {env.app}, work dir {env.workdir}", flush=True)
@@ -337,6 +341,8 @@ async def run_demo(options: DemoOptions) -> tuple[dict[str, Any], bool]:
             "switch-over 99% (seconds)": None if p99 is None else round(p99, 2),
             "switch-over (seconds)": None if p100 is None else round(p100, 2),
             "dns ttl (seconds)": options.ttl,
+            "N2 cache hit ratio after cutover": _ratio(env.workload.stats.cache_hit_ratio(
+                N2_ADDRESS, handoff.get("switched_at", time.time()), options.ttl + 5.0)),
             "load rate (entities/s)": load.get("rate"),
             "entities loaded": load.get("entities"),
             "migration (seconds)": round(migration_seconds, 1),

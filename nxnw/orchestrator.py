@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.client import KazooClient
+from pymemcache.client.base import PooledClient
 
 from datastore import Engine, EngineUnavailable, open_engine
 from dns_handoff import Handoff
@@ -38,7 +39,7 @@ from nxnw.config import Plan
 from proxy.control import journal_depth, members, switch_mode
 from snapshot import LoadStats, copy_app, verify_app
 from sync.aio import run_blocking
-from sync.mirror import TreeMirror
+from sync.mirror import TreeMirror, purge_ephemeral_copies
 from sync.state import CheckpointStore, MigrationState, MigrationStateStore
 
 log = logging.getLogger("nxnw.orchestrator")
@@ -101,6 +102,16 @@ def dns_provider(plan: Plan) -> DnsProvider | None:
     cfg53 = plan.dns.route53
     assert cfg53 is not None
     return Route53Provider(cfg53.hosted_zone_id, endpoint_url=cfg53.endpoint_url, region=cfg53.region)
+
+
+def _flush_memcached(servers: str) -> None:
+    for server in servers.split(","):
+        host, _, port = server.rpartition(":")
+        client = PooledClient((host, int(port)), connect_timeout=5, timeout=5)
+        try:
+            client.flush_all()
+        finally:
+            client.close()
 
 
 def _zk(hosts: str) -> KazooClient:
@@ -274,8 +285,14 @@ class Orchestrator:
         graph.append(Task("complete", "complete", (last,), self._complete))
         return graph
 
-    async def migrate(self) -> MigrationState:
-        """Run every task not yet done, in dependency order, in parallel where possible."""
+    async def migrate(self, until: str | None = None) -> MigrationState:
+        """Run every task not yet done, in dependency order, in parallel where possible.
+
+        ``until`` stops after that phase's tasks (``--until proxy`` pauses before the DNS
+        hand-off); a later ``migrate`` carries on from there.
+        """
+        if until is not None and until not in PHASES:
+            raise ValueError(f"unknown phase {until!r}; the phases are {', '.join(PHASES)}")
         assert self.store is not None
         self.state = await run_blocking(self.store.get)
         if self.state is not None and self.state.phase == "complete":
@@ -291,7 +308,8 @@ class Orchestrator:
         done = await self._finished_tasks()
         if "sync-zk" in done:
             await self._start_mirrors()
-        graph = {t.name: t for t in self.tasks()}
+        graph = {t.name: t for t in self.tasks()
+                 if until is None or PHASES.index(t.phase) <= PHASES.index(until)}
         for name in graph:
             self.progress.tasks[name] = {"state": "done" if name in done else "pending", **done.get(name, {})}
         running: dict[str, asyncio.Task] = {}
@@ -336,8 +354,11 @@ class Orchestrator:
     # -- tasks -------------------------------------------------------------------------------
 
     async def _prepare(self) -> dict[str, Any]:
+        """Flush N2's memcached: N2 serves nobody yet, and a value left there by an earlier,
+        rolled-back attempt may since have been overwritten on N1, which no mirror saw."""
         assert self.n2 is not None
-        return {"n2_apps_before": await self.n2.apps()}
+        await asyncio.get_running_loop().run_in_executor(None, _flush_memcached, self.plan.n2.memcached)
+        return {"n2_apps_before": await self.n2.apps(), "n2_cache_flushed": True}
 
     async def _start_mirrors(self) -> None:
         if self.mirrors:
@@ -425,12 +446,25 @@ class Orchestrator:
             await loop.run_in_executor(None, handoff.verify, resolver, dns.n2_values, 10.0)
         return {"switched_at": started, "in_sync_after": round(time.time() - started, 3)}
 
-    async def _complete(self) -> dict[str, Any]:
+    async def _stop_mirrors(self) -> int:
+        """Stop mirroring and remove N2's copies of N1's ephemeral nodes (they would hold
+        N2's locks forever once N1's sessions are gone); returns how many were removed."""
         for mirror in self.mirrors:
             await run_blocking(mirror.stop)
         self.mirrors = []
+        n2 = await _start_zk(self.plan.n2.zookeeper, "N2's")
+        try:
+            removed = 0
+            for root in self.plan.sync_paths:
+                removed += len(await run_blocking(purge_ephemeral_copies, n2, root))
+            return removed
+        finally:
+            await _stop_zk(n2)
+
+    async def _complete(self) -> dict[str, Any]:
+        purged = await self._stop_mirrors()
         await self._set_phase("complete")
-        return {}
+        return {"ephemeral_copies_removed": purged}
 
     # -- rollback ----------------------------------------------------------------------------
 
@@ -452,6 +486,7 @@ class Orchestrator:
             return self.state
         from_phase = self.state.phase
         await self._switch("passthrough")
+        await self._stop_mirrors()
         if self.plan.dns is not None and await self._saved_handoff():
             handoff = await self._dns_handoff()
             await asyncio.get_running_loop().run_in_executor(None, handoff.rollback)

@@ -52,6 +52,13 @@ class WorkloadStats:
     failed: int = 0
     #: (wall-clock second, address reached) of every request, for the switch-over figures
     reached: list[tuple[float, str]] = field(default_factory=list)
+    #: (wall-clock second, address, hit) of every cache read, for the cache's warmth
+    cache_reads: list[tuple[float, str, bool]] = field(default_factory=list)
+
+    def cache_hit_ratio(self, address: str, since: float, seconds: float) -> float | None:
+        """Hits among cache reads served by ``address`` in the window after ``since``."""
+        window = [hit for t, a, hit in self.cache_reads if a == address and since <= t < since + seconds]
+        return sum(window) / len(window) if window else None
 
 
 class Workload:
@@ -89,11 +96,13 @@ class Workload:
                 address = await endpoint.current()
                 url = f"http://{address}:{endpoint.port}/v1/apps/{self.app}/kinds/{self.kind}/entities/{encode_key(key.encode())}"
                 roll = rng.random()
-                if roll < 0.45:
+                if roll < 0.25:
+                    await self._cache_aside(http, address, endpoint.port, f"{self.app}:session-{rng.randrange(len(self.keys))}")
+                elif roll < 0.55:
                     value = f"c{cid}-{n}".encode()
                     op = self.history.begin(f"c{cid}", "write", key, value)
                     await self._send(op, http.put(url, data=value), address, expect_json=True)
-                elif roll < 0.55:
+                elif roll < 0.62:
                     op = self.history.begin(f"c{cid}", "delete", key)
                     await self._send(op, http.delete(url), address, expect_json=True)
                 else:
@@ -101,6 +110,20 @@ class Workload:
                     await self._send(op, http.get(url), address, expect_json=False)
                 n += 1
                 await asyncio.sleep(self.pause)
+
+    async def _cache_aside(self, http: aiohttp.ClientSession, address: str, port: int, key: str) -> None:
+        """What an app does with its cache: read, and on a miss fill it."""
+        url = f"http://{address}:{port}/v1/cache/{encode_key(key.encode())}"
+        try:
+            async with http.get(url) as resp:
+                await resp.read()
+                hit = resp.status == 200
+            self.stats.cache_reads.append((time.time(), address, hit))
+            if not hit:
+                async with http.put(url, data=b"session data for " + key.encode(), params={"ttl": "600"}) as resp:
+                    await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            self.stats.failed += 1
 
     async def _send(self, op, request, address: str, expect_json: bool) -> None:
         self.stats.requests += 1

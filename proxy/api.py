@@ -25,6 +25,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from datastore import Entity, EntityRef, InvalidEntity
 from datastore.model import MAX_VALUE_BYTES
+from proxy.cache import CacheFencedError, CacheInputError, CacheRouter
+from proxy.cache.errors import CacheError, SwitchError
 from proxy.core import Conflict, Fenced, ProxyCore
 from sync.lock import GroupLockError
 
@@ -38,6 +40,7 @@ MAX_JSON_BODY = 8 * 1024 * 1024
 BODY_TIMEOUT_SECONDS = 10.0
 
 CORE: web.AppKey[ProxyCore] = web.AppKey("core", ProxyCore)
+CACHE: web.AppKey[CacheRouter] = web.AppKey("cache", CacheRouter)
 
 
 class BadRequest(web.HTTPBadRequest):
@@ -80,8 +83,12 @@ async def errors_as_json(request: web.Request, handler: Callable[[web.Request], 
     started = time.perf_counter()
     try:
         response = await handler(request)
-    except InvalidEntity as exc:
+    except (InvalidEntity, CacheInputError) as exc:
         response = _json_error(400, "invalid input", str(exc))
+    except (CacheFencedError, SwitchError) as exc:
+        response = _json_error(503, "unavailable", str(exc))
+    except CacheError as exc:
+        response = _json_error(502, "cache failure", str(exc))
     except Conflict as exc:
         response = _json_error(409, "conflict", str(exc))
     except (Fenced, GroupLockError) as exc:
@@ -216,6 +223,48 @@ async def scan(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _cache_key(request: web.Request) -> bytes:
+    return decode_key(request.match_info["key"])
+
+
+def _int_query(request: web.Request, name: str, default: int) -> int:
+    try:
+        return int(request.query.get(name, default))
+    except ValueError as exc:
+        raise InvalidEntity(f"{name} {request.query.get(name)!r} is not an integer") from exc
+
+
+async def cache_get(request: web.Request) -> web.Response:
+    item = await request.app[CACHE].route.get(_cache_key(request))
+    if item is None:
+        return _json_error(404, "not found", "cache miss")
+    return web.Response(body=item.value, content_type="application/octet-stream",
+                        headers={"X-Nxnw-Flags": str(item.flags)})
+
+
+async def cache_set(request: web.Request) -> web.Response:
+    key = _cache_key(request)
+    value = await read_body(request, MAX_VALUE_BYTES)
+    stored = await request.app[CACHE].route.set(key, value, _int_query(request, "flags", 0), _int_query(request, "ttl", 0))
+    return web.json_response({"stored": stored})
+
+
+async def cache_delete(request: web.Request) -> web.Response:
+    return web.json_response({"deleted": await request.app[CACHE].route.delete(_cache_key(request))})
+
+
+async def cache_incr(request: web.Request) -> web.Response:
+    value = await request.app[CACHE].route.incr(_cache_key(request), _int_query(request, "by", 1))
+    if value is None:
+        return _json_error(404, "not found", "cannot increment a missing key")
+    return web.json_response({"value": value})
+
+
+async def cache_touch(request: web.Request) -> web.Response:
+    touched = await request.app[CACHE].route.touch(_cache_key(request), _int_query(request, "ttl", 0))
+    return web.json_response({"touched": touched})
+
+
 async def healthz(request: web.Request) -> web.Response:
     core = request.app[CORE]
     body = {"mode": core.mode, "writable": core.mode is not None, "instance": core.instance}
@@ -246,13 +295,19 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/apps/{app}/batch", batch)
     app.router.add_post("/v1/apps/{app}/transactions", transaction)
     app.router.add_get("/v1/apps/{app}/scan", scan)
+    app.router.add_get("/v1/cache/{key}", cache_get)
+    app.router.add_put("/v1/cache/{key}", cache_set)
+    app.router.add_delete("/v1/cache/{key}", cache_delete)
+    app.router.add_post("/v1/cache/{key}/incr", cache_incr)
+    app.router.add_post("/v1/cache/{key}/touch", cache_touch)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/state", admin_state)
 
 
-def build_app(core: ProxyCore) -> web.Application:
+def build_app(core: ProxyCore, cache: CacheRouter) -> web.Application:
     app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)
     app[CORE] = core
+    app[CACHE] = cache
     add_routes(app)
     return app

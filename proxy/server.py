@@ -5,7 +5,9 @@ reverse order. The instance registers itself as an ephemeral znode
 ``/nxnw/proxies/<instance>`` in N1's ZooKeeper and writes there the mode epoch it has
 fully adopted, so the orchestrator can tell when every instance follows a new mode (and
 no request still runs under the old one). Mode changes arrive from ``sync.mode``'s
-watcher thread and are applied in order by one task on the event loop.
+watcher thread and are applied in order by one task on the event loop, to the cache half
+(``proxy.cache``: drain the mirror queues, invalidate dropped keys) and then to the
+datastore half, and only then acknowledged.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from kazoo.exceptions import NodeExistsError
 
 from datastore import Engine, open_engine
 from proxy.api import build_app
+from proxy.cache import CacheListener, CacheRouter
 from proxy.config import ProxyConfig
 from proxy.core import ProxyCore
 from proxy.journal import JournalReplayer, RepairJournal
@@ -44,6 +47,8 @@ class ProxyServer:
         self.core: ProxyCore | None = None
         self.replayers: list[JournalReplayer] = []
         self.runner: web.AppRunner | None = None
+        self.cache: CacheRouter | None = None
+        self.listener: CacheListener | None = None
         self.extra_cleanups: list[Callable[[], object]] = []
         self._modes: asyncio.Queue[ModeState | None] = asyncio.Queue()
         self._mode_task: asyncio.Task | None = None
@@ -60,6 +65,8 @@ class ProxyServer:
         await self.n2.open()
         self.zk = KazooClient(hosts=cfg.n1_zookeeper, timeout=6.0)
         await run_blocking(self.zk.start, 15)
+        self.cache = CacheRouter(cfg.n1_memcached, cfg.n2_memcached, instance=cfg.instance)
+        await self.cache.start()
         to_n2 = await run_blocking(RepairJournal, self.zk, "n2")
         to_n1 = await run_blocking(RepairJournal, self.zk, "n1")
         self.core = ProxyCore(instance=cfg.instance, node_id=cfg.node_id, n1=self.n1, n2=self.n2, to_n2=to_n2,
@@ -79,18 +86,24 @@ class ProxyServer:
         self.replayers = [JournalReplayer(to_n2, self.n1, self.n2), JournalReplayer(to_n1, self.n2, self.n1)]
         for replayer in self.replayers:
             replayer.start()
-        self.runner = web.AppRunner(build_app(self.core), access_log=None, handler_cancellation=True)
+        self.runner = web.AppRunner(build_app(self.core, self.cache), access_log=None, handler_cancellation=True)
         await self.runner.setup()
+        if cfg.memcache_port is not None:
+            self.listener = CacheListener(self.cache, cfg.http_host, cfg.memcache_port)
 
     async def start(self) -> None:
         assert self.runner is not None
         site = web.TCPSite(self.runner, self.config.http_host, self.config.http_port, reuse_address=True)
         await site.start()
+        if self.listener is not None:
+            await self.listener.start()
         sockets = site._server.sockets if site._server else []  # the bound port when 0 was asked
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http_port
         log.info("proxy %s serving HTTP on %s:%s", self.config.instance, self.config.http_host, self.http_port)
 
     async def cleanup(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
         if self.runner is not None:
             await self.runner.cleanup()
         for replayer in self.replayers:
@@ -106,6 +119,8 @@ class ProxyServer:
             await run_blocking(self.watcher.close)
         if self.core is not None:
             await self.core.close()
+        if self.cache is not None:
+            await self.cache.close()
         if self.zk is not None:
             await run_blocking(self.zk.stop)
             await run_blocking(self.zk.close)
@@ -136,6 +151,12 @@ class ProxyServer:
         while True:
             state = await self._modes.get()
             try:
+                if self.cache is not None:
+                    # Fencing first: without a known mode, cache writes stop too. A cache switch
+                    # drains the mirror queues and invalidates dropped keys before it swaps.
+                    self.cache.writable = state is not None
+                    if state is not None and state.mode != self.cache.mode:
+                        await self.cache.switch(state.mode)
                 await self.core.apply_mode(state.mode if state else None)
                 if state is not None:
                     await run_blocking(self._register, state)

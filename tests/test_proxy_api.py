@@ -205,3 +205,28 @@ async def test_healthz_and_metrics(deployment) -> None:
     assert (await http.get("/admin/state")).status == 401
     state = await http.get("/admin/state", headers={"Authorization": "Bearer test-token"})
     assert (await state.json())["journal"] == {"n1": 0, "n2": 0}
+
+
+async def test_cache_endpoints_write_n1_and_warm_n2_in_cow(deployment) -> None:
+    from pymemcache.client.base import Client
+
+    from nxnw.services.endpoints import MEMCACHED
+    from proxy.api import encode_key
+
+    http, app = deployment["http"], deployment["app"]
+    await switch(deployment, "cow")
+    key = f"{app}:cache-k".encode()
+    path = f"/v1/cache/{encode_key(key)}"
+    assert (await (await http.put(path, data=b"warm me", params={"ttl": "60"})).json()) == {"stored": True}
+    assert await (await http.get(path)).read() == b"warm me"
+    n1 = Client(("127.0.0.1", MEMCACHED["n1"]))
+    n2 = Client(("127.0.0.1", MEMCACHED["n2"]))
+    assert n1.get(key) == b"warm me"
+    for _ in range(100):
+        if n2.get(key) == b"warm me":
+            break
+        await asyncio.sleep(0.02)
+    assert n2.get(key) == b"warm me", "cow did not mirror the cache write to N2"
+    assert (await http.get("/v1/cache/%%%")).status == 400
+    missing = await http.post(f"/v1/cache/{encode_key(key + b'-none')}/incr")
+    assert missing.status == 404

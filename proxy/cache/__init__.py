@@ -1,0 +1,24 @@
+"""The cache half of the proxy: memcached routes for the three modes, COW/COR warming of
+N2, the safe mode switch, and a memcached-protocol listener for the apps.
+
+Import from here: ``CacheRouter``, ``CacheListener``, the route classes and the errors.
+"""
+
+from proxy.cache.client import Item, MemcacheClient, Outcome, StoreMode, StoreReply
+from proxy.cache.errors import (
+    MAX_KEY_BYTES, MAX_VALUE_BYTES, CacheError, CacheFencedError, CacheInputError, InvalidKeyError,
+    InvalidNumberError, MemcacheRejected, MemcacheServerError, MemcacheTimeout, MemcacheUnavailable, SwitchError,
+    ValueTooLargeError,
+)
+from proxy.cache.listener import CacheListener
+from proxy.cache.mirror import MirrorQueue
+from proxy.cache.router import MODES, CacheRouter, ModeRoute
+from proxy.cache.routes import CacheRoute, DirectRoute, MirrorWritesRoute, WarmUpRoute
+
+__all__ = [
+    "MAX_KEY_BYTES", "MAX_VALUE_BYTES", "MODES", "CacheError", "CacheFencedError", "CacheInputError", "CacheListener",
+    "CacheRoute", "CacheRouter", "DirectRoute", "InvalidKeyError", "InvalidNumberError", "Item", "MemcacheClient",
+    "MemcacheRejected", "MemcacheServerError", "MemcacheTimeout", "MemcacheUnavailable", "MirrorQueue",
+    "MirrorWritesRoute", "ModeRoute", "Outcome", "StoreMode", "StoreReply", "SwitchError", "ValueTooLargeError",
+    "WarmUpRoute",
+]

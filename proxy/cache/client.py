@@ -1,0 +1,425 @@
+"""An asyncio memcached client for the proxy: a small pool of connections to ONE server.
+
+Responsible for: speaking memcached's meta protocol (``mg``/``ms``/``md``/``ma``/``mn``) and
+the text ``version`` to one server; one request at a time per connection (no pipelining),
+at most ``max_connections`` connections; a deadline on every request; replies parsed from
+a byte buffer however the kernel splits them (a reply may arrive one byte at a time).
+Errors name the server (``n1 127.0.0.1:21211``) and say what went wrong.
+
+Must never: write a key, value or number that memcached would refuse — every argument is
+checked here, before a byte is sent, so bad input never reaches memcached; reuse a
+connection after a timeout, a cancellation, an error reply or anything it could not parse
+(where that connection stands in the reply stream is unknown, so it is closed).
+
+``pipeline`` sends several requests in one write and reads their replies in order (the
+mirror workers batch their copies this way); the app-facing path sends one at a time.
+
+Why meta commands only: ``mg`` returns value, client flags, remaining TTL and CAS in one
+round trip (what cache-on-read needs), ``ms`` returns the CAS of what it stored (what the
+mirror's verification needs), and every text storage command is an ``ms`` mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from typing import NamedTuple
+
+from proxy.cache.errors import (
+    MAX_EXPTIME, MAX_FLAGS, MAX_U64, MIN_EXPTIME, MemcacheProtocolError, MemcacheRejected,
+    MemcacheServerError, MemcacheTimeout, MemcacheUnavailable, check_key, check_range, check_value,
+)
+
+#: A reply header longer than this without CRLF is not memcached talking.
+_MAX_REPLY_LINE = 8192
+
+
+class Item(NamedTuple):
+    """One cached item as the side that served it sees it."""
+
+    value: bytes
+    flags: int
+    #: remaining seconds to live; -1 = never expires; None = not asked
+    ttl: int | None = None
+    #: the serving side's CAS token (CAS tokens are per server: never compare across sides)
+    cas: int | None = None
+
+
+class Peek(NamedTuple):
+    """An item's identity without its value: the CAS of the current version and its TTL."""
+
+    cas: int
+    ttl: int
+
+
+class Outcome(enum.Enum):
+    STORED = "HD"
+    NOT_STORED = "NS"
+    EXISTS = "EX"
+    NOT_FOUND = "NF"
+    DELETED = "DELETED"
+
+
+class StoreMode(enum.Enum):
+    """memcached's ``ms`` mode letters."""
+
+    SET = b"S"
+    ADD = b"E"
+    REPLACE = b"R"
+    APPEND = b"A"
+    PREPEND = b"P"
+
+
+class StoreReply(NamedTuple):
+    outcome: Outcome
+    #: CAS of the stored item (0 when nothing was stored)
+    cas: int = 0
+
+
+_MS_OUTCOME = {b"HD": Outcome.STORED, b"NS": Outcome.NOT_STORED, b"EX": Outcome.EXISTS, b"NF": Outcome.NOT_FOUND}
+_MD_OUTCOME = {b"HD": Outcome.DELETED, b"NF": Outcome.NOT_FOUND, b"EX": Outcome.EXISTS}
+
+
+def _return_flags(tokens: list[bytes]) -> dict[int, bytes]:
+    """``[b'f5', b't-1', b'c9']`` -> ``{ord('f'): b'5', …}``."""
+    return {t[0]: t[1:] for t in tokens if t}
+
+
+Reply = tuple[bytes, bytes | None]  # header line (no CRLF), data block or None
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection; one request (or one pipelined batch) outstanding: ``waiter``
+    resolves with the list of ``expected`` replies."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[list[Reply]] | None = None
+        self.expected = 0
+        self.replies: list[Reply] = []
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        waiter = self.waiter
+        if waiter is None:
+            return  # unsolicited bytes: noticed (and the connection dropped) at the next acquire
+        replies = self.replies
+        try:
+            while len(replies) < self.expected:
+                reply = self._parse()
+                if reply is None:
+                    return
+                replies.append(reply)
+        except MemcacheProtocolError as exc:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_exception(exc)
+            self.abort()
+            return
+        self.waiter = None
+        if not waiter.done():
+            waiter.set_result(replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            detail = f": {exc}" if exc else ""
+            waiter.set_exception(MemcacheUnavailable(self.server, f"connection closed during a request{detail}"))
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _parse(self) -> tuple[bytes, bytes | None] | None:
+        """One complete reply (header line, data block or None), or None if incomplete."""
+        buf = self.buf
+        end = buf.find(b"\r\n")
+        if end < 0:
+            if len(buf) > _MAX_REPLY_LINE:
+                raise MemcacheProtocolError(self.server, f"reply line over {_MAX_REPLY_LINE} bytes without CRLF")
+            return None
+        if buf[:3] == b"VA ":
+            head = bytes(buf[:end])
+            try:
+                size = int(head.split(b" ", 2)[1])
+            except (IndexError, ValueError):
+                raise MemcacheProtocolError(self.server, f"malformed VA header {head[:80]!r}") from None
+            total = end + 2 + size + 2
+            if len(buf) < total:
+                return None
+            if buf[total - 2:total] != b"\r\n":
+                raise MemcacheProtocolError(self.server, f"data block of {size} bytes not followed by CRLF")
+            data = bytes(buf[end + 2:end + 2 + size])
+            del buf[:total]
+            return head, data
+        head = bytes(buf[:end])
+        del buf[:end + 2]
+        return head, None
+
+
+class MemcacheClient:
+    """Requests to one memcached, over at most ``max_connections`` pooled connections.
+
+    ``side`` is a label for errors and metrics (``"n1"``/``"n2"``). Every request has
+    ``timeout`` seconds (waiting for a free connection included) and raises
+    ``MemcacheTimeout`` after it; a write that timed out may still have been applied.
+    """
+
+    def __init__(self, host: str, port: int, *, side: str = "", max_connections: int = 16,
+                 timeout: float = 1.0, connect_timeout: float = 1.0) -> None:
+        self.host = host
+        self.port = port
+        self.side = side
+        self.server = f"{side} {host}:{port}".strip()
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(max_connections)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"MemcacheClient({self.server})"
+
+    # --- connections -------------------------------------------------------------------
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(lambda: _Connection(self.server), self.host, self.port)
+        except TimeoutError:
+            raise MemcacheUnavailable(self.server, f"no connection within {self.connect_timeout}s") from None
+        except OSError as exc:
+            raise MemcacheUnavailable(self.server, f"cannot connect: {exc}") from None
+        return conn
+
+    async def _acquire(self) -> _Connection:
+        if self._closed:
+            raise MemcacheUnavailable(self.server, "client is closed")
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise MemcacheTimeout(self.server, f"all {self.max_connections} connections busy "
+                                                   f"for {self.timeout}s") from None
+        else:
+            await self._slots.acquire()
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and not conn.buf:
+                return conn
+            conn.abort()  # closed by the server, or bytes nobody asked for: not trustworthy
+        try:
+            return await self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _request(self, payload: bytes) -> Reply:
+        return (await self.pipeline(payload, 1))[0]
+
+    async def pipeline(self, payload: bytes, count: int) -> list[Reply]:
+        """Send ``payload`` (``count`` requests, concatenated) in one write on one
+        connection and return the ``count`` replies, in order. If any reply is an error
+        (``CLIENT_ERROR``/``SERVER_ERROR``/``ERROR``) the first one is raised."""
+        conn = await self._acquire()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        conn.waiter = waiter
+        conn.expected = count
+        conn.replies = []
+        conn.transport.write(payload)  # type: ignore[union-attr]
+        timer = loop.call_later(self.timeout, _expire, waiter, self.server, self.timeout)
+        try:
+            replies = await waiter
+        except BaseException:
+            conn.waiter = None
+            conn.abort()
+            self._slots.release()
+            raise
+        finally:
+            timer.cancel()
+        for head, _ in replies:
+            if head[:2] in (b"CL", b"SE", b"ER"):
+                # CLIENT_ERROR / SERVER_ERROR / ERROR: answer the caller, never reuse the connection
+                conn.abort()
+                self._slots.release()
+                raise self._error_reply(head)
+        self._idle.append(conn)
+        self._slots.release()
+        return replies
+
+    def _error_reply(self, head: bytes) -> Exception:
+        text = head.decode("latin-1")
+        if head.startswith(b"CLIENT_ERROR"):
+            return MemcacheRejected(self.server, text[len("CLIENT_ERROR "):] or text)
+        return MemcacheProtocolError(self.server, f"replied {text!r}")
+
+    def _unexpected(self, head: bytes, command: str) -> MemcacheProtocolError:
+        return MemcacheProtocolError(self.server, f"unexpected reply {head[:80]!r} to {command}")
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.abort()
+
+    # --- commands: ``cmd_*`` encodes a request (checking every argument), ``reply_*``
+    # decodes its reply; ``pipeline`` sends several encoded requests at once -------------
+
+    @staticmethod
+    def cmd_get(key: bytes, touch: int | None = None) -> bytes:
+        """``mg key v f t c`` (``T<touch>`` also sets a new exptime: get-and-touch)."""
+        check_key(key)
+        if touch is None:
+            return b"mg %b v f t c\r\n" % key
+        check_range("exptime", touch, MIN_EXPTIME, MAX_EXPTIME)
+        return b"mg %b T%d v f t c\r\n" % (key, touch)  # T first: t then reports the new TTL
+
+    def reply_get(self, reply: Reply) -> Item | None:
+        head, data = reply
+        if data is not None:
+            flags = _return_flags(head.split(b" ")[2:])
+            try:
+                return Item(data, int(flags[102]), int(flags[116]), int(flags[99]))  # f, t, c
+            except (KeyError, ValueError):
+                raise self._unexpected(head, "mg") from None
+        if head == b"EN":
+            return None
+        raise self._unexpected(head, "mg")
+
+    @staticmethod
+    def cmd_peek(key: bytes) -> bytes:
+        """``mg key c t``: the current version's CAS and TTL, without the value."""
+        check_key(key)
+        return b"mg %b c t\r\n" % key
+
+    def reply_peek(self, reply: Reply) -> Peek | None:
+        head = reply[0]
+        if head[:2] == b"HD":
+            flags = _return_flags(head.split(b" ")[1:])
+            try:
+                return Peek(int(flags[99]), int(flags[116]))
+            except (KeyError, ValueError):
+                raise self._unexpected(head, "mg") from None
+        if head == b"EN":
+            return None
+        raise self._unexpected(head, "mg")
+
+    @staticmethod
+    def cmd_store(key: bytes, value: bytes, *, mode: StoreMode = StoreMode.SET, flags: int = 0, exptime: int = 0,
+                  cas: int | None = None, invalidate: bool = False) -> bytes:
+        """``ms key <len> M<mode> F<flags> T<exptime> [C<cas>] [I] c``.
+
+        ``invalidate`` (``I``): with ``cas``, a CAS older than the item's marks the stored
+        value stale instead of failing (memcached's meta invalidation semantics).
+        """
+        check_key(key)
+        check_value(value)
+        check_range("flags", flags, 0, MAX_FLAGS)
+        check_range("exptime", exptime, MIN_EXPTIME, MAX_EXPTIME)
+        extra = b""
+        if cas is not None:
+            extra = b" C%d" % check_range("cas", cas, 0, MAX_U64)
+        if invalidate:
+            extra += b" I"
+        return b"ms %b %d M%b F%d T%d%b c\r\n%b\r\n" % (key, len(value), mode.value, flags, exptime, extra, value)
+
+    def reply_store(self, reply: Reply) -> StoreReply:
+        head = reply[0]
+        outcome = _MS_OUTCOME.get(head[:2])
+        if outcome is None:
+            raise self._unexpected(head, "ms")
+        new_cas = 0
+        if outcome is Outcome.STORED:
+            try:
+                new_cas = int(_return_flags(head.split(b" ")[1:])[99])
+            except (KeyError, ValueError):
+                raise self._unexpected(head, "ms") from None
+        return StoreReply(outcome, new_cas)
+
+    @staticmethod
+    def cmd_delete(key: bytes, cas: int | None = None) -> bytes:
+        """``md key [C<cas>]``."""
+        check_key(key)
+        if cas is None:
+            return b"md %b\r\n" % key
+        return b"md %b C%d\r\n" % (key, check_range("cas", cas, 0, MAX_U64))
+
+    def reply_delete(self, reply: Reply) -> Outcome:
+        outcome = _MD_OUTCOME.get(reply[0][:2])
+        if outcome is None:
+            raise self._unexpected(reply[0], "md")
+        return outcome
+
+    async def get(self, key: bytes, *, touch: int | None = None) -> Item | None:
+        """Value, flags, remaining TTL (-1: none) and CAS; with ``touch``, get-and-touch."""
+        return self.reply_get(await self._request(self.cmd_get(key, touch)))
+
+    async def peek(self, key: bytes) -> Peek | None:
+        return self.reply_peek(await self._request(self.cmd_peek(key)))
+
+    async def store(self, key: bytes, value: bytes, *, mode: StoreMode = StoreMode.SET, flags: int = 0,
+                    exptime: int = 0, cas: int | None = None, invalidate: bool = False) -> StoreReply:
+        """``ms`` in ``mode`` -> outcome and the stored item's new CAS."""
+        return self.reply_store(await self._request(
+            self.cmd_store(key, value, mode=mode, flags=flags, exptime=exptime, cas=cas, invalidate=invalidate)))
+
+    async def delete(self, key: bytes, *, cas: int | None = None) -> Outcome:
+        """DELETED, NOT_FOUND, or EXISTS (``cas`` did not match)."""
+        return self.reply_delete(await self._request(self.cmd_delete(key, cas)))
+
+    async def arith(self, key: bytes, delta: int, *, incr: bool = True) -> int | None:
+        """``ma key D<delta> M<I|D> v`` -> the new value, or None if the key is absent."""
+        check_key(key)
+        check_range("delta", delta, 0, MAX_U64)
+        head, data = await self._request(b"ma %b D%d M%b v\r\n" % (key, delta, b"I" if incr else b"D"))
+        if data is not None:
+            try:
+                return int(data)
+            except ValueError:
+                raise self._unexpected(head, "ma") from None
+        if head == b"NF":
+            return None
+        raise self._unexpected(head, "ma")
+
+    async def touch(self, key: bytes, exptime: int) -> bool:
+        """``mg key T<exptime>`` -> whether the key existed."""
+        check_key(key)
+        check_range("exptime", exptime, MIN_EXPTIME, MAX_EXPTIME)
+        head, _ = await self._request(b"mg %b T%d\r\n" % (key, exptime))
+        if head[:2] == b"HD":
+            return True
+        if head == b"EN":
+            return False
+        raise self._unexpected(head, "mg")
+
+    async def noop(self) -> None:
+        head, _ = await self._request(b"mn\r\n")
+        if head != b"MN":
+            raise self._unexpected(head, "mn")
+
+    async def version(self) -> str:
+        head, _ = await self._request(b"version\r\n")
+        if not head.startswith(b"VERSION "):
+            raise self._unexpected(head, "version")
+        return head[8:].decode("latin-1")
+
+
+def _expire(waiter: asyncio.Future, server: str, timeout: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(MemcacheTimeout(server, f"no reply within {timeout}s"))
+
+
+__all__ = ["Item", "MemcacheClient", "MemcacheServerError", "Outcome", "Peek", "StoreMode", "StoreReply"]

@@ -1,0 +1,430 @@
+"""The asynchronous copy of cache writes (COW) and cache-on-read fills (COR) to the other side.
+
+Responsible for: a bounded queue of copy jobs from ``source`` (the side that was written
+or read) to ``dest`` (the side being kept warm), drained by a few background workers; the
+set of keys whose copy was dropped (``dropped``), so that a mode switch can invalidate
+them on ``dest`` first (DESIGN invariant 5).
+
+Must never: block or fail the client's request (a full queue drops the job and records
+the key); leave on ``dest`` a value that ``source`` has since overwritten, deleted or let
+expire, whatever the order in which jobs, other proxy instances' jobs and fills land.
+
+How a copy stays safe in any order — *write, then verify against the source*
+--------------------------------------------------------------------------
+Every job that puts a value on ``dest`` carries the source's CAS of the version it copies
+(``ms … c`` tells the writer the CAS it stored; ``mg … c`` tells a reader the CAS it read):
+
+1. store the value on ``dest`` (``set`` for a mirror, ``add`` for a fill) and note the CAS
+   ``dest`` gave it;
+2. read the key's CAS on the source again (``mg key c``);
+3. if the source no longer holds that version (other CAS, or absent), delete the copy on
+   ``dest`` *only if* ``dest`` still holds exactly our copy (``md key C<dest cas>``).
+
+Argument. CAS values are unique per memcached, and every write to an item (set, append,
+incr, delete + re-add, …) gives it a new one; only ``touch`` does not, and a touch's own
+mirror re-copies the item with its new TTL. If step 2 sees the CAS read in step 0, no
+write happened on the source between our read and step 2, and step 1 lies in that
+interval: our copy was current when it landed. Any later write W happens after step 2,
+so W's own job reads/stores after W and lands on ``dest`` after our copy — an overwrite
+or delete of W wins. If step 2 sees a change, some write W happened in the window; step 3
+removes our copy unless something already replaced it (then ``md`` answers EX and that
+newer copy, which is verified by its own job, stays). If W's job ran *before* our step 1
+(the dangerous order: "delete mirrored, then the stale fill lands" — mcrouter's
+WarmUpRoute hazard), step 3 still removes our copy because W happened before step 2.
+The argument uses only the two servers' state, so it holds across proxy instances and
+for any interleaving of workers; the worst outcome of a race is a miss on ``dest``.
+
+A delete needs no verification: removing an item from a cache is always safe.
+
+Jobs that cannot complete (a server error, a timeout between steps 1 and 3, a drain that
+runs out of time) and jobs dropped because the queue is full record their key in
+``dropped``; ``invalidate_dropped`` deletes those keys on ``dest``.
+
+Not guaranteed: that ``dest`` is warm (any race ends in a miss, never a stale hit); that
+``dest`` expires an item in the same second as the source (TTLs have one-second
+granularity and a mirrored relative exptime starts when the mirror lands); anything about
+keys written to the source by something other than this proxy; anything after a crash —
+the queue and ``dropped`` live in memory, so a proxy that dies in ``cow`` must be followed
+by a flush of N2 before the switch to ``proxy`` (the orchestrator's job). A source run
+with CAS disabled (``memcached -C``, every CAS 0) cannot be verified: mirrors then only
+delete on ``dest`` and fills are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from proxy.cache import metrics
+from proxy.cache.client import Item, MemcacheClient, Outcome, StoreMode
+from proxy.cache.errors import SwitchError
+
+log = logging.getLogger("nxnw.proxy.cache.mirror")
+
+#: memcached reads an exptime above 30 days as an absolute unix time.
+_RELATIVE_LIMIT = 30 * 24 * 3600
+
+# job kinds (tuples keep the hot path allocation-light)
+_DELETE, _VALUE, _CURRENT, _FILL = "delete", "value", "current", "fill"
+
+BeforeFill = Callable[[bytes], Awaitable[None]]
+
+
+def exptime_from_ttl(ttl: int | None) -> int | None:
+    """memcached's remaining TTL (``mg … t``) as an exptime to store, or None if expiring."""
+    if ttl is None or ttl == -1:
+        return 0
+    if ttl <= 0:
+        return None  # expires this second: T0 would mean "never", so do not copy it
+    if ttl > _RELATIVE_LIMIT:
+        return int(time.time()) + ttl
+    return ttl
+
+
+class MirrorQueue:
+    """Bounded queue of copies ``source`` → ``dest``, drained by ``workers`` tasks.
+
+    ``maxsize`` bounds the jobs waiting. Fills are shed first: one is admitted only while
+    the queue is less than ``fill_share`` full, and at most once per key at a time.
+    ``before_fill`` is a test seam: awaited by the worker after the fill's value was read
+    from the source and before it is stored on ``dest`` — the window of the COR race.
+
+    A worker takes up to ``batch_max`` jobs at once, after waiting ``linger`` s for more
+    to arrive, and runs them as one batch of pipelined requests: at most four round trips
+    per batch instead of two or three per job, which is what keeps COW/COR cheap for the
+    requests that share the proxy's CPU. ``linger`` is added to the copy's delay, never
+    to a client's request.
+    """
+
+    def __init__(self, source: MemcacheClient, dest: MemcacheClient, *, maxsize: int = 10000, workers: int = 4,
+                 fill_share: float = 0.5, max_dropped: int = 1_000_000, linger: float = 0.001, batch_max: int = 64,
+                 before_fill: BeforeFill | None = None) -> None:
+        if maxsize < 1 or workers < 1:
+            raise ValueError(f"MirrorQueue needs maxsize >= 1 and workers >= 1, got {maxsize} and {workers}")
+        self.source = source
+        self.dest = dest
+        self.maxsize = maxsize
+        self.workers = workers
+        self.before_fill = before_fill
+        self.max_dropped = max_dropped
+        self.linger = linger
+        self.batch_max = batch_max
+        #: keys whose copy did not happen or could not be verified; invalidated at a switch
+        self.dropped: set[bytes] = set()
+        #: True once ``dropped`` hit ``max_dropped``: keys were lost, only a flush is safe
+        self.overflowed = False
+        self._fill_limit = int(maxsize * fill_share)
+        self._pending_fills: set[bytes] = set()
+        # key -> (source CAS, monotonic time) of a version recently seen on dest: a hit on
+        # that same version needs no fill (not even the probe). Only ever *skips* a fill,
+        # so a wrong entry costs warmth, never correctness; entries expire after
+        # ``known_for`` s so an item evicted from dest is filled again.
+        self._on_dest: dict[bytes, tuple[int, float]] = {}
+        self.known_max = 100_000
+        self.known_for = 60.0
+        # one FIFO per worker, chosen by key: a key's jobs run in order, one at a time, so
+        # within this instance the last write's copy is the last to land (a race with
+        # another instance can still cost a miss, never a stale value)
+        self._shards: list[asyncio.Queue[tuple]] = [asyncio.Queue() for _ in range(workers)]
+        self._waiting = 0  # queued, not yet taken by a worker; bounded by maxsize
+        self._unfinished = 0  # queued or running
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: list[asyncio.Task] = []
+        label = dest.side or dest.server
+        self._label = label
+        self._depth = metrics.MIRROR_DEPTH.labels(label)
+        self._depth.set_function(lambda: self._waiting)
+        self._dropped_full = metrics.MIRRORS_DROPPED.labels(label, "queue_full")
+        self._fill_shed = metrics.COR_FILLS.labels("shed")
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting (not yet taken by a worker)."""
+        return self._waiting
+
+    @property
+    def pending(self) -> int:
+        """Jobs waiting or running."""
+        return self._unfinished
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._work(shard), name=f"cache-mirror-{self._label}-{i}")
+                           for i, shard in enumerate(self._shards)]
+
+    async def close(self) -> None:
+        """Stop the workers; jobs still queued are abandoned (their keys join ``dropped``)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for job in self._take_all():
+            if job[0] is not _FILL:
+                self._drop(job[1], "closed")
+
+    # --- enqueue (synchronous, never blocks the request) --------------------------------
+
+    def mirror_value(self, key: bytes, value: bytes, flags: int, exptime: int, source_cas: int) -> None:
+        """The source now holds ``value`` under CAS ``source_cas`` (set/add/replace/cas)."""
+        if exptime < 0:  # stored already expired: on dest that is a delete
+            self.mirror_delete(key)
+        else:
+            self._put((_VALUE, key, value, flags, exptime, source_cas))
+
+    def mirror_current(self, key: bytes) -> None:
+        """The source changed ``key`` in a way we did not see (append, incr, touch, …): the
+        worker reads the result back from the source and copies that."""
+        self._put((_CURRENT, key))
+
+    def mirror_delete(self, key: bytes) -> None:
+        """Delete ``key`` on dest (a delete, or a write whose outcome on the source is unknown)."""
+        self._put((_DELETE, key))
+
+    def offer_fill(self, key: bytes, item: Item) -> bool:
+        """COR: copy ``item`` just read from the source to dest, unless dest has the key."""
+        known = self._on_dest.get(key)
+        if known is not None and known[0] == item.cas and time.monotonic() - known[1] < self.known_for:
+            return False
+        if key in self._pending_fills or self._waiting >= self._fill_limit:
+            self._fill_shed.inc()
+            return False
+        self._pending_fills.add(key)
+        self._enqueue((_FILL, key, item))
+        return True
+
+    def _put(self, job: tuple) -> None:
+        self._on_dest.pop(job[1], None)
+        if self._waiting >= self.maxsize:
+            self._dropped_full.inc()
+            self._record_dropped(job[1])
+        else:
+            self._enqueue(job)
+
+    def _enqueue(self, job: tuple) -> None:
+        self._shards[hash(job[1]) % self.workers].put_nowait(job)
+        self._waiting += 1
+        if not self._unfinished:
+            self._idle.clear()
+        self._unfinished += 1
+
+    def _finished(self) -> None:
+        self._unfinished -= 1
+        if not self._unfinished:
+            self._idle.set()
+
+    def _take_all(self) -> list[tuple]:
+        """Remove every job not yet taken by a worker."""
+        jobs = []
+        for shard in self._shards:
+            while not shard.empty():
+                jobs.append(shard.get_nowait())
+                self._waiting -= 1
+                self._finished()
+        return jobs
+
+    def _drop(self, key: bytes, reason: str) -> None:
+        metrics.MIRRORS_DROPPED.labels(self._label, reason).inc()
+        self._record_dropped(key)
+
+    def _record_dropped(self, key: bytes) -> None:
+        if len(self.dropped) >= self.max_dropped:
+            if not self.overflowed:
+                log.error("mirror queue to %s: more than %d dropped keys; only a flush of %s is safe now",
+                          self.dest.server, self.max_dropped, self.dest.server)
+            self.overflowed = True
+            return
+        self.dropped.add(key)
+
+    # --- workers -------------------------------------------------------------------------
+
+    async def _work(self, shard: asyncio.Queue[tuple]) -> None:
+        while True:
+            batch = [await shard.get()]
+            if self.linger:
+                await asyncio.sleep(self.linger)  # let a batch form: fewer round trips per copy
+            while len(batch) < self.batch_max and not shard.empty():
+                batch.append(shard.get_nowait())
+            self._waiting -= len(batch)
+            try:
+                await self._run(batch)
+            except asyncio.CancelledError:
+                for job in batch:  # cancelled mid-copy (close): dest may hold an unverified copy
+                    self._drop(job[1], "closed")
+                raise
+            except Exception as exc:  # noqa: BLE001 — every failure is recorded and logged
+                log.warning("cache copy of %d keys (first %r) to %s failed; they will be invalidated at the "
+                            "next switch: %s", len(batch), batch[0][1], self.dest.server, exc)
+                for job in batch:
+                    self._drop(job[1], "failed")
+            finally:
+                for job in batch:
+                    if job[0] is _FILL:
+                        self._pending_fills.discard(job[1])
+                    self._finished()
+
+    async def _run(self, batch: list[tuple]) -> None:
+        """One batch, in four pipelined round trips at most (see the module docstring):
+        A. read what the jobs need (the source's current item for ``current`` jobs, a
+           probe of dest for fills); B. store/delete on dest, in job order; C. re-read the
+           source's CAS of every key stored in B; D. undo, on dest, each copy whose source
+           version changed — only if dest still holds exactly that copy."""
+        src, dst = self.source, self.dest
+        current = [job for job in batch if job[0] is _CURRENT]
+        fills = [job for job in batch if job[0] is _FILL]
+        items: dict[bytes, Item | None] = {}
+        present: set[bytes] = set()
+
+        async def read_source() -> None:
+            replies = await src.pipeline(b"".join(src.cmd_get(job[1]) for job in current), len(current))
+            for job, reply in zip(current, replies):
+                items[job[1]] = src.reply_get(reply)
+
+        async def probe_dest() -> None:
+            replies = await dst.pipeline(b"".join(dst.cmd_peek(job[1]) for job in fills), len(fills))
+            for job, reply in zip(fills, replies):
+                if dst.reply_peek(reply) is not None:
+                    present.add(job[1])
+
+        phase_a = ([read_source()] if current else []) + ([probe_dest()] if fills else [])
+        if phase_a:
+            await asyncio.gather(*phase_a)
+
+        # B: (job, request, source CAS of the copied version; 0 for a delete)
+        writes: list[tuple[tuple, bytes, int]] = []
+        for job in batch:
+            kind, key = job[0], job[1]
+            if kind is _DELETE:
+                writes.append((job, dst.cmd_delete(key), 0))
+            elif kind is _VALUE:
+                _, _, value, flags, exptime, source_cas = job
+                if source_cas:
+                    writes.append((job, dst.cmd_store(key, value, flags=flags, exptime=exptime), source_cas))
+                else:  # CAS disabled on the source: a copy cannot be verified, delete instead
+                    writes.append((job, dst.cmd_delete(key), 0))
+            elif kind is _CURRENT:
+                item = items[key]
+                exptime = None if item is None else exptime_from_ttl(item.ttl)
+                if item is None or exptime is None or not item.cas:
+                    writes.append((job, dst.cmd_delete(key), 0))
+                else:
+                    writes.append((job, dst.cmd_store(key, item.value, flags=item.flags, exptime=exptime), item.cas))
+            else:
+                item = job[2]
+                exptime = exptime_from_ttl(item.ttl)
+                if exptime is None:
+                    metrics.COR_FILLS.labels("expiring").inc()
+                elif not item.cas:
+                    metrics.COR_FILLS.labels("unverifiable").inc()
+                elif key in present:
+                    metrics.COR_FILLS.labels("present").inc()
+                    self._known(key, item.cas)
+                else:
+                    if self.before_fill is not None:
+                        await self.before_fill(key)
+                    writes.append((job, dst.cmd_store(key, item.value, mode=StoreMode.ADD, flags=item.flags,
+                                                      exptime=exptime), item.cas))
+        if not writes:
+            return
+        replies = await dst.pipeline(b"".join(cmd for _, cmd, _ in writes), len(writes))
+        results: dict[int, str] = {}
+        stored: list[tuple[int, tuple, int, int]] = []  # (index, job, source CAS, dest CAS)
+        for i, ((job, _, source_cas), reply) in enumerate(zip(writes, replies)):
+            if not source_cas:
+                dst.reply_delete(reply)
+                results[i] = "deleted"
+                continue
+            outcome, dest_cas = dst.reply_store(reply)
+            if outcome is Outcome.STORED:
+                stored.append((i, job, source_cas, dest_cas))
+            else:
+                results[i] = "lost"  # add found a value on dest: a newer mirror, or an earlier fill
+        if stored:
+            replies = await src.pipeline(b"".join(src.cmd_peek(job[1]) for _, job, _, _ in stored), len(stored))
+            undo = []
+            for (i, job, source_cas, dest_cas), reply in zip(stored, replies):
+                now = src.reply_peek(reply)
+                if now is not None and now.cas == source_cas:
+                    results[i] = "copied"
+                    self._known(job[1], source_cas)
+                else:
+                    undo.append((i, job, dest_cas))
+            if undo:
+                replies = await dst.pipeline(b"".join(dst.cmd_delete(job[1], dest_cas) for _, job, dest_cas in undo),
+                                             len(undo))
+                for (i, _, _), reply in zip(undo, replies):
+                    dst.reply_delete(reply)
+                    results[i] = "undone"
+        for i, (job, _, _) in enumerate(writes):
+            if job[0] is _FILL:
+                metrics.COR_FILLS.labels({"copied": "done"}.get(results[i], results[i])).inc()
+            else:
+                metrics.MIRRORS.labels(self._label, results[i]).inc()
+
+    def _known(self, key: bytes, source_cas: int) -> None:
+        known = self._on_dest
+        known[key] = (source_cas, time.monotonic())
+        if len(known) > self.known_max:
+            del known[next(iter(known))]
+
+    # --- at a mode switch ----------------------------------------------------------------
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for every job to finish. Jobs still waiting then are not
+        run: mirrors join ``dropped``, fills are discarded. Returns how many were dropped."""
+        if self.pending == 0:
+            return 0
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+            return 0
+        except TimeoutError:
+            pass
+        left = 0
+        for job in self._take_all():
+            if job[0] is _FILL:
+                self._pending_fills.discard(job[1])
+            else:
+                self._drop(job[1], "drain_timeout")
+                left += 1
+        # jobs already running finish (each step has the client's timeout), so that none
+        # of them lands on dest after the switch
+        bound = 4 * max(self.source.timeout, self.dest.timeout) + 1.0
+        try:
+            async with asyncio.timeout(bound):
+                await self._idle.wait()
+        except TimeoutError:
+            raise SwitchError(f"mirror jobs to {self.dest.server} still running {bound}s "
+                              "after the drain timeout") from None
+        return left
+
+    async def invalidate_dropped(self, *, parallel: int = 32) -> int:
+        """Delete on dest every key in ``dropped``; returns how many. Raises ``SwitchError``
+        (leaving the keys that failed in ``dropped``) if any delete fails, or if ``dropped``
+        overflowed (then only a flush of dest is safe: call ``forget_dropped`` after it)."""
+        if self.overflowed:
+            raise SwitchError(f"more than {self.max_dropped} cache mirrors to {self.dest.server} were dropped; "
+                              f"flush {self.dest.server} and call forget_dropped() before switching")
+        keys = list(self.dropped)
+        failures: list[tuple[bytes, BaseException]] = []
+        for start in range(0, len(keys), parallel):
+            chunk = keys[start:start + parallel]
+            results = await asyncio.gather(*(self.dest.delete(k) for k in chunk), return_exceptions=True)
+            for key, res in zip(chunk, results):
+                if isinstance(res, BaseException):
+                    failures.append((key, res))
+                else:
+                    self.dropped.discard(key)
+        metrics.INVALIDATED.labels(self._label).inc(len(keys) - len(failures))
+        if failures:
+            key, exc = failures[0]
+            raise SwitchError(f"could not invalidate {len(failures)} of {len(keys)} dropped keys on "
+                              f"{self.dest.server} (first: {key!r}: {exc})")
+        return len(keys)
+
+    def forget_dropped(self) -> None:
+        """After dest was flushed by the operator: nothing dropped is left on it."""
+        self.dropped.clear()
+        self.overflowed = False

@@ -1,0 +1,256 @@
+"""The cache router: which route serves each mode, fencing, and the safe mode switch.
+
+Responsible for: owning the two memcached clients (N1, N2), the two mirror queues
+(N1→N2 for ``cow``, N2→N1 for ``proxy``), the three mode routes, and ``switch(mode)``,
+which changes the route only after every asynchronous copy of the old mode has landed or
+its key has been invalidated on the side it was meant for (DESIGN invariant 5).
+
+Must never: serve a request of the new mode while a request of the old mode still runs or
+a copy of the old mode can still land; serve a write while fenced (``writable`` False,
+set by the proxy when its ZooKeeper session is lost) — reads are still served.
+
+A switch, step by step (under one lock; requests arriving meanwhile wait, bounded):
+1. close the gate: new requests wait for the switch to end;
+2. wait until no request runs on the old route (bounded: each request has the client's
+   timeout), so no new copy can be queued;
+3. drain both mirror queues (bounded by ``drain_timeout``); jobs still queued then are not
+   run and their keys join ``dropped``;
+4. delete on each queue's destination every key in its ``dropped`` set — so N2 never
+   serves a value N1 has since overwritten or deleted, and after a rollback N1 never
+   serves one N2 has;
+5. swap the route object and open the gate. Requests that waited, and callers still
+   holding the old route object, are served by the new route.
+If step 2, 3 or 4 fails, the switch raises ``SwitchError`` and the old mode stays.
+
+Not guaranteed: that N2 starts ``cow`` empty of this deployment's keys — a value left on
+N2 by an earlier ``cow`` period followed by ``passthrough`` (no mirroring) would survive a
+fill's ``add``; the orchestrator flushes N2 before ``cow`` begins. That other proxy
+instances have finished their own switch — each instance drains its own queues; the
+orchestrator waits for every instance to acknowledge the mode. Surviving a crash: the
+queues and ``dropped`` live in memory, so after an instance dies in ``cow`` the
+orchestrator must flush N2 before ``proxy``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from proxy.cache import metrics
+from proxy.cache.client import Item, MemcacheClient, Outcome, StoreMode, StoreReply
+from proxy.cache.errors import CacheFencedError, SwitchError
+from proxy.cache.mirror import BeforeFill, MirrorQueue
+from proxy.cache.routes import CacheRoute, DirectRoute, MirrorWritesRoute, WarmUpRoute
+
+log = logging.getLogger("nxnw.proxy.cache.router")
+
+MODES = ("passthrough", "cow", "proxy")
+
+Address = tuple[str, int] | str
+
+
+def _address(addr: Address) -> tuple[str, int]:
+    if isinstance(addr, str):
+        host, _, port = addr.rpartition(":")
+        return host, int(port)
+    return addr[0], int(addr[1])
+
+
+class ModeRoute(CacheRoute):
+    """The route the router hands out for one mode: the mode's composition, plus the
+    router's rules for every operation.
+
+    Every operation: if a switch is under way, or this mode is no longer current, wait for
+    the switch and hand the operation to the current mode's route. Writes (everything but
+    get/gets/meta_get) raise ``CacheFencedError`` while the router is not writable.
+    Requests in flight are counted (a switch waits for zero) and timed (latency metric).
+    """
+
+    def __init__(self, router: CacheRouter, mode: str, inner: CacheRoute) -> None:
+        self.mode = mode
+        self.inner = inner
+        self.retired = True
+        self.inflight = 0
+        self._router = router
+        self._idle: asyncio.Future[None] | None = None
+        self._latency = {op: metrics.LATENCY.labels(mode, op).observe
+                         for op in ("get", "gat", "store", "delete", "arith", "touch")}
+
+    def __repr__(self) -> str:
+        return f"ModeRoute({self.mode}: {self.inner!r})"
+
+    async def _call(self, op: str, write: bool, name: str, *args):
+        router = self._router
+        if router._gate is not None or self.retired:
+            current = await router._after_switch()
+            return await getattr(current, name)(*args)
+        if write and not router._writable:
+            name = f" {router.instance}" if router.instance else ""
+            raise CacheFencedError(f"cache {op} refused: proxy{name} is fenced (no ZooKeeper session, so it "
+                                   "does not know the mode); reads are still served")
+        self.inflight += 1
+        start = time.perf_counter()
+        try:
+            return await getattr(self.inner, name)(*args)
+        finally:
+            self.inflight -= 1
+            self._latency[op](time.perf_counter() - start)
+            if not self.inflight and self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
+
+    async def quiesce(self, timeout: float) -> None:
+        """Return once no operation runs on this route; SwitchError after ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.inflight:
+                    self._idle = asyncio.get_running_loop().create_future()
+                    await self._idle
+        except TimeoutError:
+            raise SwitchError(f"{self.inflight} cache requests still running in mode {self.mode} "
+                              f"after {timeout}s") from None
+        finally:
+            self._idle = None
+
+    async def meta_get(self, key: bytes) -> Item | None:
+        return await self._call("get", False, "meta_get", key)
+
+    async def gat(self, key: bytes, exptime: int) -> Item | None:
+        return await self._call("gat", True, "gat", key, exptime)
+
+    async def store(self, mode: StoreMode, key: bytes, value: bytes, flags: int = 0, exptime: int = 0,
+                    cas: int | None = None) -> StoreReply:
+        return await self._call("store", True, "store", mode, key, value, flags, exptime, cas)
+
+    async def delete_item(self, key: bytes, cas: int | None = None) -> Outcome:
+        return await self._call("delete", True, "delete_item", key, cas)
+
+    async def arith(self, key: bytes, delta: int, incr: bool = True) -> int | None:
+        return await self._call("arith", True, "arith", key, delta, incr)
+
+    async def touch(self, key: bytes, exptime: int) -> bool:
+        return await self._call("touch", True, "touch", key, exptime)
+
+
+class CacheRouter:
+    """The cache half of one proxy instance.
+
+    ``n1``/``n2``: ``(host, port)`` or ``"host:port"`` of each deployment's memcached.
+    ``mirror_queue_size`` bounds each mirror queue; ``drain_timeout`` bounds step 3 of a
+    switch; ``timeout`` is every memcached request's deadline. ``before_fill`` is the COR
+    test seam (see ``MirrorQueue``).
+    """
+
+    def __init__(self, n1: Address, n2: Address, *, mirror_queue_size: int = 10000, mode: str = "passthrough",
+                 mirror_workers: int = 4, drain_timeout: float = 5.0, timeout: float = 1.0,
+                 max_connections: int = 16, before_fill: BeforeFill | None = None, instance: str = "") -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown cache mode {mode!r}; the modes are {', '.join(MODES)}")
+        self.n1_address = _address(n1)
+        self.n2_address = _address(n2)
+        self.instance = instance
+        self.drain_timeout = drain_timeout
+        self._initial_mode = mode
+        self._options = dict(mirror_queue_size=mirror_queue_size, mirror_workers=mirror_workers, timeout=timeout,
+                             max_connections=max_connections, before_fill=before_fill)
+        self._writable = True
+        self._gate: asyncio.Future[None] | None = None
+        self._switch_lock = asyncio.Lock()
+        self._route: ModeRoute | None = None
+        self._routes: dict[str, ModeRoute] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        o = self._options
+        limits = dict(timeout=o["timeout"], max_connections=o["max_connections"])
+        self.n1 = MemcacheClient(*self.n1_address, side="n1", **limits)
+        self.n2 = MemcacheClient(*self.n2_address, side="n2", **limits)
+        self.to_n2 = MirrorQueue(self.n1, self.n2, maxsize=o["mirror_queue_size"], workers=o["mirror_workers"],
+                                 before_fill=o["before_fill"])
+        self.to_n1 = MirrorQueue(self.n2, self.n1, maxsize=o["mirror_queue_size"], workers=o["mirror_workers"])
+        self.to_n2.start()
+        self.to_n1.start()
+        self._routes = {
+            "passthrough": ModeRoute(self, "passthrough", DirectRoute(self.n1, mode="passthrough")),
+            "cow": ModeRoute(self, "cow", WarmUpRoute(DirectRoute(self.n1, mode="cow"),
+                                                      DirectRoute(self.n2, mode="cow"), self.to_n2)),
+            "proxy": ModeRoute(self, "proxy", MirrorWritesRoute(DirectRoute(self.n2, mode="proxy"), self.to_n1)),
+        }
+        self._route = self._routes[self._initial_mode]
+        self._route.retired = False
+
+    async def close(self) -> None:
+        """Stop the mirror workers (queued copies are abandoned) and close the connections."""
+        for queue in (self.to_n2, self.to_n1):
+            await queue.close()
+        await self.n1.close()
+        await self.n2.close()
+
+    # --- state ---------------------------------------------------------------------------
+
+    @property
+    def route(self) -> ModeRoute:
+        """The current mode's route; a holder of an old one is forwarded after a switch."""
+        if self._route is None:
+            raise RuntimeError("CacheRouter.start() has not been awaited")
+        return self._route
+
+    @property
+    def mode(self) -> str:
+        return self.route.mode
+
+    @property
+    def writable(self) -> bool:
+        return self._writable
+
+    @writable.setter
+    def writable(self, value: bool) -> None:
+        """False = fenced. A plain attribute write, so a ZooKeeper client's own thread (a
+        kazoo session listener) may set it; every write checks it as it starts."""
+        if value != self._writable:
+            log.warning("cache writes %s on proxy %s", "resumed" if value else "fenced", self.instance or "(local)")
+        self._writable = bool(value)
+
+    async def _after_switch(self) -> ModeRoute:
+        while self._gate is not None:
+            await asyncio.shield(self._gate)
+        return self.route
+
+    # --- the switch ----------------------------------------------------------------------
+
+    async def switch(self, mode: str) -> dict[str, int]:
+        """Change mode safely (see the module docstring); returns what had to be done:
+        mirror jobs dropped at the drain and keys invalidated, per destination side."""
+        if mode not in MODES:
+            raise ValueError(f"unknown cache mode {mode!r}; the modes are {', '.join(MODES)}")
+        async with self._switch_lock:
+            old = self.route
+            if old.mode == mode:
+                return {}
+            gate = self._gate = asyncio.get_running_loop().create_future()
+            report: dict[str, int] = {}
+            try:
+                await old.quiesce(3 * max(self.n1.timeout, self.n2.timeout) + 1.0)
+                for queue in (self.to_n2, self.to_n1):
+                    side = queue.dest.side
+                    report[f"dropped_at_drain_{side}"] = await queue.drain(self.drain_timeout)
+                for queue in (self.to_n2, self.to_n1):
+                    report[f"invalidated_{queue.dest.side}"] = await queue.invalidate_dropped()
+            except BaseException as exc:
+                metrics.SWITCHES.labels(mode, "failed").inc()
+                log.error("cache switch %s -> %s failed, staying in %s: %s", old.mode, mode, old.mode, exc)
+                self._gate = None
+                gate.set_result(None)
+                if isinstance(exc, SwitchError) or not isinstance(exc, Exception):
+                    raise
+                raise SwitchError(f"cache switch {old.mode} -> {mode} failed, staying in {old.mode}: {exc}") from exc
+            new = self._routes[mode]
+            new.retired = False
+            old.retired = True
+            self._route = new
+            self._gate = None
+            gate.set_result(None)
+            metrics.SWITCHES.labels(mode, "done").inc()
+            log.info("cache mode %s -> %s (%s)", old.mode, mode, report)
+            return report

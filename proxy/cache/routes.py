@@ -1,0 +1,295 @@
+"""Cache routes: one small class per behaviour, composed into the three modes.
+
+Every route implements ``CacheRoute``: six primitives (``meta_get``, ``gat``, ``store``,
+``delete_item``, ``arith``, ``touch``) and, on top of them, memcached's operations
+(``get``/``gets``, ``set``/``add``/``replace``/``append``/``prepend``, ``cas``, ``delete``,
+``incr``/``decr``). A mode switch swaps one composed object (see ``router.py``):
+
+    passthrough = DirectRoute(N1)
+    cow         = WarmUpRoute(warm=DirectRoute(N1), cold=DirectRoute(N2), mirror N1→N2)
+    proxy       = MirrorWritesRoute(DirectRoute(N2), mirror N2→N1)
+
+Keys are ``bytes`` (≤ 250 bytes, no space/control byte), values ≤ ``MAX_VALUE_BYTES``;
+anything else raises a ``CacheInputError`` (a ``ValueError``) before memcached sees it.
+CAS tokens (``gets``, ``meta_get``, ``store(...).cas``) belong to the side that served the
+request: after a switch, a ``cas`` with a token from the other side answers EXISTS.
+
+Must never: answer a client from a side the mode does not read from; wait for an
+asynchronous copy before answering.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from proxy.cache import metrics
+from proxy.cache.client import Item, MemcacheClient, Outcome, StoreMode, StoreReply
+from proxy.cache.errors import CacheInputError
+from proxy.cache.mirror import MirrorQueue
+
+_OPS = ("get", "gat", "store", "delete", "arith", "touch")
+
+
+class CacheRoute(ABC):
+    """What a mode does with each memcached operation."""
+
+    @abstractmethod
+    async def meta_get(self, key: bytes) -> Item | None:
+        """Value, client flags, remaining TTL (-1 = none) and CAS; None on a miss."""
+
+    @abstractmethod
+    async def gat(self, key: bytes, exptime: int) -> Item | None:
+        """Get and touch: set a new exptime and return the item (with its new TTL)."""
+
+    @abstractmethod
+    async def store(self, mode: StoreMode, key: bytes, value: bytes, flags: int = 0, exptime: int = 0,
+                    cas: int | None = None) -> StoreReply:
+        """memcached ``ms`` in ``mode``; with ``cas``, only if the item's CAS matches."""
+
+    @abstractmethod
+    async def delete_item(self, key: bytes, cas: int | None = None) -> Outcome:
+        """DELETED, NOT_FOUND, or EXISTS when ``cas`` was given and did not match."""
+
+    @abstractmethod
+    async def arith(self, key: bytes, delta: int, incr: bool = True) -> int | None:
+        """incr/decr by ``delta`` (decr stops at 0); the new value, None if absent."""
+
+    @abstractmethod
+    async def touch(self, key: bytes, exptime: int) -> bool:
+        """Set a new exptime; whether the key existed."""
+
+    # memcached's operations, on top of the primitives
+
+    async def get(self, key: bytes) -> Item | None:
+        return await self.meta_get(key)
+
+    async def gets(self, key: bytes) -> Item | None:
+        return await self.meta_get(key)
+
+    async def set(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
+        return (await self.store(StoreMode.SET, key, value, flags, exptime)).outcome is Outcome.STORED
+
+    async def add(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
+        return (await self.store(StoreMode.ADD, key, value, flags, exptime)).outcome is Outcome.STORED
+
+    async def replace(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
+        return (await self.store(StoreMode.REPLACE, key, value, flags, exptime)).outcome is Outcome.STORED
+
+    async def append(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
+        """``flags``/``exptime`` are ignored by memcached for append: the item keeps its own."""
+        return (await self.store(StoreMode.APPEND, key, value, flags, exptime)).outcome is Outcome.STORED
+
+    async def prepend(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
+        """``flags``/``exptime`` are ignored by memcached for prepend: the item keeps its own."""
+        return (await self.store(StoreMode.PREPEND, key, value, flags, exptime)).outcome is Outcome.STORED
+
+    async def cas(self, key: bytes, value: bytes, cas: int, flags: int = 0, exptime: int = 0) -> Outcome:
+        """STORED, EXISTS (someone wrote since ``gets``) or NOT_FOUND."""
+        return (await self.store(StoreMode.SET, key, value, flags, exptime, cas)).outcome
+
+    async def delete(self, key: bytes) -> bool:
+        return (await self.delete_item(key)) is Outcome.DELETED
+
+    async def incr(self, key: bytes, delta: int = 1) -> int | None:
+        return await self.arith(key, delta, True)
+
+    async def decr(self, key: bytes, delta: int = 1) -> int | None:
+        return await self.arith(key, delta, False)
+
+
+class DirectRoute(CacheRoute):
+    """Every operation to one memcached, synchronously.
+
+    get/gets/meta_get/gat, set/add/replace/append/prepend/cas, delete, incr/decr, touch:
+    ``server``, sync; the reply is that server's reply.
+    Does not promise anything about any other server.
+    """
+
+    def __init__(self, server: MemcacheClient, *, mode: str = "passthrough") -> None:
+        self.server = server
+        self.side = server.side
+        self._count = {op: metrics.OPS.labels(mode, server.side, op).inc for op in _OPS}
+
+    def __repr__(self) -> str:
+        return f"DirectRoute({self.server.server})"
+
+    async def meta_get(self, key: bytes) -> Item | None:
+        self._count["get"]()
+        return await self.server.get(key)
+
+    async def gat(self, key: bytes, exptime: int) -> Item | None:
+        self._count["gat"]()
+        return await self.server.get(key, touch=exptime)
+
+    async def store(self, mode: StoreMode, key: bytes, value: bytes, flags: int = 0, exptime: int = 0,
+                    cas: int | None = None) -> StoreReply:
+        self._count["store"]()
+        return await self.server.store(key, value, mode=mode, flags=flags, exptime=exptime, cas=cas)
+
+    async def delete_item(self, key: bytes, cas: int | None = None) -> Outcome:
+        self._count["delete"]()
+        return await self.server.delete(key, cas=cas)
+
+    async def arith(self, key: bytes, delta: int, incr: bool = True) -> int | None:
+        self._count["arith"]()
+        return await self.server.arith(key, delta, incr=incr)
+
+    async def touch(self, key: bytes, exptime: int) -> bool:
+        self._count["touch"]()
+        return await self.server.touch(key, exptime)
+
+
+class MirrorWritesRoute(CacheRoute):
+    """Serve everything from ``primary``; copy every change to ``mirror.dest`` asynchronously.
+
+    This is ``proxy`` mode (primary N2, mirror to N1, so that a rollback to N1 never serves
+    a value N2 has since overwritten) and the write half of ``cow``.
+
+    get/gets/meta_get: ``primary``, sync. Nothing else.
+    set/add/replace/cas: ``primary``, sync; if STORED, the stored value, flags, exptime and
+        the primary's new CAS are queued for ``mirror.dest`` (async, ``set`` there, then
+        verified against the primary — see ``mirror.py``). Not stored → nothing queued.
+    append/prepend/incr/decr/touch/gat: ``primary``, sync; if the key existed, the key is
+        queued and the worker reads the *result* back from the primary (``mg v f t c``)
+        and copies that — replaying the op on the other side could double an append or
+        an incr, and CAS tokens differ between the sides.
+    delete: ``primary``, sync; a delete is queued for ``mirror.dest`` whatever the reply
+        (unless a CAS-guarded delete answered EXISTS: nothing changed).
+    Any op whose outcome on the primary is unknown (timeout, connection lost, cancelled):
+        a delete is queued for ``mirror.dest`` and the error is raised to the caller.
+    Not guaranteed: that ``mirror.dest`` has the change when the client is answered, or at
+    all — a full queue drops the copy and records the key in ``mirror.dropped`` (the
+    router invalidates those keys before a mode switch).
+    """
+
+    def __init__(self, primary: CacheRoute, mirror: MirrorQueue) -> None:
+        self.primary = primary
+        self.mirror = mirror
+
+    def __repr__(self) -> str:
+        return f"MirrorWritesRoute({self.primary!r} -> {self.mirror.dest.server})"
+
+    async def meta_get(self, key: bytes) -> Item | None:
+        return await self.primary.meta_get(key)
+
+    async def gat(self, key: bytes, exptime: int) -> Item | None:
+        try:
+            item = await self.primary.gat(key, exptime)
+        except CacheInputError:
+            raise
+        except BaseException:
+            self.mirror.mirror_delete(key)
+            raise
+        if item is not None:
+            self.mirror.mirror_current(key)
+        return item
+
+    async def store(self, mode: StoreMode, key: bytes, value: bytes, flags: int = 0, exptime: int = 0,
+                    cas: int | None = None) -> StoreReply:
+        try:
+            reply = await self.primary.store(mode, key, value, flags, exptime, cas)
+        except CacheInputError:
+            raise
+        except BaseException:
+            self.mirror.mirror_delete(key)
+            raise
+        if reply.outcome is Outcome.STORED:
+            if mode is StoreMode.APPEND or mode is StoreMode.PREPEND:
+                self.mirror.mirror_current(key)
+            else:
+                self.mirror.mirror_value(key, value, flags, exptime, reply.cas)
+        return reply
+
+    async def delete_item(self, key: bytes, cas: int | None = None) -> Outcome:
+        try:
+            outcome = await self.primary.delete_item(key, cas)
+        except CacheInputError:
+            raise
+        except BaseException:
+            self.mirror.mirror_delete(key)
+            raise
+        if outcome is not Outcome.EXISTS:
+            self.mirror.mirror_delete(key)
+        return outcome
+
+    async def arith(self, key: bytes, delta: int, incr: bool = True) -> int | None:
+        try:
+            value = await self.primary.arith(key, delta, incr)
+        except CacheInputError:
+            raise
+        except BaseException:
+            self.mirror.mirror_delete(key)
+            raise
+        if value is not None:
+            self.mirror.mirror_current(key)
+        return value
+
+    async def touch(self, key: bytes, exptime: int) -> bool:
+        try:
+            found = await self.primary.touch(key, exptime)
+        except CacheInputError:
+            raise
+        except BaseException:
+            self.mirror.mirror_delete(key)
+            raise
+        if found:
+            self.mirror.mirror_current(key)
+        return found
+
+
+class WarmUpRoute(CacheRoute):
+    """``cow``: serve from ``warm`` (N1) and warm ``cold`` (N2) behind it, asynchronously.
+
+    Modelled on mcrouter's WarmUpRoute, with the sides' roles fixed by the migration: N1
+    stays the truth until the switch, so reads never go to N2 first.
+
+    get/gets/meta_get: ``warm``, sync. On a hit, a fill of ``cold`` is queued (COR, async)
+        unless this same N1 version (CAS) was copied or seen on ``cold`` within the last
+        minute; the worker skips it if ``cold`` already has the key, else stores the item with
+        ``add`` semantics (an N2 value written meanwhile by a newer mirror wins) with its
+        flags and remaining TTL, then checks that ``warm`` still holds the version it read
+        (same CAS) and otherwise deletes the fill again if ``cold`` still holds exactly it.
+        So an overwrite or delete on N1 between the read and the fill — even one whose own
+        mirror reached N2 *before* the fill, or one made through another proxy instance —
+        never leaves the old value on N2 (argument in ``mirror.py``). On a miss: nothing.
+    gat (get-and-touch) and every write: as ``MirrorWritesRoute(warm, mirror)`` — ``warm``
+        sync, the change copied to ``cold`` async (COW).
+    Not guaranteed: that ``cold`` is warm — fills are shed first when the queue is half
+    full, lost to any race, and skipped for items expiring within a second; that ``cold``
+    holds a key's latest value before the mirror queue is drained (the router drains it
+    and invalidates dropped keys before switching to ``proxy``).
+    """
+
+    def __init__(self, warm: CacheRoute, cold: DirectRoute, mirror: MirrorQueue) -> None:
+        if mirror.dest is not cold.server:
+            raise ValueError(f"WarmUpRoute: the mirror writes to {mirror.dest.server}, "
+                             f"not to cold {cold.server.server}")
+        self.warm = warm
+        self.cold = cold
+        self.mirror = mirror
+        self._writes = MirrorWritesRoute(warm, mirror)
+
+    def __repr__(self) -> str:
+        return f"WarmUpRoute(warm={self.warm!r}, cold={self.cold!r})"
+
+    async def meta_get(self, key: bytes) -> Item | None:
+        item = await self.warm.meta_get(key)
+        if item is not None:
+            self.mirror.offer_fill(key, item)
+        return item
+
+    async def gat(self, key: bytes, exptime: int) -> Item | None:
+        return await self._writes.gat(key, exptime)
+
+    async def store(self, mode: StoreMode, key: bytes, value: bytes, flags: int = 0, exptime: int = 0,
+                    cas: int | None = None) -> StoreReply:
+        return await self._writes.store(mode, key, value, flags, exptime, cas)
+
+    async def delete_item(self, key: bytes, cas: int | None = None) -> Outcome:
+        return await self._writes.delete_item(key, cas)
+
+    async def arith(self, key: bytes, delta: int, incr: bool = True) -> int | None:
+        return await self._writes.arith(key, delta, incr)
+
+    async def touch(self, key: bytes, exptime: int) -> bool:
+        return await self._writes.touch(key, exptime)

@@ -1,0 +1,105 @@
+"""Whole migrations under load, checked by the history checker against what N2 holds."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+from kazoo.client import KazooClient
+
+from datastore import open_engine
+from dns_handoff.resolve import answer
+from nxnw.demo import N1_ADDRESS, DemoEnvironment, DemoOptions, run_demo
+from nxnw.history import check
+from nxnw.orchestrator import Orchestrator
+from nxnw.services.endpoints import BIND_DNS, HOST
+from sync.state import MigrationStateStore
+
+
+@pytest.mark.parametrize(("source", "target"), [("sqlite", "sqlite"), ("cassandra", "hbase"), ("hbase", "cassandra")])
+async def test_migration_under_load_loses_nothing(source: str, target: str) -> None:
+    figures, ok = await run_demo(DemoOptions(source=source, target=target, seed_entities=1500, clients=3))
+    assert ok, figures
+    assert figures["acknowledged writes"] > 100
+    assert figures["lost writes"] == figures["resurrected deletes"] == figures["stale reads"] == 0
+    assert figures["failed requests"] == 0
+
+
+async def test_orchestrator_killed_during_load_and_during_handoff_resumes_and_loses_nothing() -> None:
+    figures, ok = await run_demo(DemoOptions(seed_entities=20000, clients=3,
+                                             orchestrator_kills=["snapshot+load", "handoff"]))
+    assert ok, figures
+    assert figures["orchestrator kills"] == 2
+    assert figures["lost writes"] == 0
+
+
+async def test_rollback_from_proxy_mode_leaves_every_write_on_n1() -> None:
+    env = DemoEnvironment(DemoOptions(seed_entities=1000, clients=3))
+    try:
+        await env.setup()
+        env.start_workload()
+        orchestrator = Orchestrator(env.plan)
+        await orchestrator.connect()
+        try:
+            await orchestrator.migrate(until="proxy")
+            assert orchestrator.state.phase == "proxy"
+            await asyncio.sleep(1.5)  # writes made in proxy mode go to N2 first, then N1
+            await orchestrator.rollback()
+            assert orchestrator.state.phase == "rollback"
+        finally:
+            await orchestrator.close()
+        await asyncio.sleep(0.5)
+        await env.workload.stop()
+        n1 = open_engine(env.plan.n1.engine)
+        await n1.open()
+        state = {}
+        try:
+            for key_range in await n1.ranges(env.app):
+                async for page in n1.scan(env.app, key_range, tombstones=True):
+                    for e in page:
+                        if e.key.startswith(b"key-"):
+                            state[e.key.decode()] = None if e.value is None else (e.value, e.ts)
+        finally:
+            await n1.close()
+        report = check(env.history, state)
+        assert report.ok, report.summary()
+        assert report.acknowledged_writes > 100
+        assert answer(f"{HOST}:{BIND_DNS}", env.dns_name, "A") == [N1_ADDRESS]
+    finally:
+        await env.cleanup()
+
+
+def _migrate(plan_path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nxnw.cli", "migrate", str(plan_path)], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda t: t.replace('engine = "sqlite:', 'engine = "mongodb:', 1), "n1.engine: engine 'mongodb:"),
+    (lambda t: t[:t.index("[n2]")] + t[t.index("[dns]"):], "n2: missing (required)"),
+    (lambda t: t.replace(":21811/", ":1/", 1), "n1.zookeeper: N1's ZooKeeper at 127.0.0.1:1/"),
+    (lambda t: t.replace("bnhudy10", "AAAAAAAA", 1), "dns: "),
+])
+async def test_a_bad_plan_stops_before_anything_changes_with_one_line_per_problem(tmp_path, change, expected) -> None:
+    env = DemoEnvironment(DemoOptions(seed_entities=10, workdir=tmp_path))
+    await env.setup()
+    try:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(change(env.plan_path.read_text()))
+        result = await asyncio.get_running_loop().run_in_executor(None, _migrate, bad)
+        assert result.returncode == 2, result.stderr
+        assert expected in result.stderr
+        assert "Traceback" not in result.stderr
+        zk = KazooClient(hosts=env.plan.n1.zookeeper, timeout=5)
+        zk.start(10)
+        try:
+            assert MigrationStateStore(zk).get() is None, "a migration was recorded despite the bad plan"
+            assert zk.exists("/nxnw/mode") is None or zk.get("/nxnw/mode")[0].find(b'"passthrough"') >= 0
+        finally:
+            zk.stop()
+            zk.close()
+        assert answer(f"{HOST}:{BIND_DNS}", env.dns_name, "A") == [N1_ADDRESS]
+    finally:
+        await env.cleanup()
