@@ -105,6 +105,7 @@ class Dns(_Strict):
 class Thresholds(_Strict):
     shadow_rate: float = Field(default=0.05, ge=0, le=1)
     journal_drain_seconds: float = Field(default=120, gt=0)
+    max_error_rate: float = Field(default=0.01, ge=0, le=1, description="N2's 5xx budget at each DNS step")
     verify_repair: bool = True
     load_workers: int = Field(default=8, ge=1, le=256)
     export_workers: int = Field(default=4, ge=1, le=256)

@@ -36,6 +36,7 @@ from dns_handoff import Handoff
 from dns_handoff.provider import DnsProvider, RecordSet
 from nxnw.checkpoints import ZooKeeperCheckpoints
 from nxnw.config import Plan
+from nxnw.error_budget import N2ErrorBudget
 from proxy.control import journal_depth, members, switch_mode
 from snapshot import LoadStats, copy_app, verify_app
 from sync.aio import run_blocking
@@ -439,8 +440,11 @@ class Orchestrator:
         assert dns is not None
         handoff = await self._dns_handoff()
         loop = asyncio.get_running_loop()
+        budget = N2ErrorBudget(self.plan.n2.proxies, self.plan.thresholds.max_error_rate)
+        await loop.run_in_executor(None, budget.baseline)
         started = time.time()
-        await loop.run_in_executor(None, lambda: handoff.switch(dns.n1_values, dns.n2_values, dns.mode, dns.steps))
+        await loop.run_in_executor(None, lambda: handoff.switch(dns.n1_values, dns.n2_values, dns.mode, dns.steps,
+                                                                error_budget_check=budget, hold_seconds=dns.ttl))
         resolver = dns.resolver or (dns.rfc2136.server if dns.rfc2136 else None)
         if resolver:
             await loop.run_in_executor(None, handoff.verify, resolver, dns.n2_values, 10.0)

@@ -230,3 +230,25 @@ async def test_cache_endpoints_write_n1_and_warm_n2_in_cow(deployment) -> None:
     assert (await http.get("/v1/cache/%%%")).status == 400
     missing = await http.post(f"/v1/cache/{encode_key(key + b'-none')}/incr")
     assert missing.status == 404
+
+
+async def test_n2_error_budget_fails_when_the_proxy_answers_5xx(deployment) -> None:
+    from nxnw.error_budget import N2ErrorBudget
+
+    http, app, zk, server = deployment["http"], deployment["app"], deployment["zk"], deployment["server"]
+    budget = N2ErrorBudget([f"http://127.0.0.1:{server.http_port}"], max_error_rate=0.05)
+    await asyncio.get_running_loop().run_in_executor(None, budget.baseline)
+    for i in range(10):
+        await http.put(key_path(app, "K", b"ok%d" % i), data=b"v")
+    assert (await asyncio.get_running_loop().run_in_executor(None, budget)).ok
+    data, _ = zk.get("/nxnw/mode")
+    zk.set("/nxnw/mode", b"not a mode document")
+    for _ in range(100):
+        if (await http.put(key_path(app, "K", b"fenced"), data=b"v")).status == 503:
+            break
+        await asyncio.sleep(0.02)
+    for i in range(10):
+        await http.put(key_path(app, "K", b"fenced%d" % i), data=b"v")
+    verdict = await asyncio.get_running_loop().run_in_executor(None, budget)
+    zk.set("/nxnw/mode", data)
+    assert not verdict.ok and "5xx" in verdict.reason

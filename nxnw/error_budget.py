@@ -1,0 +1,69 @@
+"""N2's error budget during a DNS switch: the share of 5xx answers N2's endpoints give.
+
+The DNS hand-off holds each step until this check says the budget holds, and rolls the
+records back when it does not. It reads the proxies' own Prometheus counters
+(``nxnw_http_requests_total``) from each N2 endpoint's ``/metrics`` and judges the
+requests made since the previous check, so a burst of errors before the switch does not
+count against it. An endpoint that does not answer fails the budget: an unmeasured N2 is
+not a healthy one.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Sequence
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from dns_handoff.cutover import BudgetVerdict
+
+
+def _counts(endpoint: str, timeout: float) -> tuple[float, float]:
+    """(all requests, 5xx requests) served by one proxy so far."""
+    with urllib.request.urlopen(f"{endpoint.rstrip('/')}/metrics", timeout=timeout) as resp:
+        text = resp.read().decode()
+    total = errors = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "nxnw_http_requests":
+            continue
+        for sample in family.samples:
+            if sample.name != "nxnw_http_requests_total":
+                continue
+            total += sample.value
+            if sample.labels.get("status", "").startswith("5"):
+                errors += sample.value
+    return total, errors
+
+
+class N2ErrorBudget:
+    """A callable for ``Handoff.switch(error_budget_check=…)``."""
+
+    def __init__(self, endpoints: Sequence[str], max_error_rate: float, timeout: float = 2.0) -> None:
+        self.endpoints = list(endpoints)
+        self.max_error_rate = max_error_rate
+        self.timeout = timeout
+        self._last: dict[str, tuple[float, float]] = {}
+
+    def baseline(self) -> None:
+        """Start counting from now."""
+        for endpoint in self.endpoints:
+            self._last[endpoint] = _counts(endpoint, self.timeout)
+
+    def __call__(self) -> BudgetVerdict:
+        if not self.endpoints:
+            return BudgetVerdict(True, "no N2 endpoints listed in the plan; budget not measured")
+        total = errors = 0.0
+        for endpoint in self.endpoints:
+            try:
+                now = _counts(endpoint, self.timeout)
+            except OSError as exc:
+                return BudgetVerdict(False, f"N2 endpoint {endpoint} did not answer: {exc}")
+            before = self._last.get(endpoint, (0.0, 0.0))
+            self._last[endpoint] = now
+            total += now[0] - before[0]
+            errors += now[1] - before[1]
+        rate = errors / total if total else 0.0
+        if rate > self.max_error_rate:
+            return BudgetVerdict(False, f"N2 answered {errors:.0f} of {total:.0f} requests with 5xx "
+                                        f"({rate:.1%} > budget {self.max_error_rate:.1%})")
+        return BudgetVerdict(True, f"{errors:.0f} of {total:.0f} requests failed on N2 ({rate:.1%})")
