@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from nxnw import services
+from nxnw import services, snapshot_cli
+from datastore import EngineUnavailable
 from nxnw.config import PlanError, load_plan
 
 console = Console(stderr=True, soft_wrap=True)
@@ -259,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--repair", action="store_true", help="copy the newer side of each differing key over")
     verify.set_defaults(func=_verify)
 
+    snapshot_cli.add_parser(verbs, _async)
+
     proxy = verbs.add_parser("proxy", help="run a proxy instance (N1's data endpoint during a migration)")
     proxy_verbs = proxy.add_subparsers(dest="action", metavar="ACTION")
     proxy_verbs.required = True
@@ -279,7 +282,7 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
     except KeyboardInterrupt:
         console.print("nxnw: interrupted")
         return 130
-    except (services.ServicesDown, PlanError, KeyError, ValueError, OSError, RuntimeError) as exc:
+    except (services.ServicesDown, PlanError, KeyError, ValueError, OSError, RuntimeError, EngineUnavailable) as exc:
         first, _, rest = str(exc).partition("\n")
         console.print(f"nxnw {args.verb}: {first}", markup=False, highlight=False)
         if rest:

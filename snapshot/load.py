@@ -23,6 +23,12 @@ from snapshot.chunks import Chunk
 from snapshot.export import export_chunks, plan_ids
 
 
+def first_error(errors: BaseExceptionGroup) -> BaseException:
+    """The first real failure inside (nested) task-group errors: the one to report."""
+    first = errors.exceptions[0]
+    return first_error(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 class CheckpointStore(Protocol):
     """Where a loader records its plan and the ranges it has finished, per task.
 
@@ -103,14 +109,17 @@ class Loader:
             finally:
                 slots.release()
 
-        async with asyncio.TaskGroup() as group:
-            async for chunk in chunks:
-                if chunk.range_id in skip:
-                    continue
-                if chunk.final:
-                    self._final_seen[chunk.range_id] = chunk.seq + 1
-                await slots.acquire()
-                group.create_task(run(chunk))
+        try:
+            async with asyncio.TaskGroup() as group:
+                async for chunk in chunks:
+                    if chunk.range_id in skip:
+                        continue
+                    if chunk.final:
+                        self._final_seen[chunk.range_id] = chunk.seq + 1
+                    await slots.acquire()
+                    group.create_task(run(chunk))
+        except BaseExceptionGroup as errors:
+            raise first_error(errors) from errors
         return self.stats
 
 
