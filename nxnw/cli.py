@@ -121,6 +121,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from datastore import open_engine
+    from nxnw.leftovers import find_leftovers
     from snapshot import verify_app
 
     plan = load_plan(args.plan)
@@ -135,6 +136,8 @@ def _verify(args: argparse.Namespace) -> int:
                 report = await verify_app(n1, n2, app, repair=args.repair)
                 Console().print(report.summary(), markup=False)
                 clean = clean and (report.identical or args.repair)
+            for line in (await find_leftovers(plan, n2, repair=args.repair)).lines():
+                Console().print(line, markup=False)
             return 0 if clean else 1
         finally:
             await n1.close()
@@ -255,9 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("plan", help=plan_help)
         p.set_defaults(func=func)
 
-    verify = verbs.add_parser("verify", help="compare N1 and N2 app by app (exit 1 if they differ)")
+    verify = verbs.add_parser("verify", help="compare N1 and N2 app by app (exit 1 if they differ) and list "
+                              "leftovers: lock znodes with no holder, journal entries, old tombstones")
     verify.add_argument("plan", help=plan_help)
-    verify.add_argument("--repair", action="store_true", help="copy the newer side of each differing key over")
+    verify.add_argument("--repair", action="store_true", help="copy the newer side of each differing key over, "
+                        "and remove lock znodes with no holder once mirroring has stopped")
     verify.set_defaults(func=_verify)
 
     snapshot_cli.add_parser(verbs, _async)
