@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -19,7 +18,7 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from nxnw import services, snapshot_cli
+from nxnw import logs, services, snapshot_cli
 from datastore import EngineUnavailable
 from nxnw.config import PlanError, load_plan
 
@@ -297,7 +296,7 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=os.environ.get("NXNW_LOG", "WARNING"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure()
     return run(args.func, args)
 
 
