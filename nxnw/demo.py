@@ -203,20 +203,20 @@ class DemoEnvironment:
                                  history=self.history)
         self.workload.start()
 
-    async def final_state(self) -> dict[str, tuple[bytes, int] | None]:
-        """What N2 holds for the workload's keys (None for a tombstone)."""
+    async def final_state(self, side: str = "n2") -> dict[str, tuple[bytes, int] | None]:
+        """What N2 (or N1) holds for the workload's keys (None for a tombstone)."""
         assert self.plan is not None
-        n2 = open_engine(self.plan.n2.engine)
-        await n2.open()
+        engine = open_engine(getattr(self.plan, side).engine)
+        await engine.open()
         state: dict[str, tuple[bytes, int] | None] = {}
         try:
-            for key_range in await n2.ranges(self.app):
-                async for page in n2.scan(self.app, key_range, tombstones=True):
+            for key_range in await engine.ranges(self.app):
+                async for page in engine.scan(self.app, key_range, tombstones=True):
                     for e in page:
                         if e.key.startswith(b"key-"):
                             state[e.key.decode()] = None if e.value is None else (e.value, e.ts)
         finally:
-            await n2.close()
+            await engine.close()
         return state
 
     async def cleanup(self) -> None:
