@@ -31,5 +31,6 @@ status: $(STAMP)
 	$(BIN)/nxnw services status
 
 bench: $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,bench]'
 	$(BIN)/nxnw services up
 	$(BIN)/python -m bench

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from datastore import Entity, EntityRef, InvalidEntity
+from datastore import EntityRef, InvalidEntity
 from datastore.model import MAX_VALUE_BYTES
 from proxy.cache import CacheFencedError, CacheInputError, CacheRouter
 from proxy.cache.errors import CacheError, SwitchError

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from datastore import Engine, EntityRef, open_engine
+from datastore import EntityRef, open_engine
 from nxnw.services.endpoints import engine_url
 from proxy.control import switch_mode
 from sync.aio import run_blocking

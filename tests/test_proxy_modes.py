@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from datastore import EntityRef, open_engine
+from datastore import open_engine
 from nxnw import services
 from nxnw.services.endpoints import engine_url
 from proxy.control import SwitchBlocked, journal_depth, switch_mode
