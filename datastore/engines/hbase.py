@@ -1,25 +1,33 @@
-"""The HBase engine: one table per app, reached through HBase's Thrift1 gateway with happybase.
+"""The HBase engine: one table per app, reached through nxnw's HBase Thrift1 gateway.
 
 URL: ``hbase://host:port/table_prefix``; app ``a`` lives in table ``<table_prefix>a``, one
 column family ``e``, one row per entity (row key = ``Entity.row_key``).
 
-How last-write-wins is kept, and why tombstones are explicit cells. Every write is a
-cell whose HBase timestamp *is* the entity's µs timestamp (``mutateRowsTs``); HBase never
-assigns one. A value lives in ``e:v``; a deletion is a cell in ``e:d`` (empty value) at the
-delete's timestamp. The stored entity is whichever of the two newest cells has the larger
-timestamp, the tombstone on a tie, so an older write arriving late is an older cell version
-that never shows, in any arrival order. HBase's own delete markers are not enough on their
-own: a marker at T does mask every ``e:v`` cell at or below T (an older snapshot row stays
-masked, and a tie goes to the delete), but the marker is invisible to reads (no tombstone
-to export, verify or read back with its timestamp), Thrift1 cannot ask for a raw scan, and
-a major compaction purges the marker (KEEP_DELETED_CELLS cannot be set through Thrift1), after
-which a late older put would resurrect the key. The explicit ``e:d`` cell has none of these
-problems. A delete also writes a DeleteColumn marker on ``e:v`` at its timestamp, purely to
-let compactions reclaim the deleted value; correctness never depends on it.
+How last-write-wins is kept, and why tombstones are explicit cells. Every write is a cell
+whose HBase timestamp *is* the entity's µs timestamp; HBase never assigns one. A value lives
+in ``e:v``; a deletion is a cell in ``e:d`` (empty value) at the delete's timestamp. The
+stored entity is whichever of the two newest cells has the larger timestamp, the tombstone
+on a tie, so an older write arriving late is an older cell version that never shows, in any
+arrival order. HBase's own delete markers are not enough on their own: a marker at T does
+mask every ``e:v`` cell at or below T (an older snapshot row stays masked, and a tie goes to
+the delete), but the marker is invisible to reads (no tombstone to export, verify or read
+back with its timestamp), Thrift1 cannot ask for a raw scan, and a major compaction purges
+the marker (KEEP_DELETED_CELLS cannot be set through Thrift1), after which a late older put
+would resurrect the key. The explicit ``e:d`` cell has none of these problems. A delete also
+writes a DeleteColumn marker on ``e:v`` at its timestamp, purely to let compactions reclaim
+the deleted value; correctness never depends on it.
 
-Costs of Thrift1 to know about: one timestamp per ``mutateRowsTs`` call, so a batch is one
-call per distinct timestamp (snapshot rows all differ: one call per entity, spread over the
-connection pool); scans cannot be bounded in bytes, so pages are fetched in slices of
+Which gateway: nxnw's (``nxnw/services/hbase_gateway``), not HBase's own Thrift server. It
+speaks the ``NxnwHbase`` service (``GATEWAY_IDL``): HBase's Thrift1 ``Hbase`` service, from
+happybase's ``Hbase.thrift``, plus ``mutateRowsTsEach``, a ``mutateRowsTs`` whose rows each
+carry their own timestamp. Thrift1 takes one timestamp per ``mutateRowsTs`` call and snapshot
+rows all have different ones, so through Thrift1 alone a load is one call per entity; with
+``mutateRowsTsEach`` an ``apply`` is one call per ``BATCH_ROWS`` rows, whatever their
+timestamps, and the calls run in parallel on the pool. ``open`` checks that the gateway has
+the method and fails naming it. The client is thriftpy2's, connected as happybase connects
+(buffered transport, binary protocol).
+
+Other costs of Thrift1: scans cannot be bounded in bytes, so pages are fetched in slices of
 ``SCAN_SLICE`` rows. Cell timestamps in µs look ~1000 years ahead to HBase, which reads them
 as ms: fine with the family's TTL "forever" (the default here), wrong with any TTL or
 time-based compaction policy, so the tables must never be given one.
@@ -28,8 +36,8 @@ Ranges are the table's regions, cut further at sampled row keys (a keys-only sca
 the caller asks for more ranges than there are regions; empty ranges pad the list when the
 table has too few keys. Ranges are hex row keys, start inclusive, end exclusive.
 
-Blocking calls (happybase/thriftpy2) run only on this engine's bounded thread pool, one
-Thrift connection per pool thread; never on the event loop. Every call is idempotent (puts
+Blocking calls (thriftpy2) run only on this engine's bounded thread pool, one Thrift
+connection per pool thread; never on the event loop. Every call is idempotent (puts
 and tombstones carry their timestamps), so one that failed on a broken connection is retried
 once on a fresh connection; a second failure is ``EngineUnavailable`` naming the gateway.
 """
@@ -37,24 +45,38 @@ once on a fresh connection; a second failure is ``EngineUnavailable`` naming the
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import re
 import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import happybase  # noqa: F401  (registers the Hbase_thrift module that the next import needs)
-from Hbase_thrift import AlreadyExists, BatchMutation, ColumnDescriptor, Mutation, TScan
-from Hbase_thrift import IOError as HBaseIOError
-from thriftpy2.thrift import TApplicationException
-from thriftpy2.transport import TTransportException
+import thriftpy2
+from thriftpy2.protocol import TBinaryProtocol
+from thriftpy2.thrift import TApplicationException, TClient
+from thriftpy2.transport import TBufferedTransport, TSocket, TTransportException
 
 from datastore.engine import Engine, EngineUnavailable, KeyRange
 from datastore.model import APP_PATTERN, Entity, EntityRef, check_app
 
 T = TypeVar("T")
+
+#: The gateway's service. It lives with the gateway's source, which nxnw/services/hbase.py
+#: compiles with it; the engine only reads it, as the contract of the gateway it talks to.
+GATEWAY_IDL = Path(__file__).resolve().parent / "nxnw_hbase.thrift"
+#: ``Hbase.thrift``, which ``GATEWAY_IDL`` includes: the copy happybase ships.
+HBASE_IDL = Path(str(importlib.resources.files("happybase") / "Hbase.thrift"))
+GATEWAY = thriftpy2.load(str(GATEWAY_IDL), include_dirs=[str(HBASE_IDL.parent)])
+AlreadyExists = GATEWAY.Hbase.AlreadyExists
+ColumnDescriptor = GATEWAY.Hbase.ColumnDescriptor
+HBaseIOError = GATEWAY.Hbase.IOError
+Mutation = GATEWAY.Hbase.Mutation
+TScan = GATEWAY.Hbase.TScan
+BatchMutationTs = GATEWAY.BatchMutationTs
 
 FAMILY = b"e"
 VALUE_COLUMN = b"e:v"
@@ -64,7 +86,7 @@ COLUMNS = [VALUE_COLUMN, TOMBSTONE_COLUMN]
 DEFAULT_PORT = 9090
 POOL_SIZE = 8
 SOCKET_TIMEOUT_MS = 60_000
-#: A ``mutateRowsTs`` call carries at most this many rows and value bytes.
+#: A ``mutateRowsTsEach`` call carries at most this many rows and value bytes.
 BATCH_ROWS = 500
 BATCH_BYTES = 4 * 1024 * 1024
 #: Rows fetched per ``scannerGetList``: values may be 1 MiB each.
@@ -106,13 +128,19 @@ def _entity_from(app: str, row: Any) -> Entity | None:
     return None
 
 
-def _mutations(entity: Entity) -> list[Mutation]:
+#: A deletion: the tombstone cell (the gateway sends a batch's puts before its deletes), then
+#: the marker that lets compactions drop the value it supersedes. Shared: only ever serialized.
+_TOMBSTONE_MUTATIONS = [Mutation(isDelete=False, column=TOMBSTONE_COLUMN, value=b""),
+                        Mutation(isDelete=True, column=VALUE_COLUMN)]
+
+
+def _row(entity: Entity) -> Any:
+    """The entity as one row of a ``mutateRowsTsEach`` call, at the entity's timestamp."""
     if entity.deleted:
-        # The tombstone cell first (the gateway sends a batch's puts before its deletes), then
-        # the marker that lets compactions drop the value it supersedes.
-        return [Mutation(isDelete=False, column=TOMBSTONE_COLUMN, value=b""),
-                Mutation(isDelete=True, column=VALUE_COLUMN)]
-    return [Mutation(isDelete=False, column=VALUE_COLUMN, value=entity.value)]
+        mutations = _TOMBSTONE_MUTATIONS
+    else:
+        mutations = [Mutation(isDelete=False, column=VALUE_COLUMN, value=entity.value)]
+    return BatchMutationTs(row=entity.row_key, mutations=mutations, timestamp=entity.ts)
 
 
 def _split(keys: list[bytes], region_starts: list[bytes], at_least: int) -> list[KeyRange]:
@@ -132,6 +160,25 @@ def _split(keys: list[bytes], region_starts: list[bytes], at_least: int) -> list
         ranges.append(KeyRange("00" * pad, "00" * pad))  # [k, k): empty by definition
         pad += 1
     return ranges
+
+
+class GatewayConnection:
+    """One Thrift connection to the gateway's ``NxnwHbase`` service, opened as happybase opens
+    its own (buffered transport, binary protocol, strings left as bytes)."""
+
+    def __init__(self, host: str, port: int, timeout_ms: int) -> None:
+        self._transport = TBufferedTransport(TSocket(host=host, port=port, socket_timeout=timeout_ms))
+        self.client = TClient(GATEWAY.NxnwHbase, TBinaryProtocol(self._transport, decode_response=False))
+        self._transport.open()
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+def check_gateway(client: Any) -> None:
+    """Raise ``TApplicationException`` unless the gateway has ``mutateRowsTsEach`` (an empty
+    call is a no-op on nxnw's gateway; HBase's own Thrift server does not know the name)."""
+    client.mutateRowsTsEach(b"", [])
 
 
 class HBaseEngine(Engine):
@@ -154,7 +201,7 @@ class HBaseEngine(Engine):
         self.timeout_ms = timeout_ms
         self._executor: ThreadPoolExecutor | None = None
         self._local = threading.local()
-        self._connections: list[happybase.Connection] = []
+        self._connections: list[GatewayConnection] = []
         self._connections_lock = threading.Lock()
         self._tables: set[str] = set()
 
@@ -163,11 +210,10 @@ class HBaseEngine(Engine):
     def _table(self, app: str) -> bytes:
         return (self.prefix + check_app(app)).encode()
 
-    def _connection(self) -> happybase.Connection:
+    def _connection(self) -> GatewayConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = happybase.Connection(self.host, self.port, timeout=self.timeout_ms, autoconnect=False)
-            conn.open()
+            conn = GatewayConnection(self.host, self.port, self.timeout_ms)
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
@@ -210,6 +256,8 @@ class HBaseEngine(Engine):
             return
         self._executor = ThreadPoolExecutor(max_workers=self.pool_size, thread_name_prefix=f"hbase-{self.port}")
         try:
+            await self._run("mutateRowsTsEach (nxnw's gateway, nxnw/services/hbase_gateway, has it; "
+                            "HBase's own Thrift server does not)", check_gateway)
             names = await self._run("listing tables", lambda client: client.getTableNames())
         except BaseException:
             await self.close()
@@ -276,42 +324,42 @@ class HBaseEngine(Engine):
 
     # ---- writes ----
 
-    def _mutate(self, client: Any, table: bytes, batches: list[BatchMutation], ts: int) -> None:
-        client.mutateRowsTs(table, batches, ts, {})
+    def _mutate(self, client: Any, table: bytes, rows: list[Any]) -> None:
+        client.mutateRowsTsEach(table, rows)
 
-    async def _write(self, app: str, batches: list[BatchMutation], ts: int) -> None:
+    async def _write(self, app: str, rows: list[Any]) -> None:
         table = self._table(app)
         try:
-            await self._run(f"writing {len(batches)} rows to {table!r}", self._mutate, table, batches, ts)
+            await self._run(f"writing {len(rows)} rows to {table!r}", self._mutate, table, rows)
         except EngineUnavailable as exc:
             if not isinstance(exc.__cause__, HBaseIOError) or not _table_missing(exc.__cause__):
                 raise
             # Dropped since we cached it (by another engine instance): create it again, once.
             self._tables.discard(app)
             await self._ensure_table(app)
-            await self._run(f"writing {len(batches)} rows to {table!r}", self._mutate, table, batches, ts)
+            await self._run(f"writing {len(rows)} rows to {table!r}", self._mutate, table, rows)
 
     async def apply(self, entities: Sequence[Entity]) -> None:
         if not entities:
             return
-        # Thrift1 takes one timestamp per call: group by app and timestamp, then cut by size.
-        groups: dict[tuple[str, int], list[Entity]] = defaultdict(list)
+        # Every row carries its own timestamp: group by app only, then cut by size.
+        by_app: dict[str, list[Entity]] = defaultdict(list)
         for entity in entities:
-            groups[(entity.app, entity.ts)].append(entity)
-        for app in {app for app, _ in groups}:
+            by_app[entity.app].append(entity)
+        for app in by_app:
             await self._ensure_table(app)
         calls = []
-        for (app, ts), members in groups.items():
-            batch: list[BatchMutation] = []
+        for app, members in by_app.items():
+            rows: list[Any] = []
             size = 0
             for entity in members:
-                batch.append(BatchMutation(row=entity.row_key, mutations=_mutations(entity)))
+                rows.append(_row(entity))
                 size += len(entity.row_key) + len(entity.value or b"")
-                if len(batch) >= BATCH_ROWS or size >= BATCH_BYTES:
-                    calls.append(self._write(app, batch, ts))
-                    batch, size = [], 0
-            if batch:
-                calls.append(self._write(app, batch, ts))
+                if len(rows) >= BATCH_ROWS or size >= BATCH_BYTES:
+                    calls.append(self._write(app, rows))
+                    rows, size = [], 0
+            if rows:
+                calls.append(self._write(app, rows))
         await asyncio.gather(*calls)
 
     # ---- reads ----

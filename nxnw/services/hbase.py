@@ -14,9 +14,11 @@ Where the pieces come from:
 * ``hbase-thrift`` is not served by the registry this project may use (every version of
   it was refused), so the Thrift1 gateway is nxnw's own:
   ``nxnw/services/hbase_gateway/Thrift1Gateway.java`` implements the ``Hbase`` Thrift
-  service on the HBase client API with HBase's own Thrift1 semantics. Its Java interface is
-  generated from the ``Hbase.thrift`` IDL that happybase ships, by Debian's
-  ``thrift-compiler``, against ``libthrift`` from Maven; ``javac`` builds it at install.
+  service on the HBase client API with HBase's own Thrift1 semantics, and the
+  ``NxnwHbase`` service that extends it with ``mutateRowsTsEach`` (a timestamp per row; the
+  engine's batch write). Its Java interfaces are generated from the ``Hbase.thrift`` IDL that
+  happybase ships and from ``nxnw_hbase.thrift``, by Debian's ``thrift-compiler``, against
+  ``libthrift`` from Maven; ``javac`` builds it at install, again whenever a source changed.
 
 One JVM runs everything (``Thrift1Gateway --local-cluster``): the master, the region server
 and the gateway. ``down`` sends SIGTERM; the gateway's shutdown hook then makes a cluster
@@ -26,20 +28,22 @@ servers in one JVM, they race and the region server can be left waiting on a Zoo
 is already gone.
 
 Failure handling: a gateway or cluster that exits, or a probe that does not pass before
-``start_timeout``, is reported by ``Service.up`` with the tail of ``service.log``.
+``start_timeout``, is reported by ``Service.up`` with the tail of ``service.log``. A gateway
+still running from an older build without ``mutateRowsTsEach`` fails the probe, so ``up``
+rebuilds and restarts it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import os
 import shutil
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-import happybase
-
+from datastore.engines.hbase import (
+    GATEWAY_IDL, HBASE_IDL, BatchMutationTs, ColumnDescriptor, GatewayConnection, Mutation, check_gateway,
+)
 from nxnw.services.base import REPO_ROOT, Context, InstallError, Service, apt_install, maven_classpath, run_install
 from nxnw.services.endpoints import HBASE_MASTER, HBASE_REGIONSERVER, HBASE_THRIFT, HBASE_ZOOKEEPER, HOST
 
@@ -73,6 +77,7 @@ HEAP = ["-Xms256m", "-Xmx768m"]
 
 #: A table of the probe's own; engines' tables carry a deployment prefix and never clash.
 PROBE_TABLE = b"nxnw_service_probe"
+PROBE_ROW = b"probe"
 PROBE_TIMEOUT_MS = 15_000
 
 LOG4J_PROPERTIES = """\
@@ -89,10 +94,6 @@ log4j.logger.org.apache.hadoop.hbase.regionserver.HStore=WARN
 log4j.logger.org.apache.hadoop.hbase.ipc=WARN
 log4j.logger.nxnw=INFO
 """
-
-
-def _happybase_idl() -> Path:
-    return Path(str(importlib.resources.files("happybase") / "Hbase.thrift"))
 
 
 class HBaseService(Service):
@@ -119,13 +120,12 @@ class HBaseService(Service):
         self._build_gateway()
 
     def _build_gateway(self) -> None:
-        """Generate the Thrift1 interface from happybase's IDL and compile the gateway.
+        """Generate the Thrift interfaces from happybase's IDL and ours, and compile the gateway.
 
-        Rebuilt only when the Java source, the IDL or the classpath changed.
+        Rebuilt only when the Java source, an IDL or the classpath changed.
         """
-        idl = _happybase_idl()
         fingerprint = hashlib.sha256(
-            GATEWAY_SOURCE.read_bytes() + idl.read_bytes() + (self.lib_dir / ".complete").read_bytes()
+            b"".join(p.read_bytes() for p in (GATEWAY_SOURCE, GATEWAY_IDL, HBASE_IDL, self.lib_dir / ".complete"))
         ).hexdigest()
         marker = self.gateway_dir / ".built"
         if marker.exists() and marker.read_text() == fingerprint:
@@ -138,8 +138,10 @@ class HBaseService(Service):
         classes = self.gateway_dir / "classes"
         gen.mkdir(parents=True)
         classes.mkdir()
-        run_install(["thrift", "--gen", "java:generated_annotations=suppress", "-out", str(gen), str(idl)],
-                    "the Thrift1 interface generated from happybase's Hbase.thrift")
+        thrift = ["thrift", "--gen", "java:generated_annotations=suppress", "-out", str(gen)]
+        run_install([*thrift, str(HBASE_IDL)], "the Thrift1 interface generated from happybase's Hbase.thrift")
+        run_install([*thrift, "-I", str(HBASE_IDL.parent), str(GATEWAY_IDL)],
+                    f"the NxnwHbase interface generated from {GATEWAY_IDL.name}")
         sources = sorted(str(p) for p in gen.rglob("*.java")) + [str(GATEWAY_SOURCE)]
         run_install([javac, "--release", "17", "-nowarn", "-encoding", "UTF-8", "-d", str(classes),
                      "-cp", f"{self.lib_dir}/*", *sources], "the HBase Thrift1 gateway")
@@ -188,17 +190,26 @@ class HBaseService(Service):
                 GATEWAY_CLASS, "--local-cluster", HOST, str(HBASE_THRIFT)]
 
     def probe(self) -> None:
-        """Through Thrift: list tables, create the probe table once, read a row from it.
+        """Through Thrift, as the engine connects: check that the gateway has
+        ``mutateRowsTsEach`` (one built before it was added does not), list tables, create the
+        probe table once, write a row with ``mutateRowsTsEach`` and read it back.
 
-        Listing fails until the master has initialised; the read fails until the region
-        server serves the probe table's region.
+        Listing fails until the master has initialised; the write and the read fail until the
+        region server serves the probe table's region.
         """
-        conn = happybase.Connection(HOST, HBASE_THRIFT, timeout=PROBE_TIMEOUT_MS, autoconnect=False)
+        conn = GatewayConnection(HOST, HBASE_THRIFT, PROBE_TIMEOUT_MS)
         try:
-            conn.open()
-            if PROBE_TABLE not in conn.tables():
-                conn.create_table(PROBE_TABLE, {"p": dict(max_versions=1, block_cache_enabled=True)})
-            conn.table(PROBE_TABLE).row(b"probe")
+            client = conn.client
+            check_gateway(client)
+            if PROBE_TABLE not in client.getTableNames():
+                family = ColumnDescriptor(name=b"p:", maxVersions=1, compression="NONE", inMemory=False,
+                                          bloomFilterType="NONE", blockCacheEnabled=True, timeToLive=-1)
+                client.createTable(PROBE_TABLE, [family])
+            written = Mutation(isDelete=False, column=b"p:c", value=b"up")
+            client.mutateRowsTsEach(PROBE_TABLE, [BatchMutationTs(row=PROBE_ROW, mutations=[written], timestamp=1)])
+            rows = client.getRow(PROBE_TABLE, PROBE_ROW, {})
+            if not rows or b"p:c" not in (rows[0].columns or {}):
+                raise RuntimeError(f"the probe row written to {PROBE_TABLE!r} does not read back: {rows!r}")
         finally:
             conn.close()
 

@@ -1,16 +1,21 @@
 /*
  * HBase's Thrift1 gateway ("Hbase" service), the one happybase speaks, for the local HBase
- * that nxnw's tests and demo run.
+ * that nxnw's tests and demo run, plus one batch write of nxnw's own (the "NxnwHbase"
+ * service, which extends "Hbase").
  *
  * Why this file exists: the hbase-thrift module is not served by the package registry this
  * project may use, while hbase-server, hbase-client and libthrift are. So nxnw builds the
  * gateway itself: the Thrift compiler (Debian's thrift-compiler) generates the service
- * interface from the Hbase.thrift IDL that happybase ships, and this class implements it on
- * the public HBase client API, with the semantics of HBase's own Thrift1 handler (column
- * names "family:qualifier", *Ts calls write cells at the given timestamp and read with
- * time range [0, ts), deletes at a timestamp are DeleteColumn markers, scanner ids valid
- * on every connection). Binary protocol, plain (buffered) socket transport, one thread per
- * connection: happybase's defaults.
+ * interfaces from the Hbase.thrift IDL that happybase ships and from nxnw_hbase.thrift next
+ * to this file, and this class implements them on the public HBase client API, with the
+ * semantics of HBase's own Thrift1 handler (column names "family:qualifier", *Ts calls write
+ * cells at the given timestamp and read with time range [0, ts), deletes at a timestamp are
+ * DeleteColumn markers, scanner ids valid on every connection). Binary protocol, plain
+ * (buffered) socket transport, one thread per connection: happybase's defaults.
+ *
+ * nxnw's addition, mutateRowsTsEach: mutateRowsTs with a timestamp per row rather than per
+ * call, so that a snapshot load (every row at its own write time) is one HBase batch instead
+ * of one call per row. Each row's mutations mean exactly what they mean in mutateRowsTs.
  *
  * What it must never do: answer a call it does not implement with anything but an IOError
  * naming the call, or swallow an HBase error (each one goes back as IOError or
@@ -105,7 +110,10 @@ import org.apache.thrift.transport.TTransportFactory;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
-public final class Thrift1Gateway implements Hbase.Iface {
+import nxnw.hbase.generated.BatchMutationTs;
+import nxnw.hbase.generated.NxnwHbase;
+
+public final class Thrift1Gateway implements NxnwHbase.Iface {
   private static final Logger LOG = LoggerFactory.getLogger(Thrift1Gateway.class);
   private static final long SCANNER_IDLE_MS = 10 * 60 * 1000L;
   private static final byte REGION_INFO_VERSION = 1;
@@ -645,32 +653,59 @@ public final class Thrift1Gateway implements Hbase.Iface {
     mutateRowsTs(name, batches, HConstants.LATEST_TIMESTAMP, attributes);
   }
 
-  /** Puts are sent before deletes, as HBase's own Thrift1 handler does for a batch. */
   @Override
   public void mutateRowsTs(ByteBuffer name, List<BatchMutation> batches, long timestamp,
       Map<ByteBuffer, ByteBuffer> attributes) throws IOError, IllegalArgument {
     ioOrArg(() -> {
-      List<Put> puts = new ArrayList<>();
-      List<Delete> deletes = new ArrayList<>();
+      List<RowChange> changes = new ArrayList<>(batches.size());
       for (BatchMutation batch : batches) {
-        RowChange change = new RowChange(bytes(batch.bufferForRow()), batch.getMutations(), timestamp, attributes);
-        if (change.put != null) {
-          puts.add(change.put);
-        }
-        if (!change.delete.isEmpty()) {
-          deletes.add(change.delete);
-        }
+        changes.add(new RowChange(bytes(batch.bufferForRow()), batch.getMutations(), timestamp, attributes));
       }
-      try (Table table = connection.getTable(tableName(name))) {
-        if (!puts.isEmpty()) {
-          table.put(puts);
-        }
-        if (!deletes.isEmpty()) {
-          table.delete(deletes);
-        }
-      }
+      applyChanges(name, changes);
       return null;
     });
+  }
+
+  /** Each row at its own timestamp; otherwise exactly mutateRowsTs. */
+  @Override
+  public void mutateRowsTsEach(ByteBuffer name, List<BatchMutationTs> rowBatches) throws IOError, IllegalArgument {
+    ioOrArg(() -> {
+      List<RowChange> changes = new ArrayList<>(rowBatches.size());
+      for (BatchMutationTs batch : rowBatches) {
+        changes.add(new RowChange(bytes(batch.bufferForRow()), batch.getMutations(), batch.getTimestamp(), null));
+      }
+      applyChanges(name, changes);
+      return null;
+    });
+  }
+
+  /**
+   * Puts are sent before deletes, as HBase's own Thrift1 handler does for a batch. No rows is
+   * a no-op that does not look at the table name: clients call mutateRowsTsEach with no rows
+   * to check that this gateway has it.
+   */
+  private void applyChanges(ByteBuffer name, List<RowChange> changes) throws IOException {
+    if (changes.isEmpty()) {
+      return;
+    }
+    List<Put> puts = new ArrayList<>();
+    List<Delete> deletes = new ArrayList<>();
+    for (RowChange change : changes) {
+      if (change.put != null) {
+        puts.add(change.put);
+      }
+      if (!change.delete.isEmpty()) {
+        deletes.add(change.delete);
+      }
+    }
+    try (Table table = connection.getTable(tableName(name))) {
+      if (!puts.isEmpty()) {
+        table.put(puts);
+      }
+      if (!deletes.isEmpty()) {
+        table.delete(deletes);
+      }
+    }
   }
 
   @Override
@@ -1051,7 +1086,7 @@ public final class Thrift1Gateway implements Hbase.Iface {
 
     TServerSocket socket = new TServerSocket(new InetSocketAddress(host, port));
     TThreadPoolServer.Args serverArgs = new TThreadPoolServer.Args(socket)
-        .processor(new Hbase.Processor<>(gateway))
+        .processor(new NxnwHbase.Processor<>(gateway))
         .protocolFactory(new TBinaryProtocol.Factory())
         .transportFactory(new TTransportFactory())
         .minWorkerThreads(4)
