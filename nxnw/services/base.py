@@ -13,6 +13,7 @@ started for it is killed so that a retry starts clean.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -141,6 +142,9 @@ class Service(ABC):
     name: str
     port: int
     start_timeout: float = 60.0
+    #: Client-library loggers that report every refused connection while ``up`` polls a
+    #: starting server; silenced during probes, whose own exception carries the reason.
+    probe_loggers: tuple[str, ...] = ()
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -186,9 +190,20 @@ class Service(ABC):
             return None
         return pid
 
-    def healthy(self) -> bool:
+    def _quiet_probe(self) -> None:
+        loggers = [logging.getLogger(name) for name in self.probe_loggers]
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL + 1)
         try:
             self.probe()
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+    def healthy(self) -> bool:
+        try:
+            self._quiet_probe()
         except Exception:
             return False
         return True
@@ -214,7 +229,7 @@ class Service(ABC):
                 reason = f"process exited with status {proc.returncode}"
                 break
             try:
-                self.probe()
+                self._quiet_probe()
             except Exception as exc:  # the probe's failure is the reason we report
                 reason = f"{type(exc).__name__}: {exc}"
                 time.sleep(0.5)

@@ -121,6 +121,8 @@ def java_major_version(java: str) -> int:
 class CassandraService(Service):
     """Cassandra 5.0 on 127.0.0.1: CQL on 19042, storage on 17000, JMX (local only) on 17199."""
 
+    probe_loggers = ("cassandra",)
+
     name = "cassandra"
     port = endpoints.CASSANDRA_CQL
     #: Generous: a loaded CI machine can be several times slower than the ~10 s measured.
