@@ -22,8 +22,8 @@ from datastore import Engine, Entity, EntityRef, HybridLogicalClock
 from datastore.model import check_app, check_kind
 from proxy.journal import RepairJournal
 from proxy.routes import DataRoute, DirectRoute, DualWriteRoute, ShadowReadRoute
+from sync.mode import MODES
 
-MODES = ("passthrough", "cow", "proxy")
 
 #: (app, group) -> an async context manager holding the group's lock; it yields a callable
 #: that raises unless the lock is still held (called right before the write).

@@ -20,7 +20,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from datastore import Checksum, Engine, Entity
+from datastore import Checksum, Engine, Entity, KeyRange
 from datastore.engine import entity_digest
 
 BUCKET_BITS = 10
@@ -81,21 +81,29 @@ class VerifyReport:
         return f"app {self.app}: {len(self.differences)} keys differ ({parts}); repaired {self.repaired}"
 
 
-async def _bucket_sums(engine: Engine, app: str, workers: int) -> tuple[list[Checksum], Checksum]:
-    counts = [0] * BUCKETS
-    digests = [0] * BUCKETS
-    ranges = await engine.ranges(app, at_least=workers)
+async def _scan_all(engine: Engine, app: str, workers: int, visit: Callable[[Entity], None]) -> None:
+    """Call ``visit`` on every entity of ``app``, tombstones included, ``workers`` ranges at a time."""
     slots = asyncio.Semaphore(workers)
 
-    async def scan(key_range) -> None:
+    async def scan(key_range: KeyRange) -> None:
         async with slots:
             async for page in engine.scan(app, key_range, tombstones=True):
                 for entity in page:
-                    b = bucket_of(entity.row_key)
-                    counts[b] += 1
-                    digests[b] += entity_digest(entity)
+                    visit(entity)
 
-    await asyncio.gather(*(scan(r) for r in ranges))
+    await asyncio.gather(*(scan(r) for r in await engine.ranges(app, at_least=workers)))
+
+
+async def _bucket_sums(engine: Engine, app: str, workers: int) -> tuple[list[Checksum], Checksum]:
+    counts = [0] * BUCKETS
+    digests = [0] * BUCKETS
+
+    def add(entity: Entity) -> None:
+        b = bucket_of(entity.row_key)
+        counts[b] += 1
+        digests[b] += entity_digest(entity)
+
+    await _scan_all(engine, app, workers, add)
     sums = [Checksum(c, d % (1 << 128)) for c, d in zip(counts, digests)]
     total = Checksum()
     for s in sums:
@@ -105,17 +113,12 @@ async def _bucket_sums(engine: Engine, app: str, workers: int) -> tuple[list[Che
 
 async def _entities_in(engine: Engine, app: str, buckets: set[int], workers: int) -> dict[bytes, Entity]:
     found: dict[bytes, Entity] = {}
-    ranges = await engine.ranges(app, at_least=workers)
-    slots = asyncio.Semaphore(workers)
 
-    async def scan(key_range) -> None:
-        async with slots:
-            async for page in engine.scan(app, key_range, tombstones=True):
-                for entity in page:
-                    if bucket_of(entity.row_key) in buckets:
-                        found[entity.row_key] = entity
+    def keep(entity: Entity) -> None:
+        if bucket_of(entity.row_key) in buckets:
+            found[entity.row_key] = entity
 
-    await asyncio.gather(*(scan(r) for r in ranges))
+    await _scan_all(engine, app, workers, keep)
     return found
 
 

@@ -42,10 +42,10 @@ from proxy.cache.client import Item, MemcacheClient, Outcome, StoreMode, StoreRe
 from proxy.cache.errors import CacheFencedError, SwitchError
 from proxy.cache.mirror import BeforeFill, MirrorQueue
 from proxy.cache.routes import CacheRoute, DirectRoute, MirrorWritesRoute, WarmUpRoute
+from sync.mode import MODES
 
 log = logging.getLogger("nxnw.proxy.cache.router")
 
-MODES = ("passthrough", "cow", "proxy")
 
 Address = tuple[str, int] | str
 
