@@ -133,10 +133,10 @@ def _verify(args: argparse.Namespace) -> int:
             clean = True
             for app in plan.apps:
                 report = await verify_app(n1, n2, app, repair=args.repair)
-                Console().print(report.summary(), markup=False)
+                print(report.summary())
                 clean = clean and (report.identical or args.repair)
             for line in (await find_leftovers(plan, n2, repair=args.repair)).lines():
-                Console().print(line, markup=False)
+                print(line)
             return 0 if clean else 1
         finally:
             await n1.close()

@@ -49,6 +49,7 @@ blocking calls (connect, prepare, shutdown) run on one small executor owned by t
 from __future__ import annotations
 
 import asyncio
+import logging
 import heapq
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -100,6 +101,18 @@ def _is_busy(exc: BaseException) -> bool:
     return isinstance(exc, NoHostAvailable) and bool(exc.errors) and all(
         isinstance(err, ConnectionBusy) for err in exc.errors.values())
 
+
+
+class _ProtocolNegotiationFilter(logging.Filter):
+    """The driver offers its newest protocol and logs a warning for every step down to the
+    server's; against a Cassandra 4 or 5 that is two warnings per connect and means
+    nothing. Negotiation itself stays on, so older clusters (3.x, v4) still work."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Downgrading core protocol version")
+
+
+logging.getLogger("cassandra.cluster").addFilter(_ProtocolNegotiationFilter())
 
 class BusyRetry:
     """Backoff for a request the driver refused with ``ConnectionBusy``.
