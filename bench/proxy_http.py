@@ -41,7 +41,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -405,15 +404,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import uvloop
 
     from nxnw import services
+    from nxnw.services.base import apt_install
 
     pairs = [e.split(":", 1) if ":" in e else [e, e] for e in args.engines]
     for pair in pairs:
         for engine in pair:
             if engine not in ENGINE_SERVICES:
                 raise SystemExit(f"engine {engine!r} is not one of: {', '.join(ENGINE_SERVICES)}")
-    for tool in ("wrk", "ab"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is not installed: apt-get install -y wrk apache2-utils")
+    apt_install(["wrk", "apache2-utils"], ["wrk", "ab"])
     services.up(MODE_SERVICES + sorted({s for pair in pairs for e in pair for s in ENGINE_SERVICES[e]}))
     print(f"proxy HTTP data API: {args.value_bytes} B values, {args.keys} keys, shadow-read rate in cow "
           f"{args.shadow_rate:g}; {machine()}; wrk, ab, proxy and engines share the machine")
