@@ -347,8 +347,9 @@ async def run_demo(options: DemoOptions) -> tuple[dict[str, Any], bool]:
             "entities loaded": load.get("entities"),
             "migration (seconds)": round(migration_seconds, 1),
             "orchestrator kills": len(options.orchestrator_kills),
+            "final phase": await _phase(env),
         }
-        ok = report.ok
+        ok = report.ok and figures["final phase"] == "complete"
         (env.workdir / "history.jsonl").write_text("")
         env.history.save(env.workdir / "history.jsonl")
         if not ok:

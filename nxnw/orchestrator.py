@@ -306,7 +306,7 @@ class Orchestrator:
             self.progress.event(f"migration {self.plan.name} started")
         else:
             self.progress.event(f"migration {self.plan.name} resumed in phase {self.state.phase}")
-        done = await self._finished_tasks()
+        done = {name: result for name, result in (await self._finished_tasks()).items() if not name.startswith("_")}
         if "sync-zk" in done:
             await self._start_mirrors()
         graph = {t.name: t for t in self.tasks()
@@ -315,7 +315,7 @@ class Orchestrator:
             self.progress.tasks[name] = {"state": "done" if name in done else "pending", **done.get(name, {})}
         running: dict[str, asyncio.Task] = {}
         try:
-            while len(done) < len(graph):
+            while not all(name in done for name in graph):
                 for name, task in graph.items():
                     if name in done or name in running or not all(d in done for d in task.deps):
                         continue

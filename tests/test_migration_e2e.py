@@ -32,6 +32,7 @@ async def test_orchestrator_killed_during_load_and_during_handoff_resumes_and_lo
     assert ok, figures
     assert figures["orchestrator kills"] == 2
     assert figures["lost writes"] == 0
+    assert figures["final phase"] == "complete"
 
 
 async def test_rollback_from_proxy_mode_leaves_every_write_on_n1() -> None:
