@@ -83,6 +83,7 @@ async def test_n2_killed_mid_cow_journals_writes_and_drains_after_restart(sqlite
         task = asyncio.create_task(writer())
         await asyncio.sleep(0.5)
         await asyncio.get_running_loop().run_in_executor(None, cassandra.down)
+        assert not cassandra.healthy(), "Cassandra still answers: was it started from another checkout's state dir?"
         await asyncio.sleep(2.0)
         depth_while_down = await run_blocking(journal_depth, zk, "n2")
         with pytest.raises(SwitchBlocked, match="journal toward n2"):
