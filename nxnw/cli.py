@@ -43,11 +43,22 @@ def _migrate(args: argparse.Namespace) -> int:
     if args.status_port is not None:
         plan.status_port = args.status_port
 
+    async def report_load(orchestrator: Orchestrator) -> None:
+        """Every 5 s while ranges load: entities, rate and ranges done, one line."""
+        while True:
+            await asyncio.sleep(5)
+            for app, stats in orchestrator.progress.load.items():
+                if stats.ranges_done < stats.ranges_total:
+                    console.print(f"  loading {app}: {stats.entities:,} entities, {stats.rate:,.0f}/s, "
+                                  f"{stats.ranges_done}/{stats.ranges_total} ranges", markup=False)
+
     async def run() -> int:
         await preflight(plan)
         orchestrator = Orchestrator(plan)
+        orchestrator.progress.on_event = lambda line: console.print(line, markup=False, highlight=False)
         await orchestrator.connect()
         runner = None
+        reporter = asyncio.create_task(report_load(orchestrator))
         try:
             if args.restart:
                 await orchestrator.restart()
@@ -62,6 +73,7 @@ def _migrate(args: argparse.Namespace) -> int:
             console.print(f"migration {plan.name}: phase {state.phase}")
             return 0
         finally:
+            reporter.cancel()
             if runner is not None:
                 await runner.cleanup()
             await orchestrator.close()

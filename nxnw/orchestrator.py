@@ -81,12 +81,16 @@ class Progress:
     events: list[str] = field(default_factory=list)
     mode: str | None = None
     journal_depth: int = 0
+    #: called with each event line as it happens (the CLI prints them)
+    on_event: Callable[[str], None] | None = None
 
     def event(self, text: str) -> None:
-        stamp = time.strftime("%H:%M:%S")
-        self.events.append(f"{stamp} {text}")
+        line = f"{time.strftime('%H:%M:%S')} {text}"
+        self.events.append(line)
         del self.events[:-200]
         log.info(text)
+        if self.on_event is not None:
+            self.on_event(line)
 
 
 def dns_provider(plan: Plan) -> DnsProvider | None:

@@ -63,6 +63,8 @@ class VerifyReport:
     buckets_differing: int = 0
     differences: list[Difference] = field(default_factory=list)
     repaired: int = 0
+    #: keys that differed between the scans but agreed on a second look (writes in flight)
+    settled: int = 0
 
     @property
     def identical(self) -> bool:
@@ -75,10 +77,11 @@ class VerifyReport:
         return out
 
     def summary(self) -> str:
+        settled = f"; {self.settled} in-flight writes agreed on a second look" if self.settled else ""
         if self.identical:
-            return f"app {self.app}: N1 and N2 identical ({self.n1})"
+            return f"app {self.app}: N1 and N2 identical ({self.n1}){settled}"
         parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts().items()))
-        return f"app {self.app}: {len(self.differences)} keys differ ({parts}); repaired {self.repaired}"
+        return f"app {self.app}: {len(self.differences)} keys differ ({parts}); repaired {self.repaired}{settled}"
 
 
 async def _scan_all(engine: Engine, app: str, workers: int, visit: Callable[[Entity], None]) -> None:
@@ -122,6 +125,10 @@ async def _entities_in(engine: Engine, app: str, buckets: set[int], workers: int
     return found
 
 
+def _same(e1: Entity | None, e2: Entity | None) -> bool:
+    return e1 is not None and e2 is not None and entity_digest(e1) == entity_digest(e2)
+
+
 async def _apply_in_batches(engine: Engine, entities: list[Entity], size: int = 500) -> None:
     for start in range(0, len(entities), size):
         await engine.apply(entities[start:start + size])
@@ -139,7 +146,14 @@ async def verify_app(n1: Engine, n2: Engine, app: str, *, repair: bool = False, 
     side1, side2 = await asyncio.gather(_entities_in(n1, app, differing, workers), _entities_in(n2, app, differing, workers))
     for row_key in sorted(side1.keys() | side2.keys()):
         e1, e2 = side1.get(row_key), side2.get(row_key)
-        if e1 is not None and e2 is not None and entity_digest(e1) == entity_digest(e2):
+        if _same(e1, e2):
+            continue
+        # The two scans did not see both sides at one instant: a write in flight (cow writes
+        # both sides) shows up as a difference. A second look at just this key settles it.
+        ref = (e1 or e2).ref  # type: ignore[union-attr]
+        e1, e2 = await asyncio.gather(n1.read(ref), n2.read(ref))
+        if _same(e1, e2) or (e1 is None and e2 is None):
+            report.settled += 1
             continue
         diff = Difference(row_key, e1, e2)
         report.differences.append(diff)
