@@ -21,13 +21,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from kazoo.client import KazooClient
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from datastore import EntityRef, InvalidEntity
 from datastore.model import MAX_VALUE_BYTES
 from proxy.cache import CacheFencedError, CacheInputError, CacheRouter
 from proxy.cache.errors import CacheError, SwitchError
+from proxy.control import SwitchBlocked, switch_mode
 from proxy.core import Conflict, Fenced, ProxyCore
+from sync.aio import run_blocking
+from sync.mode import MODES
 from sync.lock import GroupLockError
 
 log = logging.getLogger("nxnw.proxy.api")
@@ -41,6 +45,7 @@ BODY_TIMEOUT_SECONDS = 10.0
 
 CORE: web.AppKey[ProxyCore] = web.AppKey("core", ProxyCore)
 CACHE: web.AppKey[CacheRouter] = web.AppKey("cache", CacheRouter)
+ZOOKEEPER: web.AppKey[KazooClient] = web.AppKey("zookeeper", KazooClient)
 
 
 class BadRequest(web.HTTPBadRequest):
@@ -287,6 +292,24 @@ async def admin_state(request: web.Request) -> web.Response:
     return web.json_response(await request.app[CORE].describe())
 
 
+async def admin_mode(request: web.Request) -> web.Response:
+    """Move every instance to a mode, with the same checks the orchestrator makes: the
+    journal that must drain first, then every instance's acknowledgement."""
+    _admin(request)
+    doc = await read_json(request)
+    mode = doc.get("mode")
+    if mode not in MODES:
+        raise InvalidEntity(f"mode {mode!r} is not one of: {', '.join(MODES)}")
+    drain_timeout = doc.get("drain_timeout", 30)
+    if isinstance(drain_timeout, bool) or not isinstance(drain_timeout, (int, float)) or not 0 < drain_timeout <= 3600:
+        raise InvalidEntity(f"drain_timeout {drain_timeout!r} must be a number of seconds in (0, 3600]")
+    try:
+        state = await run_blocking(switch_mode, request.app[ZOOKEEPER], mode, drain_timeout=float(drain_timeout))
+    except SwitchBlocked as exc:
+        return _json_error(409, "switch blocked", str(exc))
+    return web.json_response({"mode": state.mode, "epoch": state.epoch})
+
+
 def add_routes(app: web.Application) -> None:
     entity = "/v1/apps/{app}/kinds/{kind}/entities/{key}"
     app.router.add_get(entity, get_entity)
@@ -303,11 +326,13 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/state", admin_state)
+    app.router.add_post("/admin/mode", admin_mode)
 
 
-def build_app(core: ProxyCore, cache: CacheRouter) -> web.Application:
+def build_app(core: ProxyCore, cache: CacheRouter, zk: KazooClient) -> web.Application:
     app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_JSON_BODY)
     app[CORE] = core
     app[CACHE] = cache
+    app[ZOOKEEPER] = zk
     add_routes(app)
     return app

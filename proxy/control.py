@@ -17,8 +17,10 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from proxy.journal import JOURNAL_ROOT
-from proxy.server import PROXIES_ROOT
 from sync.mode import MODES, ModeState, ensure_mode, set_mode
+
+#: Each proxy instance's ephemeral membership znode holds the mode epoch it has adopted.
+PROXIES_ROOT = "/nxnw/proxies"
 
 #: The journal that must be empty before entering each mode.
 MUST_DRAIN = {"proxy": "n2", "passthrough": "n1"}

@@ -26,6 +26,7 @@ from datastore import Engine, open_engine
 from proxy.api import build_app
 from proxy.cache import CacheListener, CacheRouter
 from proxy.config import ProxyConfig
+from proxy.control import PROXIES_ROOT
 from proxy.core import ProxyCore
 from proxy.journal import JournalReplayer, RepairJournal
 from sync.aio import run_blocking
@@ -34,7 +35,6 @@ from sync.mode import ModeState, ModeWatcher, ensure_mode
 
 log = logging.getLogger("nxnw.proxy.server")
 
-PROXIES_ROOT = "/nxnw/proxies"
 
 
 class ProxyServer:
@@ -86,7 +86,7 @@ class ProxyServer:
         self.replayers = [JournalReplayer(to_n2, self.n1, self.n2), JournalReplayer(to_n1, self.n2, self.n1)]
         for replayer in self.replayers:
             replayer.start()
-        self.runner = web.AppRunner(build_app(self.core, self.cache), access_log=None, handler_cancellation=True)
+        self.runner = web.AppRunner(build_app(self.core, self.cache, self.zk), access_log=None, handler_cancellation=True)
         await self.runner.setup()
         if cfg.memcache_port is not None:
             self.listener = CacheListener(self.cache, cfg.http_host, cfg.memcache_port)

@@ -252,3 +252,16 @@ async def test_n2_error_budget_fails_when_the_proxy_answers_5xx(deployment) -> N
     verdict = await asyncio.get_running_loop().run_in_executor(None, budget)
     zk.set("/nxnw/mode", data)
     assert not verdict.ok and "5xx" in verdict.reason
+
+
+async def test_admin_mode_switch_needs_the_token_and_a_known_mode(deployment) -> None:
+    http = deployment["http"]
+    assert (await http.post("/admin/mode", json={"mode": "cow"})).status == 401
+    auth = {"Authorization": "Bearer test-token"}
+    bad = await http.post("/admin/mode", json={"mode": "turbo"}, headers=auth)
+    assert bad.status == 400 and "not one of" in (await bad.json())["reason"]
+    bad = await http.post("/admin/mode", json={"mode": "cow", "drain_timeout": "soon"}, headers=auth)
+    assert bad.status == 400
+    ok = await http.post("/admin/mode", json={"mode": "cow"}, headers=auth)
+    assert ok.status == 200 and (await ok.json())["mode"] == "cow"
+    assert (await (await http.get("/healthz")).json())["mode"] == "cow"
