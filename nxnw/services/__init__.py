@@ -47,14 +47,14 @@ def up(names: list[str] | None = None, ctx: Context | None = None) -> dict[str, 
     if not names:
         return {}
     services = [service(n, ctx) for n in names]
+    took = {svc.name: 0.0 for svc in services if svc.healthy()}
+    stopped = [svc for svc in services if svc.name not in took]
     # Installs (apt, Maven) are not safe to run concurrently; do them one by one first.
-    for svc in services:
-        if not svc.healthy():
-            svc.install()
-    with ThreadPoolExecutor(max_workers=len(services)) as pool:
-        futures = {svc.name: pool.submit(svc.up) for svc in services}
+    for svc in stopped:
+        svc.install()
+    with ThreadPoolExecutor(max_workers=max(1, len(stopped))) as pool:
+        futures = {svc.name: pool.submit(svc.start) for svc in stopped}
     errors = []
-    took = {}
     for name, fut in futures.items():
         try:
             took[name] = fut.result()
@@ -62,7 +62,7 @@ def up(names: list[str] | None = None, ctx: Context | None = None) -> dict[str, 
             errors.append(str(exc) if isinstance(exc, ServiceStartError) else f"{name}: {type(exc).__name__}: {exc}")
     if errors:
         raise ServicesDown("\n\n".join(errors))
-    return took
+    return {svc.name: took[svc.name] for svc in services}
 
 
 def down(names: list[str] | None = None, ctx: Context | None = None) -> None:

@@ -212,8 +212,12 @@ class Service(ABC):
         """Start unless already answering; return the seconds it took (0 when it was up)."""
         if self.healthy():
             return 0.0
-        started = time.monotonic()
         self.install()
+        return self.start()
+
+    def start(self) -> float:
+        """Start an installed service that does not answer; return the seconds until it did."""
+        started = time.monotonic()
         self.down()
         self.prepare()
         with open(self.log_path, "ab") as log:
