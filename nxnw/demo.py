@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from kazoo.client import KazooClient
 
 from datastore import Entity, open_engine
 from dns_handoff.provider import RecordSet
@@ -42,10 +41,11 @@ from nxnw.services.endpoints import (BIND_DNS, BIND_TSIG_ALGORITHM, BIND_TSIG_NA
                                      HOST, MEMCACHED, ZOOKEEPER, engine_url)
 from nxnw.status_page import render_report, status_app
 from nxnw.workload import Endpoint, Workload
+from nxnw.zk import zk_session
 from proxy.config import ProxyConfig
 from proxy.server import ProxyServer
 from sync.aio import run_blocking
-from sync.state import MigrationStateStore
+from sync.state import CheckpointStore, MigrationStateStore
 
 N1_ADDRESS = "127.0.0.11"
 N2_ADDRESS = "127.0.0.12"
@@ -155,16 +155,13 @@ class DemoEnvironment:
         self.plan_path.write_text(text)
         self.plan = parse_plan(text, str(self.plan_path))
         for side in ("n1", "n2"):
-            zk = KazooClient(hosts=f"{HOST}:{ZOOKEEPER[side]}", timeout=5)
-            await run_blocking(zk.start, 10)
-            await run_blocking(zk.ensure_path, self.chroot)
-            if side == "n1":
-                for name in ("config", "version"):
-                    await run_blocking(zk.create, f"{self.chroot}/apps/{self.app}/{name}", b"v1", makepath=True)
-                for _ in range(3):
-                    await run_blocking(zk.create, f"{self.chroot}/apps/{self.app}/txn-", b"", sequence=True)
-            await run_blocking(zk.stop)
-            await run_blocking(zk.close)
+            async with zk_session(f"{HOST}:{ZOOKEEPER[side]}", side.upper() + "'s") as zk:
+                await run_blocking(zk.ensure_path, self.chroot)
+                if side == "n1":
+                    for name in ("config", "version"):
+                        await run_blocking(zk.create, f"{self.chroot}/apps/{self.app}/{name}", b"v1", makepath=True)
+                    for _ in range(3):
+                        await run_blocking(zk.create, f"{self.chroot}/apps/{self.app}/txn-", b"", sequence=True)
         provider = self.dns()
         record = RecordSet(self.dns_name, "A", self.options.ttl * 2, (N1_ADDRESS,))
         await asyncio.get_running_loop().run_in_executor(None, lambda: provider.wait_in_sync(provider.upsert([record]), 30))
@@ -249,14 +246,9 @@ async def _orchestrate_in_process(env: DemoEnvironment) -> dict[str, Any]:
 
 async def _phase(env: DemoEnvironment) -> str | None:
     assert env.plan is not None
-    zk = KazooClient(hosts=env.plan.n1.zookeeper, timeout=5)
-    await run_blocking(zk.start, 10)
-    try:
+    async with zk_session(env.plan.n1.zookeeper, "N1's") as zk:
         state = await run_blocking(MigrationStateStore(zk).get)
-        return None if state is None else state.phase
-    finally:
-        await run_blocking(zk.stop)
-        await run_blocking(zk.close)
+    return None if state is None else state.phase
 
 
 async def _orchestrate_in_child(env: DemoEnvironment, kills: list[str]) -> dict[str, Any]:
@@ -279,14 +271,8 @@ async def _orchestrate_in_child(env: DemoEnvironment, kills: list[str]) -> dict[
         if child.returncode != -signal.SIGKILL:
             raise RuntimeError(f"nxnw migrate exited {child.returncode}; see {env.workdir / 'orchestrator.log'}")
     assert env.plan is not None
-    zk = KazooClient(hosts=env.plan.n1.zookeeper, timeout=5)
-    await run_blocking(zk.start, 10)
-    try:
-        from sync.state import CheckpointStore
+    async with zk_session(env.plan.n1.zookeeper, "N1's") as zk:
         return await run_blocking(CheckpointStore(zk).list, f"{env.plan.name}._tasks")
-    finally:
-        await run_blocking(zk.stop)
-        await run_blocking(zk.close)
 
 
 def _switch_over(reached: list[tuple[float, str]], switched_at: float) -> tuple[float | None, float | None]:

@@ -18,6 +18,7 @@ from kazoo.client import KazooClient
 
 from datastore import Engine
 from nxnw.config import Plan
+from nxnw.zk import zk_session
 from proxy.control import journal_depth
 from sync.aio import run_blocking
 from sync.mirror import ephemeral_copies, purge_ephemeral_copies
@@ -46,11 +47,7 @@ def _orphans(n1: KazooClient, n2: KazooClient, roots: list[str]) -> list[str]:
 
 async def find_leftovers(plan: Plan, n2_engine: Engine, *, repair: bool = False) -> Leftovers:
     found = Leftovers()
-    n1 = KazooClient(hosts=plan.n1.zookeeper, timeout=6)
-    n2 = KazooClient(hosts=plan.n2.zookeeper, timeout=6)
-    await run_blocking(n1.start, 10)
-    await run_blocking(n2.start, 10)
-    try:
+    async with zk_session(plan.n1.zookeeper, "N1's") as n1, zk_session(plan.n2.zookeeper, "N2's") as n2:
         found.orphan_locks = await run_blocking(_orphans, n1, n2, plan.sync_paths)
         state = await run_blocking(MigrationStateStore(n1).get)
         mirroring = state is not None and state.phase not in ("complete", "rollback")
@@ -68,8 +65,4 @@ async def find_leftovers(plan: Plan, n2_engine: Engine, *, repair: bool = False)
                     async for page in n2_engine.scan(app, key_range, tombstones=True):
                         count += sum(1 for e in page if e.deleted and e.ts < started_us)
                 found.old_tombstones[app] = count
-    finally:
-        for client in (n1, n2):
-            await run_blocking(client.stop)
-            await run_blocking(client.close)
     return found

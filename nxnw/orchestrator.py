@@ -37,6 +37,7 @@ from dns_handoff.provider import DnsProvider, RecordSet
 from nxnw.checkpoints import ZooKeeperCheckpoints
 from nxnw.config import Plan
 from nxnw.error_budget import N2ErrorBudget
+from nxnw.zk import start_zk, stop_zk, zk_session
 from proxy.control import journal_depth, members, switch_mode
 from snapshot import LoadStats, copy_app, verify_app
 from sync.aio import run_blocking
@@ -119,33 +120,14 @@ def _flush_memcached(servers: str) -> None:
             client.close()
 
 
-def _zk(hosts: str) -> KazooClient:
-    return KazooClient(hosts=hosts, timeout=6.0)
-
-
-async def _start_zk(hosts: str, what: str) -> KazooClient:
-    client = _zk(hosts)
-    try:
-        await run_blocking(client.start, 8)
-    except Exception as exc:
-        await run_blocking(client.close)
-        raise EngineUnavailable(f"{what} ZooKeeper at {hosts} did not answer within 8 s ({type(exc).__name__})") from exc
-    return client
-
-
-async def _stop_zk(client: KazooClient) -> None:
-    await run_blocking(client.stop)
-    await run_blocking(client.close)
-
-
 async def preflight(plan: Plan) -> None:
     """Check everything the plan touches without changing anything; raise all problems."""
     problems: list[str] = []
     for side in ("n1", "n2"):
         dep = getattr(plan, side)
         try:
-            zk = await _start_zk(dep.zookeeper, side.upper() + "'s")
-            await _stop_zk(zk)
+            async with zk_session(dep.zookeeper, side.upper() + "'s"):
+                pass
         except EngineUnavailable as exc:
             problems.append(f"{side}.zookeeper: {exc}")
         engine = open_engine(dep.engine)
@@ -221,7 +203,7 @@ class Orchestrator:
     # -- connections ---------------------------------------------------------------------
 
     async def connect(self) -> None:
-        self.zk = await _start_zk(self.plan.n1.zookeeper, "N1's")
+        self.zk = await start_zk(self.plan.n1.zookeeper, "N1's")
         self.store = MigrationStateStore(self.zk)
         self.n1, self.n2 = open_engine(self.plan.n1.engine), open_engine(self.plan.n2.engine)
         await self.n1.open()
@@ -235,7 +217,7 @@ class Orchestrator:
             if engine is not None:
                 await engine.close()
         if self.zk is not None:
-            await _stop_zk(self.zk)
+            await stop_zk(self.zk)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -460,14 +442,11 @@ class Orchestrator:
         for mirror in self.mirrors:
             await run_blocking(mirror.stop)
         self.mirrors = []
-        n2 = await _start_zk(self.plan.n2.zookeeper, "N2's")
-        try:
+        async with zk_session(self.plan.n2.zookeeper, "N2's") as n2:
             removed = 0
             for root in self.plan.sync_paths:
                 removed += len(await run_blocking(purge_ephemeral_copies, n2, root))
             return removed
-        finally:
-            await _stop_zk(n2)
 
     async def _complete(self) -> dict[str, Any]:
         purged = await self._stop_mirrors()

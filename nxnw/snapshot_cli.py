@@ -12,13 +12,12 @@ import argparse
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from kazoo.client import KazooClient
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from datastore import Engine, open_engine
 from nxnw.checkpoints import ZooKeeperCheckpoints
+from nxnw.zk import zk_session
 from snapshot import Loader, LoadStats, copy_app, encode, export_chunks, plan_ids, read_chunks
-from sync.aio import run_blocking
 from sync.state import CheckpointStore
 
 
@@ -51,13 +50,8 @@ async def _checkpoints(hosts: str | None) -> AsyncIterator[ZooKeeperCheckpoints 
     if hosts is None:
         yield None
         return
-    zk = KazooClient(hosts=hosts, timeout=6)
-    await run_blocking(zk.start, 10)
-    try:
+    async with zk_session(hosts, "the checkpoints'") as zk:
         yield ZooKeeperCheckpoints(CheckpointStore(zk))
-    finally:
-        await run_blocking(zk.stop)
-        await run_blocking(zk.close)
 
 
 async def copy(args: argparse.Namespace) -> int:

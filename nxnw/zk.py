@@ -1,0 +1,43 @@
+"""ZooKeeper sessions for nxnw's commands: started off the event loop, always closed.
+
+One place for how a command connects (timeouts, the error an unreachable ensemble gives),
+so every command reports it the same way: ``EngineUnavailable`` naming the ensemble.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from kazoo.client import KazooClient
+
+from datastore import EngineUnavailable
+from sync.aio import run_blocking
+
+CONNECT_SECONDS = 8.0
+
+
+async def start_zk(hosts: str, what: str) -> KazooClient:
+    """A started client; ``what`` names the ensemble in the error ("N1's", "N2's")."""
+    client = KazooClient(hosts=hosts, timeout=6.0)
+    try:
+        await run_blocking(client.start, CONNECT_SECONDS)
+    except Exception as exc:
+        await run_blocking(client.close)
+        raise EngineUnavailable(f"{what} ZooKeeper at {hosts} did not answer within {CONNECT_SECONDS:g} s "
+                                f"({type(exc).__name__})") from exc
+    return client
+
+
+async def stop_zk(client: KazooClient) -> None:
+    await run_blocking(client.stop)
+    await run_blocking(client.close)
+
+
+@asynccontextmanager
+async def zk_session(hosts: str, what: str) -> AsyncIterator[KazooClient]:
+    client = await start_zk(hosts, what)
+    try:
+        yield client
+    finally:
+        await stop_zk(client)
