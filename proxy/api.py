@@ -29,7 +29,7 @@ from datastore.model import MAX_VALUE_BYTES
 from proxy.cache import CacheFencedError, CacheInputError, CacheRouter
 from proxy.cache.errors import CacheError, SwitchError
 from proxy.control import SwitchBlocked, switch_mode
-from proxy.core import Conflict, Fenced, ProxyCore
+from proxy.core import ClockRefused, Conflict, Fenced, ProxyCore
 from sync.aio import run_blocking
 from sync.mode import MODES
 from sync.lock import GroupLockError
@@ -96,7 +96,7 @@ async def errors_as_json(request: web.Request, handler: Callable[[web.Request], 
         response = _json_error(502, "cache failure", str(exc))
     except Conflict as exc:
         response = _json_error(409, "conflict", str(exc))
-    except (Fenced, GroupLockError) as exc:
+    except (Fenced, ClockRefused, GroupLockError) as exc:
         response = _json_error(503, "unavailable", str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
         response = _json_error(413, "body too large", exc.text or "the body exceeds the limit")

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import AsyncContextManager
+from typing import AsyncContextManager, Protocol
 
-from datastore import Engine, Entity, EntityRef, HybridLogicalClock
+from datastore import Engine, Entity, EntityRef
 from datastore.model import check_app, check_kind
 from proxy.journal import RepairJournal
 from proxy.routes import DataRoute, DirectRoute, DualWriteRoute, ShadowReadRoute
@@ -32,6 +32,25 @@ LockFactory = Callable[[str, str], AsyncContextManager[Callable[[], None]]]
 
 class Fenced(RuntimeError):
     """This instance does not know the current mode, so it must not write."""
+
+
+class WriterClock(Protocol):
+    """What the core needs of the clock that stamps its writes (the proxy's writer clock).
+
+    ``now()`` raises a ``RuntimeError`` subclass (``datastore.clock.ClockUnsafe``) when the
+    instance must not stamp writes (its clock is too far from ZooKeeper's, or its writer id
+    is not secured); the core answers such a write 503 with that reason.
+    """
+
+    last: int
+
+    def now(self) -> int: ...
+
+    def observe(self, ts: int) -> None: ...
+
+
+class ClockRefused(RuntimeError):
+    """The writer clock refused to stamp a write; nothing reached an engine."""
 
 
 class Conflict(RuntimeError):
@@ -75,10 +94,10 @@ def build_route(mode: str, n1: Engine, n2: Engine, to_n2: RepairJournal, to_n1: 
 
 
 class ProxyCore:
-    def __init__(self, *, instance: str, node_id: int, n1: Engine, n2: Engine, to_n2: RepairJournal,
+    def __init__(self, *, instance: str, clock: WriterClock, n1: Engine, n2: Engine, to_n2: RepairJournal,
                  to_n1: RepairJournal, lock: LockFactory, shadow_rate: float = 0.0, admin_token: str = "") -> None:
         self.instance = instance
-        self.clock = HybridLogicalClock(node_id)
+        self.clock = clock
         self.n1 = n1
         self.n2 = n2
         self.to_n2 = to_n2
@@ -128,7 +147,10 @@ class ProxyCore:
     async def write_many(self, writes: Sequence[tuple[EntityRef, bytes | None]]) -> int:
         """Stamp every write with one timestamp and send them through the mode's route."""
         self._writable()
-        ts = self.clock.now()
+        try:
+            ts = self.clock.now()
+        except RuntimeError as exc:  # ClockUnsafe: the clock cannot promise LWW order now
+            raise ClockRefused(f"proxy {self.instance} refuses writes: {exc}") from exc
         entities = [Entity(ref.app, ref.kind, ref.key, value, ts) for ref, value in writes]
         async with self._current.use() as route:
             self._writable()

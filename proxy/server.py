@@ -22,7 +22,7 @@ from aiohttp import web
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError
 
-from datastore import Engine, open_engine
+from datastore import Engine, HybridLogicalClock, open_engine
 from proxy.api import build_app
 from proxy.cache import CacheListener, CacheRouter
 from proxy.config import ProxyConfig
@@ -69,7 +69,7 @@ class ProxyServer:
         await self.cache.start()
         to_n2 = await run_blocking(RepairJournal, self.zk, "n2")
         to_n1 = await run_blocking(RepairJournal, self.zk, "n1")
-        self.core = ProxyCore(instance=cfg.instance, node_id=cfg.node_id, n1=self.n1, n2=self.n2, to_n2=to_n2,
+        self.core = ProxyCore(instance=cfg.instance, clock=HybridLogicalClock(cfg.node_id), n1=self.n1, n2=self.n2, to_n2=to_n2,
                               to_n1=to_n1, lock=self._group_lock, shadow_rate=cfg.shadow_rate,
                               admin_token=cfg.admin_token)
         await run_blocking(ensure_mode, self.zk)
