@@ -4,10 +4,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# A JDK, Maven and python3-venv, installed with apt-get when missing (or the command to run).
+PREREQS := PYTHON=$(PYTHON) sh nxnw/services/prerequisites.sh
 
 .PHONY: demo test services services-down status bench setup
 
 $(STAMP): pyproject.toml
+	@$(PREREQS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
@@ -15,9 +18,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
+	@$(PREREQS)
 	$(BIN)/nxnw demo
 
 test: $(STAMP)
+	@$(PREREQS)
 	$(BIN)/nxnw services up
 	$(BIN)/python -m pytest
 

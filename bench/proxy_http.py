@@ -411,7 +411,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for engine in pair:
             if engine not in ENGINE_SERVICES:
                 raise SystemExit(f"engine {engine!r} is not one of: {', '.join(ENGINE_SERVICES)}")
-    apt_install(["wrk", "apache2-utils"], ["wrk", "ab"])
+    apt_install(["wrk", "apache2-utils"], ["wrk", "ab"], "HTTP load generators")
     services.up(MODE_SERVICES + sorted({s for pair in pairs for e in pair for s in ENGINE_SERVICES[e]}))
     print(f"proxy HTTP data API: {args.value_bytes} B values, {args.keys} keys, shadow-read rate in cow "
           f"{args.shadow_rate:g}; {machine()}; wrk, ab, proxy and engines share the machine")

@@ -118,7 +118,7 @@ class DevTools:
 @pytest.fixture
 async def browser(served: tuple[Orchestrator, str], tmp_path: Path) -> AsyncIterator[DevTools]:
     """Headless Chromium showing the status page; installs Debian's chromium if missing."""
-    await asyncio.to_thread(apt_install, ["chromium"], [CHROMIUM])
+    await asyncio.to_thread(apt_install, ["chromium"], [CHROMIUM], "headless browser for the status page test")
     _, url = served
     profile = tmp_path / "profile"
     log_path = tmp_path / "chromium.log"

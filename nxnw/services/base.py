@@ -4,7 +4,7 @@ This module owns the life of a service process: install on first use, write its 
 start it detached in its own session, wait until it answers a *real* request, and stop
 it. It must never report a service as up on the strength of an open port alone, and it
 must never download anything itself: installs go through the ordinary clients
-(``apt-get``, ``mvn dependency:copy`` / ``copy-dependencies``, ``pip``).
+(``apt-get``, ``mvn dependency:copy-dependencies``, ``pip``).
 
 Failure handling: a service that does not answer within its deadline is reported with
 its name, port and the tail of its log (``ServiceStartError``), and the process that was
@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+log = logging.getLogger("nxnw.services")
 
 
 class ServiceStartError(RuntimeError):
@@ -70,11 +72,20 @@ def run_install(argv: list[str], what: str, cwd: Path | None = None, env: dict[s
 _apt_updated = False
 
 
-def apt_install(packages: list[str], binaries: list[str]) -> None:
-    """Install Debian packages unless every binary they provide is already on PATH."""
+def apt_install(packages: list[str], binaries: list[str], why: str = "") -> None:
+    """Install Debian packages unless every binary they provide is already on PATH.
+
+    Says in one line what it installs and why; without root it installs nothing and raises
+    ``InstallError`` naming the command the operator has to run.
+    """
     global _apt_updated
     if all(shutil.which(b) or Path(b).exists() for b in binaries):
         return
+    what = " ".join(packages) + (f" ({why})" if why else "")
+    if os.geteuid() != 0:
+        raise InstallError(f"nxnw needs the Debian package(s) {what}. Run: sudo apt-get update && "
+                           f"sudo apt-get install -y --no-install-recommends {' '.join(packages)}")
+    log.warning("installing with apt-get: %s", what)
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     if not _apt_updated:
         run_install(["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=300"], "apt package lists", env=env)
@@ -83,15 +94,10 @@ def apt_install(packages: list[str], binaries: list[str]) -> None:
                 ", ".join(packages), env=env)
 
 
-def maven_copy(ctx: Context, artifact: str, dest: Path) -> Path:
-    """Fetch one artifact (``group:artifact:version[:packaging[:classifier]]``) into ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    run_install(
-        ["mvn", "-q", "-B", f"-Dmaven.repo.local={ctx.maven_repo}", "dependency:copy",
-         f"-Dartifact={artifact}", f"-DoutputDirectory={dest}"],
-        artifact,
-    )
-    return dest
+def require_java_tools() -> None:
+    """A JDK and Maven: the jar-based services are fetched with ``mvn`` and run on Java 17."""
+    apt_install(["openjdk-17-jdk-headless"], ["javac"], "Java 17 runs ZooKeeper, Cassandra and HBase")
+    apt_install(["maven"], ["mvn"], "fetches the ZooKeeper, Cassandra and HBase jars")
 
 
 def maven_classpath(ctx: Context, artifacts: list[str], dest: Path, excludes: str = "") -> Path:
@@ -104,6 +110,7 @@ def maven_classpath(ctx: Context, artifacts: list[str], dest: Path, excludes: st
     wanted = "\n".join(artifacts) + "|" + excludes
     if marker.exists() and marker.read_text() == wanted:
         return dest
+    require_java_tools()
     dest.mkdir(parents=True, exist_ok=True)
     deps = []
     for art in artifacts:

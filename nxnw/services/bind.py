@@ -43,7 +43,7 @@ class BindService(Service):
         self.key_name = endpoints.BIND_TSIG_NAME.rstrip(".")
 
     def install(self) -> None:
-        apt_install(["bind9", "bind9-utils", "bind9-dnsutils"], [NAMED])
+        apt_install(["bind9", "bind9-utils", "bind9-dnsutils"], [NAMED], "the DNS server of the RFC 2136 hand-off")
 
     def prepare(self) -> None:
         zone = endpoints.BIND_ZONE

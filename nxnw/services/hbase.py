@@ -111,7 +111,7 @@ class HBaseService(Service):
     # ---- install ----
 
     def install(self) -> None:
-        apt_install(["thrift-compiler"], ["thrift"])
+        apt_install(["thrift-compiler"], ["thrift"], "compiles the HBase Thrift gateway")
         maven_classpath(self.ctx, [
             f"org.apache.hbase:hbase-server:{HBASE_VERSION}",
             f"org.apache.hbase:hbase-zookeeper:{HBASE_VERSION}",

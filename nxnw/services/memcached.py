@@ -32,7 +32,7 @@ class MemcachedService(Service):
         super().__init__(ctx)
 
     def install(self) -> None:
-        apt_install(["memcached"], ["memcached"])
+        apt_install(["memcached"], ["memcached"], "the N1 and N2 memcache servers")
 
     def command(self) -> list[str]:
         # -u root: memcached refuses to run as root without naming the user explicitly.
