@@ -42,6 +42,17 @@ class InstallError(RuntimeError):
     """An install step (apt-get, mvn) failed; the message carries its output tail."""
 
 
+def default_state_dir() -> Path:
+    """``$NXNW_STATE_DIR``; else ``.cache/services`` in a source checkout; else the XDG state
+    directory. Never inside an installed package's directory (site-packages)."""
+    if "NXNW_STATE_DIR" in os.environ:
+        return Path(os.environ["NXNW_STATE_DIR"])
+    if (REPO_ROOT / "pyproject.toml").exists():
+        return REPO_ROOT / ".cache" / "services"
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "nxnw" / "services"
+
+
 @dataclass(frozen=True)
 class Context:
     """Where services keep their state.
@@ -51,7 +62,7 @@ class Context:
     clone on the same machine downloads nothing twice.
     """
 
-    state_dir: Path = field(default_factory=lambda: Path(os.environ.get("NXNW_STATE_DIR", REPO_ROOT / ".cache" / "services")))
+    state_dir: Path = field(default_factory=lambda: default_state_dir())
     maven_repo: Path = field(default_factory=lambda: Path(os.environ.get("NXNW_MAVEN_REPO", Path.home() / ".m2" / "repository")))
 
     def service_dir(self, name: str) -> Path:
