@@ -1,7 +1,9 @@
 """``nxnw snapshot copy|export|load``: the snapshot phase by hand, with a progress bar.
 
 ``copy`` streams one app from N1's engine into N2's with no staging copy; ``export``
-writes the chunk stream to a file and ``load`` applies one. With ``--zookeeper`` (N1's)
+writes the chunk stream to a file (a manifest of its ranges first) and ``load`` applies
+one, exiting non-zero with the ranges named when the file lacks any range's final chunk
+(a file cut short; see snapshot/chunks.py). With ``--zookeeper`` (N1's)
 the loader checkpoints each finished range there, so a killed ``copy`` or ``load``
 started again with the same ``--task`` skips what it finished.
 """
@@ -17,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from datastore import Engine, open_engine
 from nxnw.checkpoints import ZooKeeperCheckpoints
 from nxnw.zk import zk_session
-from snapshot import Loader, LoadStats, copy_app, encode, export_chunks, plan_ids, read_chunks
+from snapshot import Loader, LoadStats, copy_app, encode, encode_manifest, export_chunks, plan_ids, read_chunks
 from sync.state import CheckpointStore
 
 
@@ -75,6 +77,7 @@ async def export(args: argparse.Namespace) -> int:
         stats = LoadStats(ranges_total=len(plan))
         with open(args.out, "wb") as out, progress_bar() as progress:
             bar = progress.add_task(f"export {args.app}", total=len(plan), entities=0, mib=0.0, rate=0.0)
+            out.write(encode_manifest(args.app, plan))
             async for chunk in export_chunks(n1, args.app, plan, workers=args.workers):
                 data = encode(chunk)
                 out.write(data)

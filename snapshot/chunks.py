@@ -1,14 +1,30 @@
 """The chunk stream: how a snapshot travels from N1 to N2, through a file or a pipe.
 
-A stream is a sequence of self-contained, individually verified chunks. Each chunk holds
-the entities of one slice of one key range of one app, tombstones included, so that a
-delete travels with the snapshot and can never be undone by it.
+A stream is a manifest followed by self-contained, individually verified chunks. Each
+chunk holds the entities of one slice of one key range of one app, tombstones included, so
+that a delete travels with the snapshot and can never be undone by it.
+
+Completeness. A stream cut short between two frames still parses, so every frame being
+sound says nothing about the stream being whole. The **manifest** (written first) names
+every range the stream carries, and every range ends with a chunk marked ``final``. At
+the end of the stream ``read_chunks`` raises ``IncompleteStream`` naming each announced
+range whose final chunk never came; a stream with no manifest (cut before its first
+frame, or written before manifests existed) is refused the same way. So a truncated file
+can never pass for a whole snapshot: the loader stops with the missing ranges named, and
+those ranges are never checkpointed (a range is checkpointed only once its final chunk is
+applied), so a rerun with a whole file redoes exactly them.
+
+Frame of the manifest: the chunk frame below with header
+``{"kind": "manifest", "app", "ranges": [[range_id, start, end], ...], "count": 0,
+"raw_bytes": 0, "codec": "zstd"}`` and an empty payload. Several manifests may appear
+(streams of several apps concatenated); a chunk of a range no manifest announced is
+refused as corrupt.
 
 Frame of one chunk (all integers big-endian)::
 
     4 bytes   magic  b"NXC1"
     4 bytes   H, length of the header
-    H bytes   header, UTF-8 JSON: {"app", "range_id", "range": [start, end], "seq",
+    H bytes   header, UTF-8 JSON: {"kind": "chunk", "app", "range_id", "range": [start, end], "seq",
               "final", "count", "raw_bytes", "codec": "zstd"}; ``final`` marks the last
               chunk of its range (an empty range still sends one, empty and final)
     4 bytes   P, length of the payload
@@ -23,7 +39,8 @@ Record (inside the decompressed payload)::
 
 A chunk whose digest does not match is refused with ``CorruptChunk`` naming its position
 (and, when its header still parses, its app, range and sequence number); nothing from it
-is applied. This module must never hand out an entity that did not pass that check.
+is applied. This module must never hand out an entity that did not pass that check, nor
+end a stream without saying which announced ranges it lacks.
 """
 
 from __future__ import annotations
@@ -31,7 +48,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -49,6 +66,17 @@ DIGEST_BYTES = 16
 
 class CorruptChunk(ValueError):
     """A chunk failed its integrity check or could not be parsed."""
+
+
+class IncompleteStream(CorruptChunk):
+    """The stream ended without the final chunk of some announced ranges (or without a manifest).
+
+    ``missing`` lists ``(app, range_id, KeyRange)`` of every range whose final chunk never came.
+    """
+
+    def __init__(self, message: str, missing: list[tuple[str, str, KeyRange]]) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +111,23 @@ def encode(chunk: Chunk, level: int = 1) -> bytes:
     raw = _records(chunk.entities)
     payload = zstandard.ZstdCompressor(level=level).compress(raw)
     header = json.dumps({
-        "app": chunk.app, "range_id": chunk.range_id, "range": [chunk.key_range.start, chunk.key_range.end],
+        "kind": "chunk", "app": chunk.app, "range_id": chunk.range_id, "range": [chunk.key_range.start, chunk.key_range.end],
         "seq": chunk.seq, "final": chunk.final, "count": len(chunk.entities), "raw_bytes": len(raw), "codec": "zstd",
     }, separators=(",", ":")).encode()
+    return _frame(header, payload)
+
+
+def _frame(header: bytes, payload: bytes) -> bytes:
     digest = hashlib.blake2b(header + payload, digest_size=DIGEST_BYTES).digest()
     return b"".join([MAGIC, _U32.pack(len(header)), header, _U32.pack(len(payload)), payload, digest])
+
+
+def encode_manifest(app: str, plan: Sequence[tuple[str, KeyRange]]) -> bytes:
+    """The frame that opens a stream: every range of ``app`` the chunks that follow carry."""
+    header = json.dumps({"kind": "manifest", "app": app,
+                         "ranges": [[range_id, r.start, r.end] for range_id, r in plan],
+                         "count": 0, "raw_bytes": 0, "codec": "zstd"}, separators=(",", ":")).encode()
+    return _frame(header, b"")
 
 
 def _parse_records(app: str, raw: bytes, count: int, where: str) -> list[Entity]:
@@ -114,7 +154,15 @@ def _parse_records(app: str, raw: bytes, count: int, where: str) -> list[Entity]
     return out
 
 
-def decode_frame(header: bytes, payload: bytes, digest: bytes, where: str) -> Chunk:
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """The ranges of one app that the chunks after it carry, each to end with a final chunk."""
+
+    app: str
+    ranges: list[tuple[str, KeyRange]]
+
+
+def decode_frame(header: bytes, payload: bytes, digest: bytes, where: str) -> Chunk | Manifest:
     if hashlib.blake2b(header + payload, digest_size=DIGEST_BYTES).digest() != digest:
         try:
             meta = json.loads(header)
@@ -123,6 +171,11 @@ def decode_frame(header: bytes, payload: bytes, digest: bytes, where: str) -> Ch
             pass
         raise CorruptChunk(f"{where}: checksum mismatch; the chunk was changed or cut, nothing from it was applied")
     meta = json.loads(header)
+    if meta.get("kind") == "manifest":
+        try:
+            return Manifest(meta["app"], [(str(rid), KeyRange(start, end)) for rid, start, end in meta["ranges"]])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptChunk(f"{where}: manifest does not list ranges as [id, start, end]: {exc}") from exc
     if meta.get("codec") != "zstd":
         raise CorruptChunk(f"{where}: unknown codec {meta.get('codec')!r}")
     try:
@@ -134,29 +187,71 @@ def decode_frame(header: bytes, payload: bytes, digest: bytes, where: str) -> Ch
     return Chunk(meta["app"], meta["range_id"], KeyRange(*meta["range"]), meta["seq"], entities, bool(meta["final"]))
 
 
+class _CutShort(Exception):
+    """The stream ended inside a frame (internal: read_chunks turns it into IncompleteStream)."""
+
+
 def _read_exact(stream: BinaryIO, n: int, where: str) -> bytes:
     data = stream.read(n)
     if len(data) != n:
-        raise CorruptChunk(f"{where}: stream ends after {len(data)} of {n} bytes")
+        raise _CutShort(f"{where}: stream ends after {len(data)} of {n} bytes")
     return data
 
 
+def _missing(announced: dict[tuple[str, str], KeyRange], finished: set[tuple[str, str]]) -> list[tuple[str, str, KeyRange]]:
+    return [(app, rid, r) for (app, rid), r in announced.items() if (app, rid) not in finished]
+
+
+def _incomplete(why: str, missing: list[tuple[str, str, KeyRange]]) -> IncompleteStream:
+    named = ", ".join(f"{app}/{rid} {r}" for app, rid, r in missing[:20])
+    more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+    return IncompleteStream(f"{why}: {len(missing)} range(s) lack their final chunk: {named}{more}; "
+                            "the ranges loaded whole are checkpointed, load a whole file to finish the others",
+                            missing)
+
+
 def read_chunks(stream: BinaryIO) -> Iterator[Chunk]:
-    """Yield verified chunks until the stream ends cleanly between two chunks."""
+    """Yield verified chunks; at the end, raise IncompleteStream unless every announced range ended.
+
+    The stream must open with a manifest; a chunk of a range no manifest announced is corrupt.
+    """
     index = 0
     offset = 0
+    announced: dict[tuple[str, str], KeyRange] = {}
+    finished: set[tuple[str, str]] = set()
     while True:
-        magic = stream.read(4)
-        if not magic:
-            return
         where = f"chunk #{index} at byte {offset}"
-        if magic != MAGIC:
-            raise CorruptChunk(f"{where}: bad magic {magic!r}, expected {MAGIC!r}")
-        (hlen,) = _U32.unpack(_read_exact(stream, 4, where))
-        header = _read_exact(stream, hlen, where)
-        (plen,) = _U32.unpack(_read_exact(stream, 4, where))
-        payload = _read_exact(stream, plen, where)
-        digest = _read_exact(stream, DIGEST_BYTES, where)
-        yield decode_frame(header, payload, digest, where)
+        try:
+            magic = stream.read(4)
+            if not magic:
+                break
+            if magic != MAGIC:
+                raise CorruptChunk(f"{where}: bad magic {magic!r}, expected {MAGIC!r}")
+            (hlen,) = _U32.unpack(_read_exact(stream, 4, where))
+            header = _read_exact(stream, hlen, where)
+            (plen,) = _U32.unpack(_read_exact(stream, 4, where))
+            payload = _read_exact(stream, plen, where)
+            digest = _read_exact(stream, DIGEST_BYTES, where)
+        except _CutShort as cut:
+            if not announced:
+                raise IncompleteStream(f"{cut}; no manifest came before it, so nothing says which ranges "
+                                       "the stream should hold", []) from None
+            raise _incomplete(str(cut), _missing(announced, finished)) from None
+        frame = decode_frame(header, payload, digest, where)
+        if isinstance(frame, Manifest):
+            for range_id, key_range in frame.ranges:
+                announced[(frame.app, range_id)] = key_range
+        else:
+            if (frame.app, frame.range_id) not in announced:
+                raise CorruptChunk(f"{where}: {frame.name} belongs to no range a manifest announced")
+            if frame.final:
+                finished.add((frame.app, frame.range_id))
+            yield frame
         index += 1
         offset += 4 + 4 + hlen + 4 + plen + DIGEST_BYTES
+    if not announced:
+        raise IncompleteStream(f"stream ends after {offset} bytes without a manifest: it was cut before its first "
+                               "frame, or written without one (not by `nxnw snapshot export`)", [])
+    missing = _missing(announced, finished)
+    if missing:
+        raise _incomplete(f"stream ends cleanly after {index} frames at byte {offset}", missing)

@@ -109,17 +109,26 @@ class Loader:
             finally:
                 slots.release()
 
+        stream_error: Exception | None = None
         try:
             async with asyncio.TaskGroup() as group:
-                async for chunk in chunks:
-                    if chunk.range_id in skip:
-                        continue
-                    if chunk.final:
-                        self._final_seen[chunk.range_id] = chunk.seq + 1
-                    await slots.acquire()
-                    group.create_task(run(chunk))
+                try:
+                    async for chunk in chunks:
+                        if chunk.range_id in skip:
+                            continue
+                        if chunk.final:
+                            self._final_seen[chunk.range_id] = chunk.seq + 1
+                        await slots.acquire()
+                        group.create_task(run(chunk))
+                except Exception as exc:
+                    # A stream that fails part-way (a corrupt or truncated file): the chunks
+                    # already verified still land, and ranges they completed are checkpointed,
+                    # before the stream's error is raised.
+                    stream_error = exc
         except BaseExceptionGroup as errors:
             raise first_error(errors) from errors
+        if stream_error is not None:
+            raise stream_error
         return self.stats
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import subprocess
+import sys
 
 import pytest
 
-from datastore import Engine, Entity, EntityRef, HybridLogicalClock
-from snapshot import CorruptChunk, Loader, copy_app, encode, export_chunks, plan_ids, read_chunks, verify_app
+from datastore import Engine, Entity, EntityRef, HybridLogicalClock, open_engine
+from nxnw.services.endpoints import engine_url
+from snapshot import (CorruptChunk, IncompleteStream, Loader, copy_app, encode, encode_manifest, export_chunks,
+                      plan_ids, read_chunks, verify_app)
 
 
 async def seed(n1: Engine, app: str, count: int, clock: HybridLogicalClock) -> None:
@@ -66,7 +70,9 @@ async def test_export_to_a_stream_and_load_from_it(n1_n2: tuple[Engine, Engine],
     n1, n2 = n1_n2
     await seed(n1, app_name, 300, HybridLogicalClock(3))
     stream = io.BytesIO()
-    async for chunk in export_chunks(n1, app_name, plan_ids(await n1.ranges(app_name, at_least=4)), chunk_entities=50):
+    plan = plan_ids(await n1.ranges(app_name, at_least=4))
+    stream.write(encode_manifest(app_name, plan))
+    async for chunk in export_chunks(n1, app_name, plan, chunk_entities=50):
         stream.write(encode(chunk))
     stream.seek(0)
 
@@ -83,15 +89,79 @@ def test_a_chunk_with_one_flipped_byte_is_refused_naming_the_chunk() -> None:
     from snapshot import Chunk
 
     entities = [Entity("app", "K", b"k%d" % i, b"value" * 10, 1000 + i) for i in range(20)]
-    data = bytearray(encode(Chunk("app", "r00003", KeyRange("", ""), 7, entities)))
+    manifest = encode_manifest("app", [("r00003", KeyRange("", ""))])
+    chunk = encode(Chunk("app", "r00003", KeyRange("", ""), 7, entities, final=True))
+    data = bytearray(manifest + chunk)
     good = list(read_chunks(io.BytesIO(bytes(data))))
     assert good[0].entities == entities
-    for position in (len(data) // 2, 40, len(data) - 3):
+    for position in (len(manifest) + len(chunk) // 2, len(manifest) + 40, len(data) - 3):
         broken = bytearray(data)
         broken[position] ^= 0x01
-        with pytest.raises(CorruptChunk, match=r"chunk #0 at byte 0"):
+        with pytest.raises(CorruptChunk, match=rf"chunk #1 at byte {len(manifest)}"):
             list(read_chunks(io.BytesIO(bytes(broken))))
     broken = bytearray(data)
-    broken[len(data) // 2] ^= 0x01
+    broken[len(manifest) + len(chunk) // 2] ^= 0x01
     with pytest.raises(CorruptChunk, match=r"range r00003, seq 7"):
         list(read_chunks(io.BytesIO(bytes(broken))))
+
+
+def _frame_ends(data: bytes) -> list[int]:
+    """Byte offsets at which each frame of a chunk file ends (the places a cut leaves frames whole)."""
+    ends, pos = [], 0
+    while pos < len(data):
+        hlen = int.from_bytes(data[pos + 4:pos + 8], "big")
+        plen = int.from_bytes(data[pos + 8 + hlen:pos + 12 + hlen], "big")
+        pos += 12 + hlen + plen + 16
+        ends.append(pos)
+    return ends
+
+
+def _nxnw(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nxnw.cli", *argv], capture_output=True, text=True, timeout=300)
+
+
+async def test_loading_a_chunk_file_cut_short_exits_non_zero_naming_the_missing_ranges(sqlite_dir: str,
+                                                                                       tmp_path, app_name: str) -> None:
+    source, target = engine_url("sqlite", "n1", sqlite_dir), engine_url("sqlite", "n2", sqlite_dir)
+    n1 = open_engine(source)
+    await n1.open()
+    try:
+        await seed(n1, app_name, 400, HybridLogicalClock(4))
+    finally:
+        await n1.close()
+    whole = tmp_path / "whole.chunks"
+    exported = await asyncio.to_thread(_nxnw, "snapshot", "export", "--from", source, "--app", app_name,
+                                       "--out", str(whole), "--ranges", "8", "--workers", "1")
+    assert exported.returncode == 0, exported.stderr
+    data = whole.read_bytes()
+    ends = _frame_ends(data)
+    with open(whole, "rb") as stream:
+        ranges = [c.range_id for c in read_chunks(stream) if c.final]
+    assert len(ranges) >= 8
+    # Cut between two frames (every frame left is sound), in the middle of a frame, and
+    # before the manifest ended: each load must fail and say which ranges never ended.
+    for name, cut in [("between-frames", ends[len(ends) // 2]), ("mid-frame", ends[len(ends) // 2] + 9),
+                      ("no-manifest", 0)]:
+        short = tmp_path / f"{name}.chunks"
+        short.write_bytes(data[:cut])
+        with open(short, "rb") as stream, pytest.raises(IncompleteStream) as incomplete:
+            list(read_chunks(stream))
+        missing = [rid for _, rid, _ in incomplete.value.missing]
+        assert (missing == []) == (name == "no-manifest")
+        assert set(missing) <= set(ranges) and ranges[-1] in missing or name == "no-manifest"
+        loaded = await asyncio.to_thread(_nxnw, "snapshot", "load", "--to", target, "--in", str(short))
+        assert loaded.returncode == 2, (name, loaded.stdout, loaded.stderr)
+        assert "Traceback" not in loaded.stderr
+        assert ("without a manifest" in loaded.stderr) if name == "no-manifest" else (
+            f"{len(missing)} range(s) lack their final chunk" in loaded.stderr and ranges[-1] in loaded.stderr)
+    loaded = await asyncio.to_thread(_nxnw, "snapshot", "load", "--to", target, "--in", str(whole))
+    assert loaded.returncode == 0, loaded.stderr
+    n1, n2 = open_engine(source), open_engine(target)
+    await n1.open()
+    await n2.open()
+    try:
+        assert (await verify_app(n1, n2, app_name)).identical
+    finally:
+        for engine in (n1, n2):
+            await engine.drop_app(app_name)
+            await engine.close()
