@@ -7,11 +7,12 @@ migration can move one app (one tenant) at a time.
 Contract every engine keeps (the conformance suite in ``tests/`` checks each one):
 
 * **Last-write-wins by timestamp, deletes included.** ``apply`` of an entity changes the
-  stored state only when ``Entity.wins_over`` the stored one: a newer timestamp wins, and
-  at an equal timestamp a tombstone wins over a value. An older put after a newer put or
-  delete changes nothing. The engine reaches this with its own mechanism (Cassandra
-  ``USING TIMESTAMP``, HBase cell timestamps, SQLite a guarded upsert), never with a
-  read-then-write race.
+  stored state only when ``Entity.wins_over`` the stored one: a newer timestamp wins; at
+  an equal timestamp a tombstone wins over a value, and of two values the greater
+  (byte-wise) wins, in any arrival order, in one batch or several. An older put after a
+  newer put or delete changes nothing. The engine reaches this with its own mechanism
+  (Cassandra ``USING TIMESTAMP``, HBase cell timestamps with a column per value, SQLite a
+  guarded upsert), never with a read-then-write race.
 * **Tombstones are rows.** A delete is stored with its timestamp and is returned by
   ``scan(..., tombstones=True)`` and ``read``, so exports carry deletes and verify can
   repair by timestamp. ``get`` hides them.

@@ -124,11 +124,16 @@ class Entity:
         return cls(app, kind.decode(), key, value, ts)
 
     def wins_over(self, other: "Entity | None") -> bool:
-        """Last-write-wins, the rule every engine applies: the newer timestamp wins, and at
-        an equal timestamp a tombstone wins over a value (two different values never share a
-        timestamp: the clock puts its writer's id in the low bits)."""
+        """Last-write-wins, the rule every engine applies: the newer timestamp wins; at an
+        equal timestamp a tombstone wins over a value, and between two values the greater
+        one, compared byte-wise (unsigned, a prefix before its extensions), which is
+        Cassandra's own cell rule. The writer clock makes ties between different writes
+        rare (a writer id in the low bits), but one request may still carry two values for
+        one key, and N1 and N2 must then keep the same one whatever the arrival order."""
         if other is None:
             return True
         if self.ts != other.ts:
             return self.ts > other.ts
-        return self.deleted and not other.deleted
+        if self.value is None or other.value is None:
+            return self.value is None and other.value is not None
+        return self.value > other.value

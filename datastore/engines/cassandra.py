@@ -19,13 +19,14 @@ deleted row nor its timestamp, and the engine contract needs tombstones as rows
 by timestamp. The ``deleted`` cell is live, so a tombstone row is never purged by
 ``gc_grace_seconds``; it costs one small row per deleted key, as on the other engines.
 
-Equal timestamps: the contract says a tombstone wins over a value. Cassandra resolves a
-timestamp tie between two cells as "a cell tombstone beats a live cell, else the greater
-value wins". Here that gives exactly the contract's rule in either arrival order: the
-``value`` column's tombstone beats the put's live value, and ``deleted=true`` (0x01) is
-the greater value against ``deleted=false`` (0x00). Two puts of different values never
-share a timestamp (the HLC puts its writer's id in the low bits), and a replayed put is
-byte-identical, so the "greater value" rule never decides between two real values.
+Equal timestamps: the contract (``Entity.wins_over``) says a tombstone wins over a value,
+and of two values the greater, byte-wise. That is Cassandra's own rule for a timestamp tie
+between two cells: "a cell tombstone beats a live cell, else the greater value wins"
+(unsigned bytes), in any arrival order and inside one batch too. Between a put and a
+delete the ``value`` column's tombstone beats the put's live value, and ``deleted=true``
+(0x01) is the greater value against ``deleted=false`` (0x00); between two puts
+``deleted`` is equal and ``value`` decides. The other engines follow this rule; nothing
+here has to.
 
 Bulk writes: ``apply`` of many entities sends them as ``UNLOGGED`` batches of entities
 owned by the same replicas, each under a byte budget (``batch_kib``, 32 KiB by default,

@@ -4,18 +4,33 @@ URL: ``hbase://host:port/table_prefix``; app ``a`` lives in table ``<table_prefi
 column family ``e``, one row per entity (row key = ``Entity.row_key``).
 
 How last-write-wins is kept, and why tombstones are explicit cells. Every write is a cell
-whose HBase timestamp *is* the entity's µs timestamp; HBase never assigns one. A value lives
-in ``e:v``; a deletion is a cell in ``e:d`` (empty value) at the delete's timestamp. The
-stored entity is whichever of the two newest cells has the larger timestamp, the tombstone
-on a tie, so an older write arriving late is an older cell version that never shows, in any
-arrival order. HBase's own delete markers are not enough on their own: a marker at T does
-mask every ``e:v`` cell at or below T (an older snapshot row stays masked, and a tie goes to
-the delete), but the marker is invisible to reads (no tombstone to export, verify or read
-back with its timestamp), Thrift1 cannot ask for a raw scan, and a major compaction purges
-the marker (KEEP_DELETED_CELLS cannot be set through Thrift1), after which a late older put
-would resurrect the key. The explicit ``e:d`` cell has none of these problems. A delete also
-writes a DeleteColumn marker on ``e:v`` at its timestamp, purely to let compactions reclaim
-the deleted value; correctness never depends on it.
+whose HBase timestamp *is* the entity's µs timestamp; HBase never assigns one. A deletion is
+a cell in ``e:d`` (empty value) at the delete's timestamp. A value lives in a column of its
+own, ``e:v<digest>`` (``value_column``: 16 hex digits of the value's BLAKE2b), so two
+different values written at one timestamp are two cells, both kept, and the reader decides
+between them by ``Entity.wins_over``'s rule (the tombstone on a tie, else the greater
+value), in any arrival order, in one call or several. In one column HBase would keep the
+value that arrived *last* at an equal timestamp, where Cassandra keeps the greater one,
+and N1 and N2 would fork (issue: one key twice in one batch). The same value written twice
+is the same cell. The stored entity is the winner among the cells at the newest
+timestamp, so an older write arriving late is an older cell that never shows.
+
+Every write also places a DeleteFamily marker at its timestamp minus one: it masks every
+cell the write supersedes (older values in other columns, an older tombstone, a late older
+write arriving after it), so reads see only the cells at the newest timestamp and
+compactions reclaim the rest. Correctness never depends on the marker (the reader already
+takes the newest cell): a call that failed between the write and its marker, or a marker
+purged by a major compaction, only costs space. HBase's delete markers alone would not do
+for deletes: a marker is invisible to reads (no tombstone to export, verify or read back
+with its timestamp), Thrift1 cannot ask for a raw scan, and a major compaction purges it
+(KEEP_DELETED_CELLS cannot be set through Thrift1), after which a late older put would
+resurrect the key. The explicit ``e:d`` cell has none of these problems. Rows written
+before values had a column each hold their value in ``e:v``, which reads as a value too.
+
+On HBase's stock Thrift1 server the same layout needs nothing new: the write is a
+``mutateRowsTs`` at the entity's timestamp, the marker a ``deleteAllTs`` of column ``e`` at
+the timestamp minus one (a family delete, as on this gateway); only the per-row
+timestamps of ``mutateRowsTsEach`` below are nxnw's.
 
 Which gateway: nxnw's (``nxnw/services/hbase_gateway``), not HBase's own Thrift server. It
 speaks the ``NxnwHbase`` service (``GATEWAY_IDL``): HBase's Thrift1 ``Hbase`` service, from
@@ -45,6 +60,7 @@ once on a fresh connection; a second failure is ``EngineUnavailable`` naming the
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.resources
 import re
 import threading
@@ -79,14 +95,15 @@ TScan = GATEWAY.Hbase.TScan
 BatchMutationTs = GATEWAY.BatchMutationTs
 
 FAMILY = b"e"
-VALUE_COLUMN = b"e:v"
+#: A value's column is this prefix and a digest of the value (``value_column``).
+VALUE_PREFIX = b"e:v"
 TOMBSTONE_COLUMN = b"e:d"
-COLUMNS = [VALUE_COLUMN, TOMBSTONE_COLUMN]
 
 DEFAULT_PORT = 9090
 POOL_SIZE = 8
 SOCKET_TIMEOUT_MS = 60_000
-#: A ``mutateRowsTsEach`` call carries at most this many rows and value bytes.
+#: A ``mutateRowsTsEach`` call carries the writes of at most this many entities (two gateway
+#: rows each: the write and its marker) and this many value bytes.
 BATCH_ROWS = 500
 BATCH_BYTES = 4 * 1024 * 1024
 #: Rows fetched per ``scannerGetList``: values may be 1 MiB each.
@@ -116,31 +133,41 @@ def _first_line(exc: HBaseIOError, limit: int = 400) -> str:
     return text.splitlines()[0][:limit] if text else "(no message)"
 
 
+def value_column(value: bytes) -> bytes:
+    """The column that holds ``value``: one per distinct value, so that values tied on
+    timestamp are separate cells (a 64-bit digest: only values of one key written at one
+    timestamp could ever collide)."""
+    return VALUE_PREFIX + hashlib.blake2b(value, digest_size=8).hexdigest().encode()
+
+
 def _entity_from(app: str, row: Any) -> Entity | None:
-    """The entity a row holds: the newer of its value and tombstone cells, the tombstone on a tie."""
-    columns = row.columns or {}
-    value = columns.get(VALUE_COLUMN)
-    tomb = columns.get(TOMBSTONE_COLUMN)
-    if tomb is not None and (value is None or tomb.timestamp >= value.timestamp):
-        return Entity.from_row(app, row.row, None, tomb.timestamp)
-    if value is not None:
-        return Entity.from_row(app, row.row, value.value, value.timestamp)
-    return None
+    """The entity a row holds: the winner (``Entity.wins_over``) among its newest cells."""
+    best: Entity | None = None
+    for column, cell in (row.columns or {}).items():
+        if column == TOMBSTONE_COLUMN:
+            entity = Entity.from_row(app, row.row, None, cell.timestamp)
+        elif column.startswith(VALUE_PREFIX):
+            entity = Entity.from_row(app, row.row, cell.value, cell.timestamp)
+        else:
+            continue
+        if entity.wins_over(best):
+            best = entity
+    return best
 
 
-#: A deletion: the tombstone cell (the gateway sends a batch's puts before its deletes), then
-#: the marker that lets compactions drop the value it supersedes. Shared: only ever serialized.
-_TOMBSTONE_MUTATIONS = [Mutation(isDelete=False, column=TOMBSTONE_COLUMN, value=b""),
-                        Mutation(isDelete=True, column=VALUE_COLUMN)]
+#: The marker placed just below every write (see the module docstring). Only ever serialized.
+_SUPERSEDE = [Mutation(isDelete=True, column=FAMILY)]
 
 
-def _row(entity: Entity) -> Any:
-    """The entity as one row of a ``mutateRowsTsEach`` call, at the entity's timestamp."""
+def _rows(entity: Entity) -> list[Any]:
+    """The entity as rows of a ``mutateRowsTsEach`` call: its cell at its timestamp, and the
+    family marker one below, which masks everything it supersedes."""
     if entity.deleted:
-        mutations = _TOMBSTONE_MUTATIONS
+        write = Mutation(isDelete=False, column=TOMBSTONE_COLUMN, value=b"")
     else:
-        mutations = [Mutation(isDelete=False, column=VALUE_COLUMN, value=entity.value)]
-    return BatchMutationTs(row=entity.row_key, mutations=mutations, timestamp=entity.ts)
+        write = Mutation(isDelete=False, column=value_column(entity.value), value=entity.value)
+    return [BatchMutationTs(row=entity.row_key, mutations=[write], timestamp=entity.ts),
+            BatchMutationTs(row=entity.row_key, mutations=_SUPERSEDE, timestamp=entity.ts - 1)]
 
 
 def _split(keys: list[bytes], region_starts: list[bytes], at_least: int) -> list[KeyRange]:
@@ -353,9 +380,9 @@ class HBaseEngine(Engine):
             rows: list[Any] = []
             size = 0
             for entity in members:
-                rows.append(_row(entity))
+                rows.extend(_rows(entity))
                 size += len(entity.row_key) + len(entity.value or b"")
-                if len(rows) >= BATCH_ROWS or size >= BATCH_BYTES:
+                if len(rows) >= 2 * BATCH_ROWS or size >= BATCH_BYTES:
                     calls.append(self._write(app, rows))
                     rows, size = [], 0
             if rows:
@@ -366,7 +393,7 @@ class HBaseEngine(Engine):
 
     def _get(self, client: Any, table: bytes, row: bytes) -> list[Any]:
         try:
-            return client.getRowWithColumns(table, row, COLUMNS, {})
+            return client.getRowWithColumns(table, row, [FAMILY], {})
         except HBaseIOError as exc:
             if _table_missing(exc):
                 return []
@@ -382,7 +409,7 @@ class HBaseEngine(Engine):
     def _scan_rows(self, client: Any, table: bytes, start: bytes, stop: bytes, limit: int,
                    keys_only: bool = False) -> list[Any]:
         """Up to ``limit`` rows in [start, stop) in key order, through one short-lived scanner."""
-        scan = TScan(startRow=start, columns=[FAMILY] if keys_only else COLUMNS,
+        scan = TScan(startRow=start, columns=[FAMILY],
                      caching=min(limit, 10_000 if keys_only else SCAN_SLICE))
         if stop:
             scan.stopRow = stop

@@ -1,8 +1,9 @@
 """The embedded default engine: one SQLite file per deployment, WAL, a table per app.
 
 Last-write-wins is one guarded upsert, so it holds without a read-then-write race: a row
-changes only when the incoming timestamp is newer, or equal and the incoming write is a
-tombstone. Rows keep their rowid across updates, which is what makes rowid ranges cover a
+changes only when the incoming timestamp is newer, or equal and the incoming write wins
+the tie (``Entity.wins_over``: a tombstone over a value, else the greater value; SQLite
+compares BLOBs with ``memcmp`` and then by length, which is that byte-wise order). Rows keep their rowid across updates, which is what makes rowid ranges cover a
 table exactly once; the last range is open-ended, so rows inserted after ``ranges`` was
 called still fall in exactly one range.
 
@@ -105,7 +106,8 @@ class SqliteEngine(Engine):
                 conn.executemany(
                     f"INSERT INTO {table} (rk, value, ts) VALUES (?, ?, ?) ON CONFLICT(rk) DO UPDATE "
                     f"SET value = excluded.value, ts = excluded.ts WHERE excluded.ts > {table}.ts "
-                    f"OR (excluded.ts = {table}.ts AND excluded.value IS NULL AND {table}.value IS NOT NULL)",
+                    f"OR (excluded.ts = {table}.ts AND {table}.value IS NOT NULL "
+                    f"AND (excluded.value IS NULL OR excluded.value > {table}.value))",
                     rows,
                 )
         except BaseException:
