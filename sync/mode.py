@@ -29,8 +29,28 @@ succeeded is recognised by the ``write_id`` it carries, not reported as a confli
 The document: ``{"mode": "cow", "epoch": 3, "updated_at": <unix s>, "write_id": <hex>}``;
 ``epoch`` is the znode version it was written at (0 at creation, +1 per change).
 
+Transitions
+===========
+
+``TRANSITIONS`` is the one table of allowed mode changes; ``transition(current, target,
+verified_epoch)`` answers every caller (``proxy.control.switch_mode``, which the
+orchestrator, the CLI and ``POST /admin/mode`` all call) with the ``Transition`` or
+``TransitionRefused`` naming the reason:
+
+* passthrough → cow: start copying writes to N2;
+* cow → proxy: only once the load was verified identical *during this cow period*
+  (``mark_load_verified`` recorded the current cow mode's epoch; a rollback and a new cow
+  period void an older verification), and then the journal toward N2 must be empty;
+* proxy → passthrough, cow → passthrough: rollback; the journal toward N1 must be empty;
+* the same mode again: an idempotent re-acknowledgement (the same checks run again);
+* anything else is refused (e.g. passthrough → proxy would serve an N2 never loaded).
+
+The load verification lives in its own znode next to the mode znode
+(``<mode path>-load-verified``, ``{"cow_epoch": 3}``), written by the orchestrator.
+
 Must never: report a mode while the session is not known to be alive; accept a mode name
-outside ``MODES``; overwrite the mode without a version check.
+outside ``MODES``; overwrite the mode without a version check; allow a transition the
+table does not list.
 """
 
 from __future__ import annotations
@@ -61,6 +81,94 @@ class ModeConflict(RuntimeError):
 
 class InvalidModeData(ValueError):
     """The mode znode holds something that is not a mode document."""
+
+
+class TransitionRefused(RuntimeError):
+    """The transition table does not allow this change now; the message says why."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One allowed change of mode and what must hold around it."""
+
+    source: str
+    target: str
+    #: why the change is made, in the operator's words
+    purpose: str
+    #: the repair journal ("n1" or "n2") that must be empty once every instance drained
+    #: the old mode, or None
+    journal_empty: str | None = None
+    #: the load must have been verified identical during the current cow period
+    needs_load_verified: bool = False
+
+
+TRANSITIONS: dict[tuple[str, str], Transition] = {(t.source, t.target): t for t in (
+    Transition("passthrough", "cow", "start copying writes to N2"),
+    Transition("cow", "proxy", "serve from N2", journal_empty="n2", needs_load_verified=True),
+    Transition("proxy", "passthrough", "roll back to N1", journal_empty="n1"),
+    Transition("cow", "passthrough", "roll back to N1", journal_empty="n1"),
+)}
+
+#: The checks a re-acknowledgement of the current mode repeats.
+SAME_MODE = {"passthrough": Transition("passthrough", "passthrough", "re-acknowledge", journal_empty="n1"),
+             "cow": Transition("cow", "cow", "re-acknowledge"),
+             "proxy": Transition("proxy", "proxy", "re-acknowledge", journal_empty="n2")}
+
+
+def transition(current: ModeState, target: str, verified_epoch: int | None) -> Transition:
+    """The allowed transition from ``current`` to ``target``, or TransitionRefused saying why."""
+    check_mode(target)
+    if current.mode == target:
+        return SAME_MODE[target]
+    found = TRANSITIONS.get((current.mode, target))
+    if found is None:
+        allowed = ", ".join(t for (s, t) in TRANSITIONS if s == current.mode)
+        raise TransitionRefused(f"mode {current.mode} (epoch {current.epoch}) cannot change to {target}; "
+                                f"from {current.mode} the allowed modes are: {allowed}")
+    if found.needs_load_verified and verified_epoch != current.epoch:
+        seen = "no verification is recorded" if verified_epoch is None else (
+            f"the recorded verification is of cow epoch {verified_epoch}")
+        raise TransitionRefused(f"{current.mode} -> {target} needs the load verified identical during this cow "
+                                f"period (epoch {current.epoch}), but {seen}: run verify first")
+    return found
+
+
+def load_verified_path(mode_path: str = MODE_PATH) -> str:
+    return check_path(mode_path, "mode path") + "-load-verified"
+
+
+def mark_load_verified(client: KazooClient, cow_epoch: int, *, path: str = MODE_PATH, deadline: float = 10.0) -> None:
+    """Record that every app's load was verified identical during the cow mode of ``cow_epoch``.
+
+    Call it with the epoch of the cow mode that was current while verify ran: a later mode
+    change makes the record stale, so cow -> proxy is refused until verify runs again.
+    """
+    if isinstance(cow_epoch, bool) or not isinstance(cow_epoch, int) or cow_epoch < 0:
+        raise ValueError(f"cow_epoch must be a mode epoch (int >= 0), got {cow_epoch!r}")
+    data = json.dumps({"cow_epoch": cow_epoch, "verified_at": time.time()}).encode()
+    target = load_verified_path(path)
+    retry = bounded_retry(deadline, ignore_expire=True)
+    try:
+        retry(client.set, target, data)
+    except NoNodeError:
+        try:
+            retry(client.create, target, data, makepath=True)
+        except NodeExistsError:
+            retry(client.set, target, data)
+
+
+def load_verified_epoch(client: KazooClient, *, path: str = MODE_PATH, deadline: float = 10.0) -> int | None:
+    """The cow epoch the last ``mark_load_verified`` named, or None (never, or unreadable)."""
+    try:
+        data, _ = bounded_retry(deadline, ignore_expire=True)(client.get, load_verified_path(path))
+    except NoNodeError:
+        return None
+    try:
+        epoch = json.loads(data).get("cow_epoch")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        log.error("load verification znode holds %r, not a document: treated as not verified", data[:80])
+        return None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 @dataclass(frozen=True)
@@ -193,6 +301,16 @@ class ModeWatcher:
         """The mode, or None while the session is not known alive or the mode is unknown."""
         with self._cv:
             return self._state if self._fresh else None
+
+    def view(self) -> tuple[ModeState | None, int]:
+        """``current`` and the session generation, read together.
+
+        The generation changes on every SUSPENDED/LOST: a request that noted it when it was
+        admitted can tell, before it answers, whether the session it relied on was interrupted
+        meanwhile — even if the watcher has since reconnected and reads a mode again.
+        """
+        with self._cv:
+            return (self._state if self._fresh else None), self._generation
 
     @property
     def mode(self) -> str | None:

@@ -97,3 +97,36 @@ def test_garbage_in_the_mode_znode_fences_instead_of_guessing(zk_connect, mode_p
     client.set(mode_path, b"not json at all")
     set_mode(client, "cow", 2, path=mode_path)
     assert watcher.wait_for("cow", 5).version == 3
+
+
+def test_transition_table_allows_only_the_four_changes_and_names_the_reason() -> None:
+    from sync.mode import ModeState, TransitionRefused, transition
+
+    def at(mode: str, epoch: int = 4) -> ModeState:
+        return ModeState(mode, epoch, epoch, 0.0)
+
+    assert transition(at("passthrough"), "cow", None).journal_empty is None
+    assert transition(at("cow"), "proxy", 4).journal_empty == "n2"
+    assert transition(at("proxy"), "passthrough", None).journal_empty == "n1"
+    assert transition(at("cow"), "passthrough", None).journal_empty == "n1"
+    assert transition(at("proxy"), "proxy", None).purpose == "re-acknowledge"
+    for source, target in (("passthrough", "proxy"), ("proxy", "cow")):
+        with pytest.raises(TransitionRefused, match=f"{source} \\(epoch 4\\) cannot change to {target}"):
+            transition(at(source), target, 4)
+    with pytest.raises(TransitionRefused, match="no verification is recorded"):
+        transition(at("cow"), "proxy", None)
+    with pytest.raises(TransitionRefused, match="verification is of cow epoch 2"):
+        transition(at("cow"), "proxy", 2)
+
+
+def test_load_verification_is_recorded_next_to_the_mode_znode(zk_connect, mode_path):
+    from sync.mode import load_verified_epoch, mark_load_verified
+
+    client = zk_connect("n1")
+    assert load_verified_epoch(client, path=mode_path) is None
+    mark_load_verified(client, 3, path=mode_path)
+    assert load_verified_epoch(client, path=mode_path) == 3
+    mark_load_verified(client, 5, path=mode_path)
+    assert load_verified_epoch(client, path=mode_path) == 5
+    with pytest.raises(ValueError, match="cow_epoch"):
+        mark_load_verified(client, -1, path=mode_path)
