@@ -148,6 +148,10 @@ class Handoff:
         self.ours: list[RecordSet] = []
         #: What the last successful write left; the next write compares-and-swaps against it.
         self.written: list[RecordSet] | None = None
+        #: ``{"ttl", "old_ttl", "change", "in_sync_at"}`` once the TTL lowering began;
+        #: ``change`` is its change id once written, ``in_sync_at`` (unix s) when every
+        #: authoritative server had the lowered TTL (None until then).
+        self.ttl_lowering: dict[str, Any] | None = None
         self.steps: list[Step] = []
 
     # --- the timeline ----------------------------------------------------------------
@@ -187,30 +191,57 @@ class Handoff:
     def lower_ttl(self, ttl: int, sync_timeout: float | None = None) -> float:
         """Lower the TTL of every set to ``ttl``; return once the old TTL has elapsed since it was in sync.
 
-        Returns the seconds spent waiting out the old TTL (0 if the TTL was already that low).
+        Returns the seconds spent waiting out the old TTL (0 if the TTL was never higher).
+
+        Resuming (a hand-off restored with ``from_dict`` after a crash): the old TTL is the
+        saved copy's, not what the record holds now — an earlier run may have lowered it
+        already, and resolvers may still cache answers under the old TTL. When that run saw
+        the lowered TTL in sync (``ttl_lowering["in_sync_at"]``, persisted), only what is
+        left of the old TTL is waited. When it had written the change but not seen it in
+        sync, its persisted change id is waited for, then the whole old TTL. When it was
+        killed inside the write itself, the lowered record is written again: on RFC 2136 the
+        change id (the zone's serial) then covers the earlier write; on Route 53 an identical
+        write is no change, so the wait counts from now without an INSYNC of its own.
         """
         if ttl < 0:
             raise ValueError(f"{self.name} {self.rtype}: TTL {ttl} is negative")
         self.save()
+        lowering = self.ttl_lowering
+        if lowering is not None and lowering.get("in_sync_at") is not None and lowering["ttl"] >= ttl:
+            return self._wait_old_ttl(lowering["old_ttl"], lowering["in_sync_at"])
         with self._step("lower-ttl", ttl=ttl) as step:
             current = self.provider.records(self.name, self.rtype)
             if not current:
                 raise DnsError(f"{self.name} {self.rtype} has no record set in zone {self.provider.zone}; nothing to lower")
-            old_ttl = max(rs.ttl for rs in current)
+            old_ttl = max(rs.ttl for rs in [*current, *(self.saved or [])])
             step.detail["old_ttl"] = old_ttl
             if old_ttl <= ttl:
                 step.detail["note"] = f"TTL already {old_ttl} <= {ttl}; nothing changed"
                 return 0.0
-            change = self._write(current, [rs.with_(ttl=min(rs.ttl, ttl)) for rs in current])
+            target = [rs.with_(ttl=min(rs.ttl, ttl)) for rs in current]
+            change = lowering.get("change") if lowering is not None and current == target else None
+            if change is None:
+                self.ttl_lowering = {"ttl": ttl, "old_ttl": old_ttl, "change": None, "in_sync_at": None}
+                change = self._write(current, target)
+                self.ttl_lowering["change"] = change
+                self._persist()
         self.wait_in_sync(change, sync_timeout)
         # A resolver that asked just before the last server had the new TTL caches the old
-        # answer for old_ttl from then: so the clock starts now, not at the write.
-        with self._step("wait-old-ttl", seconds=old_ttl):
+        # answer for old_ttl from then: so the clock starts now, not at the write. Wall
+        # clock, persisted: a resumed run in another process counts from the same instant.
+        self.ttl_lowering = {"ttl": ttl, "old_ttl": old_ttl, "change": change, "in_sync_at": time.time()}
+        self._persist()
+        return self._wait_old_ttl(old_ttl, self.ttl_lowering["in_sync_at"])
+
+    def _wait_old_ttl(self, old_ttl: int, in_sync_at: float) -> float:
+        """Sleep until ``old_ttl`` seconds have passed since ``in_sync_at`` (wall clock); return the sleep."""
+        with self._step("wait-old-ttl", seconds=old_ttl, in_sync_at=in_sync_at) as step:
             started = time.monotonic()
-            deadline = started + old_ttl
-            while (left := deadline - time.monotonic()) > 0:
+            while (left := in_sync_at + old_ttl - time.time()) > 0:
                 time.sleep(left)
-            return time.monotonic() - started
+            waited = time.monotonic() - started
+            step.detail["waited"] = round(waited, 3)
+            return waited
 
     def switch(
         self,
@@ -303,6 +334,7 @@ class Handoff:
             "saved": None if self.saved is None else [rs.to_dict() for rs in self.saved],
             "ours": [rs.to_dict() for rs in self.ours],
             "written": None if self.written is None else [rs.to_dict() for rs in self.written],
+            "ttl_lowering": None if self.ttl_lowering is None else dict(self.ttl_lowering),
             "steps": self.timeline(),
         }
 
@@ -319,6 +351,8 @@ class Handoff:
         handoff.ours = [RecordSet.from_dict(d) for d in data.get("ours", [])]
         if data.get("written") is not None:
             handoff.written = [RecordSet.from_dict(d) for d in data["written"]]
+        if data.get("ttl_lowering") is not None:
+            handoff.ttl_lowering = dict(data["ttl_lowering"])
         handoff.steps = [Step.from_dict(d) for d in data.get("steps", [])]
         return handoff
 

@@ -79,6 +79,37 @@ def test_lowering_a_ttl_that_is_already_low_changes_nothing_and_waits_nothing(bi
     assert bind_dns.get(app, "A") == RecordSet(app, "A", 3, tuple(N1))
 
 
+class Killed(Exception):
+    """Stands for the orchestrator being killed right after a persisted step."""
+
+
+def test_a_resumed_lowering_waits_out_what_remains_of_the_old_ttl(bind_dns: Rfc2136Provider) -> None:
+    name = f"t-{uuid.uuid4().hex[:12]}.{ep.BIND_ZONE}"
+    bind_dns.wait_in_sync(bind_dns.upsert([RecordSet(name, "A", 6, tuple(N1))]), timeout=5)
+    try:
+        saved: list[dict] = []
+
+        def persist_then_die_once_in_sync(doc: dict) -> None:
+            saved.append(doc)  # durable, as the orchestrator's ZooKeeper copy is
+            if (doc.get("ttl_lowering") or {}).get("in_sync_at") is not None:
+                raise Killed()
+
+        with pytest.raises(Killed):
+            Handoff(bind_dns, name, persist=persist_then_die_once_in_sync).lower_ttl(1)
+        assert bind_dns.get(name, "A") == RecordSet(name, "A", 1, tuple(N1))  # lowered, old TTL not waited out
+        in_sync_at = saved[-1]["ttl_lowering"]["in_sync_at"]
+
+        resumed = Handoff.from_dict(bind_dns, saved[-1])
+        waited = resumed.lower_ttl(1)
+        # A resolver may cache the TTL-6 answer until 6 s after the lowered TTL was in sync;
+        # the resumed run must not go on before then (it used to return 0 at once).
+        assert waited > 0
+        assert time.time() >= in_sync_at + 6
+        assert verbs(resumed)[-1] == "wait-old-ttl:ok"
+    finally:
+        bind_dns.delete(bind_dns.records(name, "A"))
+
+
 def test_a_failed_error_budget_rolls_an_at_once_switch_back(bind_dns: Rfc2136Provider, app: str) -> None:
     handoff = Handoff(bind_dns, app)
     with pytest.raises(ErrorBudgetExceeded, match="5 % of N2's requests failed") as exceeded:
