@@ -53,14 +53,24 @@ has a node, that path is reported in ``errors``, not overwritten.
 **Sequence counters.** ZooKeeper names a sequential child after its parent's count of child
 *creations*. The ``cversion`` a client sees counts creations and deletions (the server's
 DataNode.copyStat reports ``2 * creations - numChildren``), so the next suffix is
-``(cversion + numChildren) // 2`` (``next_sequence_suffix``). N2's parents must not hand out
-a suffix at or below one the mirror copied — a new N2 lock contender would sort ahead of a
-copied N1 holder. The mirror keeps every N2 parent's counter at least N1's: N2 continues
-N1's numbering. Names are copied, not re-generated, so the counter is raised by creating
+``(cversion + numChildren) // 2`` (``next_sequence_suffix``). N2 must never hand out a
+suffix N1 has already issued — a new N2 lock contender would take the name of a copied N1
+holder, or sort ahead of it. So before the mirror creates a parent's missing children on
+N2 it raises that parent's N2 counter to *at least N1's whole counter*, not to N1's minus
+the children about to be copied: those copies are created by name one by one, and until
+the last of them exists (or if N1 deleted one meanwhile, so it is never copied) an N2
+counter raised only part-way would hand a new N2 node a suffix N1 issued. The copies then
+add one each, leaving N2's counter ahead of N1's: a gap in N2's numbering is harmless, a
+repeat is not. Names are copied, not re-generated, so the counter is raised by creating
 and deleting a throw-away child (``.nxnw-seq-bump``), many pairs per ZooKeeper
 multi-transaction (each creation adds one; a ~256 KB multi holds about a thousand pairs,
 ~17,000 per second on loopback). Most of that work falls in the initial copy; afterwards
-each N1 creation is matched by the mirror's own creation on N2.
+N2's counter stays ahead by the children it copied, and N1's creations rarely need a bump.
+
+Stopping: ``finish`` runs one last verifying full resync (reading every node and ACL on
+both sides, so even an ACL-only change, which fires no watch, arrives) and only then
+stops. If that sync cannot complete in time, ``finish`` raises and the mirror keeps
+running, so the caller can retry or decide; ``stop`` alone stops without it.
 
 Threading
 =========
@@ -259,6 +269,20 @@ class TreeMirror:
             MIRROR_LAG.remove(self.root)
         except KeyError:
             pass
+
+    def finish(self, timeout: float) -> None:
+        """One last verifying full resync, then stop: N2 then holds what N1 held at this call.
+
+        Raises TimeoutError or MirrorError (see ``wait_synced``) if the sync does not complete
+        within ``timeout``; the mirror is then still running and ``finish`` may be retried.
+        """
+        with self._cv:
+            if self._thread is None or self._stopping:
+                raise RuntimeError(f"zk mirror {self.root} is not running")
+            self._request_resync(verify=True)
+            self._cv.notify_all()
+        self.wait_synced(timeout)
+        self.stop()
 
     def __enter__(self) -> TreeMirror:
         self.start()
@@ -554,7 +578,7 @@ class TreeMirror:
                 self.stats.created += 1
                 children = [c for c in node.children if not self._excluded(join(path, c))]
                 try:
-                    target = next_sequence_suffix(node.cstat) - len(children)
+                    target = next_sequence_suffix(node.cstat)  # all of N1's, before any child exists here
                     if target > 0:
                         self._raise_sequence_counter(path, target)
                 except CONNECTIVITY_ERRORS:
@@ -674,9 +698,9 @@ class TreeMirror:
             if child not in src_set and not self._excluded(join(path, child)):
                 self._delete_dst_subtree(join(path, child))
         missing = [c for c in children if c not in dst_set]
-        # Creating the missing children adds len(missing) to N2's counter; raise it first
-        # by whatever that leaves short of N1's.
-        target = next_sequence_suffix(cstat) - len(missing)
+        # Raise N2's counter to all of N1's before the missing children are created: until
+        # the last copy exists, a counter short by their number would reissue N1's suffixes.
+        target = next_sequence_suffix(cstat)
         if dst_next < target:
             self._raise_sequence_counter(path, target)
         self._applied[path] = key

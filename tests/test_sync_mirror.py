@@ -8,6 +8,8 @@ import pytest
 from kazoo.security import make_acl, make_digest_acl
 from prometheus_client import REGISTRY
 
+from kazoo.client import KazooClient
+
 from sync.mirror import MirrorError, TreeMirror, ephemeral_copies, next_sequence_suffix
 
 AUTH = [("digest", "mirror:secret")]
@@ -38,11 +40,13 @@ def eventually(check, timeout: float = 5.0):
 
 @pytest.fixture
 def mirror_of(zk_hosts):
-    """``mirror_of(root, **kw)`` -> a started TreeMirror N1 -> N2 (digest-authenticated); stopped after."""
+    """``mirror_of(root, **kw)`` -> a started TreeMirror N1 -> N2 (digest-authenticated); stopped after.
+
+    ``src``/``dst`` in ``kw`` replace N1's/N2's connection string (e.g. with a client factory)."""
     started = []
 
     def make(root: str, **kwargs) -> TreeMirror:
-        mirror = TreeMirror(zk_hosts["n1"], zk_hosts["n2"], root,
+        mirror = TreeMirror(kwargs.pop("src", zk_hosts["n1"]), kwargs.pop("dst", zk_hosts["n2"]), root,
                             **{"src_auth": AUTH, "dst_auth": AUTH, "op_deadline": 5.0, **kwargs})
         mirror.start()
         started.append(mirror)
@@ -113,8 +117,8 @@ def test_n2_hands_out_sequence_numbers_above_every_copied_suffix(zk_connect, zk_
     mirror.wait_synced(10)
     q = f"{zk_root}/q"
 
-    # N2 continues N1's numbering: its next suffix is N1's, above every copied one.
-    assert next_sequence_suffix(n2.exists(q)) == next_sequence_suffix(n1.exists(q)) == 28
+    # N2's next suffix is at least N1's, above every copied one.
+    assert next_sequence_suffix(n2.exists(q)) >= next_sequence_suffix(n1.exists(q)) == 28
     probe = n2.create(f"{q}/probe-", ephemeral=True, sequence=True)  # N2's own ephemerals are left alone
     assert int(probe[-10:]) > max(int(c[-10:]) for c in n1.get_children(q))
     n2.delete(probe)
@@ -128,6 +132,50 @@ def test_n2_hands_out_sequence_numbers_above_every_copied_suffix(zk_connect, zk_
     assert n2.exists(latest) is not None
     probe = n2.create(f"{q}/probe-", ephemeral=True, sequence=True)
     assert int(probe[-10:]) > int(latest[-10:])
+
+
+def test_an_n2_contender_arriving_while_children_are_copied_gets_no_suffix_n1_issued(zk_hosts, zk_connect, zk_root,
+                                                                                      mirror_of):
+    n1 = zk_connect("n1", auth_data=AUTH)
+    contender = zk_connect("n2", auth_data=AUTH)
+    seed(n1, zk_root)  # N1's /q has issued suffixes 0..27; job-25..27 remain
+    q = f"{zk_root}/q"
+    taken: list[str] = []
+
+    class ContenderArrivesBeforeTheFirstCopy(KazooClient):
+        """N2's client for the mirror: the moment the mirror creates the first of /q's
+        children on N2, an N2 client takes a sequential lock node under /q."""
+
+        def create_async(self, path, *args, **kwargs):
+            if path.startswith(q + "/") and not path.endswith(".nxnw-seq-bump") and not taken:
+                taken.append(contender.create(f"{q}/job-", b"n2 contender", ephemeral=True, sequence=True))
+            return super().create_async(path, *args, **kwargs)
+
+    mirror = mirror_of(zk_root, dst=lambda: ContenderArrivesBeforeTheFirstCopy(hosts=zk_hosts["n2"], auth_data=AUTH))
+    mirror.wait_synced(10)
+
+    assert taken, "the mirror never copied /q's children"
+    issued_by_n1 = next_sequence_suffix(n1.exists(q))
+    assert int(taken[0][-10:]) >= issued_by_n1, f"N2 handed out {taken[0]}, a suffix N1 already issued"
+    assert set(n1.get_children(q)) <= set(contender.get_children(q))
+
+
+def test_finish_syncs_once_more_before_stopping_so_n2_equals_n1(zk_hosts, zk_connect, zk_root):
+    n1, n2 = zk_connect("n1", auth_data=AUTH), zk_connect("n2", auth_data=AUTH)
+    seed(n1, zk_root)
+    mirror = TreeMirror(zk_hosts["n1"], zk_hosts["n2"], zk_root, src_auth=AUTH, dst_auth=AUTH, op_deadline=5.0)
+    mirror.start()
+    try:
+        mirror.wait_synced(10)
+        restricted = [make_digest_acl("mirror", "secret", all=True), make_acl("world", "anyone", read=True)]
+        n1.set_acls(f"{zk_root}/a", restricted)  # fires no watch: only a full sync carries it
+        n1.set(f"{zk_root}/a/b", b"changed last")
+        mirror.finish(10)
+    finally:
+        mirror.stop()
+    assert tree(n2, zk_root) == tree(n1, zk_root)
+    n1.set(f"{zk_root}/a", b"after the mirror stopped")
+    assert n2.get(f"{zk_root}/a")[0] == b"alpha"
 
 
 def test_ephemeral_nodes_are_marked_persistent_copies_removed_when_they_vanish(zk_connect, zk_root, mirror_of):
