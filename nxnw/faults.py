@@ -1,0 +1,259 @@
+"""Fault injectors for ``nxnw demo --fault NAME --in PHASE`` and ``make faults``.
+
+Each fault is one small class: a name, one line saying what it does, ``applies`` (why it
+cannot run against a pair of engines, or None) and ``inject``, which does the harm, waits
+until the harm is real (a session is gone, a service no longer answers), undoes it where
+the fault says so, and returns only once the system has what it needs to carry on (a
+replacement proxy answers, the engine answers again). Every step is printed with the
+fault's name, so a demo's output says what was done and when.
+
+A fault acts only on what the demo run owns — its proxy processes, its own N2 memcached,
+its orchestrator child, its sqlite files — with one exception the campaign needs: the
+``n2-engine-down`` fault stops the shared Cassandra or HBase service and always starts
+it again (waiting until it answers), even when the run fails.
+
+What a fault never does: touch data (the checker must find every anomaly the system
+makes, and only those), or sleep in place of a condition, except for the length of an
+outage, which is the fault itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+from kazoo.client import KazooClient
+
+from nxnw import services
+from nxnw.fleet import MemcachedProcess, ProxyFleet
+from nxnw.zk import zk_session
+from proxy.control import PROXIES_ROOT
+from sync.aio import run_blocking
+
+#: The phases a fault can be injected in, in the orchestrator's order.
+FAULT_PHASES = ("cow", "snapshot+load", "verify", "proxy", "handoff")
+
+#: How long an outage (N2's engine, N2's memcached) lasts before the service is back.
+OUTAGE_SECONDS = 10.0
+#: How long clients give up early (the client-side timeout) during ``client-timeout``.
+CLIENT_TIMEOUT_WINDOW = 8.0
+CLIENT_TIMEOUT = 0.003
+#: Deadline for a paused or expired instance to lose its ZooKeeper membership.
+SESSION_LOSS_DEADLINE = 60.0
+
+
+class FaultNotApplicable(RuntimeError):
+    """The fault cannot be injected into this run; the message says why."""
+
+
+@dataclass
+class FaultTarget:
+    """What a fault may act on: the demo run's own processes and settings."""
+
+    fleet: ProxyFleet
+    memcached_n2: MemcachedProcess
+    source: str
+    target: str
+    n1_zookeeper: str
+    n2_engine_url: str
+    #: the proxy slot most clients used lately (the instance whose loss hurts most)
+    busiest_slot: Callable[[], int]
+    #: sets the clients' timeout (seconds) for the requests they start from now on
+    set_client_timeout: Callable[[float | None], None]
+    #: SIGKILLs the orchestrator child; the demo starts it again
+    kill_orchestrator: Callable[[], Awaitable[str]]
+    say: Callable[[str], None]
+
+
+class Fault(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+
+    def applies(self, source: str, target: str) -> str | None:
+        """None when the fault can run against this pair of engines, else the reason."""
+        return None
+
+    @abstractmethod
+    async def inject(self, t: FaultTarget, phase: str) -> None:
+        """Do the harm (and undo it, where the fault says so); return once the run can go on."""
+
+    def say(self, t: FaultTarget, phase: str, text: str) -> None:
+        t.say(f"fault {self.name} in {phase}: {text}")
+
+
+async def _member_session(zookeeper: str, instance: str) -> int | None:
+    """The ZooKeeper session that holds ``instance``'s ephemeral membership, or None."""
+    async with zk_session(zookeeper, "N1's") as zk:
+        stat = await run_blocking(zk.exists, f"{PROXIES_ROOT}/{instance}")
+    return None if stat is None else stat.ephemeralOwner
+
+
+async def _wait_session_gone(zookeeper: str, instance: str, session: int | None) -> float:
+    """Wait until ``session`` no longer holds ``instance``'s membership; seconds waited."""
+    started = time.monotonic()
+    while True:
+        owner = await _member_session(zookeeper, instance)
+        if owner is None or owner != session:
+            return time.monotonic() - started
+        if time.monotonic() - started > SESSION_LOSS_DEADLINE:
+            raise TimeoutError(f"proxy {instance}'s ZooKeeper session {session:#x} still holds its membership "
+                               f"after {SESSION_LOSS_DEADLINE:.0f} s")
+        await asyncio.sleep(0.25)
+
+
+class KillProxy(Fault):
+    name = "kill-proxy"
+    summary = "SIGKILL the busiest proxy instance, then start a replacement in its slot"
+
+    async def inject(self, t: FaultTarget, phase: str) -> None:
+        slot = t.busiest_slot()
+        victim = t.fleet.current[slot]
+        victim.signal(signal.SIGKILL)
+        assert victim.popen is not None
+        await run_blocking(victim.popen.wait)
+        self.say(t, phase, f"killed proxy {victim.instance} (pid {victim.pid}) with SIGKILL")
+        new = await t.fleet.replace(slot)
+        self.say(t, phase, f"replacement proxy {new.instance} serves {new.url}")
+
+
+class PauseProxy(Fault):
+    name = "pause-proxy"
+    summary = "SIGSTOP the busiest proxy past its ZooKeeper session timeout, then SIGCONT"
+
+    async def inject(self, t: FaultTarget, phase: str) -> None:
+        victim = t.fleet.current[t.busiest_slot()]
+        session = await _member_session(t.n1_zookeeper, victim.instance)
+        victim.signal(signal.SIGSTOP)
+        self.say(t, phase, f"paused proxy {victim.instance} (pid {victim.pid}) with SIGSTOP")
+        try:
+            waited = await _wait_session_gone(t.n1_zookeeper, victim.instance, session)
+            self.say(t, phase, f"its ZooKeeper session expired after {waited:.1f} s")
+        finally:
+            victim.signal(signal.SIGCONT)
+        self.say(t, phase, f"resumed proxy {victim.instance} with SIGCONT")
+        await victim.wait_ready()
+        self.say(t, phase, f"proxy {victim.instance} serves again")
+
+
+class ExpireSession(Fault):
+    name = "expire-session"
+    summary = "expire the busiest proxy's ZooKeeper session (a second client with its id and password)"
+
+    async def inject(self, t: FaultTarget, phase: str) -> None:
+        victim = t.fleet.current[t.busiest_slot()]
+        state = await victim.admin_state()
+        session = state.get("zookeeper_session") or {}
+        if "id" not in session or "password" not in session:
+            raise FaultNotApplicable(f"proxy {victim.instance} does not show its ZooKeeper session "
+                                     "(id and password) in /admin/state")
+        session_id, password = int(session["id"]), bytes.fromhex(session["password"])
+        hosts = t.n1_zookeeper.split("/", 1)[0]
+        intruder = KazooClient(hosts=hosts, client_id=(session_id, password), timeout=5)
+        await run_blocking(intruder.start, 15)
+        # Closing the intruder closes the session on the server: the proxy's session is gone.
+        await run_blocking(intruder.stop)
+        await run_blocking(intruder.close)
+        self.say(t, phase, f"expired proxy {victim.instance}'s ZooKeeper session {session_id:#x}")
+        await _wait_session_gone(t.n1_zookeeper, victim.instance, session_id)
+        await victim.wait_ready()
+        self.say(t, phase, f"proxy {victim.instance} serves again")
+
+
+class N2EngineDown(Fault):
+    name = "n2-engine-down"
+    summary = ("N2's engine down ~10 s, then back (Cassandra/HBase: the service stopped and started; "
+               "sqlite: N2's file write-locked longer than the engine's busy timeout)")
+
+    def applies(self, source: str, target: str) -> str | None:
+        if target != "sqlite" and source == target:
+            return f"N1 and N2 share one {target} service here; stopping N2's would stop N1's too"
+        return None
+
+    async def inject(self, t: FaultTarget, phase: str) -> None:
+        if t.target == "sqlite":
+            await self._lock_sqlite(t, phase)
+        else:
+            await self._stop_service(t, phase)
+
+    async def _lock_sqlite(self, t: FaultTarget, phase: str) -> None:
+        path = urlsplit(t.n2_engine_url).path
+        hold = OUTAGE_SECONDS + 5.0  # the engine waits 10 s on a busy file; hold it longer
+
+        def hold_lock() -> None:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+            try:
+                conn.execute("BEGIN EXCLUSIVE")
+                t.say(f"fault {self.name} in {phase}: N2's sqlite file {path} write-locked for {hold:.0f} s")
+                time.sleep(hold)
+                conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+
+        await asyncio.get_running_loop().run_in_executor(None, hold_lock)
+        self.say(t, phase, "N2's sqlite file unlocked")
+
+    async def _stop_service(self, t: FaultTarget, phase: str) -> None:
+        name = t.target
+        await asyncio.get_running_loop().run_in_executor(None, services.down, [name])
+        self.say(t, phase, f"stopped N2's {name}")
+        try:
+            await asyncio.sleep(OUTAGE_SECONDS)
+        finally:
+            took = await asyncio.get_running_loop().run_in_executor(None, services.up, [name])
+        self.say(t, phase, f"{name} answers again (start took {took[name]:.1f} s)")
+
+
+class N2MemcachedDown(Fault):
+    name = "n2-memcached-down"
+    summary = "N2's memcached (the run's own) killed, ~10 s down, started again empty on its port"
+
+    async def inject(self, t: FaultTarget, phase: str) -> None:
+        await t.memcached_n2.stop()
+        self.say(t, phase, f"killed N2's memcached on {t.memcached_n2.address}")
+        try:
+            await asyncio.sleep(OUTAGE_SECONDS)
+        finally:
+            await t.memcached_n2.start()
+        self.say(t, phase, "N2's memcached answers again (empty)")
+
+
+class ClientTimeout(Fault):
+    name = "client-timeout"
+    summary = "clients give up on their requests after 3 ms for ~8 s, mid-write"
+
+    async def inject(self, t: FaultTarget, phase: str) -> None:
+        t.set_client_timeout(CLIENT_TIMEOUT)
+        self.say(t, phase, f"clients time out after {CLIENT_TIMEOUT * 1000:.0f} ms")
+        try:
+            await asyncio.sleep(CLIENT_TIMEOUT_WINDOW)
+        finally:
+            t.set_client_timeout(None)
+        self.say(t, phase, "clients wait as long as usual again")
+
+
+class KillOrchestrator(Fault):
+    name = "kill-orchestrator"
+    summary = "SIGKILL the orchestrator (nxnw migrate); the demo starts it again and it resumes"
+
+    async def inject(self, t: FaultTarget, phase: str) -> None:
+        self.say(t, phase, await t.kill_orchestrator())
+
+
+FAULTS: dict[str, Fault] = {f.name: f for f in (KillProxy(), PauseProxy(), ExpireSession(), N2EngineDown(),
+                                                N2MemcachedDown(), ClientTimeout(), KillOrchestrator())}
+
+
+def parse_fault(name: str, phase: str) -> tuple[Fault, str]:
+    """``(fault, phase)`` for ``--fault NAME --in PHASE``; ValueError naming what is wrong."""
+    if name not in FAULTS:
+        raise ValueError(f"unknown fault {name!r}; the faults are: {', '.join(FAULTS)}")
+    if phase not in FAULT_PHASES:
+        raise ValueError(f"unknown phase {phase!r} for fault {name}; faults go in: {', '.join(FAULT_PHASES)}")
+    return FAULTS[name], phase
