@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from datastore.model import Entity, EntityRef, check_app
+from datastore.model import Entity, EntityRef, check_app, check_batch
 
 _DIGEST_MOD = 1 << 128
 
@@ -117,12 +117,20 @@ class Engine(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
-    @abstractmethod
     async def apply(self, entities: Sequence[Entity]) -> None:
         """Apply puts and tombstones, each last-write-wins against what is stored.
 
-        Entities may belong to different apps; a batch is not atomic across entities.
+        Entities may belong to different apps; a batch is not atomic across entities. The
+        whole batch is checked first (``check_batch``): one bad entity refuses the batch
+        with ``InvalidEntity`` before anything of it reaches the engine.
         """
+        check_batch(entities)
+        if entities:
+            await self._write_batch(entities)
+
+    @abstractmethod
+    async def _write_batch(self, entities: Sequence[Entity]) -> None:
+        """``apply`` for a non-empty batch that ``check_batch`` has passed."""
 
     @abstractmethod
     async def read(self, ref: EntityRef) -> Entity | None:

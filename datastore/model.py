@@ -1,8 +1,9 @@
 """The entity model and its limits: the one place where bad input is stopped.
 
-Every entity that reaches an engine has passed through ``Entity`` or ``EntityRef``
-construction, so an engine never sees an empty key, an oversized value or an app name
-that its table naming cannot carry. Errors name the limit and the offending value, so
+Every entity is checked when it is constructed, and every batch again when it reaches
+``Engine.apply`` (``check_batch``: an object built around the constructor, or not an
+``Entity`` at all, is refused there with the whole batch), so an engine never sees an
+empty key, an oversized value or an app name that its table naming cannot carry. Errors name the limit and the offending value, so
 that the proxy can answer a 4xx with the reason and the CLI can print one line.
 
 A deletion is an entity whose ``value`` is ``None``: a tombstone with its own timestamp,
@@ -13,6 +14,7 @@ the delete can never bring the key back.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: App names become table names (Cassandra caps them at 48 characters, lower case).
@@ -65,6 +67,26 @@ def check_ts(ts: int) -> int:
     if not isinstance(ts, int) or isinstance(ts, bool) or not 0 < ts <= MAX_TIMESTAMP:
         raise InvalidEntity(f"timestamp {ts!r} must be an integer of microseconds in 1..2**63-1")
     return ts
+
+
+def check_batch(entities: Sequence[object]) -> None:
+    """Check every entity of a batch before any of it is written; the error names the
+    position of the first bad one. App and kind names are checked once per batch."""
+    names: set[tuple[str, str]] = set()
+    for i, entity in enumerate(entities):
+        try:
+            if not isinstance(entity, Entity):
+                raise InvalidEntity(f"{type(entity).__name__} {entity!r:.80} is not an Entity")
+            app, kind = entity.app, entity.kind
+            if type(app) is not str or type(kind) is not str or (app, kind) not in names:
+                check_app(app)
+                check_kind(kind)
+                names.add((app, kind))
+            check_key(entity.key)
+            check_value(entity.value)
+            check_ts(entity.ts)
+        except InvalidEntity as exc:
+            raise InvalidEntity(f"batch entity {i}: {exc}; nothing of the batch was written") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,21 +203,49 @@ async def test_one_changed_byte_or_timestamp_changes_the_checksum(engine: Engine
     assert await engine.table_checksum(app_name) != before
 
 
+def unchecked(app: object, kind: object, key: object, value: object, ts: object) -> Entity:
+    """An ``Entity`` built without its constructor's checks, as a bug, a hand-made object or
+    an unpickled one could hand it to ``apply``: the engine must still refuse it."""
+    entity = object.__new__(Entity)
+    for field, field_value in zip(("app", "kind", "key", "value", "ts"), (app, kind, key, value, ts)):
+        object.__setattr__(entity, field, field_value)
+    return entity
+
+
 @pytest.mark.parametrize(
     ("build", "limit"),
     [
-        (lambda app: Entity(app, "K", b"", b"v", 1), "1 to 1024 bytes"),
-        (lambda app: Entity(app, "K", b"k" * (MAX_KEY_BYTES + 1), b"v", 1), f"limit is {MAX_KEY_BYTES}"),
-        (lambda app: Entity(app, "K", b"k", b"v" * (MAX_VALUE_BYTES + 1), 1), f"limit is {MAX_VALUE_BYTES}"),
-        (lambda app: Entity(app.upper(), "K", b"k", b"v", 1), "must match"),
-        (lambda app: Entity(app + "-x", "K", b"k", b"v", 1), "must match"),
-        (lambda app: Entity(app, "bad kind!", b"k", b"v", 1), "must match"),
-        (lambda app: Entity(app, "K", b"k", b"v", 0), "microseconds"),
-        (lambda app: Entity(app, "K", "text key", b"v", 1), "must be bytes"),
+        (lambda app: unchecked(app, "K", b"", b"v", 1), "1 to 1024 bytes"),
+        (lambda app: unchecked(app, "K", b"k" * (MAX_KEY_BYTES + 1), b"v", 1), f"limit is {MAX_KEY_BYTES}"),
+        (lambda app: unchecked(app, "K", b"k", b"v" * (MAX_VALUE_BYTES + 1), 1), f"limit is {MAX_VALUE_BYTES}"),
+        (lambda app: unchecked(app.upper(), "K", b"k", b"v", 1), "must match"),
+        (lambda app: unchecked(app + "-x", "K", b"k", b"v", 1), "must match"),
+        (lambda app: unchecked(app, "bad kind!", b"k", b"v", 1), "must match"),
+        (lambda app: unchecked(app, "K\x00x", b"k", b"v", 1), "must match"),
+        (lambda app: unchecked(app, "K", b"k", b"v", 0), "microseconds"),
+        (lambda app: unchecked(app, "K", b"k", b"v", 2**63), "microseconds"),
+        (lambda app: unchecked(app, "K", "text key", b"v", 1), "must be bytes"),
+        (lambda app: unchecked(app, "K", b"k", "text value", 1), "must be bytes"),
+        (lambda app: (app, "K", b"k", b"v", 1), "not an Entity"),
     ],
 )
 async def test_bad_input_is_refused_naming_the_limit_and_writes_nothing(engine: Engine, app_name: str, build, limit: str) -> None:
     await engine.put(Entity(app_name, "K", b"witness", b"v", 1))
+    # The valid entity comes first: an engine that wrote as it went would have written it.
     with pytest.raises(InvalidEntity, match=limit):
         await engine.apply([Entity(app_name, "K", b"k", b"v", 5), build(app_name)])
     assert [e.key for e in await stored(engine, app_name, tombstones=True)] == [b"witness"]
+
+
+@pytest.mark.parametrize(
+    ("build", "limit"),
+    [
+        (lambda app: Entity(app, "K", b"", b"v", 1), "1 to 1024 bytes"),
+        (lambda app: Entity(app, "K", b"k", b"v" * (MAX_VALUE_BYTES + 1), 1), f"limit is {MAX_VALUE_BYTES}"),
+        (lambda app: Entity(app.upper(), "K", b"k", b"v", 1), "must match"),
+        (lambda app: Entity(app, "K", b"k", b"v", 0), "microseconds"),
+    ],
+)
+def test_the_entity_constructor_refuses_bad_input_naming_the_limit(app_name: str, build, limit: str) -> None:
+    with pytest.raises(InvalidEntity, match=limit):
+        build(app_name)

@@ -478,7 +478,7 @@ class CassandraEngine(Engine):
         if errors:
             raise errors[0]
 
-    async def apply(self, entities: Sequence[Entity]) -> None:
+    async def _write_batch(self, entities: Sequence[Entity]) -> None:
         by_app: dict[str, list[Entity]] = {}
         for entity in entities:
             by_app.setdefault(entity.app, []).append(entity)

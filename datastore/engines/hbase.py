@@ -366,9 +366,7 @@ class HBaseEngine(Engine):
             await self._ensure_table(app)
             await self._run(f"writing {len(rows)} rows to {table!r}", self._mutate, table, rows)
 
-    async def apply(self, entities: Sequence[Entity]) -> None:
-        if not entities:
-            return
+    async def _write_batch(self, entities: Sequence[Entity]) -> None:
         # Every row carries its own timestamp: group by app only, then cut by size.
         by_app: dict[str, list[Entity]] = defaultdict(list)
         for entity in entities:

@@ -115,9 +115,8 @@ class SqliteEngine(Engine):
             raise
         conn.execute("COMMIT")
 
-    async def apply(self, entities: Sequence[Entity]) -> None:
-        if entities:
-            await self._run(self._apply, entities)
+    async def _write_batch(self, entities: Sequence[Entity]) -> None:
+        await self._run(self._apply, entities)
 
     def _read(self, ref: EntityRef) -> Entity | None:
         assert self._conn is not None
