@@ -7,10 +7,24 @@ digests per bucket; equal buckets are done. Pass two rescans only for the keys i
 buckets that differ and compares key by key. Memory is bounded by the bucket count plus
 the differing buckets' keys, never by the table.
 
-Repair is last-write-wins: for each differing key the entity that wins (newer timestamp;
-a tombstone at an equal one) is applied to the side that lacks it. Applying it through
-``Engine.apply`` means a repair racing a live ``cow`` write can never undo that write.
-This module never deletes anything that it has not seen a newer tombstone for.
+Repair is last-write-wins, and it only ever copies what N1 wrote — a migration never
+invents data on N1:
+
+* N1's copy wins (N2 lacks the key, or holds an older copy): N1's copy is applied to N2.
+* N2 holds a key N1 has never held (no row, no tombstone): never copied to N1. Nothing the
+  migration does puts such a row on N2 first (``cow`` writes N1, then N2 with the same
+  timestamp), so it is a foreign row: someone wrote to N2 behind the proxy's back, or an
+  earlier attempt left it. It stays a difference that stops the migration.
+* N2's copy is newer than N1's: copied to N1 only when ``n2_primary`` — in ``proxy`` mode
+  the proxies write N2 first and N1 after, so a newer N2 copy is a write N1 has yet to
+  receive. Before ``proxy`` it cannot come from the migration and stays a difference.
+  (A newer N2 copy cannot be repaired toward N2 either: last-write-wins keeps it.)
+
+Applying through ``Engine.apply`` means a repair racing a live ``cow`` write can never
+undo that write. After a repair, every differing key is read again on both sides (a few
+looks, so a write in flight settles): what still differs is ``remaining``, the verdict
+that gates ``proxy``. This module never deletes anything that it has not seen a newer
+tombstone for, and never writes to N1 a key N1 has never held.
 """
 
 from __future__ import annotations
@@ -54,6 +68,27 @@ class Difference:
             return "missing on N1"
         return "stale on N2" if self.winner is self.n1 else "stale on N1"
 
+    @property
+    def label(self) -> str:
+        """The key as an operator reads it: ``Kind/key`` (the key's bytes shown as Python shows them)."""
+        kind, _, key = self.row_key.partition(b"\x00")
+        return f"{kind.decode(errors='replace')}/{key!r}"
+
+    def repair_target(self, n2_primary: bool) -> str | None:
+        """The side a repair writes the winner to ("n1" or "n2"), or None when it must not."""
+        if self.winner is self.n1:
+            return "n2"
+        if self.n1 is None or not n2_primary:
+            return None  # a row N1 never held, or newer on N2 before N2 serves: not from the migration
+        return "n1"
+
+    @property
+    def unrepairable_reason(self) -> str:
+        """Why ``repair_target`` is None for this difference."""
+        if self.n1 is None:
+            return "on N2 only: N1 never held it, so it did not come from the migration"
+        return "newer on N2 than on N1 before N2 serves: not written by the migration"
+
 
 @dataclass
 class VerifyReport:
@@ -65,10 +100,28 @@ class VerifyReport:
     repaired: int = 0
     #: keys that differed between the scans but agreed on a second look (writes in flight)
     settled: int = 0
+    #: what still differs: after a repair, the differences that survived it; without one,
+    #: every difference
+    remaining: list[Difference] = field(default_factory=list)
+    #: a reason per remaining key (its label), when the repair left it alone on purpose
+    reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def identical(self) -> bool:
+        """N1 and N2 held the same data when verify first compared them."""
         return not self.differences
+
+    @property
+    def ok(self) -> bool:
+        """Nothing differs any more (identical, or every difference repaired)."""
+        return not self.remaining
+
+    def remaining_keys(self, limit: int = 10) -> str:
+        """The first ``limit`` keys that still differ, each with its kind of difference and reason."""
+        shown = [f"{d.label} ({d.kind}{'; ' + self.reasons[d.label] if d.label in self.reasons else ''})"
+                 for d in self.remaining[:limit]]
+        more = f" and {len(self.remaining) - limit} more" if len(self.remaining) > limit else ""
+        return ", ".join(shown) + more
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -81,7 +134,12 @@ class VerifyReport:
         if self.identical:
             return f"app {self.app}: N1 and N2 identical ({self.n1}){settled}"
         parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts().items()))
-        return f"app {self.app}: {len(self.differences)} keys differ ({parts}); repaired {self.repaired}{settled}"
+        line = f"app {self.app}: {len(self.differences)} keys differ ({parts}); repaired {self.repaired}{settled}"
+        if self.remaining:
+            line += f"; {len(self.remaining)} still differ: {self.remaining_keys()}"
+        elif self.repaired:
+            line += "; N1 and N2 identical after repair"
+        return line
 
 
 async def _scan_all(engine: Engine, app: str, workers: int, visit: Callable[[Entity], None]) -> None:
@@ -134,9 +192,24 @@ async def _apply_in_batches(engine: Engine, entities: list[Entity], size: int = 
         await engine.apply(entities[start:start + size])
 
 
-async def verify_app(n1: Engine, n2: Engine, app: str, *, repair: bool = False, workers: int = 4,
-                     on_difference: Callable[[Difference], None] | None = None) -> VerifyReport:
-    """Compare ``app`` on N1 and N2; with ``repair``, make both hold the winning copy."""
+async def _still_differs(n1: Engine, n2: Engine, diff: Difference, looks: int = 3) -> Difference | None:
+    """Read the key on both sides again; None once a look finds them equal (a write in flight
+    made the difference), else the difference as last seen."""
+    ref = (diff.n1 or diff.n2).ref  # type: ignore[union-attr]
+    for _ in range(looks):
+        e1, e2 = await asyncio.gather(n1.read(ref), n2.read(ref))
+        if _same(e1, e2) or (e1 is None and e2 is None):
+            return None
+        diff = Difference(diff.row_key, e1, e2)
+    return diff
+
+
+async def verify_app(n1: Engine, n2: Engine, app: str, *, repair: bool = False, n2_primary: bool = False,
+                     workers: int = 4, on_difference: Callable[[Difference], None] | None = None) -> VerifyReport:
+    """Compare ``app`` on N1 and N2; with ``repair``, copy what N1 wrote (see the module
+    docstring; ``n2_primary`` when the proxies serve from N2) and look again.
+
+    ``report.remaining`` is what still differs; ``report.ok`` is the verdict."""
     (sums1, total1), (sums2, total2) = await asyncio.gather(_bucket_sums(n1, app, workers), _bucket_sums(n2, app, workers))
     report = VerifyReport(app, total1, total2)
     differing = {b for b in range(BUCKETS) if sums1[b] != sums2[b]}
@@ -159,9 +232,20 @@ async def verify_app(n1: Engine, n2: Engine, app: str, *, repair: bool = False, 
         report.differences.append(diff)
         if on_difference is not None:
             on_difference(diff)
-    if repair:
-        to_n1 = [d.winner for d in report.differences if d.winner is not d.n1]
-        to_n2 = [d.winner for d in report.differences if d.winner is not d.n2]
-        await asyncio.gather(_apply_in_batches(n1, to_n1), _apply_in_batches(n2, to_n2))
-        report.repaired = len(to_n1) + len(to_n2)
+    if not repair:
+        report.remaining = list(report.differences)
+        return report
+    to_n1 = [d.winner for d in report.differences if d.repair_target(n2_primary) == "n1"]
+    to_n2 = [d.winner for d in report.differences if d.repair_target(n2_primary) == "n2"]
+    await asyncio.gather(_apply_in_batches(n1, to_n1), _apply_in_batches(n2, to_n2))
+    report.repaired = len(to_n1) + len(to_n2)
+    slots = asyncio.Semaphore(workers * 8)
+
+    async def look_again(diff: Difference) -> Difference | None:
+        async with slots:
+            return await _still_differs(n1, n2, diff)
+
+    again = await asyncio.gather(*(look_again(d) for d in report.differences))
+    report.remaining = [d for d in again if d is not None]
+    report.reasons = {d.label: d.unrepairable_reason for d in report.remaining if d.repair_target(n2_primary) is None}
     return report

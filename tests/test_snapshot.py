@@ -66,6 +66,30 @@ async def test_verify_finds_each_kind_of_difference_and_repairs_by_timestamp(n1_
     assert (await verify_app(n1, n2, app_name)).identical
 
 
+async def test_repair_never_copies_to_n1_what_n1_did_not_write_and_says_what_remains(n1_n2: tuple[Engine, Engine],
+                                                                                      app_name: str) -> None:
+    n1, n2 = n1_n2
+    await n1.apply([Entity(app_name, "V", b"older-on-n1", b"n1", 100), Entity(app_name, "V", b"only-n1", b"a", 100)])
+    await n2.apply([Entity(app_name, "V", b"older-on-n1", b"written on N2 behind the proxy", 200),
+                    Entity(app_name, "V", b"foreign", b"never on N1", 100),
+                    Entity(app_name, "V", b"foreign-delete", None, 100)])
+
+    report = await verify_app(n1, n2, app_name, repair=True)  # N1 primary: passthrough or cow
+    assert report.counts() == {"missing on N2": 1, "missing on N1": 2, "stale on N1": 1}
+    assert not report.ok and report.repaired == 1  # only-n1 went to N2; nothing went to N1
+    assert sorted(d.label for d in report.remaining) == ["V/b'foreign'", "V/b'foreign-delete'", "V/b'older-on-n1'"]
+    assert "V/b'foreign' (missing on N1; on N2 only" in report.summary()
+    assert await n1.read(EntityRef(app_name, "V", b"foreign")) is None
+    assert await n1.read(EntityRef(app_name, "V", b"foreign-delete")) is None
+    assert (await n1.get(EntityRef(app_name, "V", b"older-on-n1"))).value == b"n1"
+
+    # In proxy mode N2 is written first: a newer N2 copy of a key N1 holds is N1's to receive.
+    report = await verify_app(n1, n2, app_name, repair=True, n2_primary=True)
+    assert (await n1.get(EntityRef(app_name, "V", b"older-on-n1"))).value == b"written on N2 behind the proxy"
+    assert sorted(d.label for d in report.remaining) == ["V/b'foreign'", "V/b'foreign-delete'"]
+    assert await n1.read(EntityRef(app_name, "V", b"foreign")) is None
+
+
 async def test_export_to_a_stream_and_load_from_it(n1_n2: tuple[Engine, Engine], app_name: str) -> None:
     n1, n2 = n1_n2
     await seed(n1, app_name, 300, HybridLogicalClock(3))
