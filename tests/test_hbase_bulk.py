@@ -3,8 +3,9 @@
 The HBase engine writes a whole batch through the gateway's ``mutateRowsTsEach`` (one Thrift
 call per ``BATCH_ROWS`` rows, every row at its own timestamp) instead of one ``mutateRowsTs``
 call per distinct timestamp. These tests pin down that the batch path keeps the engine's
-rule exactly: per key, last-write-wins by timestamp, a tombstone on a tie, tombstones read
-back with their timestamps, whatever the order of the batch and however it is cut.
+rule exactly: per key, last-write-wins by timestamp, a tombstone on a tie, the greater value
+on a tie between values, tombstones read back with their timestamps, whatever the order of
+the batch and however it is cut.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from datastore import Engine, Entity, EntityRef, open_engine
-from datastore.engines.hbase import BATCH_ROWS
+from datastore.engines.hbase import BATCH_ROWS, FAMILY, GatewayConnection
 from nxnw.services.endpoints import engine_url
 from tests.conftest import require
 
@@ -89,3 +90,37 @@ async def test_equal_timestamp_tombstone_and_value_in_one_apply_resolve_to_the_t
 
     assert await hbase.read(tombstone.ref) == tombstone
     assert await hbase.get(tombstone.ref) is None
+
+
+@pytest.mark.parametrize("greater_first", [True, False])
+async def test_equal_timestamp_values_across_gateway_calls_resolve_to_the_greater_value(
+        hbase: Engine, app_name: str, greater_first: bool) -> None:
+    greater = Entity(app_name, "Bulk", b"tie", b"b", 5_000)
+    lesser = Entity(app_name, "Bulk", b"tie", b"a", 5_000)
+    others = [Entity(app_name, "Bulk", b"other%03d" % i, b"x", 6_000 + i) for i in range(BATCH_ROWS)]
+    pair = [greater, lesser] if greater_first else [lesser, greater]
+    await hbase.apply([pair[0], *others, pair[1]])
+    await hbase.apply(pair)
+    await hbase.apply(pair[:1])
+
+    assert await hbase.read(greater.ref) == greater
+
+
+async def test_a_row_reads_back_only_its_newest_cells(hbase: Engine, app_name: str) -> None:
+    """Each write masks what it supersedes (a family marker just below it), whatever the
+    arrival order, so a row never accumulates one visible cell per value it ever held."""
+    ref = EntityRef(app_name, "Bulk", b"k")
+    writes = [Entity(app_name, "Bulk", b"k", b"v%d" % ts, ts) for ts in (100, 300, 200)]
+    writes.insert(2, Entity(app_name, "Bulk", b"k", None, 250))
+    for entity in writes:
+        await hbase.apply([entity])
+    await hbase.apply([Entity(app_name, "Bulk", b"k", b"v300-tie", 300)])
+
+    conn = GatewayConnection(hbase.host, hbase.port, 15_000)
+    try:
+        rows = conn.client.getRowWithColumns(hbase._table(app_name), ref.row_key, [FAMILY], {})
+    finally:
+        conn.close()
+    assert {cell.timestamp for cell in rows[0].columns.values()} == {300}
+    assert len(rows[0].columns) == 2
+    assert await hbase.read(ref) == Entity(app_name, "Bulk", b"k", b"v300-tie", 300)
