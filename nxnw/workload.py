@@ -138,10 +138,10 @@ class Workload:
                     op.succeed(None)
                 else:
                     await resp.read()
-                    op.fail()
+                    op.unknown()
                     self.stats.failed += 1
         except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
-            op.fail()
+            op.unknown()
             self.stats.failed += 1
             await asyncio.sleep(0.05)
         self.stats.reached.append((time.time(), address))
