@@ -10,29 +10,19 @@ not a healthy one.
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Sequence
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from dns_handoff.cutover import BudgetVerdict
+from nxnw.proxy_watch import parse_metrics
 
 
 def _counts(endpoint: str, timeout: float) -> tuple[float, float]:
     """(all requests, 5xx requests) served by one proxy so far."""
     with urllib.request.urlopen(f"{endpoint.rstrip('/')}/metrics", timeout=timeout) as resp:
-        text = resp.read().decode()
-    total = errors = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name != "nxnw_http_requests":
-            continue
-        for sample in family.samples:
-            if sample.name != "nxnw_http_requests_total":
-                continue
-            total += sample.value
-            if sample.labels.get("status", "").startswith("5"):
-                errors += sample.value
-    return total, errors
+        sample = parse_metrics(resp.read().decode(), time.time())
+    return sample.requests, sample.errors
 
 
 class N2ErrorBudget:

@@ -15,6 +15,12 @@ Routes (relative to wherever the lead mounts the sub-application):
 * ``GET /state.json``   the state exactly as ``source()`` returned it (503 with the reason if
                          ``source()`` raised).
 * ``GET /timeline.svg`` the timeline alone, drawn at the moment of the request.
+* ``GET /fleet.html``   the proxy panels alone: per instance requests/s, 5xx/s and p99
+                         latency over time, the repair journals' depth over time and the share
+                         of requests N2's endpoints served (the DNS hand-off's progress), from a
+                         ``ProxyWatch`` scraping the proxies' own metrics (none: a note says so).
+
+With a ``ProxyWatch``, ``state.json`` carries its snapshot under ``"fleet"``.
 
 ``render_report(state)`` returns a standalone HTML report: the same SVG timeline, a summary
 and a per-phase table, for writing to a file when a migration ends.
@@ -39,6 +45,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+
+from nxnw.proxy_watch import ProxyWatch
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +126,8 @@ def _fmt_tick(seconds: float) -> str:
 
 # --- the timeline -------------------------------------------------------------------------
 
+#: A generous width of one character of the 12 px label font, so no phase name is cut off.
+LABEL_CHAR_PX = 7.6
 TICK_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800, 86400)
 
 
@@ -128,7 +138,8 @@ def timeline_svg(phases: list[dict[str, Any]], now: float, width: int = 960) -> 
     equals the phase count. Colours are fill attributes, not CSS, so the SVG stays correct
     when copied out of the page.
     """
-    label_w, right_w, row_h, top, bottom = 96, 110, 26, 28, 8
+    longest = max((len(p["name"]) for p in phases), default=0)
+    label_w, right_w, row_h, top, bottom = max(96, 20 + int(longest * LABEL_CHAR_PX)), 110, 26, 28, 8
     plot_w = width - label_w - right_w
     starts = [p["started"] for p in phases if p["started"] is not None]
     ends = [p["finished"] if p["finished"] is not None else now for p in phases if p["started"] is not None]
@@ -177,6 +188,92 @@ def timeline_svg(phases: list[dict[str, Any]], now: float, width: int = 960) -> 
     return "".join(parts)
 
 
+# --- the proxy fleet -----------------------------------------------------------------------
+
+SIDE_COLOURS = {"n1": "#7a5af8", "n2": "#2fa36b"}
+
+
+def _series(raw: Any, column: int) -> list[tuple[float, float]]:
+    """(t, value) pairs of one column of a ``[[t, v1, v2…], …]`` series; bad rows skipped."""
+    out = []
+    for row in raw if isinstance(raw, list) else []:
+        if isinstance(row, list) and len(row) > column:
+            t, v = _num(row[0]), _num(row[column])
+            if t is not None and v is not None:
+                out.append((t, v))
+    return out
+
+
+def chart_svg(lines: list[tuple[str, str, list[tuple[float, float]]]], *, width: int, height: int,
+              y_max: float | None = None, unit: str = "", label: str = "") -> str:
+    """A small line chart: one ``polyline.series`` per (name, colour, points), newest at the right."""
+    points = [pt for _, _, pts in lines for pt in pts]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" width="{width}" '
+             f'height="{height}" role="img" aria-label="{html.escape(label)}" font-family="system-ui, sans-serif" '
+             f'font-size="10"><rect width="{width}" height="{height}" rx="4" fill="#f8f9fb"/>']
+    if points:
+        t0, t1 = min(t for t, _ in points), max(t for t, _ in points)
+        peak = max(v for _, v in points)
+        top = y_max if y_max is not None else (peak * 1.1 if peak > 0 else 1.0)
+        span = max(t1 - t0, 1e-9)
+        for name, colour, pts in lines:
+            if not pts:
+                continue
+            coords = " ".join(f"{2 + (t - t0) / span * (width - 4):.1f},{height - 3 - min(v / top, 1.0) * (height - 14):.1f}"
+                              for t, v in pts)
+            parts.append(f'<polyline class="series" data-name="{html.escape(name)}" points="{coords}" fill="none" '
+                         f'stroke="{colour}" stroke-width="1.5"/>')
+        scale = f"{y_max:g}{unit}" if y_max is not None else f"max {peak:,.3g}{unit}"
+        parts.append(f'<text x="{width - 4}" y="10" text-anchor="end" fill="#667085">{scale}</text>')
+    else:
+        parts.append(f'<text x="6" y="{height / 2 + 3}" fill="#98a2b3">no data yet</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _latest(pts: list[tuple[float, float]], fmt: str) -> str:
+    return fmt.format(pts[-1][1]) if pts else "–"
+
+
+def fleet_html(fleet: Any) -> str:
+    """The proxy panels: a row per instance with its three series, then journal depth and N2's share."""
+    if not isinstance(fleet, dict) or not fleet.get("instances"):
+        return '<p class="note" id="fleet-empty">no proxy endpoints in the plan: nothing to watch</p>'
+    rows = []
+    for inst in fleet["instances"]:
+        if not isinstance(inst, dict):
+            continue
+        side = "n2" if inst.get("side") == "n2" else "n1"
+        colour = SIDE_COLOURS[side]
+        series = inst.get("series")
+        rps, eps, p99 = _series(series, 1), _series(series, 2), _series(series, 3)
+        state = "up" if inst.get("up") else "down"
+        title = html.escape(str(inst.get("error") or state))
+        rows.append(
+            f'<tr class="instance" data-url="{html.escape(str(inst.get("url", "?")))}" data-side="{side}" data-up="{state}">'
+            f'<td><span class="dot" style="background:{"#2fa36b" if state == "up" else "#e5484d"}" title="{title}"></span>'
+            f'{html.escape(str(inst.get("url", "?")))} <span class="badge">{side.upper()}</span></td>'
+            f'<td class="num">{_latest(rps, "{:,.0f}")}</td><td>{chart_svg([("requests/s", colour, rps)], width=150, height=34, label="requests per second")}</td>'
+            f'<td class="num">{_latest(eps, "{:,.2f}")}</td><td>{chart_svg([("5xx/s", "#e5484d", eps)], width=150, height=34, label="5xx per second")}</td>'
+            f'<td class="num">{_latest(p99, "{:,.1f} ms")}</td><td>{chart_svg([("p99", "#f79009", p99)], width=150, height=34, unit=" ms", label="p99 latency")}</td></tr>')
+    journal = fleet.get("journal")
+    share = _series(fleet.get("n2_share"), 1)
+    share_pct = [(t, v * 100) for t, v in share]
+    return (
+        '<table class="fleet"><tr><th>proxy</th><th>req/s</th><th></th><th>5xx/s</th><th></th><th>p99</th><th></th></tr>'
+        + "".join(rows) + "</table>"
+        '<div class="charts">'
+        f'<div class="chart-box" id="journal-chart"><div class="k">repair journal depth (keys) · toward N2 '
+        f'{_latest(_series(journal, 2), "{:,.0f}")} · toward N1 {_latest(_series(journal, 1), "{:,.0f}")}</div>'
+        + chart_svg([("toward N2", SIDE_COLOURS["n2"], _series(journal, 2)), ("toward N1", SIDE_COLOURS["n1"], _series(journal, 1))],
+                    width=480, height=90, label="repair journal depth")
+        + f'</div><div class="chart-box" id="share-chart"><div class="k">requests served by N2\'s endpoints '
+        f'(DNS hand-off) · {_latest(share_pct, "{:.0f} %")}</div>'
+        + chart_svg([("N2 share", SIDE_COLOURS["n2"], share_pct)], width=480, height=90, y_max=100.0, unit=" %",
+                    label="share of requests on N2")
+        + "</div></div>")
+
+
 # --- shared look ----------------------------------------------------------------------
 
 CSS = """
@@ -211,6 +308,9 @@ th, td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line);
 th { color:var(--muted); font-weight:500; font-size:12px; }
 .dot { display:inline-block; width:9px; height:9px; border-radius:50%; margin-right:6px; vertical-align:0; }
 footer { color:var(--muted); font-size:12px; }
+table.fleet td { padding:3px 8px; vertical-align:middle; } td.num { text-align:right; white-space:nowrap; }
+.charts { display:flex; flex-wrap:wrap; gap:16px; margin-top:12px; } .chart-box .k { color:var(--muted); font-size:12px; margin-bottom:4px; }
+svg.chart { display:block; } p.note { color:var(--muted); margin:0; }
 footer.lost { color:#e5484d; }
 """
 
@@ -240,13 +340,14 @@ PAGE = """<!doctype html>
 <div class="card"><div class="k">repair journal depth</div><div class="v" id="journal">–</div></div>
 </section>
 <section class="panel"><h2>timeline</h2><div id="timeline">__TIMELINE__</div></section>
+<section class="panel"><h2>proxies</h2><div id="fleet">__FLEET__</div></section>
 <section class="panel"><h2>events</h2><ul class="events" id="events"></ul></section>
 <footer id="status">connecting…</footer>
 </main>
 <script type="application/json" id="initial-state">__STATE__</script>
 <script>
 "use strict";
-const STATE_URL = __STATE_URL__, TIMELINE_URL = __TIMELINE_URL__, POLL_MS = __POLL_MS__;
+const STATE_URL = __STATE_URL__, TIMELINE_URL = __TIMELINE_URL__, FLEET_URL = __FLEET_URL__, POLL_MS = __POLL_MS__;
 let clockOffset = 0;  // server clock minus ours, from the Date header: phases carry server epochs
 const $ = (id) => document.getElementById(id);
 const num = (v) => (typeof v === "number" && isFinite(v)) ? v : 0;
@@ -295,13 +396,15 @@ function render(state) {
 function setStatus(text, lost) { const f = $("status"); f.textContent = text; f.className = lost ? "lost" : ""; }
 async function tick() {
   try {
-    const [s, t] = await Promise.all([fetch(STATE_URL, {cache: "no-store"}), fetch(TIMELINE_URL, {cache: "no-store"})]);
+    const [s, t, f] = await Promise.all([fetch(STATE_URL, {cache: "no-store"}), fetch(TIMELINE_URL, {cache: "no-store"}),
+                                         fetch(FLEET_URL, {cache: "no-store"})]);
     const date = Date.parse(s.headers.get("Date") || "");
     if (!isNaN(date)) clockOffset = (date - Date.now()) / 1000;
     const state = await s.json();
     if (!s.ok) throw new Error(state.reason || ("HTTP " + s.status));
     render(state);
     if (t.ok) $("timeline").innerHTML = await t.text();
+    if (f.ok) $("fleet").innerHTML = await f.text();
     setStatus("live · updated " + new Date().toLocaleTimeString(), false);
   } catch (err) {
     setStatus("orchestrator unreachable: " + err.message + " · retrying", true);
@@ -321,13 +424,16 @@ def _script_json(value: Any) -> str:
     return json.dumps(value, default=str).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def render_page(state: dict[str, Any], state_url: str, timeline_url: str, now: float | None = None) -> str:
+def render_page(state: dict[str, Any], state_url: str, timeline_url: str, fleet_url: str,
+                now: float | None = None) -> str:
     now = time.time() if now is None else now
     return _fill(PAGE, {
         "__CSS__": CSS,
         "__TIMELINE__": timeline_svg(_phases(state), now),
+        "__FLEET__": fleet_html(state.get("fleet")),
         "__STATE_URL__": _script_json(state_url),
         "__TIMELINE_URL__": _script_json(timeline_url),
+        "__FLEET_URL__": _script_json(fleet_url),
         "__POLL_MS__": str(int(POLL_INTERVAL_SECONDS * 1000)),
         "__STATE__": _script_json(state),
     })
@@ -338,31 +444,35 @@ def _fill(template: str, fields: dict[str, str]) -> str:
     return re.sub(r"__[A-Z_]+__", lambda m: fields.get(m.group(0), m.group(0)), template)
 
 
-async def _read(source: Source) -> dict[str, Any]:
+async def _read(source: Source, watch: ProxyWatch | None = None) -> dict[str, Any]:
     state = source()
     if inspect.isawaitable(state):
         state = await state
     if not isinstance(state, dict):
         raise TypeError(f"the state source returned {type(state).__name__}, not a dict: {state!r:.200}")
-    return state
+    return state if watch is None else {**state, "fleet": watch.snapshot()}
 
 
-def status_app(source: Source) -> web.Application:
-    """The status sub-application; mount it with ``app.add_subapp("/status", status_app(...))``."""
+def status_app(source: Source, watch: ProxyWatch | None = None) -> web.Application:
+    """The status sub-application; mount it with ``app.add_subapp("/status", status_app(...))``.
+
+    ``watch`` (optional) is started and stopped with the application.
+    """
 
     async def page(request: web.Request) -> web.Response:
         try:
-            state = await _read(source)
+            state = await _read(source, watch)
         except Exception:  # the page still loads; its script reports the reason on each poll
             log.exception("status page: the state source failed")
             state = {}
         router = request.app.router
-        body = render_page(state, str(router["state"].url_for()), str(router["timeline"].url_for()))
+        body = render_page(state, str(router["state"].url_for()), str(router["timeline"].url_for()),
+                           str(router["fleet"].url_for()))
         return web.Response(text=body, content_type="text/html", headers={"Cache-Control": "no-store"})
 
     async def state_json(request: web.Request) -> web.Response:
         try:
-            state = await _read(source)
+            state = await _read(source, watch)
         except Exception as exc:
             log.exception("status page: the state source failed")
             return web.json_response({"error": "state unavailable", "reason": f"{type(exc).__name__}: {exc}"},
@@ -380,10 +490,24 @@ def status_app(source: Source) -> web.Application:
         return web.Response(text=timeline_svg(_phases(state), time.time()), content_type="image/svg+xml",
                             headers={"Cache-Control": "no-store"})
 
+    async def fleet(request: web.Request) -> web.Response:
+        return web.Response(text=fleet_html(None if watch is None else watch.snapshot()), content_type="text/html",
+                            headers={"Cache-Control": "no-store"})
+
     app = web.Application()
     app.router.add_get("/", page, name="page")
     app.router.add_get("/state.json", state_json, name="state")
     app.router.add_get("/timeline.svg", timeline, name="timeline")
+    app.router.add_get("/fleet.html", fleet, name="fleet")
+    if watch is not None:
+        async def start_watch(_: web.Application) -> None:
+            await watch.start()
+
+        async def stop_watch(_: web.Application) -> None:
+            await watch.stop()
+
+        app.on_startup.append(start_watch)
+        app.on_cleanup.append(stop_watch)
     return app
 
 
@@ -407,6 +531,7 @@ REPORT = """<!doctype html>
 <div class="card"><div class="k">repair journal depth</div><div class="v">__JOURNAL__</div></div>
 </section>
 <section class="panel"><h2>timeline</h2>__TIMELINE__</section>
+<section class="panel"><h2>proxies</h2>__FLEET__</section>
 <section class="panel"><h2>phases</h2><table>
 <tr><th>phase</th><th>state</th><th>started</th><th>finished</th><th>duration</th></tr>
 __ROWS__
@@ -457,6 +582,7 @@ def render_report(state: dict[str, Any], now: float | None = None) -> str:
         "__RANGES__": ranges,
         "__JOURNAL__": f'{_num(state.get("journal_depth")) or 0:,.0f}',
         "__TIMELINE__": timeline_svg(phases, now),
+        "__FLEET__": fleet_html(state.get("fleet")),
         "__ROWS__": "\n".join(rows),
         "__EVENTS__": "".join(f"<li>{html.escape(str(e))}</li>" for e in events),
     }

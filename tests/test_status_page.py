@@ -9,6 +9,7 @@ The browser is driven over the DevTools protocol: Chromium starts with
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import itertools
 import json
@@ -24,8 +25,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from nxnw.services.base import apt_install
+from nxnw.proxy_watch import ProxyWatch
+from nxnw.services.base import REPO_ROOT, apt_install
+from nxnw.services.endpoints import engine_url
 from nxnw.status_page import PHASES, render_report, status_app, timeline_svg
+from tests.conftest import require
+from tests.proxy_harness import key_path, proxy_config, running_proxy, zk_namespace
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -65,11 +70,17 @@ class Orchestrator:
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[Orchestrator, str]]:
+def proxy_watch() -> ProxyWatch | None:
+    """No proxy fleet to watch, unless a test class overrides this fixture."""
+    return None
+
+
+@pytest.fixture
+async def served(proxy_watch: ProxyWatch | None) -> AsyncIterator[tuple[Orchestrator, str]]:
     """The status sub-application mounted at /status/ on a free loopback port."""
     orchestrator = Orchestrator()
     root = web.Application()
-    root.add_subapp("/status", status_app(orchestrator))
+    root.add_subapp("/status", status_app(orchestrator, proxy_watch))
     runner = web.AppRunner(root)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -255,3 +266,85 @@ def test_the_report_is_standalone_with_the_timeline_a_row_per_phase_and_escaped_
     assert ">complete</span>" in report and "plan a&lt;b" in report
     assert "<script>alert" not in report and "&lt;script&gt;alert(1)" in report
     assert "<script" not in report and "http://" not in report.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+#: Where the fleet test leaves its screenshot of the page (git-ignored).
+ARTIFACTS = REPO_ROOT / ".cache" / "test-artifacts"
+
+
+@pytest.fixture
+async def live_proxy(sqlite_dir: str) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    """A real proxy instance (sqlite N1 and N2, real ZooKeeper and memcached): its URL and a client."""
+    require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
+    async with zk_namespace() as (zk_hosts, _):
+        config = proxy_config("watched", 1, engine_url("sqlite", "n1", sqlite_dir),
+                              engine_url("sqlite", "n2", sqlite_dir), zk_hosts)
+        async with running_proxy(config) as (server, http):
+            yield f"http://127.0.0.1:{server.http_port}", http
+
+
+class TestTheProxyPanels:
+    """The panels an operator watches during a migration, fed by real proxies' metrics."""
+
+    @pytest.fixture
+    def proxy_watch(self, live_proxy: tuple[str, aiohttp.ClientSession]) -> ProxyWatch:
+        url, _ = live_proxy
+        # The same live process under two names stands for an N1 and an N2 instance (one
+        # process: one set of counters, so N2's share is one half); a closed port is a dead one.
+        return ProxyWatch([url, "http://127.0.0.1:9"], [url.replace("127.0.0.1", "localhost")], interval=0.2)
+
+    async def test_each_instance_shows_its_load_errors_and_p99_and_the_fleet_its_journal_and_n2_share(
+            self, served, browser, live_proxy, app_name):
+        _, http = live_proxy
+        rows = "Array.from(document.querySelectorAll('#fleet tr.instance'))"
+        await browser.wait_for(f"{rows}.map(r => r.dataset.side + ':' + r.dataset.up).join(' ')", "n1:up n1:down n2:up")
+        for i in range(60):
+            async with http.put(key_path(app_name, "Guest", f"k{i}".encode()), data=b"v") as resp:
+                assert resp.status == 200
+            async with http.get(key_path(app_name, "Guest", b"missing")) as resp:
+                assert resp.status == 404
+        await browser.wait_for(f"{rows}[0].querySelectorAll('polyline.series').length", 3, timeout=20)
+        first = await browser.evaluate(f"{rows}[0].querySelector('td.num').textContent")
+        assert first != "–" and float(first.replace(",", "")) >= 0
+        await browser.wait_for(f"{rows}[1].querySelectorAll('polyline.series').length", 0)
+        await browser.wait_for("document.querySelectorAll('#journal-chart polyline.series').length", 2)
+        await browser.wait_for("document.querySelector('#share-chart .k').textContent.endsWith('50 %')", True,
+                               timeout=20)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = await browser.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        (ARTIFACTS / "status-page.png").write_bytes(base64.b64decode(shot["data"]))
+
+    async def test_no_phase_label_is_cut_off(self, served, browser):
+        await browser.wait_for(f"{BARS}.length", len(MAIN_PHASES))
+        lefts = await browser.evaluate(
+            "Array.from(document.querySelectorAll('#timeline svg text')).filter(t => t.getAttribute('text-anchor') === 'end')"
+            ".map(t => [t.textContent, t.getBBox().x])")
+        assert {name for name, _ in lefts} == set(MAIN_PHASES)
+        assert [name for name, x in lefts if x < 0] == []
+
+
+def test_rates_and_the_p99_come_from_two_scrapes_of_real_counters():
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from nxnw.proxy_watch import interval, parse_metrics
+
+    registry = CollectorRegistry()
+    requests = Counter("nxnw_http_requests_total", "requests", ["route", "status"], registry=registry)
+    latency = Histogram("nxnw_http_request_seconds", "latency", ["route", "mode"], registry=registry,
+                        buckets=(0.001, 0.01, 0.1, 1))
+    requests.labels("a", "200").inc(10)
+    before = parse_metrics(generate_latest(registry).decode(), 100.0)
+    requests.labels("a", "200").inc(90)
+    requests.labels("b", "503").inc(10)
+    for _ in range(98):
+        latency.labels("a", "cow").observe(0.0005)
+    latency.labels("a", "cow").observe(0.05)
+    latency.labels("b", "cow").observe(0.5)
+    after = parse_metrics(generate_latest(registry).decode(), 102.0)
+    point = interval(before, after)
+    assert point is not None
+    assert (point.requests_per_s, point.errors_per_s, point.requests) == (50.0, 5.0, 100.0)
+    # the 99th of 100 observations (50 ms) is the last one in the 10-100 ms bucket
+    assert point.p99_ms == pytest.approx(100.0)
+    restarted = parse_metrics(generate_latest(CollectorRegistry()).decode(), 103.0)
+    assert interval(after, restarted) is None
