@@ -1,0 +1,265 @@
+"""Snapshot copy and verify with their ranges run as Dask tasks, on a real local cluster.
+
+The cluster is this module's own processes, separate from pytest: ``dask scheduler`` and
+two ``dask worker`` processes (each a nanny and its worker, in a process group of its
+own so that kill -9 takes both), on loopback ports the scheduler picks itself. A worker
+killed by a test is started again before the next test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from distributed import Client
+from kazoo.client import KazooClient
+
+from datastore import Engine, Entity, EntityRef, open_engine
+from nxnw.dask_ranges import RangeCopied, SchedulerUnavailable, copy_app_distributed, verify_app_distributed
+from nxnw.services.endpoints import HOST, ZOOKEEPER, engine_url
+from snapshot import verify_app
+from sync.state import CheckpointStore
+from tests.conftest import require
+
+DASK = str(Path(sys.executable).with_name("dask"))
+ENTITIES = 50_000
+START_SECONDS = 180
+
+
+@dataclass
+class DaskCluster:
+    """A scheduler and named workers, each a subprocess in its own process group."""
+
+    workdir: Path
+    address: str = ""
+    scheduler: subprocess.Popen | None = None
+    workers: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=Path(__file__).resolve().parent.parent)
+
+    def start_scheduler(self) -> None:
+        info = self.workdir / "scheduler.json"
+        self.scheduler = self._spawn("scheduler", [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                                   "--no-dashboard", "--scheduler-file", str(info)])
+        deadline = time.monotonic() + START_SECONDS
+        while not info.exists() and self.scheduler.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert info.exists(), f"dask scheduler did not start; see {self.workdir / 'scheduler.log'}"
+        self.address = json.loads(info.read_text())["address"]
+
+    def start_worker(self, name: str) -> None:
+        self.workers[name] = self._spawn(name, [DASK, "worker", self.address, "--name", name, "--host", "127.0.0.1",
+                                                "--nthreads", "2", "--nworkers", "1", "--no-dashboard"])
+
+    def kill(self, name: str) -> None:
+        """kill -9 the worker's whole process group (nanny and worker)."""
+        proc = self.workers[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    async def addresses(self) -> dict[str, str]:
+        """Worker name -> worker address, as the scheduler knows them now."""
+        async with Client(self.address, asynchronous=True, timeout=30, set_as_default=False) as client:
+            info = await client.scheduler.identity(n_workers=-1)
+            return {w["name"]: addr for addr, w in info["workers"].items()}
+
+    async def ensure_workers(self, names: tuple[str, ...] = ("w1", "w2")) -> None:
+        for name in names:
+            if name not in self.workers or self.workers[name].poll() is not None:
+                self.start_worker(name)
+        async with Client(self.address, asynchronous=True, timeout=30, set_as_default=False) as client:
+            await client.wait_for_workers(len(names), timeout=START_SECONDS)
+
+    def stop(self) -> None:
+        procs = [*self.workers.values(), self.scheduler]
+        for proc in procs:
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    cluster = DaskCluster(tmp_path_factory.mktemp("dask"))
+    cluster.start_scheduler()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def dask_cluster(dask_cluster_processes: DaskCluster) -> DaskCluster:
+    """The module's cluster with both workers alive (one a test killed is started again)."""
+    await dask_cluster_processes.ensure_workers()
+    return dask_cluster_processes
+
+
+@pytest.fixture
+async def open_pair(sqlite_dir: str, app_name: str) -> AsyncIterator[Callable[[str, str], Awaitable[tuple[Engine, Engine]]]]:
+    """``await open_pair("sqlite", "cassandra")`` -> N1 and N2, open; the app dropped from both after."""
+    opened: list[Engine] = []
+
+    async def open_(first: str, second: str) -> tuple[Engine, Engine]:
+        require(*{"cassandra", "hbase"} & {first, second})
+        for name, deployment in ((first, "n1"), (second, "n2")):
+            engine = open_engine(engine_url(name, deployment, sqlite_dir))
+            await engine.open()
+            opened.append(engine)
+        return opened[-2], opened[-1]
+
+    yield open_
+    for engine in opened:
+        await engine.drop_app(app_name)
+        await engine.close()
+
+
+def seed(app: str, count: int) -> list[Entity]:
+    """``count`` 100-byte entities, every 97th of them deleted (a tombstone) later."""
+    rows = [Entity(app, "K", b"k%06d" % i, b"%06d" % i + b"v" * 94, 1_000 + i) for i in range(count)]
+    return [Entity(e.app, e.kind, e.key, None, 5_000_000) if i % 97 == 0 else e for i, e in enumerate(rows)]
+
+
+async def apply_in_batches(engine: Engine, entities: list[Entity], size: int = 2_000) -> None:
+    for start in range(0, len(entities), size):
+        await engine.apply(entities[start:start + size])
+
+
+@contextmanager
+def zk_namespace() -> Iterator[tuple[str, KazooClient]]:
+    """A fresh chroot in N1's ZooKeeper for one test's checkpoints: (hosts, a client in it)."""
+    root = f"/nxnw-test-{uuid.uuid4().hex[:10]}"
+    admin = KazooClient(hosts=f"{HOST}:{ZOOKEEPER['n1']}", timeout=10)
+    admin.start(10)
+    admin.ensure_path(root)
+    scoped = KazooClient(hosts=f"{HOST}:{ZOOKEEPER['n1']}{root}", timeout=10)
+    scoped.start(10)
+    try:
+        yield f"{HOST}:{ZOOKEEPER['n1']}{root}", scoped
+    finally:
+        scoped.stop()
+        scoped.close()
+        admin.delete(root, recursive=True)
+        admin.stop()
+        admin.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_a_killed_worker_loses_no_range_and_applies_none_twice(dask_cluster: DaskCluster, open_pair,
+                                                                     app_name: str) -> None:
+    require("zookeeper-n1")
+    n1, n2 = await open_pair("sqlite", "cassandra")
+    await apply_in_batches(n1, seed(app_name, ENTITIES))
+    with zk_namespace() as (zk_hosts, zk):
+        store = CheckpointStore(zk)
+        results: list[RangeCopied] = []
+        copy = asyncio.create_task(copy_app_distributed(dask_cluster.address, n1, n2, app_name, task="dask", zookeeper=zk_hosts,
+                                                        at_least=48, on_range=results.append))
+        try:
+            victim, victim_address = await _worker_mid_range(dask_cluster, store, copy)
+            dask_cluster.kill(victim)
+            stats = await asyncio.wait_for(copy, 600)
+        finally:
+            copy.cancel()
+            await asyncio.gather(copy, return_exceptions=True)
+
+        docs = {rid: doc for rid, doc in store.list("dask").items() if rid != "_plan"}
+        plan = store.get("dask", "_plan")["ranges"]
+    assert sorted(docs) == sorted(rid for rid, _, _ in plan), "a range has no checkpoint"
+    assert all(doc["done"] for doc in docs.values()), {rid: d for rid, d in docs.items() if not d["done"]}
+    assert sum(doc["entities"] for doc in docs.values()) == ENTITIES
+    for rid, doc in docs.items():
+        assert doc["attempts"] == len(doc["workers"]), (rid, doc)
+        # applied once, or once more after a first attempt on the killed worker
+        assert doc["attempts"] == 1 or (doc["attempts"] == 2 and doc["workers"][0] == victim_address), (rid, doc)
+    assert any(doc["attempts"] == 2 for doc in docs.values()), "no range was running on the killed worker"
+    assert stats.ranges_done == stats.ranges_total == len(plan)
+    assert stats.entities == ENTITIES, "a re-run range was counted twice (or a range not at all)"
+    assert len(results) == len(plan)
+
+    report = await verify_app_distributed(dask_cluster.address, n1, n2, app_name)
+    assert report.identical, report.summary()
+    assert report.n1.count == report.n2.count == ENTITIES
+
+
+async def _worker_mid_range(cluster: DaskCluster, store: CheckpointStore, copy: asyncio.Task) -> tuple[str, str]:
+    """Name and address of a worker holding an unfinished range, once a few ranges are done."""
+    names = {addr: name for name, addr in (await cluster.addresses()).items()}
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert not copy.done(), f"the copy ended before a worker could be killed: {copy.result() if not copy.exception() else copy.exception()}"
+        docs = {rid: doc for rid, doc in (await asyncio.to_thread(store.list, "dask")).items() if rid != "_plan"}
+        running = [doc["workers"][-1] for doc in docs.values() if not doc["done"]]
+        if sum(doc["done"] for doc in docs.values()) >= 3 and running:
+            return names[running[0]], running[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no range finished within 300 s: {docs}")
+
+
+async def test_cassandra_to_hbase_copies_and_verify_finds_and_repairs_what_differs(dask_cluster: DaskCluster, open_pair,
+                                                                                     app_name: str) -> None:
+    n1, n2 = await open_pair("cassandra", "hbase")
+    await apply_in_batches(n1, seed(app_name, ENTITIES))
+    progress = []
+    stats = await copy_app_distributed(dask_cluster.address, n1, n2, app_name, task="dask", zookeeper=None,
+                                       at_least=16, on_progress=lambda s: progress.append(s.entities))
+    assert stats.entities == ENTITIES and stats.tombstones == len(range(0, ENTITIES, 97))
+    assert progress and progress[-1] == ENTITIES and progress == sorted(progress)
+
+    report = await verify_app_distributed(dask_cluster.address, n1, n2, app_name)
+    assert report.identical, report.summary()
+    assert report.n1.count == ENTITIES
+
+    ref = lambda i: EntityRef(app_name, "K", b"k%06d" % i)  # noqa: E731
+    await n1.put(Entity(app_name, "K", b"k000001", b"newer on N1", 9_000_000))
+    await n2.put(Entity(app_name, "K", b"k000002", b"newer on N2", 9_000_000))
+    await n2.put(Entity(app_name, "K", b"only-on-n2", b"x", 9_000_000))
+    report = await verify_app_distributed(dask_cluster.address, n1, n2, app_name, repair=True)
+    assert report.counts() == {"stale on N2": 1, "stale on N1": 1, "missing on N1": 1}, report.summary()
+    assert report.repaired == 3
+    assert (await n2.get(ref(1))).value == b"newer on N1" and (await n1.get(ref(2))).value == b"newer on N2"
+    in_process = await verify_app(n1, n2, app_name)
+    assert in_process.identical and in_process.n1.count == ENTITIES + 1, in_process.summary()
+
+
+async def test_a_scheduler_that_does_not_answer_is_one_line_error_before_any_write(open_pair, app_name: str) -> None:
+    require("zookeeper-n1")
+    n1, n2 = await open_pair("sqlite", "sqlite")
+    await n1.apply(seed(app_name, 100))
+    nowhere = f"tcp://127.0.0.1:{free_port()}"
+    with zk_namespace() as (zk_hosts, zk):
+        with pytest.raises(SchedulerUnavailable) as copy_error:
+            await copy_app_distributed(nowhere, n1, n2, app_name, task="dask", zookeeper=zk_hosts)
+        assert not zk.exists("/nxnw/migration/checkpoints"), "the copy wrote its plan before the scheduler answered"
+    with pytest.raises(SchedulerUnavailable) as verify_error:
+        await verify_app_distributed(nowhere, n1, n2, app_name, repair=True)
+    for error in (copy_error.value, verify_error.value):
+        assert nowhere in str(error) and "\n" not in str(error)
+    assert app_name not in await n2.apps()
