@@ -3,9 +3,16 @@
 Keys travel in the path as unpadded base64url, so any byte string is a key; values travel
 as raw bodies (application/octet-stream) or base64 inside JSON for batches and
 transactions. Every error is JSON ``{"error": ..., "reason": ...}`` with a 4xx for bad
-input (never passed to an engine) or 503 while the proxy is fenced (no ZooKeeper session,
-so it cannot know the mode all instances agree on). The API is described in
-``proxy/openapi.yaml``.
+input (never passed to an engine; a batch or transaction naming one key twice is bad
+input) and two kinds of 503 a client can tell apart by ``error``:
+
+* ``"refused"``: nothing of the request reached an engine or memcached — the instance is
+  fenced (no ZooKeeper session or lease, or a mode it has not adopted), its clock refused
+  to stamp the write, or a lock could not be taken. Retrying elsewhere is safe.
+* ``"unknown outcome"``: the write may have reached one side or both (it is journalled so
+  the sides converge) but it is not acknowledged; read the key to learn what happened.
+
+The API is described in ``proxy/openapi.yaml``.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ from datastore import EntityRef, InvalidEntity
 from datastore.model import MAX_VALUE_BYTES
 from proxy.cache import CacheFencedError, CacheInputError, CacheRouter
 from proxy.cache.errors import CacheError, SwitchError
-from proxy.control import SwitchBlocked, switch_mode
+from proxy.control import SwitchBlocked, TransitionRefused, switch_mode
 from proxy.core import ClockRefused, Conflict, Fenced, ProxyCore
+from proxy.routes import OutcomeUnknown
 from sync.aio import run_blocking
 from sync.mode import MODES
 from sync.lock import GroupLockError
@@ -91,13 +99,15 @@ async def errors_as_json(request: web.Request, handler: Callable[[web.Request], 
     except (InvalidEntity, CacheInputError) as exc:
         response = _json_error(400, "invalid input", str(exc))
     except (CacheFencedError, SwitchError) as exc:
-        response = _json_error(503, "unavailable", str(exc))
+        response = _json_error(503, "refused", str(exc))
     except CacheError as exc:
         response = _json_error(502, "cache failure", str(exc))
     except Conflict as exc:
         response = _json_error(409, "conflict", str(exc))
     except (Fenced, ClockRefused, GroupLockError) as exc:
-        response = _json_error(503, "unavailable", str(exc))
+        response = _json_error(503, "refused", str(exc))
+    except OutcomeUnknown as exc:
+        response = _json_error(503, "unknown outcome", str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
         response = _json_error(413, "body too large", exc.text or "the body exceeds the limit")
     except web.HTTPException as exc:
@@ -288,13 +298,18 @@ def _admin(request: web.Request) -> None:
 
 
 async def admin_state(request: web.Request) -> web.Response:
+    """The instance's state, and its ZooKeeper session (id and password, hex) so that a fault
+    campaign can expire it the way the server would (a second client on the same session)."""
     _admin(request)
-    return web.json_response(await request.app[CORE].describe())
+    state = await request.app[CORE].describe()
+    client_id = request.app[ZOOKEEPER].client_id
+    state["zookeeper_session"] = None if not client_id else {"id": f"{client_id[0]:x}", "password": client_id[1].hex()}
+    return web.json_response(state)
 
 
 async def admin_mode(request: web.Request) -> web.Response:
-    """Move every instance to a mode, with the same checks the orchestrator makes: the
-    journal that must drain first, then every instance's acknowledgement."""
+    """Move every instance to a mode through ``switch_mode`` (the one transition table, the
+    same checks the orchestrator makes); a refused or blocked switch is 409 with the reason."""
     _admin(request)
     doc = await read_json(request)
     mode = doc.get("mode")
@@ -305,6 +320,8 @@ async def admin_mode(request: web.Request) -> web.Response:
         raise InvalidEntity(f"drain_timeout {drain_timeout!r} must be a number of seconds in (0, 3600]")
     try:
         state = await run_blocking(switch_mode, request.app[ZOOKEEPER], mode, drain_timeout=float(drain_timeout))
+    except TransitionRefused as exc:
+        return _json_error(409, "transition refused", str(exc))
     except SwitchBlocked as exc:
         return _json_error(409, "switch blocked", str(exc))
     return web.json_response({"mode": state.mode, "epoch": state.epoch})

@@ -27,6 +27,8 @@ class ProxyConfig(BaseModel):
     shadow_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     admin_token: str = ""
     lock_timeout: float = Field(default=10.0, gt=0)
+    session_timeout: float = Field(default=6.0, ge=2.0, le=60.0,
+                                   description="N1 ZooKeeper session timeout (s); the instance's lease is half of it")
 
     @field_validator("n1_engine", "n2_engine")
     @classmethod

@@ -1,33 +1,58 @@
-"""Changing the mode of every proxy instance together, as the orchestrator does it.
+"""Changing the mode of every proxy instance together: the one entry point, ``switch_mode``.
 
-``switch_mode`` is the one way a mode changes: it refuses to leave ``cow`` for ``proxy``
-while the repair journal toward N2 is not empty (DESIGN invariant 2), or to go back to
-``passthrough`` while the journal toward N1 is not empty (rollback loses nothing), then
-sets the mode znode by compare-and-set and waits until every registered instance has
-acknowledged the new epoch — i.e. no request still runs under the old mode anywhere.
-Blocking (kazoo); call it off the event loop.
+Every caller — the orchestrator, the CLI, ``POST /admin/mode`` — goes through
+``switch_mode``, which asks ``sync.mode.transition`` (the one transition table) whether the
+change is allowed and then, step by step:
+
+1. refuses (``TransitionRefused``, nothing changed) what the table does not allow — e.g.
+   cow → proxy before the load was verified during this cow period;
+2. waits (bounded by ``drain_timeout``) for the journal the transition needs empty, so a
+   switch that cannot finish is refused before anything changes;
+3. for cow → proxy: flushes N2's memcached if an instance that is gone left its "cow cache
+   dirty" marker (it died with cache copies queued: see ``proxy/modes.py``);
+4. sets the mode znode (compare-and-set) and waits until every registered instance
+   acknowledged the new epoch — each acknowledges only after it drained the old mode;
+5. waits out the lease of every instance whose membership vanished (its session expired
+   or was closed): by then it is fenced by its own lease, and its lease record is removed;
+6. for → proxy: flushes N2's memcached again if a dirty marker of an instance that did not
+   drain remains (it died during the switch);
+7. *then* waits (bounded by ``drain_timeout``) for that journal to be empty: a journal entry
+   of the old mode can no longer appear (``proxy/journal.py``: entries are checked against
+   the mode version), so an empty journal now stays empty of acknowledged writes.
+   ``SwitchBlocked`` if it does not empty: the mode *has* changed; call again (a same-mode
+   call is an idempotent re-acknowledgement that repeats 4–7) or roll back.
+
+Blocking (kazoo); call it off the event loop. Each wait has a deadline. Must never: change
+the mode outside the transition table; return while an instance that can still act under
+the old mode is not accounted for.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import BadVersionError, NoNodeError
 
 from proxy.journal import JOURNAL_ROOT
-from sync.mode import MODES, ModeState, ensure_mode, set_mode
+from sync.mode import ModeState, TransitionRefused, check_mode, ensure_mode, load_verified_epoch, set_mode, transition
+
+__all__ = ["CACHE_DIRTY_ROOT", "LEASES_ROOT", "PROXIES_ROOT", "SwitchBlocked", "TransitionRefused", "journal_depth",
+           "members", "switch_mode"]
 
 #: Each proxy instance's ephemeral membership znode holds the mode epoch it has adopted.
 PROXIES_ROOT = "/nxnw/proxies"
-
-#: The journal that must be empty before entering each mode.
-MUST_DRAIN = {"proxy": "n2", "passthrough": "n1"}
+#: Each instance's persistent lease record ({"lease": seconds}), removed at a clean shutdown.
+LEASES_ROOT = "/nxnw/proxy-leases"
+#: Persistent "cow cache dirty" markers: an instance holds one while it may have cache
+#: copies to N2 queued (in cow), and removes it after a clean drain out of cow.
+CACHE_DIRTY_ROOT = "/nxnw/cache-dirty"
 
 
 class SwitchBlocked(RuntimeError):
-    """The switch cannot happen yet; the message says what it waited for."""
+    """The switch cannot complete (yet); the message says what it waited for."""
 
 
 def journal_depth(zk: KazooClient, target: str) -> int:
@@ -37,28 +62,36 @@ def journal_depth(zk: KazooClient, target: str) -> int:
         return 0
 
 
-def members(zk: KazooClient) -> dict[str, dict]:
-    """The registered proxy instances and the mode epoch each has adopted."""
-    out = {}
+def _children(zk: KazooClient, root: str) -> dict[str, tuple[dict, int]]:
+    out: dict[str, tuple[dict, int]] = {}
     try:
-        names = zk.get_children(PROXIES_ROOT)
+        names = zk.get_children(root)
     except NoNodeError:
         return out
     for name in names:
         try:
-            data, _ = zk.get(f"{PROXIES_ROOT}/{name}")
+            data, stat = zk.get(f"{root}/{name}")
         except NoNodeError:
             continue
-        out[name] = json.loads(data)
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            doc = {}
+        out[name] = (doc if isinstance(doc, dict) else {}, stat.version)
     return out
 
 
-def wait_journal_empty(zk: KazooClient, target: str, timeout: float) -> None:
+def members(zk: KazooClient) -> dict[str, dict]:
+    """The registered proxy instances and the mode epoch each has adopted."""
+    return {name: doc for name, (doc, _) in _children(zk, PROXIES_ROOT).items()}
+
+
+def wait_journal_empty(zk: KazooClient, target: str, timeout: float, *, after: str = "") -> None:
     deadline = time.monotonic() + timeout
     while (depth := journal_depth(zk, target)) > 0:
         if time.monotonic() > deadline:
-            raise SwitchBlocked(f"the repair journal toward {target} still holds {depth} key(s) after {timeout:g} s; "
-                                f"is {target} reachable?")
+            raise SwitchBlocked(f"{after}the repair journal toward {target} still holds {depth} key(s) after "
+                                f"{timeout:g} s; is {target} reachable?")
         time.sleep(0.1)
 
 
@@ -75,16 +108,81 @@ def wait_acknowledged(zk: KazooClient, state: ModeState, timeout: float) -> dict
         time.sleep(0.05)
 
 
-def switch_mode(zk: KazooClient, mode: str, *, drain_timeout: float = 120.0, ack_timeout: float = 30.0) -> ModeState:
-    """Move every proxy to ``mode``; returns the new state once all instances follow it."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; the modes are {', '.join(MODES)}")
+def wait_out_vanished_leases(zk: KazooClient, live: dict[str, dict]) -> list[str]:
+    """Wait a lease for every instance with a lease record but no membership; remove the records."""
+    vanished = {name: entry for name, entry in _children(zk, LEASES_ROOT).items() if name not in live}
+    if not vanished:
+        return []
+    longest = max(float(doc.get("lease", 0) or 0) for doc, _ in vanished.values())
+    time.sleep(longest)
+    for name, (_, version) in vanished.items():
+        try:
+            zk.delete(f"{LEASES_ROOT}/{name}", version=version)
+        except (NoNodeError, BadVersionError):
+            pass  # re-registered meanwhile: it is live again and counted by the next switch
+    return sorted(vanished)
+
+
+def flush_memcached(address: str, timeout: float = 5.0) -> None:
+    """``flush_all`` on one memcached (``host:port``); raises SwitchBlocked if it does not say OK."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+            conn.sendall(b"flush_all\r\n")
+            reply = conn.recv(64)
+    except (OSError, ValueError) as exc:
+        raise SwitchBlocked(f"could not flush N2's memcached at {address}: {exc}") from exc
+    if reply != b"OK\r\n":
+        raise SwitchBlocked(f"N2's memcached at {address} answered {reply!r} to flush_all")
+
+
+def flush_n2_cache_if_dirty(zk: KazooClient, n2_memcached: str | None, *, during: str) -> list[str]:
+    """Flush N2's memcached if a "cow cache dirty" marker of an instance that is not live
+    remains, then remove those markers (at the version read). Returns their instances."""
+    live = members(zk)
+    dirty = {name: version for name, (_, version) in _children(zk, CACHE_DIRTY_ROOT).items()
+             if name not in live or live[name].get("mode") != "cow"}
+    if not dirty:
+        return []
+    if n2_memcached is None:
+        raise SwitchBlocked(f"{during}: proxy instance(s) {', '.join(sorted(dirty))} left cow without draining "
+                            "their cache copies to N2 (they died or were cut off), so N2's memcached may hold values "
+                            "N1 has since changed; pass n2_memcached so it can be flushed")
+    flush_memcached(n2_memcached)
+    for name, version in dirty.items():
+        try:
+            zk.delete(f"{CACHE_DIRTY_ROOT}/{name}", version=version)
+        except (NoNodeError, BadVersionError):
+            pass  # renewed by a live instance meanwhile: it drains, or the next check flushes again
+    return sorted(dirty)
+
+
+def switch_mode(zk: KazooClient, mode: str, *, drain_timeout: float = 120.0, ack_timeout: float = 30.0,
+                n2_memcached: str | None = None) -> ModeState:
+    """Move every proxy to ``mode`` (see the module docstring); returns the new state.
+
+    ``n2_memcached`` (``host:port`` of N2's memcached) is needed for cow → proxy only when
+    an instance died in cow; without it such a switch raises SwitchBlocked saying so.
+    Raises TransitionRefused (nothing changed) or SwitchBlocked (the message says whether
+    the mode changed).
+    """
+    check_mode(mode)
     current = ensure_mode(zk)
-    if current.mode == mode:
-        wait_acknowledged(zk, current, ack_timeout)
-        return current
-    if mode in MUST_DRAIN:
-        wait_journal_empty(zk, MUST_DRAIN[mode], drain_timeout)
-    state = set_mode(zk, mode, current.version)
-    wait_acknowledged(zk, state, ack_timeout)
+    step = transition(current, mode, load_verified_epoch(zk))
+    if step.journal_empty:
+        wait_journal_empty(zk, step.journal_empty, drain_timeout, after=f"before {current.mode} -> {mode}: ")
+    to_proxy = mode == "proxy"
+    if to_proxy and current.mode == "cow":
+        flush_n2_cache_if_dirty(zk, n2_memcached, during=f"before {current.mode} -> {mode}")
+    state = current if current.mode == mode else set_mode(zk, mode, current.version)
+    live = wait_acknowledged(zk, state, ack_timeout)
+    wait_out_vanished_leases(zk, live)
+    after = f"mode is now {state.mode} (epoch {state.epoch}), but "
+    if to_proxy:
+        try:
+            flush_n2_cache_if_dirty(zk, n2_memcached, during=f"after {current.mode} -> {mode}")
+        except SwitchBlocked as exc:
+            raise SwitchBlocked(after + str(exc)) from exc
+    if step.journal_empty:
+        wait_journal_empty(zk, step.journal_empty, drain_timeout, after=after)
     return state

@@ -1,37 +1,39 @@
-"""The proxy's core: the current mode's route, the clock, fencing and transactions.
+"""The proxy's core: admission under the mode machine, the clock, and transactions.
 
-Transport-free: the HTTP API and the memcached listener call into it. It owns the one
-hybrid logical clock that stamps every write, floors that clock above every timestamp an
-engine returns (so a read-modify-write is always newer than what it read), and refuses
-writes while it does not know the mode (``Fenced``) — the state of an instance whose
-ZooKeeper session is suspended or lost (DESIGN invariant 3).
+Transport-free: the HTTP API and the memcached listener call into it. It stamps every
+write with the writer clock, floors that clock above every timestamp an engine returns
+(so a read-modify-write is always newer than what it read), refuses a request that names
+one key twice (two values at one timestamp would fork the sides: engines cannot agree
+which one wins), and runs each request under an ``Admission`` from the mode machine
+(``proxy/modes.py``), which refuses while the instance is fenced (DESIGN invariant 3).
 
-A mode change swaps the route object and then waits until no request still runs on the
-old one, so that when ``apply_mode`` returns (and the instance acknowledges the mode in
-ZooKeeper) no write can still follow the old mode's rules.
+A write and its journal record run to completion whatever the client does (DESIGN
+invariant 2): the section runs as its own task that the handler awaits through
+``asyncio.shield``, so a client disconnect (aiohttp cancels the handler) never stops it
+between its legs or before its journal record. The task holds the request's admission,
+so a mode switch's drain waits for it, and ``close`` waits for every such task.
+
+Must never: let a cancelled handler cancel a write halfway; answer a request whose
+admission no longer holds (``Admission.check`` runs before every answer).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import AsyncContextManager, Protocol
 
-from datastore import Engine, Entity, EntityRef
+from datastore import Entity, EntityRef, InvalidEntity
 from datastore.model import check_app, check_kind
-from proxy.journal import RepairJournal
-from proxy.routes import DataRoute, DirectRoute, DualWriteRoute, ShadowReadRoute
-from sync.mode import MODES
+from proxy.modes import Admission, Fenced, ModeMachine
+from proxy.routes import OutcomeUnknown
 
+__all__ = ["ClockRefused", "Conflict", "Fenced", "ProxyCore", "WriterClock"]
 
 #: (app, group) -> an async context manager holding the group's lock; it yields a callable
 #: that raises unless the lock is still held (called right before the write).
 LockFactory = Callable[[str, str], AsyncContextManager[Callable[[], None]]]
-
-
-class Fenced(RuntimeError):
-    """This instance does not know the current mode, so it must not write."""
 
 
 class WriterClock(Protocol):
@@ -57,79 +59,33 @@ class Conflict(RuntimeError):
     """A transaction's read set changed before it could commit."""
 
 
-class _Tracked:
-    """A route plus the number of requests running on it, so a switch can drain it."""
-
-    def __init__(self, route: DataRoute) -> None:
-        self.route = route
-        self.running = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    @contextlib.asynccontextmanager
-    async def use(self) -> AsyncIterator[DataRoute]:
-        self.running += 1
-        self.idle.clear()
-        try:
-            yield self.route
-        finally:
-            self.running -= 1
-            if self.running == 0:
-                self.idle.set()
-
-
-def build_route(mode: str, n1: Engine, n2: Engine, to_n2: RepairJournal, to_n1: RepairJournal,
-                shadow_rate: float) -> DataRoute:
-    """The three modes as compositions of routes (see proxy/routes.py for each one)."""
-    if mode == "passthrough":
-        return DirectRoute(n1)
-    if mode == "cow":
-        dual = DualWriteRoute(n1, n2, to_n2, parallel=True)
-        if not shadow_rate:
-            return dual
-        return ShadowReadRoute(dual, n2, shadow_rate, lambda ref, _n1, _n2: to_n2.record([ref], "shadow read divergence"))
-    if mode == "proxy":
-        return DualWriteRoute(n2, n1, to_n1, parallel=False)
-    raise ValueError(f"unknown mode {mode!r}; the modes are {', '.join(MODES)}")
+def refuse_repeated_keys(writes: Sequence[tuple[EntityRef, bytes | None]]) -> None:
+    """InvalidEntity naming the first key written twice in one request."""
+    seen: set[tuple[str, str, bytes]] = set()
+    for ref, _ in writes:
+        key = (ref.app, ref.kind, ref.key)
+        if key in seen:
+            raise InvalidEntity(f"key {ref.kind}/{base64.b64encode(ref.key).decode()} is written twice in one request; "
+                                "one request carries one value per key (both would get one timestamp and the "
+                                "sides could keep different ones)")
+        seen.add(key)
 
 
 class ProxyCore:
-    def __init__(self, *, instance: str, clock: WriterClock, n1: Engine, n2: Engine, to_n2: RepairJournal,
-                 to_n1: RepairJournal, lock: LockFactory, shadow_rate: float = 0.0, admin_token: str = "") -> None:
+    def __init__(self, *, instance: str, clock: WriterClock, modes: ModeMachine, lock: LockFactory,
+                 admin_token: str = "") -> None:
         self.instance = instance
         self.clock = clock
-        self.n1 = n1
-        self.n2 = n2
-        self.to_n2 = to_n2
-        self.to_n1 = to_n1
+        self.modes = modes
         self.lock = lock
-        self.shadow_rate = shadow_rate
         self.admin_token = admin_token
-        self.mode: str | None = None
-        self._known_mode = "passthrough"
-        self._current = _Tracked(DirectRoute(n1))
-        self._switching = asyncio.Lock()
+        self._writes: set[asyncio.Task] = set()
 
-    async def apply_mode(self, mode: str | None) -> None:
-        """Adopt ``mode`` (``None`` = fenced); returns once no request runs on the old route."""
-        async with self._switching:
-            if mode is None:
-                self.mode = None
-                return
-            if mode == self._known_mode:
-                self.mode = mode
-                return
-            old = self._current
-            self._current = _Tracked(build_route(mode, self.n1, self.n2, self.to_n2, self.to_n1, self.shadow_rate))
-            self._known_mode = mode
-            self.mode = mode
-            await old.idle.wait()
-            await old.route.close()
-
-    def _writable(self) -> None:
-        if self.mode is None:
-            raise Fenced(f"proxy {self.instance} has no ZooKeeper session, so it does not know the mode; "
-                         "writes are refused until it has the mode again")
+    @property
+    def mode(self) -> str | None:
+        """The mode in force, or None while the instance is fenced."""
+        current = self.modes.current
+        return None if current is None or self.modes.fence_reason() is not None else current.name
 
     def _observe(self, entity: Entity | None) -> Entity | None:
         if entity is not None:
@@ -137,8 +93,13 @@ class ProxyCore:
         return entity
 
     async def read(self, ref: EntityRef) -> Entity | None:
-        async with self._current.use() as route:
-            return self._observe(await route.read(ref))
+        admission = await self.modes.admit(write=False)
+        try:
+            entity = await admission.mode.data.read(ref)
+            admission.check()
+            return self._observe(entity)
+        finally:
+            admission.release()
 
     async def get(self, ref: EntityRef) -> Entity | None:
         entity = await self.read(ref)
@@ -146,16 +107,30 @@ class ProxyCore:
 
     async def write_many(self, writes: Sequence[tuple[EntityRef, bytes | None]]) -> int:
         """Stamp every write with one timestamp and send them through the mode's route."""
-        self._writable()
+        refuse_repeated_keys(writes)
+        admission = await self.modes.admit(write=True)
         try:
             ts = self.clock.now()
         except RuntimeError as exc:  # ClockUnsafe: the clock cannot promise LWW order now
+            admission.release()
             raise ClockRefused(f"proxy {self.instance} refuses writes: {exc}") from exc
         entities = [Entity(ref.app, ref.kind, ref.key, value, ts) for ref, value in writes]
-        async with self._current.use() as route:
-            self._writable()
-            await route.write(entities)
+        task = asyncio.create_task(self._write(admission, entities))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        await asyncio.shield(task)
+        try:
+            admission.check()  # the write is done; answer only if the admission still holds
+        except Fenced as exc:
+            raise OutcomeUnknown(f"the write was sent, but it is not acknowledged: {exc}") from exc
         return ts
+
+    @staticmethod
+    async def _write(admission: Admission, entities: list[Entity]) -> None:
+        try:
+            await admission.mode.data.write(entities, admission)
+        finally:
+            admission.release()
 
     async def put(self, ref: EntityRef, value: bytes) -> int:
         return await self.write_many([(ref, value)])
@@ -172,7 +147,10 @@ class ProxyCore:
         transaction is visible on both sides. Taking a second lock in N2's ZooKeeper would
         queue behind the mirrored copy of our own N1 lock and deadlock.
         """
-        self._writable()
+        refuse_repeated_keys(writes)
+        reason = self.modes.fence_reason()
+        if reason is not None:
+            raise Fenced(reason)
         async with self.lock(app, group) as ensure_held:
             for ref, expected in reads:
                 current = await self.get(ref)
@@ -191,16 +169,24 @@ class ProxyCore:
         return self._scan(app, kind)
 
     async def _scan(self, app: str, kind: str | None) -> AsyncIterator[list[Entity]]:
-        async with self._current.use() as route:
-            engine = route.reader
+        admission = await self.modes.admit(write=False)
+        try:
+            engine = admission.mode.data.reader
             for key_range in await engine.ranges(app):
                 async for page in engine.scan(app, key_range):
+                    admission.check()
                     yield [e for e in page if kind is None or e.kind == kind]
+        finally:
+            admission.release()
 
     async def describe(self) -> dict[str, object]:
-        return {"instance": self.instance, "mode": self.mode, "clock": self.clock.last,
-                "journal": {"n2": await self.to_n2.depth(), "n1": await self.to_n1.depth()}}
+        to_n2, to_n1 = (j for j in self.modes.journals)
+        return {**self.modes.describe(), "instance": self.instance, "mode": self.mode, "clock": self.clock.last,
+                "journal": {to_n2.target: await to_n2.depth(), to_n1.target: await to_n1.depth()},
+                "journal_held": {to_n2.target: len(to_n2.held), to_n1.target: len(to_n1.held)}}
 
     async def close(self) -> None:
-        await self._current.idle.wait()
-        await self._current.route.close()
+        """Wait for every shielded write (their clients may be gone), then the mode in force."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self.modes.close()

@@ -7,11 +7,28 @@ mode changes (DESIGN invariant 2). An entry names a key, never a value: replay r
 key's current state on the source side (tombstone included) and applies it to the target
 last-write-wins, so a replay can never undo a newer write, and replaying twice is harmless.
 
-Error handling: ``record`` raises when ZooKeeper does not take the entry; the caller must
-then fail the client's request, since the write could otherwise be lost. A lost session
-therefore stops writes (the proxy is fenced anyway). Replay keeps an entry until the
-target has taken the write; a target that is still down leaves it for the next pass.
-Every ZooKeeper call runs off the event loop.
+Recording is fenced by the mode (DESIGN invariants 2 and 3). ``record`` is one ZooKeeper
+transaction: a *check* of the mode znode's version the request was admitted under, plus
+the creates. Once the mode changed, a record from a request of the old mode fails with
+``ModeChanged`` — so after ``switch_mode`` saw every instance acknowledge the new mode and
+then found the journal empty, no checked entry can appear any more. The caller (the
+dual-write route) then records the keys *unchecked* (``record_late``) and answers the
+client 503: the write is not acknowledged. That late entry is safe: replay reads the key's
+current state on the source side and applies it last-write-wins, so it can only carry a
+write that exists on the source to the target (as if that unacknowledged write had landed
+late); it never undoes a newer one.
+
+Error handling: when ZooKeeper does not take an entry (no session, timeout), the keys are
+*held* in memory (``held``) and ``JournalReplayer`` records them as soon as ZooKeeper
+answers again; the request is answered 503 with the reason and counted
+(``nxnw_journal_record_failures_total``), so N1 is never ahead silently. An instance
+acknowledges a mode only after ``flush_held`` emptied what it holds, so a held key cannot
+hide from the switch's journal check. A held key is lost only if the process dies before
+ZooKeeper answers again; the two sides then differ on that unacknowledged key and
+verify (which gates ``proxy``) finds and repairs it. A lost reply to a transaction that
+had committed makes the retry journal the keys twice: replaying a key twice is harmless.
+Replay keeps an entry until the target has taken the write; a target that is still down
+leaves it for the next pass. Every ZooKeeper call runs off the event loop.
 """
 
 from __future__ import annotations
@@ -23,16 +40,26 @@ import logging
 from collections.abc import Sequence
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import BadVersionError, NoNodeError, RolledBackError
 from kazoo.retry import KazooRetry
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from datastore import Engine, EntityRef
+from sync.aio import run_blocking
+from sync.mode import MODE_PATH
 
 log = logging.getLogger("nxnw.proxy.journal")
 
 JOURNAL_ROOT = "/nxnw/journal"
 JOURNAL_DEPTH = Gauge("nxnw_repair_journal_depth", "Keys waiting in the repair journal", ["target"])
+RECORD_FAILURES = Counter("nxnw_journal_record_failures_total",
+                          "Journal records ZooKeeper did not take (keys held in memory until it does)", ["target"])
+JOURNAL_HELD = Gauge("nxnw_journal_held_keys", "Keys held in memory until ZooKeeper takes their journal entry",
+                     ["target"])
+
+
+class ModeChanged(RuntimeError):
+    """The mode znode is no longer at the version the request was admitted under."""
 
 
 def _retry() -> KazooRetry:
@@ -48,17 +75,66 @@ class RepairJournal:
         self.zk = zk
         self.target = target
         self.path = f"{JOURNAL_ROOT}/{target}"
+        #: keys whose entry ZooKeeper did not take yet (see the module docstring)
+        self.held: dict[EntityRef, str] = {}
         self.zk.ensure_path(self.path)
 
-    def _record(self, refs: Sequence[EntityRef], reason: str) -> None:
-        for ref in refs:
-            data = json.dumps({"app": ref.app, "kind": ref.kind, "key": base64.b64encode(ref.key).decode(),
-                               "reason": reason[:200]}).encode()
-            _retry()(self.zk.create, f"{self.path}/e-", data, sequence=True)
+    def _entry(self, ref: EntityRef, reason: str) -> bytes:
+        return json.dumps({"app": ref.app, "kind": ref.kind, "key": base64.b64encode(ref.key).decode(),
+                           "reason": reason[:200]}).encode()
 
-    async def record(self, refs: Sequence[EntityRef], reason: str) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._record, list(refs), reason)
+    def _record(self, refs: Sequence[EntityRef], reason: str, mode_version: int | None) -> None:
+        def commit() -> None:
+            transaction = self.zk.transaction()
+            if mode_version is not None:
+                transaction.check(MODE_PATH, mode_version)
+            for ref in refs:
+                transaction.create(f"{self.path}/e-", self._entry(ref, reason), sequence=True)
+            results = transaction.commit()
+            failed = [r for r in results if isinstance(r, Exception) and not isinstance(r, RolledBackError)]
+            if failed and isinstance(failed[0], (BadVersionError, NoNodeError)) and mode_version is not None:
+                raise ModeChanged(f"the mode changed since this request was admitted (mode znode version "
+                                  f"{mode_version}); its journal entry toward {self.target} was refused")
+            if failed:
+                raise failed[0]
+
+        _retry()(commit)
+
+    async def record(self, refs: Sequence[EntityRef], reason: str, *, mode_version: int) -> None:
+        """Journal ``refs`` if the mode is still at ``mode_version`` (ModeChanged if not).
+
+        Raises whatever ZooKeeper raised if it did not take the entry; call ``hold`` then.
+        """
+        await run_blocking(self._record, list(refs), reason, mode_version)
         log.warning("journalled %d key(s) for %s: %s", len(refs), self.target, reason)
+
+    async def record_late(self, refs: Sequence[EntityRef], reason: str) -> None:
+        """Journal ``refs`` whatever the mode: for an unacknowledged write (module docstring)."""
+        await run_blocking(self._record, list(refs), reason, None)
+        log.warning("journalled %d key(s) for %s after a mode change (not acknowledged): %s", len(refs),
+                    self.target, reason)
+
+    def hold(self, refs: Sequence[EntityRef], reason: str, error: BaseException) -> None:
+        """Keep ``refs`` until ZooKeeper takes their entry (``flush_held``); counted and logged."""
+        RECORD_FAILURES.labels(self.target).inc()
+        for ref in refs:
+            self.held[ref] = reason
+        JOURNAL_HELD.labels(self.target).set(len(self.held))
+        log.error("could not journal %d key(s) for %s (%s: %s); holding them until ZooKeeper answers", len(refs),
+                  self.target, type(error).__name__, error)
+
+    async def flush_held(self) -> int:
+        """Record every held key (unchecked: their writes were answered 503); returns how many.
+
+        Raises if ZooKeeper still does not take them; the keys stay held.
+        """
+        held = dict(self.held)
+        for ref, reason in held.items():
+            await run_blocking(self._record, [ref], reason, None)
+            if self.held.get(ref) == reason:
+                del self.held[ref]
+        JOURNAL_HELD.labels(self.target).set(len(self.held))
+        return len(held)
 
     def _depth(self) -> int:
         depth = len(_retry()(self.zk.get_children, self.path))
@@ -66,7 +142,7 @@ class RepairJournal:
         return depth
 
     async def depth(self) -> int:
-        return await asyncio.get_running_loop().run_in_executor(None, self._depth)
+        return await run_blocking(self._depth)
 
     def _entries(self, limit: int) -> list[tuple[str, EntityRef]]:
         names = sorted(_retry()(self.zk.get_children, self.path))[:limit]
@@ -127,6 +203,7 @@ class JournalReplayer:
         backoff = self.interval
         while True:
             try:
+                await self.journal.flush_held()
                 settled = await self.journal.replay(self.source, self.target)
                 await self.journal.depth()
                 backoff = self.interval

@@ -1,21 +1,29 @@
 """Datastore routes: one small class per behaviour, composed into the three modes.
 
 Every route answers ``read(ref)`` (the stored entity, tombstone included) and
-``write(entities)`` (puts and tombstones, already timestamped by the proxy's clock), and
-names the engine that serves reads (``reader``) for scans. A mode switch swaps one
-composed route object; nothing else in the proxy knows which side is which.
+``write(entities, admission)`` (puts and tombstones, already timestamped by the proxy's
+clock; ``admission`` is the request's ticket from the mode machine: ``check()`` raises
+while the instance may no longer act on the mode it was admitted under, ``version`` is
+that mode znode's version), and names the engine that serves reads (``reader``) for
+scans. A mode switch swaps one composed route object (``proxy/modes.py``); nothing else
+in the proxy knows which side is which.
 
-``DirectRoute(engine)``
-    read: that engine, sync. write: that engine, sync. Promises nothing about the other side.
+``EngineRoute(engine)``
+    read: that engine, sync. write: ``admission.check()``, then that engine, sync.
+    Promises nothing about the other side.
 
 ``DualWriteRoute(primary, secondary, journal, parallel)``
-    write: primary and secondary, both sync, in parallel (``cow``) or primary first
-    (``proxy``); the client is answered after both. A primary failure fails the request.
-    A secondary failure does not: the keys go into the durable repair journal (sync,
-    before the answer) and the client gets the primary's answer. If the journal cannot
-    take them either, the request fails, because the write could otherwise be lost.
-    read: primary only. Does not promise that the secondary is current while the journal
-    is not empty.
+    write: ``admission.check()``, then primary and secondary, both sync, in parallel
+    (``cow``) or primary first (``proxy``); the client is answered after both. A primary
+    failure fails the request. A secondary failure does not: the keys go into the durable
+    repair journal (sync, before the answer, a transaction checked against the mode
+    version the request was admitted under) and the client gets the primary's answer.
+    If the mode changed meanwhile, or ZooKeeper does not take the entry, the client gets
+    ``OutcomeUnknown`` (503) and the keys are still journalled — late, or held until
+    ZooKeeper answers (``proxy/journal.py`` says why that is safe) — so N1 is never ahead
+    silently. read: primary only. Not guaranteed: that the secondary is current while the
+    journal is not empty; that a leg started before the instance was fenced does not land
+    (its timestamp makes a late leg harmless: last-write-wins).
 
 ``ShadowReadRoute(inner, shadow, rate, on_divergence)``
     read: inner, sync; a sampled ``rate`` of reads is also read from ``shadow``
@@ -36,16 +44,31 @@ import logging
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from prometheus_client import Counter
 
 from datastore import Engine, Entity, EntityRef
-from proxy.journal import RepairJournal
+from proxy.journal import ModeChanged, RepairJournal
 
 log = logging.getLogger("nxnw.proxy.routes")
 
 SECONDARY_FAILURES = Counter("nxnw_cow_secondary_failures_total", "Writes the secondary side failed", ["side"])
 SHADOW_READS = Counter("nxnw_shadow_reads_total", "Sampled shadow reads", ["outcome"])
+
+
+class Admission(Protocol):
+    """A request's ticket from the mode machine (``proxy.modes.Admission``)."""
+
+    #: the mode znode's version the request was admitted under
+    version: int
+
+    def check(self) -> None:
+        """Raise (``Fenced``) if the instance may no longer act on that mode."""
+
+
+class OutcomeUnknown(RuntimeError):
+    """The write may have reached one side; it is journalled (or held) but not acknowledged."""
 
 
 class DataRoute(ABC):
@@ -60,13 +83,13 @@ class DataRoute(ABC):
     async def read(self, ref: EntityRef) -> Entity | None: ...
 
     @abstractmethod
-    async def write(self, entities: Sequence[Entity]) -> None: ...
+    async def write(self, entities: Sequence[Entity], admission: Admission) -> None: ...
 
     async def close(self) -> None:
         """Finish background work (shadow reads) before the route is dropped."""
 
 
-class DirectRoute(DataRoute):
+class EngineRoute(DataRoute):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
@@ -77,7 +100,8 @@ class DirectRoute(DataRoute):
     async def read(self, ref: EntityRef) -> Entity | None:
         return await self.engine.read(ref)
 
-    async def write(self, entities: Sequence[Entity]) -> None:
+    async def write(self, entities: Sequence[Entity], admission: Admission) -> None:
+        admission.check()
         await self.engine.apply(entities)
 
 
@@ -102,7 +126,8 @@ class DualWriteRoute(DataRoute):
             return exc
         return None
 
-    async def write(self, entities: Sequence[Entity]) -> None:
+    async def write(self, entities: Sequence[Entity], admission: Admission) -> None:
+        admission.check()
         if self.parallel:
             primary, secondary_error = await asyncio.gather(
                 self.primary.apply(entities), self._secondary(entities), return_exceptions=True)
@@ -115,7 +140,29 @@ class DualWriteRoute(DataRoute):
             secondary_error = await self._secondary(entities)
         if secondary_error is not None:
             SECONDARY_FAILURES.labels(self.journal.target).inc()
-            await self.journal.record([e.ref for e in entities], f"{type(secondary_error).__name__}: {secondary_error}")
+            await self._journal([e.ref for e in entities], f"{type(secondary_error).__name__}: {secondary_error}",
+                                admission)
+
+    async def _journal(self, refs: list[EntityRef], reason: str, admission: Admission) -> None:
+        journal = self.journal
+        try:
+            await journal.record(refs, reason, mode_version=admission.version)
+            return
+        except ModeChanged as exc:
+            why = str(exc)
+            try:
+                await journal.record_late(refs, reason)
+            except Exception as late:  # noqa: BLE001 — held and retried, never dropped
+                journal.hold(refs, reason, late)
+        except Exception as exc:  # noqa: BLE001 — ZooKeeper did not take it: held and retried
+            why = f"ZooKeeper did not take the journal entry ({type(exc).__name__}: {exc}); it is held and retried"
+            journal.hold(refs, reason, exc)
+        raise OutcomeUnknown(f"the write reached {self.primary_side} but not {journal.target}, and {why}; "
+                             "it is not acknowledged: read the key to learn its outcome")
+
+    @property
+    def primary_side(self) -> str:
+        return "n1" if self.journal.target == "n2" else "n2"
 
 
 class ShadowReadRoute(DataRoute):
@@ -136,8 +183,8 @@ class ShadowReadRoute(DataRoute):
     def reader(self) -> Engine:
         return self.inner.reader
 
-    async def write(self, entities: Sequence[Entity]) -> None:
-        await self.inner.write(entities)
+    async def write(self, entities: Sequence[Entity], admission: Admission) -> None:
+        await self.inner.write(entities, admission)
 
     async def read(self, ref: EntityRef) -> Entity | None:
         answer = await self.inner.read(ref)

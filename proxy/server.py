@@ -1,40 +1,36 @@
 """One proxy instance's lifecycle: open everything in ``setup``, serve, close in ``cleanup``.
 
 Modelled on aiohttp's AppRunner: resources are opened and closed in one place, in
-reverse order. The instance registers itself as an ephemeral znode
-``/nxnw/proxies/<instance>`` in N1's ZooKeeper and writes there the mode epoch it has
-fully adopted, so the orchestrator can tell when every instance follows a new mode (and
-no request still runs under the old one). Mode changes arrive from ``sync.mode``'s
-watcher thread and are applied in order by one task on the event loop, to the cache half
-(``proxy.cache``: drain the mirror queues, invalidate dropped keys) and then to the
-datastore half, and only then acknowledged.
+reverse order. Mode changes arrive from ``sync.mode``'s watcher thread and go to the mode
+machine (``proxy/modes.py``), which adopts each one — data and cache together, one fence,
+one drain — and acknowledges it in the instance's membership znode in N1's ZooKeeper.
+The lease thread (``proxy/lease.py``) runs for the whole life of the ZooKeeper session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from kazoo.client import KazooClient
-from kazoo.exceptions import NodeExistsError
 
 from datastore import Engine, HybridLogicalClock, open_engine
 from proxy.api import build_app
 from proxy.cache import CacheListener, CacheRouter
 from proxy.config import ProxyConfig
-from proxy.control import PROXIES_ROOT
 from proxy.core import ProxyCore
 from proxy.journal import JournalReplayer, RepairJournal
+from proxy.lease import ZooKeeperLease
+from proxy.modes import ModeMachine, data_route
 from sync.aio import run_blocking
 from sync.lock import GroupLock
-from sync.mode import ModeState, ModeWatcher, ensure_mode
+from sync.mode import ModeWatcher, ensure_mode
 
 log = logging.getLogger("nxnw.proxy.server")
-
 
 
 class ProxyServer:
@@ -43,46 +39,45 @@ class ProxyServer:
         self.n1: Engine | None = None
         self.n2: Engine | None = None
         self.zk: KazooClient | None = None
+        self.lease: ZooKeeperLease | None = None
         self.watcher: ModeWatcher | None = None
+        self.modes: ModeMachine | None = None
         self.core: ProxyCore | None = None
         self.replayers: list[JournalReplayer] = []
         self.runner: web.AppRunner | None = None
         self.cache: CacheRouter | None = None
         self.listener: CacheListener | None = None
         self.extra_cleanups: list[Callable[[], object]] = []
-        self._modes: asyncio.Queue[ModeState | None] = asyncio.Queue()
-        self._mode_task: asyncio.Task | None = None
         self.http_port: int | None = None
-
-    @property
-    def member_path(self) -> str:
-        return f"{PROXIES_ROOT}/{self.config.instance}"
 
     async def setup(self) -> None:
         cfg = self.config
         self.n1, self.n2 = open_engine(cfg.n1_engine), open_engine(cfg.n2_engine)
         await self.n1.open()
         await self.n2.open()
-        self.zk = KazooClient(hosts=cfg.n1_zookeeper, timeout=6.0)
+        self.zk = KazooClient(hosts=cfg.n1_zookeeper, timeout=cfg.session_timeout)
         await run_blocking(self.zk.start, 15)
+        # The server may grant a shorter session than asked for: the lease follows the shorter.
+        granted = getattr(self.zk, "_session_timeout", 0) / 1000 or cfg.session_timeout
+        self.lease = ZooKeeperLease(self.zk, min(granted, cfg.session_timeout) / 2)
+        await run_blocking(self.lease.start)
         self.cache = CacheRouter(cfg.n1_memcached, cfg.n2_memcached, instance=cfg.instance)
         await self.cache.start()
         to_n2 = await run_blocking(RepairJournal, self.zk, "n2")
         to_n1 = await run_blocking(RepairJournal, self.zk, "n1")
-        self.core = ProxyCore(instance=cfg.instance, clock=HybridLogicalClock(cfg.node_id), n1=self.n1, n2=self.n2, to_n2=to_n2,
-                              to_n1=to_n1, lock=self._group_lock, shadow_rate=cfg.shadow_rate,
-                              admin_token=cfg.admin_token)
         await run_blocking(ensure_mode, self.zk)
-        await run_blocking(self._register)
-        loop = asyncio.get_running_loop()
-        self._mode_task = asyncio.create_task(self._follow_modes(), name="follow-modes")
         self.watcher = ModeWatcher(self.zk)
-        self.watcher.add_callback(lambda state: loop.call_soon_threadsafe(self._modes.put_nowait, state))
-        if self.watcher.current is not None:  # read before the callback was added: adopt it now
-            self._modes.put_nowait(self.watcher.current)
-        await run_blocking(self.watcher.wait_until, lambda state: state is not None, 15.0)
-        while self.core.mode is None:  # the watcher has it; let the follower adopt it
-            await asyncio.sleep(0.01)
+        self.modes = ModeMachine(instance=cfg.instance, zk=self.zk, watcher=self.watcher, lease=self.lease,
+                                 cache=self.cache, journals=[to_n2, to_n1],
+                                 build_data=functools.partial(data_route, n1=self.n1, n2=self.n2, to_n2=to_n2,
+                                                              to_n1=to_n1, shadow_rate=cfg.shadow_rate))
+        self.core = ProxyCore(instance=cfg.instance, clock=HybridLogicalClock(cfg.node_id), modes=self.modes,
+                              lock=self._group_lock, admin_token=cfg.admin_token)
+        loop = asyncio.get_running_loop()
+        self.modes.start()
+        self.watcher.add_callback(lambda state: loop.call_soon_threadsafe(self.modes.offer, state))
+        self.modes.offer(self.watcher.current)  # read before the callback was added
+        await self.modes.wait_adopted(30.0)
         self.replayers = [JournalReplayer(to_n2, self.n1, self.n2), JournalReplayer(to_n1, self.n2, self.n1)]
         for replayer in self.replayers:
             replayer.start()
@@ -106,21 +101,25 @@ class ProxyServer:
             await self.listener.close()
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.core is not None:
+            await self.core.close()  # shielded writes whose clients left, then the mode in force
+        elif self.modes is not None:
+            await self.modes.close()
         for replayer in self.replayers:
             await replayer.stop()
         for cleanup in reversed(self.extra_cleanups):
             result = cleanup()
             if asyncio.iscoroutine(result):
                 await result
-        if self._mode_task is not None:
-            self._mode_task.cancel()
-            await asyncio.gather(self._mode_task, return_exceptions=True)
         if self.watcher is not None:
             await run_blocking(self.watcher.close)
-        if self.core is not None:
-            await self.core.close()
         if self.cache is not None:
             await self.cache.close()
+        if self.modes is not None:
+            with contextlib.suppress(Exception):  # the session may be gone: its ephemerals too
+                await run_blocking(self.modes.deregister)
+        if self.lease is not None:
+            await run_blocking(self.lease.stop)
         if self.zk is not None:
             await run_blocking(self.zk.stop)
             await run_blocking(self.zk.close)
@@ -134,37 +133,6 @@ class ProxyServer:
         lock = GroupLock(self.zk, app, group, timeout=self.config.lock_timeout, identifier=self.config.instance)
         async with lock:
             yield lock.ensure_held
-
-    def _register(self, state: ModeState | None = None) -> None:
-        assert self.zk is not None
-        doc = json.dumps({"instance": self.config.instance, "mode": state.mode if state else None,
-                          "epoch": state.epoch if state else None}).encode()
-        self.zk.ensure_path(PROXIES_ROOT)
-        try:
-            self.zk.create(self.member_path, doc, ephemeral=True)
-        except NodeExistsError:
-            self.zk.set(self.member_path, doc)
-
-    async def _follow_modes(self) -> None:
-        """Apply mode changes in order; acknowledge each only once it is fully in force."""
-        assert self.core is not None
-        while True:
-            state = await self._modes.get()
-            try:
-                if self.cache is not None:
-                    # Fencing first: without a known mode, cache writes stop too. A cache switch
-                    # drains the mirror queues and invalidates dropped keys before it swaps.
-                    self.cache.writable = state is not None
-                    if state is not None and state.mode != self.cache.mode:
-                        await self.cache.switch(state.mode)
-                await self.core.apply_mode(state.mode if state else None)
-                if state is not None:
-                    await run_blocking(self._register, state)
-                    log.info("proxy %s now in mode %s (epoch %d)", self.config.instance, state.mode, state.epoch)
-                else:
-                    log.warning("proxy %s fenced: no ZooKeeper session or no valid mode", self.config.instance)
-            except Exception:
-                log.exception("proxy %s could not adopt mode %s", self.config.instance, state)
 
 
 async def serve(config: ProxyConfig, stop: asyncio.Event) -> None:

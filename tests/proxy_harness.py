@@ -11,7 +11,10 @@ import aiohttp
 from kazoo.client import KazooClient
 
 from proxy.config import ProxyConfig
+from proxy.control import switch_mode
 from proxy.server import ProxyServer
+from sync.aio import run_blocking
+from sync.mode import ModeState, mark_load_verified, read_mode
 from nxnw.services.endpoints import HOST, MEMCACHED, ZOOKEEPER
 
 
@@ -55,3 +58,13 @@ async def running_proxy(config: ProxyConfig) -> AsyncIterator[tuple[ProxyServer,
             yield server, http
     finally:
         await server.cleanup()
+
+
+async def switch(zk: KazooClient, mode: str, **kwargs) -> ModeState:
+    """``switch_mode`` as the orchestrator calls it: cow -> proxy after recording that the load
+    was verified during the current cow period (the tests that use this load nothing)."""
+    if mode == "proxy":
+        current = await run_blocking(read_mode, zk)
+        if current is not None and current.mode == "cow":
+            await run_blocking(mark_load_verified, zk, current.epoch)
+    return await run_blocking(switch_mode, zk, mode, **{"drain_timeout": 10, "ack_timeout": 10, **kwargs})

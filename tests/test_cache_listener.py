@@ -224,23 +224,49 @@ async def test_a_slow_client_does_not_block_others_and_is_dropped_after_the_comm
         fast.close()
 
 
-async def test_fenced_listener_refuses_writes_and_serves_reads(listener: CacheListener, router: CacheRouter,
-                                                               prefix: str) -> None:
+async def test_fenced_listener_refuses_reads_and_writes_but_lets_every_delete_through_to_both_sides(
+        listener: CacheListener, router: CacheRouter, prefix: str) -> None:
+    """Item 15: a delete can never make a cache stale, so a fenced proxy never refuses one,
+    nor drops a noreply one: text ``delete`` (with and without noreply) and meta ``md``
+    (with and without q) all reach N1 and, in cow, N2."""
+    keys = [prefix + k for k in ("text", "text-noreply", "meta", "meta-q")]
+
     def app() -> tuple:
         c = Client((HOST, listener.port), timeout=2)
+        n1, n2 = Client(N1, timeout=2), Client(N2, timeout=2)
         try:
-            c.set(prefix + "k", b"v", noreply=False)
-            router.writable = False
-            with pytest.raises(MemcacheServerError, match="fenced"):
-                c.set(prefix + "k", b"w", noreply=False)
-            with pytest.raises(MemcacheServerError, match="fenced"):
-                c.delete(prefix + "k", noreply=False)
-            return c.get(prefix + "k"), c.version()
+            for key in keys:
+                c.set(key, b"v", noreply=False)
+                n2.set(key, b"v", noreply=False)
+            router.fence = lambda write: "test fence"
+            with pytest.raises(MemcacheServerError, match="test fence"):
+                c.set(keys[0], b"w", noreply=False)
+            with pytest.raises(MemcacheServerError, match="test fence"):
+                c.get(keys[0])
+            deleted = c.delete(keys[0], noreply=False)
+            c.delete(keys[1], noreply=True)
+            meta = c.raw_command(b"md " + keys[2].encode(), b"\r\n")
+            quiet = c.raw_command(b"md " + keys[3].encode() + b" q\r\nmn", b"\r\n")
+            assert (meta, quiet) == (b"HD", b"MN")
+            return deleted, [n1.get(k) for k in keys], keys
         finally:
-            router.writable = True
+            router.fence = lambda write: None
             c.close()
+            n1.close()
+            n2.close()
 
-    assert await _in_thread(app) == (b"v", b"1.6.18-nxnw-proxy")
+    deleted, on_n1, _ = await _in_thread(app)
+    assert deleted is True
+    assert on_n1 == [None] * 4
+    n2 = Client(N2, timeout=2)
+    try:
+        for _ in range(200):  # the mirrored deletes reach N2 asynchronously
+            if all(n2.get(k) is None for k in keys):
+                break
+            await asyncio.sleep(0.05)
+        assert [n2.get(k) for k in keys] == [None] * 4
+    finally:
+        n2.close()
 
 
 async def test_flush_all_is_refused_with_the_reason(listener: CacheListener) -> None:

@@ -353,19 +353,21 @@ async def test_requests_during_a_switch_wait_and_are_served_by_the_new_mode(pref
 # --- fencing and input limits -------------------------------------------------------------
 
 
-async def test_fenced_router_refuses_every_write_and_still_serves_reads(cow: CacheRouter, prefix: bytes,
-                                                                       n1: Client) -> None:
+async def test_fenced_router_refuses_reads_and_writes_and_lets_deletes_through(cow: CacheRouter, prefix: bytes,
+                                                                              n1: Client) -> None:
     n1.set(prefix + b"k", b"v", noreply=False)
-    cow.writable = False
+    n1.set(prefix + b"gone", b"v", noreply=False)
+    cow.fence = lambda write: "proxy p1 is fenced: test"
     r = cow.route
-    for write in (r.set(prefix + b"k", b"x"), r.add(prefix + b"n", b"x"), r.append(prefix + b"k", b"x"),
-                  r.delete(prefix + b"k"), r.incr(prefix + b"k", 1), r.touch(prefix + b"k", 5),
-                  r.cas(prefix + b"k", b"x", 1), r.gat(prefix + b"k", 5)):
-        with pytest.raises(CacheFencedError, match="fenced"):
-            await write
-    assert (await r.get(prefix + b"k")).value == b"v"
+    for call in (r.set(prefix + b"k", b"x"), r.add(prefix + b"n", b"x"), r.append(prefix + b"k", b"x"),
+                 r.incr(prefix + b"k", 1), r.touch(prefix + b"k", 5), r.cas(prefix + b"k", b"x", 1),
+                 r.gat(prefix + b"k", 5), r.get(prefix + b"k")):
+        with pytest.raises(CacheFencedError, match="fenced: test"):
+            await call
+    assert await r.delete(prefix + b"gone") is True
     assert n1.get(prefix + b"k") == (b"v", 0)
-    cow.writable = True
+    assert n1.get(prefix + b"gone") is None
+    cow.fence = lambda write: None
     assert await r.set(prefix + b"k", b"x")
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from datastore import EntityRef, open_engine
 from nxnw.services.endpoints import engine_url
-from proxy.control import switch_mode
 from sync.aio import run_blocking
 from tests.conftest import require
 from tests.proxy_harness import key_path, proxy_config, running_proxy, zk_namespace
+from tests.proxy_harness import switch as harness_switch
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ async def deployment(sqlite_dir: str, app_name: str):
 
 
 async def switch(d, mode: str) -> None:
-    await run_blocking(switch_mode, d["zk"], mode, drain_timeout=10, ack_timeout=10)
+    await harness_switch(d["zk"], mode)
 
 
 async def test_put_get_delete_round_trip_with_binary_key(deployment) -> None:

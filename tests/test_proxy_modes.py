@@ -11,11 +11,11 @@ import pytest
 from datastore import open_engine
 from nxnw import services
 from nxnw.services.endpoints import engine_url
-from proxy.control import SwitchBlocked, journal_depth, switch_mode
+from proxy.control import SwitchBlocked, journal_depth
 from snapshot import verify_app
 from sync.aio import run_blocking
 from tests.conftest import require
-from tests.proxy_harness import key_path, proxy_config, running_proxy, zk_namespace
+from tests.proxy_harness import key_path, proxy_config, running_proxy, switch, zk_namespace
 
 
 async def test_three_instances_switch_cow_to_proxy_and_no_client_reads_back_in_time(sqlite_dir: str, app_name: str) -> None:
@@ -25,7 +25,7 @@ async def test_three_instances_switch_cow_to_proxy_and_no_client_reads_back_in_t
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         proxies = [await stack.enter_async_context(running_proxy(proxy_config(f"p{i}", i, n1_url, n2_url, zk_hosts)))
                    for i in range(3)]
-        await run_blocking(switch_mode, zk, "cow", ack_timeout=10)
+        await switch(zk, "cow")
         stop = asyncio.Event()
         violations: list[str] = []
         acked = 0
@@ -51,7 +51,7 @@ async def test_three_instances_switch_cow_to_proxy_and_no_client_reads_back_in_t
 
         clients = [asyncio.create_task(client(c)) for c in range(6)]
         await asyncio.sleep(1.0)
-        await run_blocking(switch_mode, zk, "proxy", ack_timeout=10)
+        await switch(zk, "proxy")
         await asyncio.sleep(1.0)
         stop.set()
         await asyncio.gather(*clients)
@@ -68,7 +68,7 @@ async def test_n2_killed_mid_cow_journals_writes_and_drains_after_restart(sqlite
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         server, http = await stack.enter_async_context(running_proxy(proxy_config("p1", 1, n1_url, n2_url, zk_hosts)))
-        await run_blocking(switch_mode, zk, "cow", ack_timeout=10)
+        await switch(zk, "cow")
         statuses: list[int] = []
         stop = asyncio.Event()
 
@@ -87,7 +87,7 @@ async def test_n2_killed_mid_cow_journals_writes_and_drains_after_restart(sqlite
         await asyncio.sleep(2.0)
         depth_while_down = await run_blocking(journal_depth, zk, "n2")
         with pytest.raises(SwitchBlocked, match="journal toward n2"):
-            await run_blocking(switch_mode, zk, "proxy", drain_timeout=0.5)
+            await switch(zk, "proxy", drain_timeout=0.5)
         await asyncio.get_running_loop().run_in_executor(None, cassandra.up)
         await asyncio.sleep(1.0)
         stop.set()

@@ -13,11 +13,11 @@ from proxy.cache.errors import (
 from proxy.cache.listener import CacheListener
 from proxy.cache.mirror import MirrorQueue
 from proxy.cache.router import MODES, CacheRouter, ModeRoute
-from proxy.cache.routes import CacheRoute, DirectRoute, MirrorWritesRoute, WarmUpRoute
+from proxy.cache.routes import CacheRoute, MemcachedRoute, MirrorWritesRoute, WarmUpRoute
 
 __all__ = [
     "MAX_KEY_BYTES", "MAX_VALUE_BYTES", "MODES", "CacheError", "CacheFencedError", "CacheInputError", "CacheListener",
-    "CacheRoute", "CacheRouter", "DirectRoute", "InvalidKeyError", "InvalidNumberError", "Item", "MemcacheClient",
+    "CacheRoute", "CacheRouter", "MemcachedRoute", "InvalidKeyError", "InvalidNumberError", "Item", "MemcacheClient",
     "MemcacheRejected", "MemcacheServerError", "MemcacheTimeout", "MemcacheUnavailable", "MirrorQueue",
     "MirrorWritesRoute", "ModeRoute", "Outcome", "StoreMode", "StoreReply", "SwitchError", "ValueTooLargeError",
     "WarmUpRoute",

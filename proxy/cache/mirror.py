@@ -96,11 +96,15 @@ class MirrorQueue:
     per batch instead of two or three per job, which is what keeps COW/COR cheap for the
     requests that share the proxy's CPU. ``linger`` is added to the copy's delay, never
     to a client's request.
+
+    ``may_copy()`` is asked once per batch, before anything is stored on ``dest``: while it
+    is False (the instance is fenced) the batch stores no value — each copy becomes a delete
+    on ``dest`` and fills are skipped — since removing a key is always safe.
     """
 
     def __init__(self, source: MemcacheClient, dest: MemcacheClient, *, maxsize: int = 10000, workers: int = 4,
                  fill_share: float = 0.5, max_dropped: int = 1_000_000, linger: float = 0.001, batch_max: int = 64,
-                 before_fill: BeforeFill | None = None) -> None:
+                 before_fill: BeforeFill | None = None, may_copy: Callable[[], bool] = lambda: True) -> None:
         if maxsize < 1 or workers < 1:
             raise ValueError(f"MirrorQueue needs maxsize >= 1 and workers >= 1, got {maxsize} and {workers}")
         self.source = source
@@ -108,6 +112,7 @@ class MirrorQueue:
         self.maxsize = maxsize
         self.workers = workers
         self.before_fill = before_fill
+        self.may_copy = may_copy
         self.max_dropped = max_dropped
         self.linger = linger
         self.batch_max = batch_max
@@ -294,8 +299,14 @@ class MirrorQueue:
 
         # B: (job, request, source CAS of the copied version; 0 for a delete)
         writes: list[tuple[tuple, bytes, int]] = []
+        copying = self.may_copy()
         for job in batch:
             kind, key = job[0], job[1]
+            if not copying:
+                if kind is not _FILL:
+                    metrics.MIRRORS_DROPPED.labels(self._label, "fenced").inc()
+                    writes.append((job, dst.cmd_delete(key), 0))
+                continue
             if kind is _DELETE:
                 writes.append((job, dst.cmd_delete(key), 0))
             elif kind is _VALUE:

@@ -6,8 +6,14 @@ which changes the route only after every asynchronous copy of the old mode has l
 its key has been invalidated on the side it was meant for (DESIGN invariant 5).
 
 Must never: serve a request of the new mode while a request of the old mode still runs or
-a copy of the old mode can still land; serve a write while fenced (``writable`` False,
-set by the proxy when its ZooKeeper session is lost) — reads are still served.
+a copy of the old mode can still land; serve anything but a delete while fenced.
+
+Fencing: ``fence(write)`` (the proxy's mode machine, ``proxy/modes.py``) returns the
+reason this instance may not serve now, or None. Every operation asks it as it starts:
+reads and writes are refused (``CacheFencedError`` with the reason) while it names one;
+deletes are never refused — removing a key from a cache can never make it stale — and go
+to the sides the current mode names (the mirrored delete included). While fenced, the
+mirror queues copy no values either: a queued copy becomes a delete on its destination.
 
 A switch, step by step (under one lock; requests arriving meanwhile wait, bounded):
 1. close the gate: new requests wait for the switch to end;
@@ -27,8 +33,8 @@ N2 by an earlier ``cow`` period followed by ``passthrough`` (no mirroring) would
 fill's ``add``; the orchestrator flushes N2 before ``cow`` begins. That other proxy
 instances have finished their own switch — each instance drains its own queues; the
 orchestrator waits for every instance to acknowledge the mode. Surviving a crash: the
-queues and ``dropped`` live in memory, so after an instance dies in ``cow`` the
-orchestrator must flush N2 before ``proxy``.
+queues and ``dropped`` live in memory; the mode machine keeps a durable "cow cache dirty"
+marker for that, and ``switch_mode`` flushes N2 when an instance died in ``cow``.
 """
 
 from __future__ import annotations
@@ -36,13 +42,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from proxy.cache import metrics
 from proxy.cache.client import Item, MemcacheClient, Outcome, StoreMode, StoreReply
 from proxy.cache.errors import CacheFencedError, SwitchError
 from proxy.cache.mirror import BeforeFill, MirrorQueue
-from proxy.cache.routes import CacheRoute, DirectRoute, MirrorWritesRoute, WarmUpRoute
+from proxy.cache.routes import CacheRoute, MemcachedRoute, MirrorWritesRoute, WarmUpRoute
 from sync.mode import MODES
+
+#: ``fence(write)``: why this instance may not serve a read (write False) or a write now, or None.
+Fence = Callable[[bool], "str | None"]
+
+
+def never_fenced(write: bool) -> str | None:
+    """The fence of a router used on its own (tests, benchmarks): always open."""
+    return None
 
 log = logging.getLogger("nxnw.proxy.cache.router")
 
@@ -62,9 +77,10 @@ class ModeRoute(CacheRoute):
     router's rules for every operation.
 
     Every operation: if a switch is under way, or this mode is no longer current, wait for
-    the switch and hand the operation to the current mode's route. Writes (everything but
-    get/gets/meta_get) raise ``CacheFencedError`` while the router is not writable.
-    Requests in flight are counted (a switch waits for zero) and timed (latency metric).
+    the switch and hand the operation to the current mode's route. Reads (get/gets/
+    meta_get) and writes (everything else but deletes) raise ``CacheFencedError`` with the
+    fence's reason; deletes always go through. Requests in flight are counted (a switch
+    waits for zero) and timed (latency metric).
     """
 
     def __init__(self, router: CacheRouter, mode: str, inner: CacheRoute) -> None:
@@ -80,15 +96,14 @@ class ModeRoute(CacheRoute):
     def __repr__(self) -> str:
         return f"ModeRoute({self.mode}: {self.inner!r})"
 
-    async def _call(self, op: str, write: bool, name: str, *args):
+    async def _call(self, op: str, write: bool | None, name: str, *args):
+        """``write``: True for a write, False for a read, None for a delete (never fenced)."""
         router = self._router
         if router._gate is not None or self.retired:
             current = await router._after_switch()
             return await getattr(current, name)(*args)
-        if write and not router._writable:
-            name = f" {router.instance}" if router.instance else ""
-            raise CacheFencedError(f"cache {op} refused: proxy{name} is fenced (no ZooKeeper session, so it "
-                                   "does not know the mode); reads are still served")
+        if write is not None and (reason := router.fence(write)) is not None:
+            raise CacheFencedError(f"cache {op} refused: {reason}; deletes are still served")
         self.inflight += 1
         start = time.perf_counter()
         try:
@@ -123,7 +138,7 @@ class ModeRoute(CacheRoute):
         return await self._call("store", True, "store", mode, key, value, flags, exptime, cas)
 
     async def delete_item(self, key: bytes, cas: int | None = None) -> Outcome:
-        return await self._call("delete", True, "delete_item", key, cas)
+        return await self._call("delete", None, "delete_item", key, cas)
 
     async def arith(self, key: bytes, delta: int, incr: bool = True) -> int | None:
         return await self._call("arith", True, "arith", key, delta, incr)
@@ -138,12 +153,14 @@ class CacheRouter:
     ``n1``/``n2``: ``(host, port)`` or ``"host:port"`` of each deployment's memcached.
     ``mirror_queue_size`` bounds each mirror queue; ``drain_timeout`` bounds step 3 of a
     switch; ``timeout`` is every memcached request's deadline. ``before_fill`` is the COR
-    test seam (see ``MirrorQueue``).
+    test seam (see ``MirrorQueue``). ``fence`` is asked by every operation and every copy
+    (see the module docstring); it may be replaced before ``start``.
     """
 
     def __init__(self, n1: Address, n2: Address, *, mirror_queue_size: int = 10000, mode: str = "passthrough",
                  mirror_workers: int = 4, drain_timeout: float = 5.0, timeout: float = 1.0,
-                 max_connections: int = 16, before_fill: BeforeFill | None = None, instance: str = "") -> None:
+                 max_connections: int = 16, before_fill: BeforeFill | None = None, instance: str = "",
+                 fence: Fence = never_fenced) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown cache mode {mode!r}; the modes are {', '.join(MODES)}")
         self.n1_address = _address(n1)
@@ -153,7 +170,7 @@ class CacheRouter:
         self._initial_mode = mode
         self._options = dict(mirror_queue_size=mirror_queue_size, mirror_workers=mirror_workers, timeout=timeout,
                              max_connections=max_connections, before_fill=before_fill)
-        self._writable = True
+        self.fence = fence
         self._gate: asyncio.Future[None] | None = None
         self._switch_lock = asyncio.Lock()
         self._route: ModeRoute | None = None
@@ -166,16 +183,18 @@ class CacheRouter:
         limits = dict(timeout=o["timeout"], max_connections=o["max_connections"])
         self.n1 = MemcacheClient(*self.n1_address, side="n1", **limits)
         self.n2 = MemcacheClient(*self.n2_address, side="n2", **limits)
+        copying = self._copying
         self.to_n2 = MirrorQueue(self.n1, self.n2, maxsize=o["mirror_queue_size"], workers=o["mirror_workers"],
-                                 before_fill=o["before_fill"])
-        self.to_n1 = MirrorQueue(self.n2, self.n1, maxsize=o["mirror_queue_size"], workers=o["mirror_workers"])
+                                 before_fill=o["before_fill"], may_copy=copying)
+        self.to_n1 = MirrorQueue(self.n2, self.n1, maxsize=o["mirror_queue_size"], workers=o["mirror_workers"],
+                                 may_copy=copying)
         self.to_n2.start()
         self.to_n1.start()
         self._routes = {
-            "passthrough": ModeRoute(self, "passthrough", DirectRoute(self.n1, mode="passthrough")),
-            "cow": ModeRoute(self, "cow", WarmUpRoute(DirectRoute(self.n1, mode="cow"),
-                                                      DirectRoute(self.n2, mode="cow"), self.to_n2)),
-            "proxy": ModeRoute(self, "proxy", MirrorWritesRoute(DirectRoute(self.n2, mode="proxy"), self.to_n1)),
+            "passthrough": ModeRoute(self, "passthrough", MemcachedRoute(self.n1, mode="passthrough")),
+            "cow": ModeRoute(self, "cow", WarmUpRoute(MemcachedRoute(self.n1, mode="cow"),
+                                                      MemcachedRoute(self.n2, mode="cow"), self.to_n2)),
+            "proxy": ModeRoute(self, "proxy", MirrorWritesRoute(MemcachedRoute(self.n2, mode="proxy"), self.to_n1)),
         }
         self._route = self._routes[self._initial_mode]
         self._route.retired = False
@@ -200,17 +219,8 @@ class CacheRouter:
     def mode(self) -> str:
         return self.route.mode
 
-    @property
-    def writable(self) -> bool:
-        return self._writable
-
-    @writable.setter
-    def writable(self, value: bool) -> None:
-        """False = fenced. A plain attribute write, so a ZooKeeper client's own thread (a
-        kazoo session listener) may set it; every write checks it as it starts."""
-        if value != self._writable:
-            log.warning("cache writes %s on proxy %s", "resumed" if value else "fenced", self.instance or "(local)")
-        self._writable = bool(value)
+    def _copying(self) -> bool:
+        return self.fence(True) is None
 
     async def _after_switch(self) -> ModeRoute:
         while self._gate is not None:

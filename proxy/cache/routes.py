@@ -5,9 +5,9 @@ Every route implements ``CacheRoute``: six primitives (``meta_get``, ``gat``, ``
 (``get``/``gets``, ``set``/``add``/``replace``/``append``/``prepend``, ``cas``, ``delete``,
 ``incr``/``decr``). A mode switch swaps one composed object (see ``router.py``):
 
-    passthrough = DirectRoute(N1)
-    cow         = WarmUpRoute(warm=DirectRoute(N1), cold=DirectRoute(N2), mirror N1→N2)
-    proxy       = MirrorWritesRoute(DirectRoute(N2), mirror N2→N1)
+    passthrough = MemcachedRoute(N1)
+    cow         = WarmUpRoute(warm=MemcachedRoute(N1), cold=MemcachedRoute(N2), mirror N1→N2)
+    proxy       = MirrorWritesRoute(MemcachedRoute(N2), mirror N2→N1)
 
 Keys are ``bytes`` (≤ 250 bytes, no space/control byte), values ≤ ``MAX_VALUE_BYTES``;
 anything else raises a ``CacheInputError`` (a ``ValueError``) before memcached sees it.
@@ -97,7 +97,7 @@ class CacheRoute(ABC):
         return await self.arith(key, delta, False)
 
 
-class DirectRoute(CacheRoute):
+class MemcachedRoute(CacheRoute):
     """Every operation to one memcached, synchronously.
 
     get/gets/meta_get/gat, set/add/replace/append/prepend/cas, delete, incr/decr, touch:
@@ -111,7 +111,7 @@ class DirectRoute(CacheRoute):
         self._count = {op: metrics.OPS.labels(mode, server.side, op).inc for op in _OPS}
 
     def __repr__(self) -> str:
-        return f"DirectRoute({self.server.server})"
+        return f"MemcachedRoute({self.server.server})"
 
     async def meta_get(self, key: bytes) -> Item | None:
         self._count["get"]()
@@ -260,7 +260,7 @@ class WarmUpRoute(CacheRoute):
     and invalidates dropped keys before switching to ``proxy``).
     """
 
-    def __init__(self, warm: CacheRoute, cold: DirectRoute, mirror: MirrorQueue) -> None:
+    def __init__(self, warm: CacheRoute, cold: MemcachedRoute, mirror: MirrorQueue) -> None:
         if mirror.dest is not cold.server:
             raise ValueError(f"WarmUpRoute: the mirror writes to {mirror.dest.server}, "
                              f"not to cold {cold.server.server}")
