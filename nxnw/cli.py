@@ -131,22 +131,34 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    """Exit 0 when N1 and N2 hold the same data (after ``--repair``, once repaired), 1 when
+    some keys still differ (each printed on a line of its own), 2 on an error."""
     from datastore import open_engine
     from nxnw.leftovers import find_leftovers
+    from nxnw.zk import zk_session
     from snapshot import verify_app
+    from sync.aio import run_blocking
+    from sync.mode import read_mode
 
     plan = load_plan(args.plan)
 
     async def run() -> int:
+        async with zk_session(plan.n1.zookeeper, "N1's") as zk:
+            mode = await run_blocking(read_mode, zk)
+        # Only in proxy mode are N2's newer copies writes N1 has yet to receive (see snapshot/verify.py).
+        n2_primary = mode is not None and mode.mode == "proxy"
         n1, n2 = open_engine(plan.n1.engine), open_engine(plan.n2.engine)
         await n1.open()
         await n2.open()
         try:
             clean = True
             for app in plan.apps:
-                report = await verify_app(n1, n2, app, repair=args.repair)
+                report = await verify_app(n1, n2, app, repair=args.repair, n2_primary=n2_primary)
                 print(report.summary())
-                clean = clean and (report.identical or args.repair)
+                for diff in report.remaining:
+                    reason = report.reasons.get(diff.label)
+                    print(f"  differs: app {app} key {diff.label}: {diff.kind}" + (f"; {reason}" if reason else ""))
+                clean = clean and report.ok
             for line in (await find_leftovers(plan, n2, repair=args.repair)).lines():
                 print(line)
             return 0 if clean else 1
@@ -182,9 +194,12 @@ def _proxy_serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from nxnw.demo import DemoOptions, run_demo
 
-    options = DemoOptions(source=args.source, target=args.target, seed_entities=args.entities,
-                          clients=args.clients, ttl=args.ttl, status_port=args.status_port,
-                          orchestrator_kills=args.kill_orchestrator_in)
+    if len(args.fault) != len(args.fault_phase):
+        raise ValueError(f"each --fault needs its --in PHASE: {len(args.fault)} --fault, {len(args.fault_phase)} --in")
+    faults = [*zip(args.fault, args.fault_phase), *(("kill-orchestrator", p) for p in args.kill_orchestrator_in)]
+    options = DemoOptions(source=args.source, target=args.target, seed_entities=args.entities, keys=args.keys,
+                          clients=args.clients, ttl=args.ttl, status_port=args.status_port, faults=faults,
+                          tamper_n2=args.tamper_n2)
     figures, ok = _async(run_demo(options))
     print()
     for name, value in figures.items():
@@ -249,8 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--clients", type=int, default=4, help="concurrent workload clients")
     demo.add_argument("--ttl", type=int, default=2, help="DNS TTL during the hand-off, seconds")
     demo.add_argument("--status-port", type=int, default=None, help="serve the live status page on this port")
+    demo.add_argument("--keys", type=int, default=200, help="keys the workload writes, deletes and reads")
+    demo.add_argument("--fault", action="append", default=[], metavar="NAME",
+                      help="inject this fault (repeatable, each with its --in): kill-proxy, pause-proxy, "
+                      "expire-session, n2-engine-down, n2-memcached-down, client-timeout, kill-orchestrator")
+    demo.add_argument("--in", dest="fault_phase", action="append", default=[], metavar="PHASE",
+                      help="the phase the matching --fault is injected in: cow, snapshot+load, verify, proxy, handoff")
     demo.add_argument("--kill-orchestrator-in", nargs="*", default=[], metavar="PHASE",
-                      help="run the orchestrator as a child and SIGKILL it once in each of these phases")
+                      help="short for --fault kill-orchestrator --in PHASE, for each PHASE")
+    demo.add_argument("--tamper-n2", type=int, default=0, metavar="N",
+                      help="proves the checker sees: delete N keys straight in N2's engine after the migration")
     demo.set_defaults(func=_demo)
 
     plan_help = "the migration plan (TOML)"
@@ -269,11 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("plan", help=plan_help)
         p.set_defaults(func=func)
 
-    verify = verbs.add_parser("verify", help="compare N1 and N2 app by app (exit 1 if they differ) and list "
-                              "leftovers: lock znodes with no holder, journal entries, old tombstones")
+    verify = verbs.add_parser("verify", help="compare N1 and N2 app by app and list leftovers: lock znodes with no "
+                              "holder, journal entries, old tombstones; exit 0 identical, 1 keys still differ "
+                              "(printed), 2 error")
     verify.add_argument("plan", help=plan_help)
-    verify.add_argument("--repair", action="store_true", help="copy the newer side of each differing key over, "
-                        "and remove lock znodes with no holder once mirroring has stopped")
+    verify.add_argument("--repair", action="store_true", help="copy N1's winning copy of each differing key to N2 "
+                        "(and, in proxy mode, N2's newer copy to N1; never a key N1 never held), look again, and "
+                        "remove lock znodes with no holder once mirroring has stopped; exit 1 if keys still differ")
     verify.set_defaults(func=_verify)
 
     snapshot_cli.add_parser(verbs, _async)

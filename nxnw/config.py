@@ -122,6 +122,9 @@ class Plan(_Strict):
     sync_paths: list[str] = Field(default_factory=lambda: ["/nxnw/locks"],
                                   description="ZooKeeper subtrees mirrored from N1 to N2")
     status_port: int | None = Field(default=None, ge=0, le=65535, description="serve the status page here")
+    allow_nonempty_n2: bool = Field(default=False, description="let prepare accept apps whose N2 table holds rows "
+                                    "(e.g. an earlier, rolled-back attempt's); verify still never copies to N1 a "
+                                    "row N1 never held")
 
     @field_validator("sync_paths")
     @classmethod

@@ -15,7 +15,24 @@ Nothing changes before ``prepare`` has checked every problem it can see (engines
 both ZooKeepers, the DNS zone's update rights); they are reported all at once.
 
 The ZooKeeper mirror is a worker, not a one-off task: whenever a migration is between
-``sync-zk`` and ``complete``, the orchestrator process runs it (a restart re-syncs).
+``sync-zk`` and ``complete``, the orchestrator process runs it (a restart re-syncs). It
+stops only after one last full sync, at ``complete`` (and, best effort, at rollback).
+
+Gates, each checked where it matters rather than trusted from a record:
+
+* ``prepare`` refuses apps whose N2 table is not empty (unless the plan sets
+  ``allow_nonempty_n2``): verify could not tell such rows from the migration's.
+* ``verify`` fails its task when a difference survives repair, naming the keys; only when
+  every app verified does ``proxy`` record the load as verified for the current cow epoch
+  (``sync.mode.mark_load_verified``), without which the mode machine refuses cow → proxy.
+* Every task after ``cow`` first reads the live mode znode and compares it with what the
+  finished tasks imply (``cow`` before ``proxy`` is done, ``proxy`` after, at the epoch
+  those tasks recorded). A partial rollback or an admin's mode change makes them disagree;
+  the migration then stops and says so — it never hands DNS to N2 with the proxies in
+  ``passthrough``, nor verifies a load whose cow period was interrupted.
+* ``complete`` waits (up to ``journal_drain_seconds``) for both repair journals to be
+  empty and fails with the depths otherwise; rollback does the same for the journal toward
+  N1 and reports the one toward N2.
 """
 
 from __future__ import annotations
@@ -38,10 +55,11 @@ from nxnw.checkpoints import ZooKeeperCheckpoints
 from nxnw.config import Plan
 from nxnw.error_budget import N2ErrorBudget
 from nxnw.zk import start_zk, stop_zk, zk_session
-from proxy.control import journal_depth, members, switch_mode
+from proxy.control import journal_depth, members, switch_mode, wait_journal_empty
 from snapshot import LoadStats, copy_app, verify_app
 from sync.aio import run_blocking
 from sync.mirror import TreeMirror, purge_ephemeral_copies
+from sync.mode import mark_load_verified, read_mode
 from sync.state import CheckpointStore, MigrationState, MigrationStateStore
 
 log = logging.getLogger("nxnw.orchestrator")
@@ -70,6 +88,9 @@ class Task:
     run: Callable[[], Awaitable[dict[str, Any] | None]]
     #: False for work done early on behalf of a later phase (lowering the DNS TTL)
     moves_phase: bool = True
+    #: False when the task itself moves the phase once it succeeded: ``complete`` must not
+    #: be recorded before its checks passed (a recorded ``complete`` is final)
+    phase_at_start: bool = True
 
 
 @dataclass
@@ -175,6 +196,8 @@ class Orchestrator:
         self.mirrors: list[TreeMirror] = []
         self.handoff: Handoff | None = None
         self._state_lock = asyncio.Lock()
+        #: finished tasks and their results, as the running ``migrate`` knows them
+        self._done: dict[str, dict[str, Any]] = {}
 
     def status(self) -> dict[str, Any]:
         """The state the status page draws (see nxnw/status_page.py for the shape)."""
@@ -269,7 +292,7 @@ class Orchestrator:
             graph.append(Task("handoff:lower-ttl", "handoff", ("prepare",), self._lower_ttl, moves_phase=False))
             graph.append(Task("handoff", "handoff", ("proxy", "handoff:lower-ttl"), self._switch_dns))
             last = "handoff"
-        graph.append(Task("complete", "complete", (last,), self._complete))
+        graph.append(Task("complete", "complete", (last,), self._complete, phase_at_start=False))
         return graph
 
     async def migrate(self, until: str | None = None) -> MigrationState:
@@ -293,6 +316,7 @@ class Orchestrator:
         else:
             self.progress.event(f"migration {self.plan.name} resumed in phase {self.state.phase}")
         done = {name: result for name, result in (await self._finished_tasks()).items() if not name.startswith("_")}
+        self._done = done
         if "sync-zk" in done:
             await self._start_mirrors()
         graph = {t.name: t for t in self.tasks()
@@ -320,10 +344,49 @@ class Orchestrator:
         assert self.state is not None
         return self.state
 
+    def _expected_mode(self) -> tuple[str, int | None] | None:
+        """The mode (and epoch, when recorded) the finished tasks imply; None before ``cow``."""
+        for name in ("proxy", "cow"):
+            if name in self._done:
+                return name, self._done[name].get("epoch")
+        return None
+
+    async def _check_live_mode(self, task: Task) -> None:
+        """Stop unless the live mode znode is what the finished tasks say it should be.
+
+        Task records say what this orchestrator did; the mode znode says what the proxies
+        do now. A rollback interrupted half-way, or an admin's ``/admin/mode``, can make
+        them disagree — and then a resumed migration must not go on: verifying in
+        ``passthrough`` checks nothing, a hand-off in ``passthrough`` sends clients to an
+        N2 that stopped receiving writes, and a new cow epoch means writes made meanwhile
+        never reached N2. Stopping (rather than switching back) leaves the decision to the
+        operator: ``nxnw rollback``, then ``nxnw migrate --restart``.
+        """
+        expected = self._expected_mode()
+        if expected is None:
+            return
+        assert self.zk is not None
+        live = await run_blocking(read_mode, self.zk)
+        mode, epoch = expected
+        if live is None or live.mode != mode or (epoch is not None and live.epoch != epoch):
+            now = "no mode znode" if live is None else f"mode {live.mode} (epoch {live.epoch})"
+            want = f"mode {mode}" + (f" (epoch {epoch})" if epoch is not None else "")
+            raise MigrationFailed(
+                f"the proxies are in {now}, but the finished tasks left them in {want}: the mode was changed "
+                f"outside this migration (a partial rollback, or an admin's mode change); not running "
+                f"{task.name}. Run `nxnw rollback`, then `nxnw migrate --restart` to start again")
+
     async def _run_task(self, task: Task) -> dict[str, Any]:
-        if task.moves_phase:
-            await self._set_phase(task.phase)
         entry = self.progress.tasks.setdefault(task.name, {})
+        if task.moves_phase and PHASES.index(task.phase) > PHASES.index("cow"):
+            try:
+                await self._check_live_mode(task)
+            except MigrationFailed as exc:
+                entry.update(state="failed", finished=time.time(), error=str(exc))
+                self.progress.event(f"{task.name}: not started: {exc}")
+                raise
+        if task.moves_phase and task.phase_at_start:
+            await self._set_phase(task.phase)
         entry.update(state="running", phase=task.phase, started=time.time())
         self.progress.event(f"{task.name}: started")
         try:
@@ -340,12 +403,44 @@ class Orchestrator:
 
     # -- tasks -------------------------------------------------------------------------------
 
-    async def _prepare(self) -> dict[str, Any]:
-        """Flush N2's memcached: N2 serves nobody yet, and a value left there by an earlier,
-        rolled-back attempt may since have been overwritten on N1, which no mirror saw."""
+    async def _n2_rows(self, app: str, limit: int = 1000, sample: int = 3) -> tuple[int, list[str]]:
+        """How many rows (tombstones included) ``app``'s N2 table holds, counted up to
+        ``limit``, and the first ``sample`` keys."""
         assert self.n2 is not None
+        if app not in await self.n2.apps():
+            return 0, []
+        count, keys = 0, []
+        for key_range in await self.n2.ranges(app):
+            async for page in self.n2.scan(app, key_range, page_size=min(limit, 1000), tombstones=True):
+                count += len(page)
+                keys += [f"{e.kind}/{e.key!r}" for e in page[:sample - len(keys)]]
+                if count >= limit:
+                    return count, keys
+        return count, keys
+
+    async def _prepare(self) -> dict[str, Any]:
+        """Refuse N2 tables that hold rows, then flush N2's memcached.
+
+        A row already on N2 did not come from this migration, and verify cannot tell it
+        from one that did: a newer one would survive the load (last write wins) and
+        shadow N1's copy once N2 serves. So the plan's apps must start empty on N2, unless
+        the plan says ``allow_nonempty_n2`` (an earlier, rolled-back attempt's rows).
+        The flush: N2 serves nobody yet, and a value left there by an earlier, rolled-back
+        attempt may since have been overwritten on N1, which no mirror saw."""
+        assert self.n2 is not None
+        occupied = {}
+        for app in self.plan.apps:
+            count, keys = await self._n2_rows(app)
+            if count:
+                occupied[app] = f"app {app}: {'at least ' if count >= 1000 else ''}{count} row(s) on N2, e.g. " \
+                                + ", ".join(keys)
+        if occupied and not self.plan.allow_nonempty_n2:
+            raise MigrationFailed("N2's tables must be empty for the plan's apps; " + "; ".join(occupied.values())
+                                  + ". Drop them on N2, or set allow_nonempty_n2 = true in the plan if they are "
+                                  "an earlier attempt's copies of N1's data")
         await asyncio.get_running_loop().run_in_executor(None, _flush_memcached, self.plan.n2.memcached)
-        return {"n2_apps_before": await self.n2.apps(), "n2_cache_flushed": True}
+        return {"n2_apps_before": await self.n2.apps(), "n2_cache_flushed": True,
+                "n2_nonempty_allowed": sorted(occupied)}
 
     async def _start_mirrors(self) -> None:
         if self.mirrors:
@@ -387,16 +482,33 @@ class Orchestrator:
                 "rate": round(stats.rate, 1), "ranges": stats.ranges_total, "ranges_resumed": stats.ranges_skipped}
 
     async def _verify(self, app: str) -> dict[str, Any]:
+        """Compare (and repair) one app; fail, naming the keys, when a difference survives.
+
+        Runs in ``cow``: N1 is primary, so repair never copies toward N1 (see
+        snapshot/verify.py) and a row newer on N2 than on N1 is a difference that stays.
+        """
         assert self.n1 is not None and self.n2 is not None
         report = await verify_app(self.n1, self.n2, app, repair=self.plan.thresholds.verify_repair)
         self.progress.event(report.summary())
+        if not report.ok:
+            raise MigrationFailed(f"app {app}: {len(report.remaining)} key(s) differ between N1 and N2"
+                                  f"{' after repair' if self.plan.thresholds.verify_repair else ''}, so N2 "
+                                  f"will not serve: {report.remaining_keys()}")
         return {"identical": report.identical, "differences": report.counts(), "repaired": report.repaired,
                 "entities": report.n1.count}
 
     async def _proxy(self) -> dict[str, Any]:
+        """Record the load as verified for this cow epoch, then switch to ``proxy``.
+
+        Every app's verify task is a dependency and succeeded only if nothing differs, and
+        ``_check_live_mode`` has just seen the cow epoch those tasks ran in.
+        """
         assert self.zk is not None
+        cow = await run_blocking(read_mode, self.zk)
+        assert cow is not None and cow.mode == "cow", cow  # _check_live_mode ran before this task
+        await run_blocking(mark_load_verified, self.zk, cow.epoch)
         self.progress.journal_depth = await run_blocking(journal_depth, self.zk, "n2")
-        return await self._switch("proxy")
+        return {**await self._switch("proxy"), "verified_cow_epoch": cow.epoch}
 
     async def _dns_handoff(self) -> Handoff:
         """The hand-off, resumed from its saved copy when an earlier run began it."""
@@ -436,20 +548,43 @@ class Orchestrator:
             await loop.run_in_executor(None, handoff.verify, resolver, dns.n2_values, 10.0)
         return {"switched_at": started, "in_sync_after": round(time.time() - started, 3)}
 
-    async def _stop_mirrors(self) -> int:
+    async def _stop_mirrors(self, *, final_sync: bool) -> int:
         """Stop mirroring and remove N2's copies of N1's ephemeral nodes (they would hold
-        N2's locks forever once N1's sessions are gone); returns how many were removed."""
-        for mirror in self.mirrors:
-            await run_blocking(mirror.stop)
-        self.mirrors = []
+        N2's locks forever once N1's sessions are gone); returns how many were removed.
+
+        With ``final_sync`` each mirror first runs one last verifying full sync (so N2 then
+        equals N1 for the synced paths and never hands out a sequence suffix N1 issued); if
+        that fails, the mirrors keep running and the error is raised."""
+        timeout = self.plan.thresholds.journal_drain_seconds
+        for mirror in list(self.mirrors):
+            if final_sync:
+                await run_blocking(mirror.finish, timeout)
+            else:
+                await run_blocking(mirror.stop)
+            self.mirrors.remove(mirror)
         async with zk_session(self.plan.n2.zookeeper, "N2's") as n2:
             removed = 0
             for root in self.plan.sync_paths:
                 removed += len(await run_blocking(purge_ephemeral_copies, n2, root))
             return removed
 
+    async def _wait_journals_empty(self, sides: tuple[str, ...]) -> None:
+        """Wait, up to ``journal_drain_seconds`` in all, until the repair journals toward
+        ``sides`` are empty; MigrationFailed naming each depth otherwise."""
+        assert self.zk is not None
+        deadline = time.monotonic() + self.plan.thresholds.journal_drain_seconds
+        for side in sides:
+            try:
+                await run_blocking(wait_journal_empty, self.zk, side, max(deadline - time.monotonic(), 0.1))
+            except RuntimeError as exc:
+                depths = {s: await run_blocking(journal_depth, self.zk, s) for s in ("n1", "n2")}
+                raise MigrationFailed(f"{exc} (journal toward N1: {depths['n1']}, toward N2: {depths['n2']} key(s)); "
+                                      "every write must be on both sides first") from exc
+
     async def _complete(self) -> dict[str, Any]:
-        purged = await self._stop_mirrors()
+        """Both journals empty, one last ZooKeeper sync, then ``complete``."""
+        await self._wait_journals_empty(("n2", "n1"))
+        purged = await self._stop_mirrors(final_sync=True)
         await self._set_phase("complete")
         return {"ephemeral_copies_removed": purged}
 
@@ -472,15 +607,31 @@ class Orchestrator:
             self.progress.event("already rolled back")
             return self.state
         from_phase = self.state.phase
+        await self._wait_journals_empty(("n1",))
         await self._switch("passthrough")
-        await self._stop_mirrors()
+        n2_journal = await run_blocking(journal_depth, self.zk, "n2")
+        if n2_journal:
+            self.progress.event(f"rollback: {n2_journal} key(s) in the repair journal toward N2 will not reach it; "
+                                "N2 no longer matters to this migration")
+        await self._stop_mirrors_after_rollback()
         if self.plan.dns is not None and await self._saved_handoff():
             handoff = await self._dns_handoff()
             await asyncio.get_running_loop().run_in_executor(None, handoff.rollback)
         self.state = await run_blocking(self.store.update, self.state.version, phase="rollback",
-                                        data={"from": from_phase, "at": time.time()})
+                                        data={"from": from_phase, "at": time.time(), "n2_journal": n2_journal})
         self.progress.event(f"rolled back from phase {from_phase}: proxies in passthrough, N1 serves")
         return self.state
+
+    async def _stop_mirrors_after_rollback(self) -> None:
+        """The last sync of the mirrors this process runs, best effort: after a rollback N2
+        serves nobody, so an N2 ZooKeeper that cannot be synced must not block going back
+        to N1 — it is reported, and the next attempt's verifying resync repairs it."""
+        try:
+            await self._stop_mirrors(final_sync=True)
+        except Exception as exc:
+            self.progress.event(f"rollback: the last ZooKeeper sync to N2 did not complete ({exc}); "
+                                "mirroring stopped without it")
+            await self._stop_mirrors(final_sync=False)
 
     async def restart(self) -> None:
         """Forget a finished or rolled-back migration (state and checkpoints) to start anew."""
