@@ -461,7 +461,8 @@ class Orchestrator:
 
     async def _switch(self, mode: str) -> dict[str, Any]:
         assert self.zk is not None
-        state = await run_blocking(switch_mode, self.zk, mode, drain_timeout=self.plan.thresholds.journal_drain_seconds)
+        state = await run_blocking(switch_mode, self.zk, mode, drain_timeout=self.plan.thresholds.journal_drain_seconds,
+                                   n2_memcached=self.plan.n2.memcached)
         self.progress.mode = mode
         found = await run_blocking(members, self.zk)
         return {"mode": mode, "epoch": state.epoch, "proxies": sorted(found)}
