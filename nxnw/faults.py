@@ -153,13 +153,20 @@ class ExpireSession(Fault):
         if "id" not in session or "password" not in session:
             raise FaultNotApplicable(f"proxy {victim.instance} does not show its ZooKeeper session "
                                      "(id and password) in /admin/state")
-        session_id, password = int(session["id"]), bytes.fromhex(session["password"])
+        session_id, password = int(session["id"], 16), bytes.fromhex(session["password"])
         hosts = t.n1_zookeeper.split("/", 1)[0]
         intruder = KazooClient(hosts=hosts, client_id=(session_id, password), timeout=5)
         await run_blocking(intruder.start, 15)
-        # Closing the intruder closes the session on the server: the proxy's session is gone.
-        await run_blocking(intruder.stop)
-        await run_blocking(intruder.close)
+        try:
+            # kazoo quietly opens a new session when the server refuses the one asked for.
+            attached = intruder.client_id is not None and intruder.client_id[0] == session_id
+            if not attached:
+                raise RuntimeError(f"could not attach to proxy {victim.instance}'s session {session_id:#x}: "
+                                   "the server refused it (already expired?)")
+        finally:
+            # Closing the intruder closes the session on the server: the proxy's session is gone.
+            await run_blocking(intruder.stop)
+            await run_blocking(intruder.close)
         self.say(t, phase, f"expired proxy {victim.instance}'s ZooKeeper session {session_id:#x}")
         await _wait_session_gone(t.n1_zookeeper, victim.instance, session_id)
         await victim.wait_ready()
