@@ -104,8 +104,10 @@ class Endpoint:
 @dataclass
 class WorkloadStats:
     requests: int = 0
-    #: requests not acknowledged (failed or unknown outcome)
+    #: requests the proxy did not serve: not acknowledged, and not a transaction conflict
     failed: int = 0
+    #: transactions refused with 409 because their read set had changed (a normal answer)
+    conflicts: int = 0
     #: of those, the ones whose outcome is unknown
     unknown: int = 0
     #: (wall-clock second, address reached) of every request, for the switch-over figures
@@ -280,7 +282,10 @@ class _Client:
             self._record_unacked(op, got if got.outcome != "ok" else _Answer("unknown", got.status, got.body))
 
     def _record_unacked(self, op: PendingOp, got: _Answer) -> None:
-        self.w.stats.failed += 1
+        if got.status == 409:
+            self.w.stats.conflicts += 1
+        else:
+            self.w.stats.failed += 1
         if got.outcome == "failed":
             op.failed()
         else:
