@@ -499,17 +499,19 @@ class Orchestrator:
                 "entities": report.n1.count}
 
     async def _proxy(self) -> dict[str, Any]:
-        """Record the load as verified for this cow epoch, then switch to ``proxy``.
+        """Record the load as verified for the cow epoch it ran in, then switch to ``proxy``.
 
-        Every app's verify task is a dependency and succeeded only if nothing differs, and
-        ``_check_live_mode`` has just seen the cow epoch those tasks ran in.
+        Every app's verify task is a dependency and succeeded only if nothing differs; each
+        of them, and this task, started only after ``_check_live_mode`` saw the cow epoch the
+        ``cow`` task recorded. That recorded epoch is the one marked — never the mode read
+        now: if the mode was cycled since, the mark names an older epoch and the mode
+        machine refuses cow → proxy.
         """
         assert self.zk is not None
-        cow = await run_blocking(read_mode, self.zk)
-        assert cow is not None and cow.mode == "cow", cow  # _check_live_mode ran before this task
-        await run_blocking(mark_load_verified, self.zk, cow.epoch)
+        cow_epoch = self._done["cow"]["epoch"]
+        await run_blocking(mark_load_verified, self.zk, cow_epoch)
         self.progress.journal_depth = await run_blocking(journal_depth, self.zk, "n2")
-        return {**await self._switch("proxy"), "verified_cow_epoch": cow.epoch}
+        return {**await self._switch("proxy"), "verified_cow_epoch": cow_epoch}
 
     async def _dns_handoff(self) -> Handoff:
         """The hand-off, resumed from its saved copy when an earlier run began it."""
