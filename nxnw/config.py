@@ -34,6 +34,17 @@ def _matching(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
     return check
 
 
+#: A Dask scheduler address, as ``dask scheduler`` prints it
+SCHEDULER = re.compile(rf"(tcp|tls)://{_HOST}")
+
+
+def scheduler_address(value: str) -> str:
+    """``value`` if it is a Dask scheduler address (``tcp://host:port``), else ValueError."""
+    if not SCHEDULER.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Dask scheduler address (tcp://host:port or tls://host:port)")
+    return value
+
+
 HostPort = Annotated[str, AfterValidator(_matching(HOSTPORT, "host:port"))]
 Hosts = Annotated[str, AfterValidator(_matching(HOSTS, "host:port[,host:port…]"))]
 ZooKeeperHosts = Annotated[str, AfterValidator(_matching(ZK_HOSTS, "host:port[,host:port…][/chroot]"))]
@@ -112,6 +123,14 @@ class Thresholds(_Strict):
     ranges_per_app: int = Field(default=32, ge=1, le=100_000)
 
 
+class Scale(_Strict):
+    """Where the snapshot's and verify's ranges run: in process, or as Dask tasks."""
+
+    scheduler: Annotated[str, AfterValidator(scheduler_address)] | None = Field(
+        default=None, description="a Dask scheduler (tcp://host:port) whose workers copy and verify the ranges; "
+                                  "without one they run in the orchestrator's process")
+
+
 class Plan(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     apps: list[str] = Field(min_length=1)
@@ -119,6 +138,7 @@ class Plan(_Strict):
     n2: Deployment
     dns: Dns | None = None
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    scale: Scale = Field(default_factory=Scale)
     sync_paths: list[str] = Field(default_factory=lambda: ["/nxnw/locks"],
                                   description="ZooKeeper subtrees mirrored from N1 to N2")
     status_port: int | None = Field(default=None, ge=0, le=65535, description="serve the status page here")

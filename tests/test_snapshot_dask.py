@@ -27,11 +27,13 @@ from distributed import Client
 from kazoo.client import KazooClient
 
 from datastore import Engine, Entity, EntityRef, open_engine
+from nxnw.config import PlanError, parse_plan
 from nxnw.dask_ranges import RangeCopied, SchedulerUnavailable, copy_app_distributed, verify_app_distributed
 from nxnw.services.endpoints import HOST, ZOOKEEPER, engine_url
 from snapshot import verify_app
 from sync.state import CheckpointStore
 from tests.conftest import require
+from tests.test_config import readme_plan
 
 DASK = str(Path(sys.executable).with_name("dask"))
 ENTITIES = 50_000
@@ -263,3 +265,11 @@ async def test_a_scheduler_that_does_not_answer_is_one_line_error_before_any_wri
     for error in (copy_error.value, verify_error.value):
         assert nowhere in str(error) and "\n" not in str(error)
     assert app_name not in await n2.apps()
+
+
+def test_a_plan_names_its_scheduler_in_scale_and_a_bad_address_is_refused_with_the_field() -> None:
+    text = readme_plan()
+    assert parse_plan(text).scale.scheduler is None, "without [scale] the ranges run in process"
+    assert parse_plan(text + '\n[scale]\nscheduler = "tcp://10.0.0.9:8786"\n').scale.scheduler == "tcp://10.0.0.9:8786"
+    with pytest.raises(PlanError, match=r"scale\.scheduler: '10\.0\.0\.9:8786' is not a Dask scheduler address"):
+        parse_plan(text + '\n[scale]\nscheduler = "10.0.0.9:8786"\n', "plan.toml")
