@@ -39,6 +39,9 @@ acknowledged writes and deletes of the key. A delete *may cover* a ts ``F`` befo
 instant ``t`` when it was acknowledged or unknown, was invoked before ``t``, and its ts is
 unknown or greater than ``F``.
 
+The final state is read once the workload has stopped, so every delete of the history
+may cover a ts there; a read's excuse is limited to deletes invoked before it completed.
+
 * **lost write** (``lost_writes``) --
   the ``W`` with the largest ts is a write ``(v, T)`` and the final state holds: no entity
   (unless some delete may cover ``T``), a ts < ``T``, or ``T`` with a value other than
@@ -49,8 +52,9 @@ unknown or greater than ``F``.
   delete ``D`` and the final state holds a value with ts <= ``D``; or a delete broke real
   time order as above.
 * **unknown write** (``unknown_writes``) -- the final state holds ``(v, t)`` with ``t``
-  greater than every ``W`` (or the key has none, seeded keys included) and no unknown
-  write of the key has value ``v`` (and ts ``t``, when it recorded one).
+  greater than every ``W`` (or the key has no ``W`` at all: neither the workload nor the
+  seed wrote it) and no unknown write of the key has value ``v`` (and ts ``t``, when it
+  recorded one). A failed write with that value is named in the example.
 * **stale read** (``stale_reads``) -- an acknowledged read ``R``, where ``W*`` is the
   ``W`` with the largest ts among those that *completed before R was invoked*: R returned
   ts ``T < W*.ts``; or R returned 404 while ``W*`` is a write no delete invoked before R
@@ -68,9 +72,10 @@ Cache keys (ops ``cache_set``, ``cache_delete``, ``cache_get``) have no timestam
 key is a register whose value the proxy's answers name. A miss is always allowed (memcached
 may evict, expire or be flushed). For a hit ``R`` returning ``v``, a *candidate* is a set
 of ``v`` that was acknowledged or unknown and invoked before R completed; an acknowledged
-candidate ``S`` is *overwritten before R* when some acknowledged set of another value, or
-acknowledged delete, was invoked after S completed and completed before R was invoked. An
-unknown candidate is never overwritten (it may have landed last).
+candidate ``S`` is *overwritten before R* when some acknowledged set or delete was
+invoked after S completed and completed before R was invoked (a later set of the same
+value is then a candidate itself). An unknown candidate is never overwritten (it may have
+landed last).
 
 * **phantom cache read** (``phantom_cache_reads``) -- a hit with no candidate.
 * **stale cache read** (``stale_cache_reads``) -- a hit whose every candidate was
@@ -90,7 +95,7 @@ import json
 import math
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -599,17 +604,17 @@ def _check_cache(report: Report, key: str, key_ops: list[Op], unchecked: Sequenc
     sets = [o for o in key_ops if o.kind == "cache_set" and o.may_have_happened]
     changes = sorted((o for o in key_ops if o.ok and o.kind in ("cache_set", "cache_delete")), key=lambda o: o.invoked_at)
     invoked = [o.invoked_at for o in changes]
-    # for each acknowledged set: the earliest completion of a change of the key invoked after it completed
-    overwritten: dict[int, tuple[float, Op | None]] = {}
-    for s in sets:
-        if not s.ok:
-            continue
-        best: tuple[float, Op | None] = (math.inf, None)
-        for o in changes[bisect_left(invoked, s.completed_at):]:
-            if o.invoked_at > s.completed_at and not (o.kind == "cache_set" and _same(o.value, s.value)):
-                if o.completed_at < best[0]:
-                    best = (o.completed_at, o)
-        overwritten[id(s)] = best
+    # earliest[i]: the change, among changes[i:], that completed first. An acknowledged set is
+    # overwritten from the completion of the first change invoked after it completed. (A later
+    # set of the same value counts too: it is then itself a candidate for the reads it explains.)
+    earliest: list[Op | None] = [None] * (len(changes) + 1)
+    for i in range(len(changes) - 1, -1, -1):
+        nxt = earliest[i + 1]
+        earliest[i] = changes[i] if nxt is None or changes[i].completed_at < nxt.completed_at else nxt
+
+    def overwritten_by(s: Op) -> Op | None:
+        return earliest[bisect_right(invoked, s.completed_at)] if s.ok else None
+
     for read in key_ops:
         if not (read.ok and read.kind == "cache_get" and read.value is not None):
             continue
@@ -620,10 +625,10 @@ def _check_cache(report: Report, key: str, key_ops: list[Op], unchecked: Sequenc
             report._add(Anomaly("phantom-cache-read", key, f"a cache get returned {_short(read.value)}, "
                                                            "which no set could have stored", (read,)))
             continue
-        if any(not s.ok or overwritten[id(s)][0] >= read.invoked_at for s in candidates):
+        overwrites = [(s, overwritten_by(s)) for s in candidates]
+        if any(by is None or by.completed_at >= read.invoked_at for _, by in overwrites):
             continue
-        s = max(candidates, key=lambda c: overwritten[id(c)][0])
-        by = overwritten[id(s)][1]
+        s, by = max(overwrites, key=lambda pair: pair[1].completed_at)  # type: ignore[union-attr]
         assert by is not None
         report._add(Anomaly("stale-cache-read", key,
                             f"a cache get returned {_short(read.value)}, which a {by.kind} had replaced before the "
