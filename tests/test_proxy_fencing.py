@@ -63,7 +63,8 @@ def locked_sqlite(path: str) -> Iterator[sqlite3.Connection]:
 def private_memcached(port: int | None = None) -> Iterator[str]:
     """A memcached of this test only (flushing the shared one would disturb other tests)."""
     port = port or free_port()
-    proc = subprocess.Popen(["memcached", "-l", HOST, "-p", str(port), "-U", "0", "-m", "16"])
+    args = ["-u", "nobody"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen(["memcached", *args, "-l", HOST, "-p", str(port), "-U", "0", "-m", "16"])
     try:
         deadline = time.monotonic() + 10
         while True:
