@@ -42,9 +42,11 @@ FAULT_PHASES = ("cow", "snapshot+load", "verify", "proxy", "handoff")
 
 #: How long an outage (N2's engine, N2's memcached) lasts before the service is back.
 OUTAGE_SECONDS = 10.0
-#: How long clients give up early (the client-side timeout) during ``client-timeout``.
+#: How long clients give up early during ``client-timeout``, and the timeouts they use in
+#: turn (a second each): a spread, so that some give up before the proxy has the request,
+#: some between its dual write's legs, some while it answers.
 CLIENT_TIMEOUT_WINDOW = 8.0
-CLIENT_TIMEOUT = 0.003
+CLIENT_TIMEOUTS = (0.002, 0.005, 0.010, 0.020)
 #: Deadline for a paused or expired instance to lose its ZooKeeper membership.
 SESSION_LOSS_DEADLINE = 60.0
 
@@ -75,6 +77,9 @@ class FaultTarget:
 class Fault(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
+    #: injected the moment the migration reaches the phase, while the orchestrator works
+    #: on it; otherwise once the phase's tasks are done (see nxnw/demo.py's driver)
+    while_running: ClassVar[bool] = False
 
     def applies(self, source: str, target: str) -> str | None:
         """None when the fault can run against this pair of engines, else the reason."""
@@ -233,13 +238,16 @@ class N2MemcachedDown(Fault):
 
 class ClientTimeout(Fault):
     name = "client-timeout"
-    summary = "clients give up on their requests after 3 ms for ~8 s, mid-write"
+    summary = "for ~8 s clients give up on their requests after 2 to 20 ms, mid-write"
 
     async def inject(self, t: FaultTarget, phase: str) -> None:
-        t.set_client_timeout(CLIENT_TIMEOUT)
-        self.say(t, phase, f"clients time out after {CLIENT_TIMEOUT * 1000:.0f} ms")
+        self.say(t, phase, "clients time out after " + ", ".join(f"{s * 1000:.0f}" for s in CLIENT_TIMEOUTS)
+                 + " ms in turn")
+        started = time.monotonic()
         try:
-            await asyncio.sleep(CLIENT_TIMEOUT_WINDOW)
+            for n in range(int(CLIENT_TIMEOUT_WINDOW)):
+                t.set_client_timeout(CLIENT_TIMEOUTS[n % len(CLIENT_TIMEOUTS)])
+                await asyncio.sleep(max(0.0, started + n + 1 - time.monotonic()))
         finally:
             t.set_client_timeout(None)
         self.say(t, phase, "clients wait as long as usual again")
@@ -247,7 +255,8 @@ class ClientTimeout(Fault):
 
 class KillOrchestrator(Fault):
     name = "kill-orchestrator"
-    summary = "SIGKILL the orchestrator (nxnw migrate); the demo starts it again and it resumes"
+    summary = "SIGKILL the orchestrator (nxnw migrate) while it works on the phase; it is started again and resumes"
+    while_running = True
 
     async def inject(self, t: FaultTarget, phase: str) -> None:
         self.say(t, phase, await t.kill_orchestrator())
