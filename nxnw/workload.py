@@ -49,7 +49,7 @@ import base64
 import json
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,7 +179,11 @@ class _Client:
         if not self.endpoints:
             raise WorkloadError(f"endpoint_for({cid}) named no endpoint")
         self.current = 0
-        self.n = 0
+        self.n = 0          # values made so far (each write and set has its own)
+        self.seq = 0        # batches and transactions sent so far (their ids)
+        self.ops: dict[str, Callable[[str, str], Awaitable[_Answer]]] = {
+            "read": self._read, "write": self._write, "delete": self._delete, "batch": self._batch,
+            "transaction": self._transaction, "cache": self._cache}
         self.http: aiohttp.ClientSession | None = None
         self._mc: tuple[str, int, asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
@@ -204,8 +208,8 @@ class _Client:
         what = self.rng.choices(OP_CLASSES, weights=[self.w.mix[c] for c in OP_CLASSES])[0]
         address = await self.endpoint.current()
         base = f"http://{address}:{self.endpoint.port}"
-        answer_ = await getattr(self, f"_{what}")(base, address)
-        if answer_.moves_on:
+        got = await self.ops[what](base, address)
+        if got.moves_on:
             self.current = (self.current + 1) % len(self.endpoints)
 
     # --- data ops -------------------------------------------------------------------------
@@ -243,7 +247,8 @@ class _Client:
     async def _batch(self, base: str, address: str) -> _Answer:
         keys = self.rng.sample(self.w.keys, min(len(self.w.keys), self.rng.randint(2, 4)))
         parts = [Part("delete", k) if self.rng.random() < 0.1 else Part("write", k, self.value()) for k in keys]
-        op = self.w.history.begin_many(self.name, parts, batch=f"{self.name}-b{self.n}")
+        self.seq += 1
+        op = self.w.history.begin_many(self.name, parts, batch=f"{self.name}-b{self.seq}")
         got = await self._request("POST", f"{base}/v1/apps/{self.w.app}/batch", address,
                                   json={"writes": [self._item(p) for p in parts]})
         self._record_ts(op, got)
@@ -261,8 +266,9 @@ class _Client:
         if checked is None and read.status != 404:
             return read
         writes = [Part("write", k, self.value()) for k in keys]
+        self.seq += 1
         op = self.w.history.begin_many(self.name, [Part("read", keys[0], checked_ts=checked), *writes],
-                                       batch=f"{self.name}-t{self.n}")
+                                       batch=f"{self.name}-t{self.seq}")
         body = {"group": f"g{first % groups}",
                 "reads": [{"kind": self.w.kind, "key": _b64(keys[0]), "ts": checked}],
                 "writes": [self._item(p) for p in writes]}

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nxnw.history import MAX_EXAMPLES, History, HistoryError, Op, Part, check
