@@ -1,13 +1,28 @@
-"""The hybrid logical clock: monotonic, floored by what it observes, unique per writer."""
+"""Write timestamps: the hybrid logical clock's step, and the writer clock's promises against
+the real N1 ZooKeeper — unique writer ids, a floor that survives restarts and crashes, and
+a bound on the offset from ZooKeeper's clock that orders writes further apart than it."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
 import pytest
-from hypothesis import assume, given
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from datastore import HybridLogicalClock
-from datastore.clock import MAX_NODES
+from datastore.clock import MAX_NODES, NODE_BITS, TICK_US, ClockUnsafe, wall_us
+from sync.writer_clock import WriterClock
+
+# ---- the hybrid logical clock's step (no ZooKeeper) ----
 
 
 def test_timestamps_strictly_increase() -> None:
@@ -33,3 +48,255 @@ def test_two_writers_never_share_a_timestamp(a: int, b: int) -> None:
 def test_node_id_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError, match="node id"):
         HybridLogicalClock(MAX_NODES)
+
+
+# ---- the writer clock ----
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.02)
+
+
+def stamp_when_allowed(clock: WriterClock, timeout: float = 30.0) -> int:
+    """``clock.now()`` as soon as the clock allows it."""
+    stamps: list[int] = []
+
+    def attempt() -> bool:
+        try:
+            stamps.append(clock.now())
+        except ClockUnsafe:
+            return False
+        return True
+
+    wait_for(attempt, f"clock {clock.instance} to allow a write", timeout)
+    return stamps[0]
+
+
+def refusal(clock: WriterClock) -> ClockUnsafe | None:
+    try:
+        clock.now()
+    except ClockUnsafe as exc:
+        return exc
+    return None
+
+
+def metric(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+@pytest.fixture
+def clocks(zk_connect, zk_root: str) -> Iterator[Callable[..., WriterClock]]:
+    """``clocks(instance, zk=None, **kwargs)`` -> a started WriterClock under this test's root;
+    all stopped after the test."""
+    made: list[WriterClock] = []
+    shared = zk_connect("n1")
+
+    def start(instance: str, zk=None, **kwargs) -> WriterClock:
+        clock = WriterClock(zk or shared, instance, root=f"{zk_root}/clock", **kwargs)
+        clock.start()
+        made.append(clock)
+        return clock
+
+    yield start
+    for clock in made:
+        clock.stop()
+
+
+def test_writer_ids_are_unique_across_20_concurrent_clocks(zk_connect, zk_root: str) -> None:
+    sessions = [zk_connect("n1") for _ in range(4)]
+    # Every instance last held id 7 (so says the znode), so all 20 try it first: contention for sure.
+    for i in range(20):
+        sessions[0].create(f"{zk_root}/clock/instances/p{i}", b"7", makepath=True)
+    clocks = [WriterClock(sessions[i % 4], f"p{i}", root=f"{zk_root}/clock") for i in range(20)]
+    errors: list[BaseException] = []
+
+    def start(clock: WriterClock) -> None:
+        try:
+            clock.start()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(clock,)) for clock in clocks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert not errors, errors
+        ids = [clock.node_id for clock in clocks]
+        assert len(set(ids)) == 20 > 16, ids
+        assert 7 in ids
+        stamps = [stamp_when_allowed(clock) for clock in clocks]
+        assert {ts & (MAX_NODES - 1) for ts in stamps} == set(ids)
+        assert sorted(sessions[0].get_children(f"{zk_root}/clock/writers")) == sorted(f"{i:03d}" for i in ids)
+    finally:
+        for clock in clocks:
+            clock.stop()
+    assert sessions[0].get_children(f"{zk_root}/clock/writers") == [], "stop() gives the ids back"
+
+
+def test_restart_after_a_clean_stop_floors_above_the_last_timestamp_even_when_wall_time_went_back(
+        clocks, zk_connect, zk_root: str) -> None:
+    first = WriterClock(zk_connect("n1"), "p1", root=f"{zk_root}/clock")
+    first.start()
+    issued = [stamp_when_allowed(first)] + [first.now() for _ in range(500)]
+    first.stop()
+    # The same instance comes back on a host whose clock is now 150 ms behind (within the bound).
+    again = clocks("p1", skew_us=-150_000)
+    assert again.node_id == first.node_id
+    assert stamp_when_allowed(again) > max(issued)
+
+
+CRASHING_WRITER = """
+import sys
+from kazoo.client import KazooClient
+from sync.writer_clock import WriterClock
+zk = KazooClient(hosts=sys.argv[1], timeout=4.0)
+zk.start(timeout=10)
+clock = WriterClock(zk, "p1", root=sys.argv[2])
+clock.start()
+print(clock.node_id, flush=True)
+while True:
+    try:
+        print(clock.now(), flush=True)
+    except RuntimeError:
+        pass
+"""
+
+
+def test_restart_after_kill_9_floors_above_every_timestamp_the_dead_instance_issued(
+        clocks, zk_hosts: dict[str, str], zk_root: str) -> None:
+    child = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, zk_hosts["n1"], f"{zk_root}/clock"],
+                             stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        dead_id = int(child.stdout.readline())
+        issued = [int(child.stdout.readline()) for _ in range(2000)]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    issued += [int(line) for line in child.stdout.read().split()]
+    # Its session is still alive for a few seconds: the id may be taken, the floor holds anyway.
+    again = clocks("p1", skew_us=-150_000)
+    first = stamp_when_allowed(again)
+    assert first > max(issued), (again.node_id, dead_id)
+
+
+def test_an_old_holder_that_lost_its_id_never_issues_a_timestamp_the_new_holder_issues(
+        clocks, zk_connect, zk_root: str) -> None:
+    """A paused or partitioned holder whose writer node vanished (session expired behind its
+    back) goes on stamping up to its persisted reservation; the new holder of the id is
+    floored above it, and the old holder's next renewal fails and it takes another id."""
+    old = clocks("p1", zk=zk_connect("n1"))
+    node_id = old.node_id
+    old_stamps = [stamp_when_allowed(old)]
+    # Its writer node disappears (what an expiry does) while the old holder does not know.
+    zk_connect("n1").delete(f"{zk_root}/clock/writers/{node_id:03d}")
+    new = clocks("p1", zk=zk_connect("n1"))
+    assert new.node_id == node_id
+    old_stamps += [ts for ts in (_try_now(old) for _ in range(2000)) if ts is not None]
+    new_stamps = [stamp_when_allowed(new) for _ in range(100)]
+    assert max(ts for ts in old_stamps if ts & (MAX_NODES - 1) == node_id) < min(new_stamps)
+    wait_for(lambda: old.node_id != node_id, "the old holder to give up the id and take another")
+    assert not set(old_stamps + [stamp_when_allowed(old)]) & set(new_stamps)
+
+
+def _try_now(clock: WriterClock) -> int | None:
+    try:
+        return clock.now()
+    except ClockUnsafe:
+        return None
+
+
+@pytest.mark.parametrize("skew_ms", [+400, -400])
+def test_skew_beyond_the_bound_refuses_writes_with_the_reason_and_within_it_they_resume(
+        clocks, skew_ms: int) -> None:
+    clock = clocks("p-skew", max_offset_ms=250)
+    assert clock.uncertainty_ms < 100, "ZooKeeper's round trip is too slow to test a 250 ms bound here"
+    stamp_when_allowed(clock)
+    before = metric("nxnw_writer_clock_refusals_total", instance="p-skew", reason="offset") or 0.0
+
+    clock.skew_us = skew_ms * 1000
+    error = refusal(clock)
+    assert error is not None and error.reason == "offset"
+    measured = re.search(r"is ([+-][0-9.]+) ms ± [0-9.]+ ms from ZooKeeper's, beyond the bound of 250 ms", str(error))
+    assert measured is not None and abs(float(measured[1]) - skew_ms) < 100, str(error)
+    assert metric("nxnw_writer_clock_refusals_total", instance="p-skew", reason="offset") == before + 1
+    assert metric("nxnw_writer_clock_unsafe", instance="p-skew", reason="offset") == 1
+    wait_for(lambda: abs(clock.offset_ms - skew_ms) < 100, "the measured offset to show the skew")
+
+    clock.skew_us = 100_000  # 100 ms off: within the bound
+    stamp_when_allowed(clock)
+    assert metric("nxnw_writer_clock_unsafe", instance="p-skew", reason="offset") == 0
+
+
+def test_a_writer_faster_than_one_write_per_tick_is_held_within_the_bound(clocks) -> None:
+    clock = clocks("p-fast", max_offset_ms=250)
+    stamp_when_allowed(clock)
+    issued: list[int] = []
+    for _ in range(200_000):
+        try:
+            issued.append(clock.now())
+        except ClockUnsafe as exc:
+            assert exc.reason == "ahead", exc
+            break
+    else:
+        pytest.fail("200,000 timestamps in a row without the clock running ahead of the bound")
+    lead = max(issued) - (wall_us() - clock.offset_ms * 1000)
+    assert lead <= clock.max_offset_ms * 1000
+    assert stamp_when_allowed(clock) > max(issued)
+
+
+def test_observe_follows_a_peer_within_the_bound_and_not_a_timestamp_beyond_it(clocks) -> None:
+    clock = clocks("p-observe")
+    stamp_when_allowed(clock)
+    peer = wall_us() + 100_000  # a peer 100 ms ahead: within the 250 ms bound
+    clock.observe(peer)
+    assert stamp_when_allowed(clock) > peer
+    before = metric("nxnw_writer_clock_future_timestamps_total", instance="p-observe") or 0.0
+    clock.observe(wall_us() + 3_600_000_000)  # an hour ahead: no writer keeping the bound wrote it
+    assert metric("nxnw_writer_clock_future_timestamps_total", instance="p-observe") == before + 1
+    assert refusal(clock) is None
+
+
+BOUND_MS = 50.0
+
+
+@pytest.fixture
+def pair(clocks) -> tuple[WriterClock, WriterClock]:
+    one, two = clocks("p-a", max_offset_ms=BOUND_MS / 2), clocks("p-b", max_offset_ms=BOUND_MS / 2)
+    stamp_when_allowed(one)
+    stamp_when_allowed(two)
+    return one, two
+
+
+offsets = st.integers(min_value=int(-1.5 * BOUND_MS * 1000), max_value=int(1.5 * BOUND_MS * 1000))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first_skew=offsets, second_skew=offsets, first_is_a=st.booleans())
+def test_a_write_more_than_the_bound_after_an_acknowledged_one_gets_a_larger_timestamp(
+        pair: tuple[WriterClock, WriterClock], first_skew: int, second_skew: int, first_is_a: bool) -> None:
+    """Two instances each allowed ``BOUND_MS / 2`` from ZooKeeper's clock, with host offsets
+    drawn up to 1.5 × ``BOUND_MS`` (so often beyond it): whenever both stamp, the stamp taken
+    more than ``BOUND_MS`` after the other is the larger one; beyond the bound they refuse."""
+    first, second = pair if first_is_a else pair[::-1]
+    first.skew_us, second.skew_us = first_skew, second_skew
+    earlier = _try_now(first)
+    acknowledged = time.monotonic()
+    wait_for(lambda: time.monotonic() > acknowledged + BOUND_MS / 1000 + 0.001, "the bound to pass")
+    later = _try_now(second)
+    if earlier is not None and later is not None:
+        assert later > earlier, (first_skew, second_skew, first.offset_ms, second.offset_ms)
+    for clock, skew, stamped in ((first, first_skew, earlier), (second, second_skew, later)):
+        if abs(skew) > (BOUND_MS / 2) * 1000 + TICK_US:
+            assert stamped is None, f"{clock.instance} {skew / 1000:+.1f} ms off stamped a write"
+
+
+def test_timestamps_carry_the_writer_id_in_the_low_bits(clocks) -> None:
+    clock = clocks("p-bits")
+    ts = stamp_when_allowed(clock)
+    assert ts & (MAX_NODES - 1) == clock.node_id
+    assert ts >> NODE_BITS > 0
