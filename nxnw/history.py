@@ -373,8 +373,18 @@ class Report:
             "acknowledged_writes", "acknowledged_deletes", "reads", "cache_ops", "failed_ops", "unknown_ops",
             *COUNTERS.values())}
 
+    @property
+    def acknowledged_ops(self) -> int:
+        return self.acknowledged_writes + self.acknowledged_deletes + self.reads + self.cache_ops
+
+    def classes(self) -> dict[str, int]:
+        """The anomalies by class, datastore and cache together: what a fault matrix shows."""
+        return {"lost": self.lost_writes, "resurrected": self.resurrected_deletes,
+                "stale": self.stale_reads + self.stale_cache_reads, "phantom": self.phantom_reads + self.phantom_cache_reads,
+                "wrong-value": self.wrong_value_reads, "unknown-write": self.unknown_writes}
+
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, **self.counts(),
+        return {"ok": self.ok, "acknowledged_ops": self.acknowledged_ops, **self.counts(), "classes": self.classes(),
                 "examples": {k: [a.to_json() for a in v] for k, v in self.examples.items()}}
 
     def summary(self) -> str:

@@ -420,6 +420,8 @@ def test_the_report_is_json_with_every_class_and_its_examples():
     assert doc["ok"] is False and doc["phantom_reads"] == 1 and doc["phantom_cache_reads"] == 1
     assert doc["lost_writes"] == doc["stale_cache_reads"] == 0
     assert doc["examples"]["phantom-read"][0]["key"] == "a"
+    assert doc["classes"] == {"lost": 0, "resurrected": 0, "stale": 0, "phantom": 2, "wrong-value": 0, "unknown-write": 0}
+    assert doc["acknowledged_ops"] == 4
 
 
 # --- the record itself ------------------------------------------------------------------
