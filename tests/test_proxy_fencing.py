@@ -307,7 +307,7 @@ async def proxy_process(tmp_path: Path, name: str, node_id: int, n1_url: str, n2
                                 mc1=f"{HOST}:{MEMCACHED['n1']}", mc2=n2_memcached or f"{HOST}:{MEMCACHED['n2']}",
                                 port=port))
     log = open(tmp_path / f"{name}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "nxnw", "proxy", "serve", str(plan), "--instance", name,
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "nxnw"), "proxy", "serve", str(plan), "--instance", name,
                              "--node-id", str(node_id), "--port", str(port)],
                             env={**os.environ, "NXNW_ADMIN_TOKEN": "test-token"}, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
