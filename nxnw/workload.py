@@ -151,7 +151,8 @@ class _Answer:
         return self.status is None or self.status == 503
 
 
-def _http_outcome(status: int, body: bytes) -> str:
+def http_outcome(status: int, body: bytes) -> str:
+    """``ok``, ``failed`` or ``unknown`` for an HTTP answer of the proxy (module docstring)."""
     if 200 <= status < 300:
         return "ok"
     if 400 <= status < 500:
@@ -369,7 +370,7 @@ class _Client:
         try:
             async with self.http.request(method, url, timeout=timeout, **kwargs) as resp:
                 body = await resp.read()
-                got = _Answer(_http_outcome(resp.status, body), resp.status, body, dict(resp.headers))
+                got = _Answer(http_outcome(resp.status, body), resp.status, body, dict(resp.headers))
         except aiohttp.ClientConnectorError:
             got = _Answer("failed")          # never connected: the request was not sent
         except (aiohttp.ClientError, asyncio.TimeoutError):

@@ -17,7 +17,7 @@ import pytest
 from datastore import Entity, open_engine
 from nxnw.history import History, check
 from nxnw.services.endpoints import engine_url
-from nxnw.workload import Endpoint, Workload, WorkloadError, _http_outcome
+from nxnw.workload import Endpoint, Workload, WorkloadError, http_outcome
 from tests.conftest import require
 from tests.proxy_harness import proxy_config, running_proxy, switch, zk_namespace
 
@@ -161,7 +161,7 @@ async def test_a_client_that_gives_up_mid_request_records_an_unknown_outcome(fle
     (500, b"", "unknown"),
 ])
 def test_an_answer_is_failed_only_when_nothing_can_have_reached_an_engine(status, body, outcome) -> None:
-    assert _http_outcome(status, body) == outcome
+    assert http_outcome(status, body) == outcome
 
 
 def test_bad_workload_options_are_refused_with_the_option() -> None:
