@@ -203,6 +203,24 @@ def test_an_old_holder_that_lost_its_id_never_issues_a_timestamp_the_new_holder_
     assert not set(old_stamps + [stamp_when_allowed(old)]) & set(new_stamps)
 
 
+def test_after_its_session_expires_the_clock_stamps_on_and_holds_an_id_again_on_the_new_session(
+        clocks, zk_connect, zk_root: str, expire_zk_session) -> None:
+    zk = zk_connect("n1")
+    clock = clocks("p-expire", zk=zk)
+    stamps = [stamp_when_allowed(clock)]
+    # While the session is gone the clock still stamps (up to its persisted reservation).
+    expire_zk_session(zk, "n1", during_loss=lambda: stamps.append(clock.now()))
+
+    def holds_an_id_on_the_new_session() -> bool:
+        node_id = clock.node_id
+        stat = zk.exists(f"{zk_root}/clock/writers/{node_id:03d}")
+        return stat is not None and stat.ephemeralOwner == zk.client_id[0]
+
+    wait_for(holds_an_id_on_the_new_session, "the clock to hold a writer id on its new session")
+    stamps.append(stamp_when_allowed(clock))
+    assert stamps == sorted(set(stamps)) and len(stamps) == 3
+
+
 def _try_now(clock: WriterClock) -> int | None:
     try:
         return clock.now()
