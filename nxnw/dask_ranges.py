@@ -37,7 +37,14 @@ at most every ``PROGRESS_SECONDS``); the client shows finished ranges plus the l
 totals of ranges in flight, and replaces a range's partial totals by its task's result
 when it finishes, so a re-run range is never counted twice.
 
-Must never: import an engine (only URLs cross to the workers); write before the
+Verify: the workers do the scanning — per range, pass one's bucket sums and pass two's
+entities in the differing buckets — and this process does the rest with its own open
+engines, touching only differing keys: a second look, a repair that copies only what N1
+wrote (``Difference.repair_target``), a last look that decides ``report.remaining``.
+Those are ``snapshot.verify_app``'s rules; its second half is not a public function, so
+``_compare_and_repair`` follows it step for step and the tests compare the two verdicts.
+
+Must never: import an engine module (only URLs cross to the workers); write before the
 scheduler has answered; mark a range done before its last chunk is applied.
 """
 
@@ -71,6 +78,10 @@ TASK_RETRIES = 2
 PROGRESS_SECONDS = 0.5
 #: Batches of one range in flight at once on a worker.
 RANGE_LOAD_WORKERS = 4
+#: Entities per apply when verify repairs a side.
+REPAIR_BATCH = 500
+#: Differing keys read again at once after a repair.
+LOOKS_AT_ONCE = 32
 _DIGEST_MOD = 1 << 128
 
 
@@ -287,6 +298,12 @@ async def dask_client(scheduler: str) -> AsyncIterator[Any]:
         await client.close()
 
 
+async def check_scheduler(scheduler: str) -> None:
+    """Raise ``SchedulerUnavailable`` unless ``scheduler`` answers and has a worker (a preflight)."""
+    async with dask_client(scheduler):
+        pass
+
+
 def _task_key(kind: str, name: str) -> str:
     return f"nxnw-{kind}-{name}-{uuid.uuid4().hex[:8]}"
 
@@ -407,18 +424,66 @@ async def _per_range(client: Any, engine: Engine, app: str, ranges: int, fn: Cal
     return [result async for result in _results(client, futures)]
 
 
-def _digest(entity: Entity | None) -> int | None:
-    return None if entity is None else entity_digest(entity)
+def _same(e1: Entity | None, e2: Entity | None) -> bool:
+    """Both sides hold the same copy, or neither holds the key."""
+    return (e1 is None and e2 is None) or (e1 is not None and e2 is not None and entity_digest(e1) == entity_digest(e2))
+
+
+async def _look_again(n1: Engine, n2: Engine, diff: Difference, looks: int = 3) -> Difference | None:
+    """Read a differing key on both sides again; None once they agree (a write in flight)."""
+    ref = (diff.n1 or diff.n2).ref  # type: ignore[union-attr]
+    for _ in range(looks):
+        e1, e2 = await asyncio.gather(n1.read(ref), n2.read(ref))
+        if _same(e1, e2):
+            return None
+        diff = Difference(diff.row_key, e1, e2)
+    return diff
+
+
+async def _compare_and_repair(n1: Engine, n2: Engine, report: VerifyReport, side1: dict[bytes, Entity],
+                              side2: dict[bytes, Entity], *, repair: bool, n2_primary: bool,
+                              on_difference: Callable[[Difference], None] | None) -> None:
+    """Verify's second half, as ``snapshot.verify_app`` does it: a second look at each key
+    the scans saw differ, then a repair that copies only what N1 wrote
+    (``Difference.repair_target``), then a last look that decides ``report.remaining``."""
+    for row_key in sorted(side1.keys() | side2.keys()):
+        if _same(side1.get(row_key), side2.get(row_key)):
+            continue
+        diff = await _look_again(n1, n2, Difference(row_key, side1.get(row_key), side2.get(row_key)), looks=1)
+        if diff is None:
+            report.settled += 1
+            continue
+        report.differences.append(diff)
+        if on_difference is not None:
+            on_difference(diff)
+    if not repair:
+        report.remaining = list(report.differences)
+        return
+    for side, engine in (("n1", n1), ("n2", n2)):
+        winners = [d.winner for d in report.differences if d.repair_target(n2_primary) == side]
+        for start in range(0, len(winners), REPAIR_BATCH):
+            await engine.apply(winners[start:start + REPAIR_BATCH])
+        report.repaired += len(winners)
+    slots = asyncio.Semaphore(LOOKS_AT_ONCE)
+
+    async def look(diff: Difference) -> Difference | None:
+        async with slots:
+            return await _look_again(n1, n2, diff)
+
+    again = await asyncio.gather(*(look(d) for d in report.differences))
+    report.remaining = [d for d in again if d is not None]
+    report.reasons = {d.label: d.unrepairable_reason for d in report.remaining if d.repair_target(n2_primary) is None}
 
 
 async def verify_app_distributed(scheduler: str, n1: Engine, n2: Engine, app: str, *, repair: bool = False,
-                                 ranges: int = 16,
+                                 n2_primary: bool = False, ranges: int = 16,
                                  on_difference: Callable[[Difference], None] | None = None) -> VerifyReport:
     """``snapshot.verify_app`` with both scans of both passes as Dask tasks, one per range.
 
     The workers scan (N1 and N2 each in their own ranges, at least ``ranges`` of them);
-    this process adds up the buckets, takes the second look at each differing key and
-    repairs, with the open engines ``n1`` and ``n2``: those touch only differing keys.
+    this process adds up the buckets, then looks again at each differing key, repairs
+    (``n2_primary`` as for ``verify_app``) and decides ``report.remaining`` with the open
+    engines ``n1`` and ``n2``: those touch only differing keys.
     """
     async with dask_client(scheduler) as client:
         first1, first2 = await asyncio.gather(_per_range(client, n1, app, ranges, bucket_sums_task),
@@ -433,26 +498,6 @@ async def verify_app_distributed(scheduler: str, n1: Engine, n2: Engine, app: st
                                               _per_range(client, n2, app, ranges, entities_in_task, differing))
     side1 = {e.row_key: e for part in found1 for e in part}
     side2 = {e.row_key: e for part in found2 for e in part}
-    for row_key in sorted(side1.keys() | side2.keys()):
-        e1, e2 = side1.get(row_key), side2.get(row_key)
-        if _digest(e1) == _digest(e2):
-            continue
-        # The scans did not see both sides at one instant: a cow write in flight shows up
-        # as a difference, and a second look at just this key settles it.
-        ref = (e1 or e2).ref  # type: ignore[union-attr]
-        e1, e2 = await asyncio.gather(n1.read(ref), n2.read(ref))
-        if _digest(e1) == _digest(e2):
-            report.settled += 1
-            continue
-        diff = Difference(row_key, e1, e2)
-        report.differences.append(diff)
-        if on_difference is not None:
-            on_difference(diff)
-    if repair:
-        to_n1 = [d.winner for d in report.differences if d.winner is not d.n1]
-        to_n2 = [d.winner for d in report.differences if d.winner is not d.n2]
-        for engine, entities in ((n1, to_n1), (n2, to_n2)):
-            for start in range(0, len(entities), 500):
-                await engine.apply(entities[start:start + 500])
-        report.repaired = len(to_n1) + len(to_n2)
+    await _compare_and_repair(n1, n2, report, side1, side2, repair=repair, n2_primary=n2_primary,
+                              on_difference=on_difference)
     return report
