@@ -12,14 +12,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import aiohttp
 import pytest
+from pymemcache.client.base import Client
 
 from datastore import Entity, open_engine
 from nxnw.history import History, check
-from nxnw.services.endpoints import engine_url
+from nxnw.services.endpoints import MEMCACHED, engine_url
 from nxnw.workload import Endpoint, Workload, WorkloadError, http_outcome
+from proxy.api import encode_key
 from tests.conftest import require
-from tests.proxy_harness import proxy_config, running_proxy, switch, zk_namespace
+from tests.proxy_harness import key_path, proxy_config, running_proxy, switch, zk_namespace
 
 DEADLINE = 120.0
 
@@ -147,6 +150,49 @@ async def test_a_client_that_gives_up_mid_request_records_an_unknown_outcome(fle
     assert workload.stats.unknown == sum(o.outcome == "unknown" for o in history.ops) > 0
     report = check(history, await final_state(fleet["n1"], app))
     assert report.ok, report.summary()
+
+
+async def test_the_checker_sees_a_value_planted_behind_the_proxys_back_on_the_serving_side(fleet) -> None:
+    """After cutover, an entity and a cache item that nobody wrote through the proxy are put
+    straight into N2; reading them through the proxy is reported, as a phantom read and as
+    a stale cache read."""
+    app, n2 = fleet["app"], fleet["n2"]
+    history = History()
+    await switch(fleet["zk"], "cow")
+    await switch(fleet["zk"], "proxy")
+    workload = Workload(app, lambda cid: fleet["endpoints"][:1], clients=1, keys=4, history=history,
+                        mix={"write": 1, "cache": 1})
+    workload.start()
+    try:
+        await wait_for(ops_done(history, 40), "40 acknowledged ops")
+    finally:
+        await workload.stop()
+    assert check(history, await final_state(n2, app)).ok
+    ops = history.ops
+    key = next(o.key for o in reversed(ops) if o.ok and o.kind == "write")
+    newest = max(o.ts for o in ops if o.ok and o.key == key and o.kind == "write")
+    await n2.apply([Entity(app, "Item", key.encode(), b"planted", newest + 1000)])
+    sets = [o for o in ops if o.ok and o.kind == "cache_set"]
+    old = next(s for s in sets if any(t.key == s.key and t.invoked_at > s.completed_at for t in sets))
+    planter = Client(("127.0.0.1", MEMCACHED["n2"]))
+    try:
+        planter.set(old.key, old.value)
+    finally:
+        planter.close()
+    base = f"http://127.0.0.1:{fleet['endpoints'][0].port}"
+    async with aiohttp.ClientSession() as http:
+        read = history.begin("probe", "read", key)
+        async with http.get(f"{base}{key_path(app, 'Item', key.encode())}") as resp:
+            assert await resp.read() == b"planted"
+            read.succeed(int(resp.headers["X-Nxnw-Timestamp"]), b"planted")
+        hit = history.begin("probe", "cache_get", old.key)
+        async with http.get(f"{base}/v1/cache/{encode_key(old.key.encode())}") as resp:
+            assert await resp.read() == old.value
+            hit.succeed(value=old.value)
+    report = check(history, await final_state(n2, app))
+    assert report.phantom_reads == 1 and report.examples["phantom-read"][0].key == key, report.summary()
+    assert report.unknown_writes == 1, report.summary()
+    assert report.stale_cache_reads == 1 and report.examples["stale-cache-read"][0].key == old.key, report.summary()
 
 
 @pytest.mark.parametrize(("status", "body", "outcome"), [
