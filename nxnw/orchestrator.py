@@ -551,13 +551,11 @@ class Orchestrator:
             await loop.run_in_executor(None, handoff.verify, resolver, dns.n2_values, 10.0)
         return {"switched_at": started, "in_sync_after": round(time.time() - started, 3)}
 
-    async def _stop_mirrors(self, *, final_sync: bool) -> int:
-        """Stop mirroring and remove N2's copies of N1's ephemeral nodes (they would hold
-        N2's locks forever once N1's sessions are gone); returns how many were removed.
-
-        With ``final_sync`` each mirror first runs one last verifying full sync (so N2 then
-        equals N1 for the synced paths and never hands out a sequence suffix N1 issued); if
-        that fails, the mirrors keep running and the error is raised."""
+    async def _stop_mirrors(self, *, final_sync: bool) -> None:
+        """Stop mirroring. With ``final_sync`` each mirror first runs one last verifying full
+        sync (so N2 then equals N1 for the synced paths and never hands out a sequence suffix
+        N1 issued); if that fails, the mirrors not yet finished keep running and the error
+        is raised."""
         timeout = self.plan.thresholds.journal_drain_seconds
         for mirror in list(self.mirrors):
             if final_sync:
@@ -565,6 +563,10 @@ class Orchestrator:
             else:
                 await run_blocking(mirror.stop)
             self.mirrors.remove(mirror)
+
+    async def _purge_ephemeral_copies(self) -> int:
+        """Remove N2's copies of N1's ephemeral nodes, once mirroring has stopped (they would
+        hold N2's locks forever once N1's sessions are gone); returns how many were removed."""
         async with zk_session(self.plan.n2.zookeeper, "N2's") as n2:
             removed = 0
             for root in self.plan.sync_paths:
@@ -587,7 +589,8 @@ class Orchestrator:
     async def _complete(self) -> dict[str, Any]:
         """Both journals empty, one last ZooKeeper sync, then ``complete``."""
         await self._wait_journals_empty(("n2", "n1"))
-        purged = await self._stop_mirrors(final_sync=True)
+        await self._stop_mirrors(final_sync=True)
+        purged = await self._purge_ephemeral_copies()
         await self._set_phase("complete")
         return {"ephemeral_copies_removed": purged}
 
@@ -626,15 +629,22 @@ class Orchestrator:
         return self.state
 
     async def _stop_mirrors_after_rollback(self) -> None:
-        """The last sync of the mirrors this process runs, best effort: after a rollback N2
-        serves nobody, so an N2 ZooKeeper that cannot be synced must not block going back
-        to N1 — it is reported, and the next attempt's verifying resync repairs it."""
+        """The last sync of the mirrors this process runs, and the purge of N2's ephemeral
+        copies, best effort: after a rollback N2 serves nobody, so an N2 ZooKeeper that
+        cannot be reached must not block going back to N1. What is skipped is reported;
+        the next attempt's verifying resync repairs N2's tree, and ``nxnw verify --repair``
+        removes lock copies left behind."""
         try:
             await self._stop_mirrors(final_sync=True)
         except Exception as exc:
             self.progress.event(f"rollback: the last ZooKeeper sync to N2 did not complete ({exc}); "
                                 "mirroring stopped without it")
             await self._stop_mirrors(final_sync=False)
+        try:
+            await self._purge_ephemeral_copies()
+        except Exception as exc:
+            self.progress.event(f"rollback: N2's copies of N1's ephemeral nodes were not removed ({exc}); "
+                                "`nxnw verify --repair` removes them")
 
     async def restart(self) -> None:
         """Forget a finished or rolled-back migration (state and checkpoints) to start anew."""

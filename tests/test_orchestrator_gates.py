@@ -293,3 +293,14 @@ async def test_rollback_requires_the_n1_journal_empty_and_reports_the_n2_one(set
     state = MigrationStateStore(s.zk1).get()
     assert state.phase == "rollback" and state.data["n2_journal"] == 1
     assert read_mode(s.zk1).mode == "passthrough"
+
+
+async def test_rollback_goes_back_to_n1_even_when_n2s_zookeeper_is_unreachable(setting: Setting) -> None:
+    s = setting
+    await seed_n1(s)
+    await run_orchestrator(s.plan, until="cow")
+    n2_gone = s.plan.model_copy(update={"n2": s.plan.n2.model_copy(update={"zookeeper": f"{HOST}:1/gone"})})
+
+    orchestrator = await run_orchestrator(n2_gone, "rollback")
+    assert phase(s) == "rollback" and read_mode(s.zk1).mode == "passthrough"
+    assert any("`nxnw verify --repair` removes them" in line for line in orchestrator.progress.events)
