@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, field_validator
 
-from datastore.clock import MAX_NODES
 from datastore.registry import ENGINES
+from sync.writer_clock import DEFAULT_MAX_OFFSET_MS
 
 
 class ProxyConfig(BaseModel):
-    """One instance; several instances on one host differ in ``instance``, ``node_id`` and ports."""
+    """One instance; several instances on one host differ in ``instance`` and ports.
+
+    The clock's writer id is allocated through N1's ZooKeeper (``sync.writer_clock``);
+    ``node_id`` is accepted from older invocations and not used.
+    """
 
     model_config = {"extra": "forbid"}
 
     instance: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    node_id: int = Field(ge=0, lt=MAX_NODES, description="the clock's writer id, unique per instance")
+    node_id: int | None = Field(default=None, description="not used: writer ids come from ZooKeeper")
     n1_engine: str
     n2_engine: str
     n1_zookeeper: str = Field(description="host:port list of N1's ZooKeeper (mode, journal, locks)")
@@ -27,6 +31,9 @@ class ProxyConfig(BaseModel):
     shadow_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     admin_token: str = ""
     lock_timeout: float = Field(default=10.0, gt=0)
+    max_clock_offset_ms: float = Field(default=DEFAULT_MAX_OFFSET_MS, gt=0,
+                                       description="writes are refused while this host's clock may be further "
+                                                   "than this from ZooKeeper's")
     session_timeout: float = Field(default=6.0, ge=2.0, le=60.0,
                                    description="N1 ZooKeeper session timeout (s); the instance's lease is half of it")
 

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from kazoo.client import KazooClient
 
-from datastore import Engine, HybridLogicalClock, open_engine
+from datastore import Engine, open_engine
 from proxy.api import build_app
 from proxy.cache import CacheListener, CacheRouter
 from proxy.config import ProxyConfig
@@ -29,6 +29,7 @@ from proxy.modes import ModeMachine, data_route
 from sync.aio import run_blocking
 from sync.lock import GroupLock
 from sync.mode import ModeWatcher, ensure_mode
+from sync.writer_clock import WriterClock
 
 log = logging.getLogger("nxnw.proxy.server")
 
@@ -40,6 +41,7 @@ class ProxyServer:
         self.n2: Engine | None = None
         self.zk: KazooClient | None = None
         self.lease: ZooKeeperLease | None = None
+        self.clock: WriterClock | None = None
         self.watcher: ModeWatcher | None = None
         self.modes: ModeMachine | None = None
         self.core: ProxyCore | None = None
@@ -61,6 +63,8 @@ class ProxyServer:
         granted = getattr(self.zk, "_session_timeout", 0) / 1000 or cfg.session_timeout
         self.lease = ZooKeeperLease(self.zk, min(granted, cfg.session_timeout) / 2)
         await run_blocking(self.lease.start)
+        self.clock = WriterClock(self.zk, cfg.instance, max_offset_ms=cfg.max_clock_offset_ms)
+        await run_blocking(self.clock.start)
         self.cache = CacheRouter(cfg.n1_memcached, cfg.n2_memcached, instance=cfg.instance)
         await self.cache.start()
         to_n2 = await run_blocking(RepairJournal, self.zk, "n2")
@@ -71,7 +75,7 @@ class ProxyServer:
                                  cache=self.cache, journals=[to_n2, to_n1],
                                  build_data=functools.partial(data_route, n1=self.n1, n2=self.n2, to_n2=to_n2,
                                                               to_n1=to_n1, shadow_rate=cfg.shadow_rate))
-        self.core = ProxyCore(instance=cfg.instance, clock=HybridLogicalClock(cfg.node_id), modes=self.modes,
+        self.core = ProxyCore(instance=cfg.instance, clock=self.clock, modes=self.modes,
                               lock=self._group_lock, admin_token=cfg.admin_token)
         loop = asyncio.get_running_loop()
         self.modes.start()
@@ -118,6 +122,8 @@ class ProxyServer:
         if self.modes is not None:
             with contextlib.suppress(Exception):  # the session may be gone: its ephemerals too
                 await run_blocking(self.modes.deregister)
+        if self.clock is not None:
+            await run_blocking(self.clock.stop)
         if self.lease is not None:
             await run_blocking(self.lease.stop)
         if self.zk is not None:
