@@ -207,7 +207,7 @@ class Handoff:
             raise ValueError(f"{self.name} {self.rtype}: TTL {ttl} is negative")
         self.save()
         lowering = self.ttl_lowering
-        if lowering is not None and lowering.get("in_sync_at") is not None and lowering["ttl"] >= ttl:
+        if lowering is not None and lowering.get("in_sync_at") is not None and lowering["ttl"] <= ttl:
             return self._wait_old_ttl(lowering["old_ttl"], lowering["in_sync_at"])
         with self._step("lower-ttl", ttl=ttl) as step:
             current = self.provider.records(self.name, self.rtype)

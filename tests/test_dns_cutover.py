@@ -73,8 +73,8 @@ def test_lower_ttl_switch_verify_rollback_restores_ttl_and_values_exactly(bind_d
     assert all(s.finished_at is not None and s.finished_at >= s.started_at for s in handoff.steps)
 
 
-def test_lowering_a_ttl_that_is_already_low_changes_nothing_and_waits_nothing(bind_dns: Rfc2136Provider, app: str) -> None:
-    handoff = Handoff(bind_dns, app)
+def test_lowering_a_ttl_that_was_never_higher_changes_nothing_and_waits_nothing(bind_dns: Rfc2136Provider, app: str) -> None:
+    handoff = Handoff(bind_dns, app)  # its saved copy has TTL 3: no resolver can cache the name for longer
     assert handoff.lower_ttl(10) == 0.0
     assert bind_dns.get(app, "A") == RecordSet(app, "A", 3, tuple(N1))
 
