@@ -1,11 +1,11 @@
 """Entity model, timestamps and the engine interface; the only package that knows an engine."""
 
-from datastore.clock import HybridLogicalClock
+from datastore.clock import ClockUnsafe, HybridLogicalClock
 from datastore.engine import Checksum, Engine, EngineUnavailable, KeyRange
 from datastore.model import Entity, EntityRef, InvalidEntity
 from datastore.registry import UnknownEngine, open_engine
 
 __all__ = [
-    "Checksum", "Engine", "EngineUnavailable", "Entity", "EntityRef", "HybridLogicalClock",
+    "Checksum", "ClockUnsafe", "Engine", "EngineUnavailable", "Entity", "EntityRef", "HybridLogicalClock",
     "InvalidEntity", "KeyRange", "UnknownEngine", "open_engine",
 ]

@@ -8,7 +8,9 @@ layout) that are
   at a time (an ephemeral znode), and an id taken over from a crashed or expired holder is
   floored above every timestamp that holder may have issued (the high-water mark below);
 * **increasing per instance across restarts**: a restarted instance takes back its previous
-  id when it is free, and floors at that id's high-water mark whatever id it gets;
+  id when it is free, and floors at that id's high-water mark whatever id it gets (if
+  another instance holds it by then, its mark runs up to ``reservation_s`` ahead, and the
+  restarted instance waits that long before it stamps, reason ``ahead``);
 * **ordered in real time beyond the bound**: ``now()`` refuses (``ClockUnsafe``) whenever a
   timestamp could be more than ``max_offset_ms`` away from ZooKeeper's clock. Two instances
   that both keep that bound issue timestamps within ``2 * max_offset_ms`` of each other, so
@@ -160,6 +162,8 @@ class WriterClock:
         if self.tick_s * 1_000_000 >= self.reservation_us / 2:
             raise ValueError(f"tick_s {tick_s} must be under half of reservation_s {reservation_s}: "
                              "the reservation must be renewed before it runs out")
+        if isinstance(skew_us, bool) or not isinstance(skew_us, int):
+            raise ValueError(f"skew_us must be an integer of microseconds, got {skew_us!r}")
         self.skew_us = skew_us
         self._lock = threading.Lock()
         self._last = 0
