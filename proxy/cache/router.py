@@ -79,7 +79,7 @@ class ModeRoute(CacheRoute):
     Every operation: if a switch is under way, or this mode is no longer current, wait for
     the switch and hand the operation to the current mode's route. Reads (get/gets/
     meta_get) and writes (everything else but deletes) raise ``CacheFencedError`` with the
-    fence's reason; deletes always go through. Requests in flight are counted (a switch
+    fence's reason, before they start and again before they answer; deletes always go through. Requests in flight are counted (a switch
     waits for zero) and timed (latency metric).
     """
 
@@ -107,7 +107,11 @@ class ModeRoute(CacheRoute):
         self.inflight += 1
         start = time.perf_counter()
         try:
-            return await getattr(self.inner, name)(*args)
+            result = await getattr(self.inner, name)(*args)
+            if write is not None and (reason := router.fence(write)) is not None:
+                # fenced while it ran: the answer may belong to a mode the fleet has left
+                raise CacheFencedError(f"cache {op} not answered: {reason}; its outcome is unknown")
+            return result
         finally:
             self.inflight -= 1
             self._latency[op](time.perf_counter() - start)
