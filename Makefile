@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # A JDK, Maven and python3-venv, installed with apt-get when missing (or the command to run).
 PREREQS := PYTHON=$(PYTHON) sh nxnw/services/prerequisites.sh
 
-.PHONY: demo test services services-down status bench setup
+.PHONY: demo test faults services services-down status bench setup
 
 $(STAMP): pyproject.toml
 	@$(PREREQS)
@@ -25,6 +25,12 @@ test: $(STAMP)
 	@$(PREREQS)
 	$(BIN)/nxnw services up
 	$(BIN)/python -m pytest
+
+# The fault campaign: every fault in every phase, sqlite->sqlite and cassandra->hbase; a table,
+# exit 1 on any cell that lost, resurrected or read stale (see README for how long it takes).
+faults: $(STAMP)
+	$(BIN)/nxnw services up
+	$(BIN)/python -m nxnw.fault_matrix
 
 services: $(STAMP)
 	$(BIN)/nxnw services up

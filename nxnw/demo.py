@@ -1,15 +1,26 @@
-"""``nxnw demo``: a whole live migration on this machine, checked by a history checker.
+"""``nxnw demo``: a whole live migration on this machine, under faults, checked by a history checker.
 
-It starts the local services, seeds N1 (entities and ZooKeeper nodes), puts two proxy
-instances in front — one on N1's address (127.0.0.11), one on N2's (127.0.0.12) — and
-runs a steady workload whose clients find the data endpoint through a real DNS name on
-the local BIND, re-resolving per TTL. Then it migrates: every phase, the DNS hand-off
-included, with the orchestrator in this process or (``orchestrator_kills``) in a child
-process that is killed with SIGKILL in the named phases and started again. At the end
-the history checker compares every acknowledged operation with what N2 holds.
+It starts the local services, seeds N1 (entities and ZooKeeper nodes) and puts a fleet of
+two proxy instances in front — real ``nxnw proxy serve`` processes, one on N1's address
+(127.0.0.11) and one on N2's (127.0.0.12), each with its HTTP and memcache ports — with
+N2's memcached a process of the run's own. A steady workload's clients find the data
+endpoint through a real DNS name on the local BIND (re-resolving per TTL) and fail over
+to the other instance when theirs does not answer. The orchestrator runs as a child
+process (``nxnw migrate``) through every phase, the DNS hand-off included.
 
-The report has one ``name: value`` line per figure; ``run_demo`` returns it, and the
-exit status is 0 only when nothing was lost, nothing resurrected and no read was stale.
+Faults (``nxnw/faults.py``, ``--fault NAME --in PHASE``): for each phase that has faults,
+the orchestrator runs ``--until`` that phase and the faults are injected as soon as the
+migration reaches it; the migration goes on past the phase only once every fault of the
+phase has done its harm and the run can go on (a replacement proxy serves, the engine is
+back). An orchestrator that exits with an error is resumed (``nxnw migrate`` again), as
+an operator would; the resumes are counted in the report.
+
+At the end the history checker compares every operation, the seeded data included, with
+what N2 holds, and a last verify compares N1 with N2. The report has one ``name: value``
+line per figure; ``run_demo`` returns it, with ok true only when the checker found no
+anomaly, the final verify found N1 and N2 identical and the migration reached complete.
+``tamper_n2`` (a test hook proving the checker sees) deletes rows straight in N2's engine,
+behind the proxies' back, after the migration completed.
 """
 
 from __future__ import annotations
@@ -18,38 +29,41 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from kazoo.client import KazooClient
 
 from datastore import Entity, open_engine
 from dns_handoff.provider import RecordSet
 from dns_handoff.rfc2136 import Rfc2136Provider
 from nxnw import services
 from nxnw.config import Plan, parse_plan
-from nxnw.history import History, check
-from nxnw.orchestrator import Orchestrator
-from nxnw.services.base import REPO_ROOT
+from nxnw.faults import FAULT_PHASES, Fault, FaultTarget, parse_fault
+from nxnw.fleet import MemcachedProcess, ProxyFleet, free_port
+from nxnw.history import History, Report, check
+from nxnw.orchestrator import PHASES
+from nxnw.services.base import REPO_ROOT, log_tail
 from nxnw.services.endpoints import (BIND_DNS, BIND_TSIG_ALGORITHM, BIND_TSIG_NAME, BIND_TSIG_SECRET, BIND_ZONE,
                                      HOST, MEMCACHED, ZOOKEEPER, engine_url)
-from nxnw.status_page import render_report, status_app
 from nxnw.workload import Endpoint, Workload
 from nxnw.zk import zk_session
-from proxy.config import ProxyConfig
-from proxy.server import ProxyServer
+from snapshot import verify_app
 from sync.aio import run_blocking
+from sync.mode import read_mode
 from sync.state import CheckpointStore, MigrationStateStore
 
 N1_ADDRESS = "127.0.0.11"
 N2_ADDRESS = "127.0.0.12"
 ENGINE_SERVICES = {"sqlite": [], "cassandra": ["cassandra"], "hbase": ["hbase"]}
+#: How often one migration segment may be resumed after the orchestrator failed.
+MAX_RESUMES = 3
 
 
 @dataclass
@@ -62,25 +76,12 @@ class DemoOptions:
     keys: int = 200
     ttl: int = 2
     settle_seconds: float = 1.0
-    orchestrator_kills: list[str] = field(default_factory=list)
+    #: (fault name, phase) pairs, as ``--fault NAME --in PHASE`` gives them
+    faults: list[tuple[str, str]] = field(default_factory=list)
     status_port: int | None = None
     workdir: Path | None = None
-
-
-def _free_port(*addresses: str) -> int:
-    """A TCP port free on every address (the two proxies listen on the same port)."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind((addresses[0], 0))
-            port = probe.getsockname()[1]
-        try:
-            for address in addresses[1:]:
-                with socket.socket() as other:
-                    other.bind((address, port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError(f"no TCP port free on all of {addresses}")
+    #: test hook: delete this many workload keys straight in N2's engine once the migration completed
+    tamper_n2: int = 0
 
 
 def _toml(plan: dict[str, Any]) -> str:
@@ -102,7 +103,7 @@ def _toml(plan: dict[str, Any]) -> str:
 
 
 class DemoEnvironment:
-    """N1, N2, their ZooKeeper namespaces, a DNS name, two proxies and a workload."""
+    """N1, N2, their ZooKeeper namespaces, a DNS name, a proxy fleet and a workload."""
 
     def __init__(self, options: DemoOptions) -> None:
         self.options = options
@@ -112,16 +113,21 @@ class DemoEnvironment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.chroot = f"/nxnw-demo-{self.id}"
         self.dns_name = f"demo-{self.id}.{BIND_ZONE}"
-        self.port = _free_port(N1_ADDRESS, N2_ADDRESS)
+        # One HTTP and one memcache port on both addresses, so the DNS name needs no port of its own.
+        self.port = free_port(N1_ADDRESS, N2_ADDRESS)
+        self.memcache_port = free_port(N1_ADDRESS, N2_ADDRESS)
+        self.slots = [(N1_ADDRESS, self.port, self.memcache_port), (N2_ADDRESS, self.port, self.memcache_port)]
         self.plan_path = self.workdir / "plan.toml"
         self.history = History()
-        self.proxies: list[ProxyServer] = []
+        self.memcached_n2 = MemcachedProcess(free_port(HOST), self.workdir / "memcached-n2.log")
+        self.fleet = ProxyFleet(self.plan_path, self.workdir, self.slots)
         self.workload: Workload | None = None
+        self.workload_stopped = False
         self.plan: Plan | None = None
 
     def needed_services(self) -> list[str]:
         engines = {self.options.source, self.options.target}
-        return ["memcached-n1", "memcached-n2", "zookeeper-n1", "zookeeper-n2", "bind",
+        return ["memcached-n1", "zookeeper-n1", "zookeeper-n2", "bind",
                 *sorted({s for e in engines for s in ENGINE_SERVICES[e]})]
 
     def plan_dict(self) -> dict[str, Any]:
@@ -137,7 +143,7 @@ class DemoEnvironment:
                    "proxies": [f"http://{N1_ADDRESS}:{self.port}"]},
             "n2": {"engine": engine_url(self.options.target, "n2", sqlite_dir),
                    "zookeeper": f"{HOST}:{ZOOKEEPER['n2']}{self.chroot}",
-                   "memcached": f"{HOST}:{MEMCACHED['n2']}",
+                   "memcached": self.memcached_n2.address,
                    "proxies": [f"http://{N2_ADDRESS}:{self.port}"]},
             "dns": {"provider": "rfc2136", "name": self.dns_name, "n1_values": [N1_ADDRESS],
                     "n2_values": [N2_ADDRESS], "ttl": self.options.ttl, "resolver": f"{HOST}:{BIND_DNS}",
@@ -151,6 +157,7 @@ class DemoEnvironment:
 
     async def setup(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, services.up, self.needed_services())
+        await self.memcached_n2.start()
         text = _toml(self.plan_dict())
         self.plan_path.write_text(text)
         self.plan = parse_plan(text, str(self.plan_path))
@@ -166,21 +173,10 @@ class DemoEnvironment:
         record = RecordSet(self.dns_name, "A", self.options.ttl * 2, (N1_ADDRESS,))
         await asyncio.get_running_loop().run_in_executor(None, lambda: provider.wait_in_sync(provider.upsert([record]), 30))
         await self._seed()
-        for index, address in enumerate((N1_ADDRESS, N2_ADDRESS)):
-            proxy = ProxyServer(self.proxy_config(index, address))
-            await proxy.setup()
-            await proxy.start()
-            self.proxies.append(proxy)
-
-    def proxy_config(self, index: int, address: str) -> ProxyConfig:
-        assert self.plan is not None
-        return ProxyConfig(instance=f"demo-p{index}", node_id=index + 1, n1_engine=self.plan.n1.engine,
-                           n2_engine=self.plan.n2.engine, n1_zookeeper=self.plan.n1.zookeeper,
-                           n2_zookeeper=self.plan.n2.zookeeper, n1_memcached=self.plan.n1.memcached,
-                           n2_memcached=self.plan.n2.memcached, http_host=address, http_port=self.port,
-                           shadow_rate=self.plan.thresholds.shadow_rate)
+        await self.fleet.start()
 
     async def _seed(self) -> None:
+        """N1's data before the migration, recorded in the history so the checker checks it too."""
         assert self.plan is not None
         n1 = open_engine(self.plan.n1.engine)
         await n1.open()
@@ -190,18 +186,41 @@ class DemoEnvironment:
             batch = [Entity(self.app, "Item", b"seed-%06d" % i, value, base + i * 16) for i in range(self.options.seed_entities)]
             for start in range(0, len(batch), 1000):
                 await n1.apply(batch[start:start + 1000])
+            for entity in batch:
+                self.history.seed(entity.key.decode(), entity.value, entity.ts)
         finally:
             await n1.close()
 
+    def endpoints(self, cid: int) -> list[Endpoint]:
+        """A client's endpoints: the DNS name first, then each instance's address to fail over to.
+
+        After the hand-off the name and the second endpoint both name N2's instance, so a
+        client whose instance died there still has N1's address to go to.
+        """
+        return [Endpoint(port=self.port, address=N1_ADDRESS, dns_server=f"{HOST}:{BIND_DNS}", dns_name=self.dns_name,
+                         ttl=self.options.ttl, memcache_port=self.memcache_port),
+                Endpoint(port=self.port, address=N2_ADDRESS, memcache_port=self.memcache_port),
+                Endpoint(port=self.port, address=N1_ADDRESS, memcache_port=self.memcache_port)]
+
     def start_workload(self) -> None:
-        endpoint = lambda cid: Endpoint(port=self.port, address=N1_ADDRESS, dns_server=f"{HOST}:{BIND_DNS}",
-                                        dns_name=self.dns_name, ttl=self.options.ttl)
-        self.workload = Workload(self.app, endpoint, clients=self.options.clients, keys=self.options.keys,
+        self.workload = Workload(self.app, self.endpoints, clients=self.options.clients, keys=self.options.keys,
                                  history=self.history)
         self.workload.start()
 
+    def set_client_timeout(self, seconds: float | None) -> None:
+        """The clients' timeout for requests they start from now on (None: their default)."""
+        assert self.workload is not None
+        self.workload.set_client_timeout(seconds)
+
+    def busiest_slot(self) -> int:
+        """The slot whose address most of the last requests reached."""
+        assert self.workload is not None
+        recent = Counter(address for _, address in self.workload.stats.reached[-400:])
+        hosts = [host for host, _, _ in self.slots]
+        return max(range(len(hosts)), key=lambda i: recent.get(hosts[i], 0))
+
     async def final_state(self, side: str = "n2") -> dict[str, tuple[bytes, int] | None]:
-        """What N2 (or N1) holds for the workload's keys (None for a tombstone)."""
+        """What N2 (or N1) holds for every key of the app (None for a tombstone)."""
         assert self.plan is not None
         engine = open_engine(getattr(self.plan, side).engine)
         await engine.open()
@@ -210,69 +229,176 @@ class DemoEnvironment:
             for key_range in await engine.ranges(self.app):
                 async for page in engine.scan(self.app, key_range, tombstones=True):
                     for e in page:
-                        if e.key.startswith(b"key-"):
-                            state[e.key.decode()] = None if e.value is None else (e.value, e.ts)
+                        state[e.key.decode()] = None if e.value is None else (e.value, e.ts)
         finally:
             await engine.close()
         return state
 
-    async def cleanup(self) -> None:
-        if self.workload is not None and not self.workload._stop.is_set():
+    async def final_verify(self) -> str | None:
+        """None when N1 and N2 hold the same app, else verify's summary."""
+        assert self.plan is not None
+        n1, n2 = open_engine(self.plan.n1.engine), open_engine(self.plan.n2.engine)
+        await n1.open()
+        await n2.open()
+        try:
+            report = await verify_app(n1, n2, self.app)
+            return None if report.identical else report.summary()
+        finally:
+            await n1.close()
+            await n2.close()
+
+    async def tamper_n2(self, count: int) -> list[str]:
+        """Delete ``count`` workload keys straight in N2's engine, just above their timestamp."""
+        assert self.plan is not None
+        state = await self.final_state()
+        keys = sorted(k for k, v in state.items() if k.startswith("key-") and v is not None)[:count]
+        n2 = open_engine(self.plan.n2.engine)
+        await n2.open()
+        try:
+            await n2.apply([Entity(self.app, "Item", k.encode(), None, state[k][1] + 1) for k in keys])  # type: ignore[index]
+        finally:
+            await n2.close()
+        return keys
+
+    async def stop_workload(self) -> None:
+        if self.workload is not None and not self.workload_stopped:
+            self.workload_stopped = True
             await self.workload.stop()
-        for proxy in reversed(self.proxies):
-            await proxy.cleanup()
-        self.proxies = []
+
+    async def cleanup(self) -> None:
+        await self.stop_workload()
+        await self.fleet.stop()
+        await self.memcached_n2.stop()
 
 
-async def _orchestrate_in_process(env: DemoEnvironment) -> dict[str, Any]:
-    assert env.plan is not None
-    orchestrator = Orchestrator(env.plan)
-    await orchestrator.connect()
-    runner = None
-    if env.plan.status_port is not None:
-        runner = web.AppRunner(status_app(orchestrator.status), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, HOST, env.plan.status_port).start()
-        print(f"status page: http://{HOST}:{env.plan.status_port}/", flush=True)
-    try:
-        await orchestrator.migrate()
-        (env.workdir / "report.html").write_text(render_report(orchestrator.status()))
-        return await orchestrator._finished_tasks()
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-        await orchestrator.close()
+class MigrationStuck(RuntimeError):
+    """The orchestrator failed again after every resume; the message has its last words."""
 
 
-async def _phase(env: DemoEnvironment) -> str | None:
-    assert env.plan is not None
-    async with zk_session(env.plan.n1.zookeeper, "N1's") as zk:
-        state = await run_blocking(MigrationStateStore(zk).get)
-    return None if state is None else state.phase
+class MigrationDriver:
+    """Runs ``nxnw migrate`` as a child, phase segment by phase segment, injecting faults.
 
+    For each phase with faults the child runs ``--until`` that phase. A fault that acts on
+    the orchestrator's own work (``Fault.while_running``) is injected the moment the
+    migration reaches the phase; the others once the phase's tasks are done, so each
+    starts while the migration is in its phase and goes on while the migration moves on
+    (a paused proxy misses the next mode switch, an outage meets the next phase's work).
+    A child that fails is resumed once the faults in progress have undone their harm.
+    """
 
-async def _orchestrate_in_child(env: DemoEnvironment, kills: list[str]) -> dict[str, Any]:
-    """Run ``nxnw migrate`` as a child; SIGKILL it once in each phase of ``kills``; rerun."""
-    remaining = list(kills)
-    log = open(env.workdir / "orchestrator.log", "ab")
-    while True:
-        child = subprocess.Popen([sys.executable, "-m", "nxnw.cli", "migrate", str(env.plan_path)],
-                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        while child.poll() is None:
-            if remaining and await _phase(env) == remaining[0]:
-                await asyncio.sleep(0.3)
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-                print(f"orchestrator killed with SIGKILL in phase {remaining.pop(0)}; starting it again", flush=True)
-                break
-            await asyncio.sleep(0.1)
-        if child.returncode == 0:
-            break
-        if child.returncode != -signal.SIGKILL:
-            raise RuntimeError(f"nxnw migrate exited {child.returncode}; see {env.workdir / 'orchestrator.log'}")
-    assert env.plan is not None
-    async with zk_session(env.plan.n1.zookeeper, "N1's") as zk:
-        return await run_blocking(CheckpointStore(zk).list, f"{env.plan.name}._tasks")
+    def __init__(self, env: DemoEnvironment, faults: list[tuple[Fault, str]]) -> None:
+        self.env = env
+        self.faults = faults
+        self.child: subprocess.Popen | None = None
+        self.killed = False
+        self.resumes = 0
+        self.kills = 0
+        self.log_path = env.workdir / "orchestrator.log"
+        self.zk: KazooClient | None = None
+        self.injections: list[asyncio.Task] = []
+        self.fault_errors: list[str] = []
+
+    def stop(self) -> None:
+        """Kill an orchestrator child still running (the demo was interrupted)."""
+        if self.child is not None and self.child.poll() is None:
+            os.killpg(self.child.pid, signal.SIGKILL)
+            self.child.wait()
+
+    def _start(self, until: str | None) -> None:
+        argv = [sys.executable, "-m", "nxnw.cli", "migrate", str(self.env.plan_path),
+                "--report", str(self.env.workdir / "report.html")]
+        if until is not None:
+            argv += ["--until", until]
+        if self.env.options.status_port is not None:
+            argv += ["--status-port", str(self.env.options.status_port)]
+        with open(self.log_path, "ab") as log:
+            self.child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.killed = False
+
+    async def kill_orchestrator(self) -> str:
+        if self.child is None or self.child.poll() is not None:
+            return "the orchestrator had already finished the phase; nothing to kill"
+        self.killed = True
+        os.killpg(self.child.pid, signal.SIGKILL)
+        self.kills += 1
+        await run_blocking(self.child.wait)
+        return f"killed the orchestrator (pid {self.child.pid}) with SIGKILL; it is started again"
+
+    def target(self) -> FaultTarget:
+        env = self.env
+        assert env.plan is not None and env.workload is not None
+        return FaultTarget(fleet=env.fleet, memcached_n2=env.memcached_n2, source=env.options.source,
+                           target=env.options.target, n1_zookeeper=env.plan.n1.zookeeper,
+                           n2_engine_url=env.plan.n2.engine, busiest_slot=env.busiest_slot,
+                           set_client_timeout=env.set_client_timeout,
+                           kill_orchestrator=self.kill_orchestrator, say=lambda line: print(line, flush=True))
+
+    async def _inject(self, fault: Fault, phase: str) -> None:
+        try:
+            await fault.inject(self.target(), phase)
+        except Exception as exc:
+            self.fault_errors.append(f"fault {fault.name} in {phase} could not be injected: {exc}")
+            print(self.fault_errors[-1], flush=True)
+
+    def _start_faults(self, faults: list[Fault], phase: str) -> list[asyncio.Task]:
+        started = [asyncio.create_task(self._inject(fault, phase)) for fault in faults]
+        self.injections += started
+        return started
+
+    async def run(self) -> None:
+        assert self.env.plan is not None
+        async with zk_session(self.env.plan.n1.zookeeper, "N1's") as zk:
+            self.zk = zk
+            try:
+                for phase in FAULT_PHASES:
+                    at_phase = [fault for fault, p in self.faults if p == phase]
+                    if at_phase:
+                        await self._segment(phase, [f for f in at_phase if f.while_running])
+                        self._start_faults([f for f in at_phase if not f.while_running], phase)
+                await self._segment(None, [])
+            finally:
+                await asyncio.gather(*self.injections)  # every fault undoes its harm before the checks
+
+    async def _segment(self, until: str | None, while_running: list[Fault]) -> None:
+        """Run the migration to the end of ``until`` (or to the end), resuming it when it fails."""
+        self._start(until)
+        if while_running:
+            assert until is not None
+            while not await self._reached(until):
+                assert self.child is not None
+                code = self.child.poll()
+                if code == 0:
+                    raise MigrationStuck(f"nxnw migrate --until {until} exited 0 before the migration reached {until}")
+                if code is not None:
+                    await self._after_exit(until)
+                await asyncio.sleep(0.05)
+            await asyncio.gather(*self._start_faults(while_running, until))
+        while True:
+            assert self.child is not None
+            code = await run_blocking(self.child.wait)
+            if code == 0:
+                return
+            await self._after_exit(until)
+
+    async def _reached(self, phase: str) -> bool:
+        assert self.zk is not None
+        state = await run_blocking(MigrationStateStore(self.zk).get)
+        return state is not None and state.phase in PHASES and PHASES.index(state.phase) >= PHASES.index(phase)
+
+    async def _after_exit(self, until: str | None) -> None:
+        """The child exited non-zero: start it again (killed by a fault) or resume it (failed)."""
+        assert self.child is not None
+        if self.killed:
+            self._start(until)
+            return
+        lines = log_tail(self.log_path, 3).strip().splitlines()
+        reason = f"orchestrator exited {self.child.returncode}: {lines[-1] if lines else 'no output'}"
+        if self.resumes == MAX_RESUMES:
+            raise MigrationStuck(f"{reason} (after {MAX_RESUMES} resumes; log {self.log_path})")
+        self.resumes += 1
+        print(f"{reason}; resuming it once the faults in progress are undone ({self.resumes}/{MAX_RESUMES})", flush=True)
+        await asyncio.gather(*self.injections)  # a fault still doing harm would fail the resume too
+        self._start(until)
 
 
 def _switch_over(reached: list[tuple[float, str]], switched_at: float) -> tuple[float | None, float | None]:
@@ -292,38 +418,65 @@ def _ratio(value: float | None) -> str | None:
     return None if value is None else f"{value:.3f}"
 
 
+def _faults(options: DemoOptions) -> list[tuple[Fault, str]]:
+    chosen = [parse_fault(name, phase) for name, phase in options.faults]
+    for fault, phase in chosen:
+        reason = fault.applies(options.source, options.target)
+        if reason is not None:
+            raise ValueError(f"fault {fault.name} does not apply to {options.source} -> {options.target}: {reason}")
+    return chosen
+
+
 async def run_demo(options: DemoOptions) -> tuple[dict[str, Any], bool]:
+    faults = _faults(options)
     env = DemoEnvironment(options)
+    driver: MigrationDriver | None = None
     print(f"demo {env.id}: {options.source} N1 -> {options.target} N2, app {env.app}, work dir {env.workdir}", flush=True)
+    for fault, phase in faults:
+        print(f"fault {fault.name} in {phase}: {fault.summary}", flush=True)
     try:
         await env.setup()
-        print(f"N1 seeded with {options.seed_entities} entities; proxies on {N1_ADDRESS}:{env.port} and "
-              f"{N2_ADDRESS}:{env.port}; clients resolve {env.dns_name} on 127.0.0.1:{BIND_DNS}", flush=True)
+        print(f"N1 seeded with {options.seed_entities} entities; proxies "
+              f"{', '.join(f'{p.instance} on {p.url}' for p in env.fleet.current)}; clients resolve {env.dns_name} "
+              f"on {HOST}:{BIND_DNS}", flush=True)
         env.start_workload()
         await asyncio.sleep(options.settle_seconds)
         started = time.monotonic()
-        if options.orchestrator_kills:
-            tasks = await _orchestrate_in_child(env, options.orchestrator_kills)
-        else:
-            tasks = await _orchestrate_in_process(env)
+        driver = MigrationDriver(env, faults)
+        stuck: str | None = None
+        try:
+            await driver.run()
+        except MigrationStuck as exc:
+            stuck = str(exc)
+            print(f"migration stuck: {stuck}", flush=True)
         migration_seconds = time.monotonic() - started
         await asyncio.sleep(options.ttl + 2.0)
-        assert env.workload is not None
-        await env.workload.stop()
-        report = check(env.history, await env.final_state())
+        assert env.workload is not None and env.plan is not None
+        await env.stop_workload()
+        async with zk_session(env.plan.n1.zookeeper, "N1's") as zk:
+            state = await run_blocking(MigrationStateStore(zk).get)
+            tasks = await run_blocking(CheckpointStore(zk).list, f"{env.plan.name}._tasks")
+            mode = await run_blocking(read_mode, zk)
+        final_phase = None if state is None else state.phase
+        if options.tamper_n2:
+            keys = await env.tamper_n2(options.tamper_n2)
+            print(f"tampered with N2 behind the proxies' back: deleted {', '.join(keys)}", flush=True)
+        # The side that serves reads: N2 in the proxy mode, N1 before it (or after a rollback).
+        serving = "n2" if mode is not None and mode.mode == "proxy" else "n1"
+        # Cache hits during a mode switch are not judged: instances may then serve the cache
+        # from different sides (see nxnw/history.py). Task times are wall-clock; ops are monotonic.
+        to_monotonic = time.monotonic() - time.time()
+        switches = [(tasks[name]["started"] + to_monotonic, tasks[name]["finished"] + to_monotonic)
+                    for name in ("cow", "proxy") if "started" in tasks.get(name, {})]
+        report = check(env.history, await env.final_state(serving), cache_unchecked=switches)
+        differs = await env.final_verify()
         handoff = tasks.get("handoff", {})
         load = tasks.get(f"snapshot+load:{env.app}", {})
         p99, p100 = _switch_over(env.workload.stats.reached, handoff.get("switched_at", time.time()))
-        failed_in_switch = env.workload.stats.failed
         figures: dict[str, Any] = {
-            "acknowledged writes": report.counts().get("acknowledged_writes", 0),
-            "acknowledged deletes": report.counts().get("acknowledged_deletes", 0),
-            "reads": report.counts().get("reads", 0),
-            "lost writes": report.counts().get("lost_writes", 0),
-            "resurrected deletes": report.counts().get("resurrected_deletes", 0),
-            "stale reads": report.counts().get("stale_reads", 0),
-            "unknown writes": report.counts().get("unknown_writes", 0),
-            "failed requests": failed_in_switch,
+            **_checker_figures(report),
+            "final verify": "identical" if differs is None else differs,
+            "failed requests": env.workload.stats.failed,
             "switch-over 99% (seconds)": None if p99 is None else round(p99, 2),
             "switch-over (seconds)": None if p100 is None else round(p100, 2),
             "dns ttl (seconds)": options.ttl,
@@ -332,14 +485,26 @@ async def run_demo(options: DemoOptions) -> tuple[dict[str, Any], bool]:
             "load rate (entities/s)": load.get("rate"),
             "entities loaded": load.get("entities"),
             "migration (seconds)": round(migration_seconds, 1),
-            "orchestrator kills": len(options.orchestrator_kills),
-            "final phase": await _phase(env),
+            "faults": ", ".join(f"{f.name} in {p}" for f, p in faults) or "none",
+            "faults not injected": "; ".join(driver.fault_errors) or "none",
+            "orchestrator kills": driver.kills,
+            "orchestrator resumes after failure": driver.resumes,
+            "proxy instances": len(env.fleet.current) + len(env.fleet.retired),
+            "final phase": final_phase,
+            "checked side": serving.upper(),
+            "migration stuck": stuck or "no",
         }
-        ok = report.ok and figures["final phase"] == "complete"
-        (env.workdir / "history.jsonl").write_text("")
+        ok = report.ok and differs is None and final_phase == "complete" and not driver.fault_errors
         env.history.save(env.workdir / "history.jsonl")
         if not ok:
             print(report.summary(), flush=True)
         return figures, ok
     finally:
+        if driver is not None:
+            driver.stop()
         await env.cleanup()
+
+
+def _checker_figures(report: Report) -> dict[str, int]:
+    counts = report.counts()
+    return {name.replace("_", " "): value for name, value in counts.items()}
