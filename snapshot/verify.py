@@ -22,8 +22,8 @@ invents data on N1:
 
 Applying through ``Engine.apply`` means a repair racing a live ``cow`` write can never
 undo that write. After a repair, every differing key is read again on both sides (a few
-looks, so a write in flight settles): what still differs is ``remaining``, the verdict
-that gates ``proxy``. This module never deletes anything that it has not seen a newer
+looks, ``LOOK_AGAIN_PAUSES`` apart, so a write in flight settles): what still differs is
+``remaining``, the verdict that gates ``proxy``. This module never deletes anything that it has not seen a newer
 tombstone for, and never writes to N1 a key N1 has never held.
 """
 
@@ -192,16 +192,34 @@ async def _apply_in_batches(engine: Engine, entities: list[Entity], size: int = 
         await engine.apply(entities[start:start + size])
 
 
-async def _still_differs(n1: Engine, n2: Engine, diff: Difference, looks: int = 3) -> Difference | None:
-    """Read the key on both sides again; None once a look finds them equal (a write in flight
-    made the difference), else the difference as last seen."""
+async def _look_again(n1: Engine, n2: Engine, diff: Difference) -> Difference | None:
+    """Read the key on both sides again: None if they now agree, else the difference as seen now."""
     ref = (diff.n1 or diff.n2).ref  # type: ignore[union-attr]
-    for _ in range(looks):
-        e1, e2 = await asyncio.gather(n1.read(ref), n2.read(ref))
-        if _same(e1, e2) or (e1 is None and e2 is None):
-            return None
-        diff = Difference(diff.row_key, e1, e2)
-    return diff
+    e1, e2 = await asyncio.gather(n1.read(ref), n2.read(ref))
+    if _same(e1, e2) or (e1 is None and e2 is None):
+        return None
+    return Difference(diff.row_key, e1, e2)
+
+
+#: Pauses before each look at what a repair left: a cow write in flight (its two legs run
+#: in parallel) can show as a difference for a moment; a difference that survives every
+#: look is real. One pause per round for all keys, so many real differences cost no more.
+LOOK_AGAIN_PAUSES = (0.0, 0.1, 0.5, 1.0)
+
+
+async def _still_differing(n1: Engine, n2: Engine, diffs: list[Difference], workers: int) -> list[Difference]:
+    slots = asyncio.Semaphore(workers * 8)
+
+    async def look(diff: Difference) -> Difference | None:
+        async with slots:
+            return await _look_again(n1, n2, diff)
+
+    for pause in LOOK_AGAIN_PAUSES:
+        if not diffs:
+            break
+        await asyncio.sleep(pause)
+        diffs = [d for d in await asyncio.gather(*(look(d) for d in diffs)) if d is not None]
+    return diffs
 
 
 async def verify_app(n1: Engine, n2: Engine, app: str, *, repair: bool = False, n2_primary: bool = False,
@@ -239,13 +257,6 @@ async def verify_app(n1: Engine, n2: Engine, app: str, *, repair: bool = False, 
     to_n2 = [d.winner for d in report.differences if d.repair_target(n2_primary) == "n2"]
     await asyncio.gather(_apply_in_batches(n1, to_n1), _apply_in_batches(n2, to_n2))
     report.repaired = len(to_n1) + len(to_n2)
-    slots = asyncio.Semaphore(workers * 8)
-
-    async def look_again(diff: Difference) -> Difference | None:
-        async with slots:
-            return await _still_differs(n1, n2, diff)
-
-    again = await asyncio.gather(*(look_again(d) for d in report.differences))
-    report.remaining = [d for d in again if d is not None]
+    report.remaining = await _still_differing(n1, n2, report.differences, workers)
     report.reasons = {d.label: d.unrepairable_reason for d in report.remaining if d.repair_target(n2_primary) is None}
     return report
