@@ -100,8 +100,7 @@ class VerifyReport:
     repaired: int = 0
     #: keys that differed between the scans but agreed on a second look (writes in flight)
     settled: int = 0
-    #: what still differs: after a repair, the differences that survived it; without one,
-    #: every difference
+    #: what still differs after the last look (and, with repair, after the repair)
     remaining: list[Difference] = field(default_factory=list)
     #: a reason per remaining key (its label), when the repair left it alone on purpose
     reasons: dict[str, str] = field(default_factory=dict)
@@ -251,7 +250,7 @@ async def verify_app(n1: Engine, n2: Engine, app: str, *, repair: bool = False, 
         if on_difference is not None:
             on_difference(diff)
     if not repair:
-        report.remaining = list(report.differences)
+        report.remaining = await _still_differing(n1, n2, report.differences, workers)
         return report
     to_n1 = [d.winner for d in report.differences if d.repair_target(n2_primary) == "n1"]
     to_n2 = [d.winner for d in report.differences if d.repair_target(n2_primary) == "n2"]
