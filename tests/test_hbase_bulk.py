@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from datastore import Engine, Entity, EntityRef, open_engine
-from datastore.engines.hbase import BATCH_ROWS, FAMILY, GatewayConnection
+from datastore.engines.hbase import BATCH_ROWS, FAMILY, BatchMutationTs, GatewayConnection, Mutation
 from nxnw.services.endpoints import engine_url
 from tests.conftest import require
 
@@ -124,3 +124,21 @@ async def test_a_row_reads_back_only_its_newest_cells(hbase: Engine, app_name: s
     assert {cell.timestamp for cell in rows[0].columns.values()} == {300}
     assert len(rows[0].columns) == 2
     assert await hbase.read(ref) == Entity(app_name, "Bulk", b"k", b"v300-tie", 300)
+
+
+async def test_a_row_written_in_the_single_value_column_layout_reads_and_yields_by_timestamp(
+        hbase: Engine, app_name: str) -> None:
+    """Tables written before values had a column each hold the value in ``e:v``."""
+    await hbase.put(Entity(app_name, "Bulk", b"other", b"x", 1))  # creates the table
+    ref = EntityRef(app_name, "Bulk", b"legacy")
+    conn = GatewayConnection(hbase.host, hbase.port, 15_000)
+    try:
+        conn.client.mutateRowsTsEach(hbase._table(app_name), [BatchMutationTs(
+            row=ref.row_key, mutations=[Mutation(isDelete=False, column=b"e:v", value=b"old layout")], timestamp=100)])
+    finally:
+        conn.close()
+    assert await hbase.read(ref) == Entity(app_name, "Bulk", b"legacy", b"old layout", 100)
+    await hbase.put(Entity(app_name, "Bulk", b"legacy", b"older", 50))
+    assert (await hbase.get(ref)).value == b"old layout"
+    await hbase.put(Entity(app_name, "Bulk", b"legacy", b"newer", 200))
+    assert await hbase.read(ref) == Entity(app_name, "Bulk", b"legacy", b"newer", 200)
