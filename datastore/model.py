@@ -71,22 +71,29 @@ def check_ts(ts: int) -> int:
 
 def check_batch(entities: Sequence[object]) -> None:
     """Check every entity of a batch before any of it is written; the error names the
-    position of the first bad one. App and kind names are checked once per batch."""
+    position of the first bad one. The loop is the hot path of a snapshot load, so it only
+    filters: app and kind names are checked once per batch, and anything that does not
+    plainly pass goes through the ``check_*`` functions, which say what is wrong."""
     names: set[tuple[str, str]] = set()
     for i, entity in enumerate(entities):
+        if type(entity) is Entity:
+            app, kind, key, value, ts = entity.app, entity.kind, entity.key, entity.value, entity.ts
+            if (type(app) is str and type(kind) is str and (app, kind) in names
+                    and type(key) is bytes and 0 < len(key) <= MAX_KEY_BYTES
+                    and (value is None or (type(value) is bytes and len(value) <= MAX_VALUE_BYTES))
+                    and type(ts) is int and 0 < ts <= MAX_TIMESTAMP):
+                continue
         try:
             if not isinstance(entity, Entity):
                 raise InvalidEntity(f"{type(entity).__name__} {entity!r:.80} is not an Entity")
-            app, kind = entity.app, entity.kind
-            if type(app) is not str or type(kind) is not str or (app, kind) not in names:
-                check_app(app)
-                check_kind(kind)
-                names.add((app, kind))
+            check_app(entity.app)
+            check_kind(entity.kind)
             check_key(entity.key)
             check_value(entity.value)
             check_ts(entity.ts)
         except InvalidEntity as exc:
             raise InvalidEntity(f"batch entity {i}: {exc}; nothing of the batch was written") from None
+        names.add((entity.app, entity.kind))
 
 
 @dataclass(frozen=True, slots=True)
