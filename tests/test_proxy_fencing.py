@@ -228,6 +228,41 @@ async def test_a_client_that_disconnects_mid_dual_write_leaves_both_sides_holdin
         await wait_for(both_hold_it, "the journal replayed to N2", timeout=30)
 
 
+async def test_a_journal_record_zookeeper_refuses_is_answered_503_and_recorded_once_it_can(
+        tmp_path: Path, app_name: str) -> None:
+    """N2's leg fails and ZooKeeper refuses the journal entry (an ACL that forbids creating it):
+    the client gets 503 "unknown outcome", never a silent success with N1 ahead, and the key
+    is journalled — and replayed to N2 — once ZooKeeper takes it."""
+    from kazoo.security import OPEN_ACL_UNSAFE, make_acl
+
+    require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
+    n1_url, n2_path = f"sqlite:///{tmp_path}/n1.db", f"{tmp_path}/n2.db"
+    n2_url = f"sqlite:///{n2_path}"
+    async with AsyncExitStack() as stack:
+        zk_hosts, zk = await stack.enter_async_context(zk_namespace())
+        n1, n2 = await stack.enter_async_context(engines(n1_url, n2_url))
+        server, http = await stack.enter_async_context(running_proxy(proxy_config("p1", 1, n1_url, n2_url, zk_hosts)))
+        await switch(zk, "cow")
+        assert (await http.put(key_path(app_name, "K", b"first"), data=b"0")).status == 200
+        ref = EntityRef(app_name, "K", b"unjournalled")
+        await run_blocking(zk.set_acls, "/nxnw/journal/n2", [make_acl("world", "anyone", read=True, admin=True)])
+        try:
+            with locked_sqlite(n2_path):
+                response = await http.put(key_path(app_name, "K", b"unjournalled"), data=b"v")
+            assert response.status == 503, await response.text()
+            assert (await response.json())["error"] == "unknown outcome"
+            assert (await n1.get(ref)).value == b"v"
+            assert server.modes.journals[0].held, "the key is not held for the journal"
+        finally:
+            await run_blocking(zk.set_acls, "/nxnw/journal/n2", OPEN_ACL_UNSAFE)
+
+        async def on_n2() -> bool:
+            entity = await n2.get(ref)
+            return entity is not None and entity.value == b"v"
+        await wait_for(on_n2, "the held key journalled and replayed to N2", timeout=30)
+        assert not server.modes.journals[0].held
+
+
 # --- fencing of in-flight work (item 5) ------------------------------------------------------
 
 

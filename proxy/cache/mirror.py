@@ -44,8 +44,9 @@ Not guaranteed: that ``dest`` is warm (any race ends in a miss, never a stale hi
 ``dest`` expires an item in the same second as the source (TTLs have one-second
 granularity and a mirrored relative exptime starts when the mirror lands); anything about
 keys written to the source by something other than this proxy; anything after a crash —
-the queue and ``dropped`` live in memory, so a proxy that dies in ``cow`` must be followed
-by a flush of N2 before the switch to ``proxy`` (the orchestrator's job). A source run
+the queue and ``dropped`` live in memory; for that, an instance in ``cow`` holds a durable
+"cow cache dirty" marker (``proxy/modes.py``), and ``switch_mode`` flushes N2 before
+``proxy`` while the marker of an instance that did not drain remains. A source run
 with CAS disabled (``memcached -C``, every CAS 0) cannot be verified: mirrors then only
 delete on ``dest`` and fills are skipped.
 """
