@@ -10,8 +10,8 @@ own, ``e:v<digest>`` (``value_column``: 16 hex digits of the value's BLAKE2b), s
 different values written at one timestamp are two cells, both kept, and the reader decides
 between them by ``Entity.wins_over``'s rule (the tombstone on a tie, else the greater
 value), in any arrival order, in one call or several. In one column HBase would keep the
-value that arrived *last* at an equal timestamp, where Cassandra keeps the greater one,
-and N1 and N2 would fork (issue: one key twice in one batch). The same value written twice
+value that arrived *last* at an equal timestamp, where Cassandra keeps the greater one, and
+an N1 and an N2 on the two engines would keep different values for good. The same value written twice
 is the same cell. The stored entity is the winner among the cells at the newest
 timestamp, so an older write arriving late is an older cell that never shows.
 
@@ -37,7 +37,7 @@ speaks the ``NxnwHbase`` service (``GATEWAY_IDL``): HBase's Thrift1 ``Hbase`` se
 happybase's ``Hbase.thrift``, plus ``mutateRowsTsEach``, a ``mutateRowsTs`` whose rows each
 carry their own timestamp. Thrift1 takes one timestamp per ``mutateRowsTs`` call and snapshot
 rows all have different ones, so through Thrift1 alone a load is one call per entity; with
-``mutateRowsTsEach`` an ``apply`` is one call per ``BATCH_ROWS`` rows, whatever their
+``mutateRowsTsEach`` an ``apply`` is one call per ``BATCH_ROWS`` entities, whatever their
 timestamps, and the calls run in parallel on the pool. ``open`` checks that the gateway has
 the method and fails naming it. The client is thriftpy2's, connected as happybase connects
 (buffered transport, binary protocol).
