@@ -282,8 +282,11 @@ async def cache_touch(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     core = request.app[CORE]
-    body = {"mode": core.mode, "writable": core.mode is not None, "instance": core.instance}
-    return web.json_response(body, status=200 if core.mode is not None else 503)
+    writable = core.mode is not None and core.modes.failure is None
+    body = {"mode": core.mode, "writable": writable, "instance": core.instance}
+    if core.modes.failure is not None:
+        body["reason"] = core.modes.failure
+    return web.json_response(body, status=200 if writable else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -73,7 +73,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from prometheus_client import Counter
 
-from proxy.cache import CacheRouter
+from proxy.cache import CacheRoute, CacheRouter
 from proxy.control import CACHE_DIRTY_ROOT, LEASES_ROOT, PROXIES_ROOT
 from proxy.journal import RepairJournal
 from proxy.lease import ZooKeeperLease
@@ -109,11 +109,13 @@ class Fenced(RuntimeError):
 
 @dataclass(eq=False)
 class Mode:
-    """One mode in force on this instance: the znode's state, the data route, and the
-    requests still running on it (a switch waits for none)."""
+    """One mode in force on this instance: the znode's state, the data route, the cache
+    route (the cache router hands it to every cache operation and counts those in flight),
+    and the data requests still running on it (a switch waits for none of either)."""
 
     state: ModeState
     data: DataRoute
+    cache: CacheRoute
     #: the session generation on which this instance's membership counts it for the
     #: *next* switch; requests are admitted only on that session (None: not registered)
     generation: int | None = None
@@ -336,7 +338,8 @@ class ModeMachine:
             # Requests admitted from here on run the new mode. It inherits the old mode's
             # session generation: this instance's registration for the old epoch still makes
             # switch_mode wait for it, so they may run before the acknowledgement.
-            new = Mode(state, self.build_data(state.mode), generation=old.generation if old else None)
+            new = Mode(state, self.build_data(state.mode), self.cache.route,
+                       generation=old.generation if old else None)
             self.current = new
             self._notify()
             if old is not None:
@@ -402,5 +405,6 @@ class ModeMachine:
     def describe(self) -> dict[str, object]:
         mode = self.current
         return {"mode": mode.name if mode else None, "epoch": mode.state.epoch if mode else None,
+                "routes": {"data": type(mode.data).__name__, "cache": repr(mode.cache)} if mode else None,
                 "adoption_failure": self.failure, "lease_age": round(self.lease.age(), 3),
                 "fenced": self.fence_reason()}

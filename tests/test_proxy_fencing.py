@@ -431,6 +431,8 @@ async def test_an_instance_that_cannot_adopt_the_mode_refuses_writes_and_retries
         refused = await http.put(key_path(app_name, "K", b"k"), data=b"v")
         assert refused.status == 503
         assert "could not adopt mode passthrough" in (await refused.json())["reason"]
+        health = await http.get("/healthz")
+        assert health.status == 503 and "could not adopt" in (await health.json())["reason"]
         with private_memcached(dead_port):
             await switch(zk, "passthrough", ack_timeout=30)  # the same mode again: re-acknowledged
             assert server.core.mode == "passthrough"
