@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -121,6 +123,28 @@ async def test_equal_timestamp_values_read_scan_and_checksum_alike_on_every_engi
         )
     assert views["sqlite"] == views["cassandra"] == views["hbase"], views
     assert all(e.value == greater for e, (greater, _) in zip(views["sqlite"][0], TIED_VALUES * len(cases)))
+
+
+writes = st.lists(st.tuples(st.sampled_from([b"k1", b"k2"]), st.sampled_from([None, b"", b"a", b"ab", b"b", b"\xff"]),
+                             st.integers(min_value=1, max_value=3)), min_size=1, max_size=10)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=writes, cuts=st.sets(st.integers(min_value=1, max_value=9), max_size=3))
+async def test_any_writes_in_any_batches_end_where_wins_over_says_on_every_engine(
+        all_engines: dict[str, Engine], app_name: str, history: list, cuts: set[int]) -> None:
+    kind = f"P{uuid.uuid4().hex[:8]}"  # the app outlives the examples; each example its own kind
+    entities = [Entity(app_name, kind, key, value, ts) for key, value, ts in history]
+    edges = [0, *sorted(c for c in cuts if c < len(entities)), len(entities)]
+    expected: dict[bytes, Entity] = {}
+    for entity in entities:
+        if entity.wins_over(expected.get(entity.key)):
+            expected[entity.key] = entity
+    for name, engine in all_engines.items():
+        for lo, hi in zip(edges, edges[1:]):
+            await engine.apply(entities[lo:hi])
+        for key, entity in expected.items():
+            assert await engine.read(EntityRef(app_name, kind, key)) == entity, name
 
 
 async def test_replayed_write_is_idempotent(engine: Engine, app_name: str) -> None:
