@@ -22,7 +22,7 @@ at wall time w is ts ≤ w + lead, so ts − zk = lead + e; and ts ≥ w − TIC
 zk − ts ≤ −e + TICK_US. The clock knows e to within u (below) and refuses unless both
 ``lead + offset + u`` and ``|offset| + u + TICK_US`` are ≤ ``max_offset_ms``. ``lead`` is
 how far the clock runs ahead of its wall clock: a writer above one write per ``TICK_US``
-(256 µs) of wall time, or a clock floored at a high-water mark after a crash. Such a writer
+(64 µs) of wall time, or a clock floored at a high-water mark after a crash. Such a writer
 is refused until its wall clock catches up; the refusal says so.
 
 How the offset is measured. Every renewal of the high-water mark (one ZooKeeper write per
