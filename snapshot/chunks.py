@@ -206,7 +206,7 @@ def _incomplete(why: str, missing: list[tuple[str, str, KeyRange]]) -> Incomplet
     named = ", ".join(f"{app}/{rid} {r}" for app, rid, r in missing[:20])
     more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
     return IncompleteStream(f"{why}: {len(missing)} range(s) lack their final chunk: {named}{more}; "
-                            "the ranges loaded whole are checkpointed, load a whole file to finish the others",
+                            "every range that ended was applied whole; load a whole file for these",
                             missing)
 
 
