@@ -206,7 +206,7 @@ def _incomplete(why: str, missing: list[tuple[str, str, KeyRange]]) -> Incomplet
     named = ", ".join(f"{app}/{rid} {r}" for app, rid, r in missing[:20])
     more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
     return IncompleteStream(f"{why}: {len(missing)} range(s) lack their final chunk: {named}{more}; "
-                            "every range that ended was applied whole; load a whole file for these",
+                            "the stream was cut short or its writer stopped: load a whole one for these ranges",
                             missing)
 
 
