@@ -46,8 +46,9 @@ __all__ = ["CACHE_DIRTY_ROOT", "LEASES_ROOT", "PROXIES_ROOT", "SwitchBlocked", "
 PROXIES_ROOT = "/nxnw/proxies"
 #: Each instance's persistent lease record ({"lease": seconds}), removed at a clean shutdown.
 LEASES_ROOT = "/nxnw/proxy-leases"
-#: Persistent "cow cache dirty" markers: an instance holds one while it may have cache
-#: copies to N2 queued (in cow), and removes it after a clean drain out of cow.
+#: Persistent "cow cache dirty" markers, ``<instance>@<incarnation>``: an instance's run holds
+#: one while it may have cache copies to N2 queued (in cow), and removes it after a clean
+#: drain out of cow.
 CACHE_DIRTY_ROOT = "/nxnw/cache-dirty"
 
 
@@ -138,14 +139,15 @@ def flush_memcached(address: str, timeout: float = 5.0) -> None:
 
 def flush_n2_cache_if_dirty(zk: KazooClient, n2_memcached: str | None, *, during: str) -> list[str]:
     """Flush N2's memcached if a "cow cache dirty" marker of an instance that is not live
-    remains, then remove those markers (at the version read). Returns their instances."""
-    live = members(zk)
-    dirty = {name: version for name, (_, version) in _children(zk, CACHE_DIRTY_ROOT).items()
-             if name not in live or live[name].get("mode") != "cow"}
+    remains, then remove those markers (at the version read). Returns their names."""
+    # A marker is settled by its own run only: one whose run is not a live member in cow
+    # (it died, was cut off, or was restarted under the same name) needs the flush.
+    in_cow = {f"{m.get('instance')}@{m.get('incarnation')}" for m in members(zk).values() if m.get("mode") == "cow"}
+    dirty = {name: version for name, (_, version) in _children(zk, CACHE_DIRTY_ROOT).items() if name not in in_cow}
     if not dirty:
         return []
     if n2_memcached is None:
-        raise SwitchBlocked(f"{during}: proxy instance(s) {', '.join(sorted(dirty))} left cow without draining "
+        raise SwitchBlocked(f"{during}: proxy run(s) {', '.join(sorted(dirty))} left cow without draining "
                             "their cache copies to N2 (they died or were cut off), so N2's memcached may hold values "
                             "N1 has since changed; pass n2_memcached so it can be flushed")
     flush_memcached(n2_memcached)

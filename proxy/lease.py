@@ -17,8 +17,8 @@ On session loss: nothing special — requests fail, the lease runs out, and it i
 by the first round trip on the new session (the mode watcher's session generation tells
 in-flight requests that the old session is gone).
 
-Must never: renew the lease from a request sent before the last one that succeeded, or
-from anything but a completed round trip; block the event loop.
+Must never: move the lease back to an older round trip, or renew it from anything but a
+completed round trip; block the event loop.
 """
 
 from __future__ import annotations
@@ -38,20 +38,28 @@ LEASE_AGE = Gauge("nxnw_zookeeper_lease_age_seconds", "Seconds since the last su
 
 
 class ZooKeeperLease:
-    """Renewed by a daemon thread; ``valid()`` and ``age()`` are cheap and thread-safe."""
+    """Renewed by a daemon thread; ``valid()`` and ``age()`` are cheap and thread-safe.
+
+    Each renewal is an asynchronous read whose completion callback moves ``sent_ok`` to the
+    time that read was *sent*: a slow reply still counts (for the time it was sent), and a
+    slow round trip never delays the next renewal.
+    """
 
     def __init__(self, client: KazooClient, lease: float) -> None:
         self.client = client
         self.lease = check_timeout(lease, "lease")
+        self._lock = threading.Lock()
         self._sent_ok = time.monotonic() - self.lease  # invalid until the first round trip
+        self._first = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nxnw-zk-lease", daemon=True)
         LEASE_AGE.set_function(self.age)
 
-    def start(self) -> None:
-        """Renew once (blocking, bounded by the lease) and start the renewing thread."""
-        self._renew()
+    def start(self, timeout: float = 10.0) -> None:
+        """Start renewing; return once one round trip succeeded (TimeoutError if none did)."""
         self._thread.start()
+        if not self._first.wait(timeout):
+            raise TimeoutError(f"no ZooKeeper round trip succeeded within {timeout:g} s: no lease")
 
     def stop(self) -> None:
         self._stop.set()
@@ -72,13 +80,23 @@ class ZooKeeperLease:
     def _renew(self) -> None:
         sent = time.monotonic()
         try:
-            self.client.exists_async("/").get(timeout=self.lease / 4)
-        except Exception as exc:  # noqa: BLE001 — any failure just leaves the lease to run out
-            log.debug("lease round trip failed: %s", exc)
+            result = self.client.exists_async("/")
+        except Exception as exc:  # noqa: BLE001 — a closed or expired client: the lease runs out
+            log.debug("lease round trip not sent: %s", exc)
             return
-        if sent > self._sent_ok:
-            self._sent_ok = sent
+        result.rawlink(lambda done: self._completed(done, sent))
+
+    def _completed(self, result, sent: float) -> None:
+        if not result.successful():
+            log.debug("lease round trip failed: %s", result.exception)
+            return
+        with self._lock:
+            if sent > self._sent_ok:
+                self._sent_ok = sent
+        self._first.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.lease / 4):
+        while True:
             self._renew()
+            if self._stop.wait(self.lease / 4):
+                return

@@ -66,6 +66,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -168,6 +169,9 @@ class ModeMachine:
                  cache: CacheRouter, journals: list[RepairJournal], build_data: Callable[[str], DataRoute],
                  admit_wait: float = 10.0) -> None:
         self.instance = instance
+        #: this process's run of the instance: a dirty marker of an earlier run (one that died
+        #: in cow) is told apart from ours even after a restart under the same name
+        self.incarnation = uuid.uuid4().hex[:12]
         self.zk = zk
         self.watcher = watcher
         self.lease = lease
@@ -197,7 +201,7 @@ class ModeMachine:
 
     @property
     def dirty_path(self) -> str:
-        return f"{CACHE_DIRTY_ROOT}/{self.instance}"
+        return f"{CACHE_DIRTY_ROOT}/{self.instance}@{self.incarnation}"
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -377,8 +381,8 @@ class ModeMachine:
     def _register(self, state: ModeState) -> None:
         self._put(self.lease_path, json.dumps({"instance": self.instance, "lease": self.lease.lease}).encode())
         session = self.zk.client_id[0] if self.zk.client_id else None
-        doc = json.dumps({"instance": self.instance, "mode": state.mode, "epoch": state.epoch,
-                          "session": f"{session:x}" if session is not None else None}).encode()
+        doc = json.dumps({"instance": self.instance, "incarnation": self.incarnation, "mode": state.mode,
+                          "epoch": state.epoch, "session": f"{session:x}" if session is not None else None}).encode()
         try:
             self.zk.create(self.member_path, doc, ephemeral=True, makepath=True)
             return

@@ -442,9 +442,12 @@ async def test_an_instance_that_cannot_adopt_the_mode_refuses_writes_and_retries
 # --- N2's cache after a proxy died in cow (item 7) --------------------------------------------
 
 
-async def test_n2_cache_is_flushed_before_proxy_when_an_instance_died_in_cow(tmp_path: Path, app_name: str) -> None:
+@pytest.mark.parametrize("restarted", [False, True], ids=["dead", "restarted-under-the-same-name"])
+async def test_n2_cache_is_flushed_before_proxy_when_an_instance_died_in_cow(tmp_path: Path, app_name: str,
+                                                                            restarted: bool) -> None:
     """A proxy killed in cow loses its queued copies: N2 may keep a value N1 overwrote. Here
-    N2 holds such a value (as a lost overwrite's copy would leave it) when the switch runs."""
+    N2 holds such a value (as a lost overwrite's copy would leave it) when the switch runs —
+    also when the killed instance was restarted under its name and drains cleanly itself."""
     require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
     n1_url, n2_url = f"sqlite:///{tmp_path}/n1.db", f"sqlite:///{tmp_path}/n2.db"
     async with AsyncExitStack() as stack:
@@ -457,6 +460,9 @@ async def test_n2_cache_is_flushed_before_proxy_when_an_instance_died_in_cow(tmp
         await switch(zk, "cow")
         victim.kill()  # kill -9: its mirror queue dies with it
         victim.wait()
+        if restarted:
+            await stack.enter_async_context(running_proxy(
+                proxy_config("p-killed", 2, n1_url, n2_url, zk_hosts).model_copy(update={"n2_memcached": cache})))
         key = f"{app_name}:k".encode()
         Client((HOST, MEMCACHED["n1"])).set(key, b"new", noreply=False)
         host, _, port = cache.rpartition(":")
