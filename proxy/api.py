@@ -34,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from datastore import EntityRef, InvalidEntity
 from datastore.model import MAX_VALUE_BYTES
 from proxy.cache import CacheFencedError, CacheInputError, CacheRouter
-from proxy.cache.errors import CacheError, SwitchError
+from proxy.cache.errors import CacheError, CacheOutcomeUnknown, SwitchError
 from proxy.control import SwitchBlocked, TransitionRefused, switch_mode
 from proxy.core import ClockRefused, Conflict, Fenced, ProxyCore
 from proxy.routes import OutcomeUnknown
@@ -100,6 +100,8 @@ async def errors_as_json(request: web.Request, handler: Callable[[web.Request], 
         response = _json_error(400, "invalid input", str(exc))
     except (CacheFencedError, SwitchError) as exc:
         response = _json_error(503, "refused", str(exc))
+    except CacheOutcomeUnknown as exc:
+        response = _json_error(503, "unknown outcome", str(exc))
     except CacheError as exc:
         response = _json_error(502, "cache failure", str(exc))
     except Conflict as exc:

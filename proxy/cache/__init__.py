@@ -6,9 +6,9 @@ Import from here: ``CacheRouter``, ``CacheListener``, the route classes and the 
 
 from proxy.cache.client import Item, MemcacheClient, Outcome, StoreMode, StoreReply
 from proxy.cache.errors import (
-    MAX_KEY_BYTES, MAX_VALUE_BYTES, CacheError, CacheFencedError, CacheInputError, InvalidKeyError,
-    InvalidNumberError, MemcacheRejected, MemcacheServerError, MemcacheTimeout, MemcacheUnavailable, SwitchError,
-    ValueTooLargeError,
+    MAX_KEY_BYTES, MAX_VALUE_BYTES, CacheError, CacheFencedError, CacheInputError, CacheOutcomeUnknown,
+    InvalidKeyError, InvalidNumberError, MemcacheRejected, MemcacheServerError, MemcacheTimeout, MemcacheUnavailable,
+    SwitchError, ValueTooLargeError,
 )
 from proxy.cache.listener import CacheListener
 from proxy.cache.mirror import MirrorQueue
@@ -17,8 +17,8 @@ from proxy.cache.routes import CacheRoute, MemcachedRoute, MirrorWritesRoute, Wa
 
 __all__ = [
     "MAX_KEY_BYTES", "MAX_VALUE_BYTES", "MODES", "CacheError", "CacheFencedError", "CacheInputError", "CacheListener",
-    "CacheRoute", "CacheRouter", "MemcachedRoute", "InvalidKeyError", "InvalidNumberError", "Item", "MemcacheClient",
-    "MemcacheRejected", "MemcacheServerError", "MemcacheTimeout", "MemcacheUnavailable", "MirrorQueue",
-    "MirrorWritesRoute", "ModeRoute", "Outcome", "StoreMode", "StoreReply", "SwitchError", "ValueTooLargeError",
-    "WarmUpRoute",
+    "CacheOutcomeUnknown", "CacheRoute", "CacheRouter", "InvalidKeyError", "InvalidNumberError", "Item",
+    "MemcacheClient", "MemcacheRejected", "MemcacheServerError", "MemcacheTimeout", "MemcacheUnavailable",
+    "MemcachedRoute", "MirrorQueue", "MirrorWritesRoute", "ModeRoute", "Outcome", "StoreMode", "StoreReply",
+    "SwitchError", "ValueTooLargeError", "WarmUpRoute",
 ]

@@ -83,6 +83,10 @@ class CacheFencedError(CacheError):
     """Writes are refused: this proxy instance lost its ZooKeeper session (fencing)."""
 
 
+class CacheOutcomeUnknown(CacheError):
+    """A write ran, but the proxy was fenced before it could answer: it may have happened."""
+
+
 class SwitchError(CacheError):
     """A mode switch could not complete safely; the router stays in its old mode."""
 

@@ -46,7 +46,7 @@ from collections.abc import Callable
 
 from proxy.cache import metrics
 from proxy.cache.client import Item, MemcacheClient, Outcome, StoreMode, StoreReply
-from proxy.cache.errors import CacheFencedError, SwitchError
+from proxy.cache.errors import CacheFencedError, CacheOutcomeUnknown, SwitchError
 from proxy.cache.mirror import BeforeFill, MirrorQueue
 from proxy.cache.routes import CacheRoute, MemcachedRoute, MirrorWritesRoute, WarmUpRoute
 from sync.mode import MODES
@@ -110,7 +110,9 @@ class ModeRoute(CacheRoute):
             result = await getattr(self.inner, name)(*args)
             if write is not None and (reason := router.fence(write)) is not None:
                 # fenced while it ran: the answer may belong to a mode the fleet has left
-                raise CacheFencedError(f"cache {op} not answered: {reason}; its outcome is unknown")
+                if write:
+                    raise CacheOutcomeUnknown(f"cache {op} not answered: {reason}; it may have been applied")
+                raise CacheFencedError(f"cache {op} not answered: {reason}")
             return result
         finally:
             self.inflight -= 1
