@@ -134,29 +134,47 @@ def test_n2_hands_out_sequence_numbers_above_every_copied_suffix(zk_connect, zk_
     assert int(probe[-10:]) > int(latest[-10:])
 
 
+@pytest.mark.parametrize("when", ["initial-copy", "live"])
 def test_an_n2_contender_arriving_while_children_are_copied_gets_no_suffix_n1_issued(zk_hosts, zk_connect, zk_root,
-                                                                                      mirror_of):
+                                                                                      mirror_of, when):
     n1 = zk_connect("n1", auth_data=AUTH)
     contender = zk_connect("n2", auth_data=AUTH)
-    seed(n1, zk_root)  # N1's /q has issued suffixes 0..27; job-25..27 remain
     q = f"{zk_root}/q"
+    n1.create(q, makepath=True)
+    for _ in range(25):  # N1's counter for /q moves past its children's count
+        n1.create(f"{q}/tmp")
+        n1.delete(f"{q}/tmp")
     taken: list[str] = []
+    issued_by_n1: list[int] = []  # N1's next suffix when the contender took its node
+    armed = [when == "initial-copy"]
 
     class ContenderArrivesBeforeTheFirstCopy(KazooClient):
         """N2's client for the mirror: the moment the mirror creates the first of /q's
         children on N2, an N2 client takes a sequential lock node under /q."""
 
         def create_async(self, path, *args, **kwargs):
-            if path.startswith(q + "/") and not path.endswith(".nxnw-seq-bump") and not taken:
+            if armed[0] and path.startswith(q + "/") and not path.endswith(".nxnw-seq-bump") and not taken:
                 taken.append(contender.create(f"{q}/job-", b"n2 contender", ephemeral=True, sequence=True))
+                issued_by_n1.append(next_sequence_suffix(n1.exists(q)))
             return super().create_async(path, *args, **kwargs)
 
+    def add_jobs() -> None:
+        tx = n1.transaction()  # one change, one watch event: the mirror sees the three together
+        for _ in range(3):
+            tx.create(f"{q}/job-", b"job", sequence=True)
+        assert not [r for r in tx.commit() if isinstance(r, Exception)]
+
+    if when == "initial-copy":
+        add_jobs()  # N1 has issued suffixes 0..27; job-25..27 remain
     mirror = mirror_of(zk_root, dst=lambda: ContenderArrivesBeforeTheFirstCopy(hosts=zk_hosts["n2"], auth_data=AUTH))
     mirror.wait_synced(10)
+    if when == "live":
+        armed[0] = True
+        add_jobs()  # copied by the mirror following N1's child watch
+        mirror.wait_synced(10)
 
     assert taken, "the mirror never copied /q's children"
-    issued_by_n1 = next_sequence_suffix(n1.exists(q))
-    assert int(taken[0][-10:]) >= issued_by_n1, f"N2 handed out {taken[0]}, a suffix N1 already issued"
+    assert int(taken[0][-10:]) >= issued_by_n1[0] == 28, f"N2 handed out {taken[0]}, a suffix N1 already issued"
     assert set(n1.get_children(q)) <= set(contender.get_children(q))
 
 
