@@ -103,6 +103,7 @@ def _status(args: argparse.Namespace) -> int:
     from kazoo.client import KazooClient
 
     from proxy.control import journal_depth, members
+    from sync.mode import load_verified_epoch, read_mode
     from sync.state import CheckpointStore, MigrationStateStore
 
     plan = load_plan(args.plan)
@@ -116,6 +117,9 @@ def _status(args: argparse.Namespace) -> int:
         tasks = CheckpointStore(zk).list(f"{plan.name}._tasks")
         table = Table("what", "value", title=f"migration {plan.name}")
         table.add_row("phase", "not started" if state is None else state.phase)
+        mode, verified = read_mode(zk), load_verified_epoch(zk)
+        table.add_row("mode", "no mode set" if mode is None else f"{mode.mode} (epoch {mode.epoch})"
+                      + ("" if verified is None else f"; load verified in cow epoch {verified}"))
         for name, proxy in sorted(members(zk).items()):
             table.add_row(f"proxy {name}", f"mode {proxy.get('mode')} (epoch {proxy.get('epoch')})")
         table.add_row("repair journal", f"to N2: {journal_depth(zk, 'n2')}, to N1: {journal_depth(zk, 'n1')}")

@@ -9,6 +9,7 @@ in seconds: what is checked is the orchestrator's decisions.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -148,7 +149,8 @@ def phase(s: Setting) -> str | None:
 
 
 def nxnw(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nxnw.cli", *argv], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "nxnw.cli", *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
 
 
 # --- prepare: N2 must start empty --------------------------------------------------------------------------------
@@ -230,6 +232,8 @@ async def test_resume_after_the_proxies_were_put_back_in_passthrough_stops_inste
     assert "the proxies are in mode passthrough" in message and "left them in mode proxy" in message, message
     assert "not running complete" in message
     assert phase(s) == "proxy"
+    status = await asyncio.to_thread(nxnw, "status", str(s.plan_path))
+    assert status.returncode == 0 and "passthrough (epoch 3); load verified in cow epoch 1" in status.stdout, status
 
 
 async def test_resume_in_a_new_cow_period_stops_before_verifying_a_load_that_missed_writes(setting: Setting) -> None:
