@@ -59,7 +59,7 @@ from proxy.control import journal_depth, members, switch_mode, wait_journal_empt
 from snapshot import LoadStats, copy_app, verify_app
 from sync.aio import run_blocking
 from sync.mirror import TreeMirror, purge_ephemeral_copies
-from sync.mode import mark_load_verified, read_mode
+from sync.mode import load_verified_epoch, mark_load_verified, read_mode
 from sync.state import CheckpointStore, MigrationState, MigrationStateStore
 
 log = logging.getLogger("nxnw.orchestrator")
@@ -344,12 +344,19 @@ class Orchestrator:
         assert self.state is not None
         return self.state
 
-    def _expected_mode(self) -> tuple[str, int | None] | None:
-        """The mode (and epoch, when recorded) the finished tasks imply; None before ``cow``."""
-        for name in ("proxy", "cow"):
-            if name in self._done:
-                return name, self._done[name].get("epoch")
-        return None
+    def _expected_modes(self, task: Task) -> list[tuple[str, int | None]]:
+        """The modes (and epochs, when recorded) the finished tasks allow before ``task``
+        runs; empty before ``cow`` is done (nothing to check)."""
+        if "proxy" in self._done:
+            return [("proxy", self._done["proxy"].get("epoch"))]
+        if "cow" not in self._done:
+            return []
+        cow_epoch = self._done["cow"].get("epoch")
+        allowed = [("cow", cow_epoch)]
+        if task.name == "proxy" and cow_epoch is not None:
+            # Killed after its switch but before its record: the next epoch is its own switch.
+            allowed.append(("proxy", cow_epoch + 1))
+        return allowed
 
     async def _check_live_mode(self, task: Task) -> None:
         """Stop unless the live mode znode is what the finished tasks say it should be.
@@ -360,21 +367,32 @@ class Orchestrator:
         ``passthrough`` checks nothing, a hand-off in ``passthrough`` sends clients to an
         N2 that stopped receiving writes, and a new cow epoch means writes made meanwhile
         never reached N2. Stopping (rather than switching back) leaves the decision to the
-        operator: ``nxnw rollback``, then ``nxnw migrate --restart``.
+        operator: ``nxnw rollback``, then ``nxnw migrate --restart``. The one disagreement
+        that is this orchestrator's own: the ``proxy`` task killed after its switch and
+        before its record finds ``proxy`` at the epoch after the recorded cow one, with
+        the load verified in that cow epoch — it is redone (an idempotent re-switch).
         """
-        expected = self._expected_mode()
-        if expected is None:
+        allowed = self._expected_modes(task)
+        if not allowed:
             return
         assert self.zk is not None
         live = await run_blocking(read_mode, self.zk)
-        mode, epoch = expected
-        if live is None or live.mode != mode or (epoch is not None and live.epoch != epoch):
-            now = "no mode znode" if live is None else f"mode {live.mode} (epoch {live.epoch})"
-            want = f"mode {mode}" + (f" (epoch {epoch})" if epoch is not None else "")
-            raise MigrationFailed(
-                f"the proxies are in {now}, but the finished tasks left them in {want}: the mode was changed "
-                f"outside this migration (a partial rollback, or an admin's mode change); not running "
-                f"{task.name}. Run `nxnw rollback`, then `nxnw migrate --restart` to start again")
+
+        def matches(mode: str, epoch: int | None) -> bool:
+            return live is not None and live.mode == mode and (epoch is None or live.epoch == epoch)
+
+        if any(matches(mode, epoch) for mode, epoch in allowed[:1]):
+            return
+        if any(matches(mode, epoch) for mode, epoch in allowed[1:]) and \
+                await run_blocking(load_verified_epoch, self.zk) == self._done["cow"].get("epoch"):
+            return
+        mode, epoch = allowed[0]
+        now = "no mode znode" if live is None else f"mode {live.mode} (epoch {live.epoch})"
+        want = f"mode {mode}" + (f" (epoch {epoch})" if epoch is not None else "")
+        raise MigrationFailed(
+            f"the proxies are in {now}, but the finished tasks left them in {want}: the mode was changed "
+            f"outside this migration (a partial rollback, or an admin's mode change); not running "
+            f"{task.name}. Run `nxnw rollback`, then `nxnw migrate --restart` to start again")
 
     async def _run_task(self, task: Task) -> dict[str, Any]:
         entry = self.progress.tasks.setdefault(task.name, {})

@@ -29,7 +29,7 @@ from nxnw.orchestrator import MigrationFailed, Orchestrator
 from nxnw.services.endpoints import HOST, MEMCACHED, ZOOKEEPER, engine_url
 from proxy.control import switch_mode
 from proxy.journal import JOURNAL_ROOT
-from sync.mode import load_verified_epoch, read_mode
+from sync.mode import load_verified_epoch, mark_load_verified, read_mode
 from sync.state import MigrationStateStore
 from tests.conftest import ENGINE_SERVICES, require
 
@@ -308,3 +308,17 @@ async def test_rollback_goes_back_to_n1_even_when_n2s_zookeeper_is_unreachable(s
     orchestrator = await run_orchestrator(n2_gone, "rollback")
     assert phase(s) == "rollback" and read_mode(s.zk1).mode == "passthrough"
     assert any("`nxnw verify --repair` removes them" in line for line in orchestrator.progress.events)
+
+
+async def test_resume_after_a_kill_between_the_proxy_switch_and_its_record_finishes_the_migration(
+        setting: Setting) -> None:
+    s = setting
+    await seed_n1(s)
+    await run_orchestrator(s.plan, until="verify")
+    cow = read_mode(s.zk1)
+    # What the proxy task does before it records itself done; then the orchestrator is killed.
+    mark_load_verified(s.zk1, cow.epoch)
+    await asyncio.to_thread(switch_mode, s.zk1, "proxy")
+
+    await run_orchestrator(s.plan)
+    assert phase(s) == "complete"
