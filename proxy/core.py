@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import AsyncContextManager, Protocol
 
@@ -30,6 +31,8 @@ from proxy.modes import Admission, Fenced, ModeMachine
 from proxy.routes import OutcomeUnknown
 
 __all__ = ["ClockRefused", "Conflict", "Fenced", "ProxyCore", "WriterClock"]
+
+log = logging.getLogger("nxnw.proxy.core")
 
 #: (app, group) -> an async context manager holding the group's lock; it yields a callable
 #: that raises unless the lock is still held (called right before the write).
@@ -117,13 +120,19 @@ class ProxyCore:
         entities = [Entity(ref.app, ref.kind, ref.key, value, ts) for ref, value in writes]
         task = asyncio.create_task(self._write(admission, entities))
         self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        task.add_done_callback(self._finished)
         await asyncio.shield(task)
         try:
             admission.check()  # the write is done; answer only if the admission still holds
         except Fenced as exc:
             raise OutcomeUnknown(f"the write was sent, but it is not acknowledged: {exc}") from exc
         return ts
+
+    def _finished(self, task: asyncio.Task) -> None:
+        """A shielded write ended; if its client had left, its error is only logged here."""
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("write of %s ended with %s (its client may have left)", task.get_name(), task.exception())
 
     @staticmethod
     async def _write(admission: Admission, entities: list[Entity]) -> None:
