@@ -212,12 +212,17 @@ async def empty_copy(runs: Runs, address: str | None, app: str, ranges: int) -> 
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from datastore import open_engine
     from nxnw import services
-    from nxnw.services.endpoints import HOST, ZOOKEEPER, engine_url
 
     services.up(["cassandra", "zookeeper-n1"])
-    work = Path(tempfile.mkdtemp(prefix="nxnw-bench-dask-"))
+    with tempfile.TemporaryDirectory(prefix="nxnw-bench-dask-") as tmp:
+        return await _run(args, Path(tmp))
+
+
+async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from datastore import open_engine
+    from nxnw.services.endpoints import HOST, ZOOKEEPER, engine_url
+
     zookeeper = f"{HOST}:{ZOOKEEPER['n1']}"
     app, empty = f"bench_dask_{uuid.uuid4().hex[:8]}", f"bench_empty_{uuid.uuid4().hex[:8]}"
     n1 = open_engine(engine_url("sqlite", "n1", str(work)))

@@ -331,6 +331,7 @@ class _Progress:
     stats: LoadStats
     finished: LoadStats = field(default_factory=LoadStats)
     in_flight: dict[str, dict[str, int]] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
 
     def _show(self) -> None:
         partial = self.in_flight.values()
@@ -340,10 +341,13 @@ class _Progress:
 
     def event(self, event: tuple[float, dict[str, Any]]) -> None:
         msg = event[1]
+        if msg["range"] in self.done:
+            return  # a late report from an attempt whose range has finished since
         self.in_flight[msg["range"]] = {k: int(msg[k]) for k in ("entities", "tombstones", "bytes")}
         self._show()
 
     def finish(self, result: RangeCopied) -> None:
+        self.done.add(result.range_id)
         self.in_flight.pop(result.range_id, None)
         self.finished.entities += result.entities
         self.finished.tombstones += result.tombstones
