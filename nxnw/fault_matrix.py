@@ -75,18 +75,24 @@ class Cell:
 
     @property
     def result(self) -> str:
+        return "n/a" if self.skipped else "ERROR" if self.error else "ok" if self.ok else "FAILED"
+
+    @property
+    def why(self) -> str:
+        """What made the cell fail (or not run), in full."""
         if self.skipped:
-            return f"n/a: {self.skipped}"
+            return self.skipped
         if self.error:
-            return f"ERROR: {self.error}"
-        if self.ok:
-            return "ok"
+            return self.error
         figures = self.figures or {}
-        why = [f"verify: {figures['final verify']}" if figures.get("final verify") != "identical" else "",
+        why = [f"{self.lost} lost, {self.resurrected} resurrected, {self.stale} stale, {self.phantom} phantom, "
+               f"{self.other} other anomalies" if self.lost + self.resurrected + self.stale + self.phantom + self.other
+               else "",
+               f"final verify: {figures['final verify']}" if figures.get("final verify") != "identical" else "",
                f"stuck: {figures['migration stuck']}" if figures.get("migration stuck", "no") != "no" else "",
-               f"phase {figures.get('final phase')}" if figures.get("final phase") != "complete" else "",
+               f"final phase {figures.get('final phase')}" if figures.get("final phase") != "complete" else "",
                f"{figures['faults not injected']}" if figures.get("faults not injected", "none") != "none" else ""]
-        return "FAILED" + "".join(f"; {w}" for w in why if w)
+        return "; ".join(w for w in why if w)
 
 
 async def run_cell(cell: Cell, out: Path, entities: int, keys: int) -> None:
@@ -149,8 +155,9 @@ async def run_matrix(args: argparse.Namespace, console: Console) -> list[Cell]:
     started = time.monotonic()
     for n, cell in enumerate(cells, 1):
         await run_cell(cell, out, args.entities, args.keys)
-        console.print(f"[{n}/{len(cells)}] {cell.pair} {cell.fault} in {cell.phase}: {cell.result} "
-                      f"({cell.seconds:.0f} s){f'  log {cell.log}' if cell.log and not cell.ok else ''}",
+        detail = f": {cell.why}" if cell.result != "ok" else ""
+        console.print(f"[{n}/{len(cells)}] {cell.pair} {cell.fault} in {cell.phase}: {cell.result}{detail} "
+                      f"({cell.seconds:.0f} s){f'; log {cell.log}' if cell.log and not cell.ok else ''}",
                       markup=False, highlight=False)
     console.print(f"matrix took {(time.monotonic() - started) / 60:.1f} min", markup=False)
     return cells
@@ -159,9 +166,14 @@ async def run_matrix(args: argparse.Namespace, console: Console) -> list[Cell]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(soft_wrap=True)
+    console.width = max(console.width, 130)  # the table is read in CI logs too, not only on a terminal
     cells = asyncio.run(run_matrix(args, console))
     console.print(table(cells))
     failed = [c for c in cells if not c.skipped and not c.ok]
+    for c in cells:
+        if c.result != "ok":
+            console.print(f"{c.pair} {c.fault} in {c.phase}: {c.result}: {c.why}"
+                          f"{f' (log {c.log})' if c.log else ''}", markup=False, highlight=False)
     console.print(f"{len(failed)} of {sum(1 for c in cells if not c.skipped)} cells failed" if failed
                   else "every cell passed", markup=False)
     return 1 if failed else 0

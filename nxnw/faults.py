@@ -20,6 +20,7 @@ outage, which is the fault itself.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sqlite3
 import time
@@ -195,7 +196,7 @@ class N2EngineDown(Fault):
             await self._stop_service(t, phase)
 
     async def _lock_sqlite(self, t: FaultTarget, phase: str) -> None:
-        path = urlsplit(t.n2_engine_url).path
+        path = os.path.normpath(urlsplit(t.n2_engine_url).path)
         hold = OUTAGE_SECONDS + 5.0  # the engine waits 10 s on a busy file; hold it longer
 
         def hold_lock() -> None:
