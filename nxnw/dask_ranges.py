@@ -38,11 +38,10 @@ totals of ranges in flight, and replaces a range's partial totals by its task's 
 when it finishes, so a re-run range is never counted twice.
 
 Verify: the workers do the scanning — per range, pass one's bucket sums and pass two's
-entities in the differing buckets — and this process does the rest with its own open
-engines, touching only differing keys: a second look, a repair that copies only what N1
-wrote (``Difference.repair_target``), a last look that decides ``report.remaining``.
-Those are ``snapshot.verify_app``'s rules; its second half is not a public function, so
-``_compare_and_repair`` follows it step for step and the tests compare the two verdicts.
+entities in the differing buckets — and this process hands those entities, wrapped as an
+engine view (``_DifferingBuckets``: scans from memory, reads and writes through to the
+real engine), to ``snapshot.verify_app``. The second look, the repair rules (copy only
+what N1 wrote) and the looks again are then verify_app's own, not a copy of them.
 
 Must never: import an engine module (only URLs cross to the workers); write before the
 scheduler has answered; mark a range done before its last chunk is applied.
@@ -59,11 +58,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from datastore import Checksum, Engine, Entity, KeyRange, open_engine
+from datastore import Checksum, Engine, Entity, EntityRef, KeyRange, open_engine
 from datastore.engine import entity_digest
 from nxnw.checkpoints import ZooKeeperCheckpoints
 from nxnw.zk import start_zk, stop_zk, zk_session
-from snapshot import Difference, Loader, LoadStats, VerifyReport, export_chunks, plan_ids
+from snapshot import Difference, Loader, LoadStats, VerifyReport, export_chunks, plan_ids, verify_app
 from snapshot.verify import BUCKETS, bucket_of
 from sync.aio import run_blocking
 from sync.state import CheckpointStore
@@ -78,10 +77,6 @@ TASK_RETRIES = 2
 PROGRESS_SECONDS = 0.5
 #: Batches of one range in flight at once on a worker.
 RANGE_LOAD_WORKERS = 4
-#: Entities per apply when verify repairs a side.
-REPAIR_BATCH = 500
-#: Differing keys read again at once after a repair.
-LOOKS_AT_ONCE = 32
 _DIGEST_MOD = 1 << 128
 
 
@@ -428,55 +423,51 @@ async def _per_range(client: Any, engine: Engine, app: str, ranges: int, fn: Cal
     return [result async for result in _results(client, futures)]
 
 
-def _same(e1: Entity | None, e2: Entity | None) -> bool:
-    """Both sides hold the same copy, or neither holds the key."""
-    return (e1 is None and e2 is None) or (e1 is not None and e2 is not None and entity_digest(e1) == entity_digest(e2))
+class _DifferingBuckets(Engine):
+    """One side of an app as verify's second half sees it: only the entities the workers
+    found in the differing buckets, scanned from memory; reads and writes go through to
+    the real engine. Handing two of these to ``snapshot.verify_app`` gives the same
+    differing buckets with the same contents, so its second look, repair rules and
+    looks again run unchanged, on the differing keys only."""
+
+    scheme = "differing-buckets"
+
+    def __init__(self, engine: Engine, entities: list[Entity]) -> None:
+        super().__init__(engine.url)
+        self.engine = engine
+        self.entities = entities
+
+    async def open(self) -> None:
+        """The real engine is already open; nothing to do."""
+
+    async def close(self) -> None:
+        """The real engine stays open; its owner closes it."""
+
+    async def _write_batch(self, entities: Sequence[Entity]) -> None:
+        await self.engine.apply(entities)
+
+    async def read(self, ref: EntityRef) -> Entity | None:
+        return await self.engine.read(ref)
+
+    async def scan(self, app: str, key_range: KeyRange, *, page_size: int = 1000,
+                   tombstones: bool = False) -> AsyncIterator[list[Entity]]:
+        if key_range != _ALL:
+            return
+        found = [e for e in self.entities if e.app == app and (tombstones or e.value is not None)]
+        for start in range(0, len(found), page_size):
+            yield found[start:start + page_size]
+
+    async def ranges(self, app: str, *, at_least: int = 1) -> list[KeyRange]:
+        return [_ALL, *(KeyRange(f"empty-{i}", "") for i in range(1, at_least))]
+
+    async def apps(self) -> list[str]:
+        return sorted({e.app for e in self.entities})
+
+    async def drop_app(self, app: str) -> None:
+        raise NotImplementedError("verify never drops an app")
 
 
-async def _look_again(n1: Engine, n2: Engine, diff: Difference, looks: int = 3) -> Difference | None:
-    """Read a differing key on both sides again; None once they agree (a write in flight)."""
-    ref = (diff.n1 or diff.n2).ref  # type: ignore[union-attr]
-    for _ in range(looks):
-        e1, e2 = await asyncio.gather(n1.read(ref), n2.read(ref))
-        if _same(e1, e2):
-            return None
-        diff = Difference(diff.row_key, e1, e2)
-    return diff
-
-
-async def _compare_and_repair(n1: Engine, n2: Engine, report: VerifyReport, side1: dict[bytes, Entity],
-                              side2: dict[bytes, Entity], *, repair: bool, n2_primary: bool,
-                              on_difference: Callable[[Difference], None] | None) -> None:
-    """Verify's second half, as ``snapshot.verify_app`` does it: a second look at each key
-    the scans saw differ, then a repair that copies only what N1 wrote
-    (``Difference.repair_target``), then a last look that decides ``report.remaining``."""
-    for row_key in sorted(side1.keys() | side2.keys()):
-        if _same(side1.get(row_key), side2.get(row_key)):
-            continue
-        diff = await _look_again(n1, n2, Difference(row_key, side1.get(row_key), side2.get(row_key)), looks=1)
-        if diff is None:
-            report.settled += 1
-            continue
-        report.differences.append(diff)
-        if on_difference is not None:
-            on_difference(diff)
-    if not repair:
-        report.remaining = list(report.differences)
-        return
-    for side, engine in (("n1", n1), ("n2", n2)):
-        winners = [d.winner for d in report.differences if d.repair_target(n2_primary) == side]
-        for start in range(0, len(winners), REPAIR_BATCH):
-            await engine.apply(winners[start:start + REPAIR_BATCH])
-        report.repaired += len(winners)
-    slots = asyncio.Semaphore(LOOKS_AT_ONCE)
-
-    async def look(diff: Difference) -> Difference | None:
-        async with slots:
-            return await _look_again(n1, n2, diff)
-
-    again = await asyncio.gather(*(look(d) for d in report.differences))
-    report.remaining = [d for d in again if d is not None]
-    report.reasons = {d.label: d.unrepairable_reason for d in report.remaining if d.repair_target(n2_primary) is None}
+_ALL = KeyRange("", "")
 
 
 async def verify_app_distributed(scheduler: str, n1: Engine, n2: Engine, app: str, *, repair: bool = False,
@@ -485,9 +476,9 @@ async def verify_app_distributed(scheduler: str, n1: Engine, n2: Engine, app: st
     """``snapshot.verify_app`` with both scans of both passes as Dask tasks, one per range.
 
     The workers scan (N1 and N2 each in their own ranges, at least ``ranges`` of them);
-    this process adds up the buckets, then looks again at each differing key, repairs
-    (``n2_primary`` as for ``verify_app``) and decides ``report.remaining`` with the open
-    engines ``n1`` and ``n2``: those touch only differing keys.
+    this process adds up the buckets and hands the differing buckets' entities to
+    ``verify_app`` itself, which looks again, repairs (``n2_primary`` as there) and decides
+    ``report.remaining`` through the open engines ``n1`` and ``n2``, on differing keys only.
     """
     async with dask_client(scheduler) as client:
         first1, first2 = await asyncio.gather(_per_range(client, n1, app, ranges, bucket_sums_task),
@@ -500,8 +491,8 @@ async def verify_app_distributed(scheduler: str, n1: Engine, n2: Engine, app: st
             return report
         found1, found2 = await asyncio.gather(_per_range(client, n1, app, ranges, entities_in_task, differing),
                                               _per_range(client, n2, app, ranges, entities_in_task, differing))
-    side1 = {e.row_key: e for part in found1 for e in part}
-    side2 = {e.row_key: e for part in found2 for e in part}
-    await _compare_and_repair(n1, n2, report, side1, side2, repair=repair, n2_primary=n2_primary,
-                              on_difference=on_difference)
-    return report
+    second = await verify_app(_DifferingBuckets(n1, [e for part in found1 for e in part]),
+                              _DifferingBuckets(n2, [e for part in found2 for e in part]), app, repair=repair,
+                              n2_primary=n2_primary, on_difference=on_difference)
+    second.n1, second.n2 = report.n1, report.n2  # the whole table's, not the differing buckets'
+    return second

@@ -245,6 +245,7 @@ async def test_cassandra_to_hbase_copies_and_verify_finds_and_repairs_what_diffe
     await n2.put(Entity(app_name, "K", b"only-on-n2", b"x", 9_000_000))
     report = await verify_app_distributed(dask_cluster.address, n1, n2, app_name, repair=True)
     assert report.counts() == {"stale on N2": 1, "stale on N1": 1, "missing on N1": 1}, report.summary()
+    assert (report.n1.count, report.n2.count) == (ENTITIES, ENTITIES + 1), "the checksums are the whole table's"
     assert report.repaired == 1 and (await n2.get(ref(1))).value == b"newer on N1"
     # what N1 never wrote is never copied to N1: both stay differences, with their reasons
     assert sorted(d.kind for d in report.remaining) == ["missing on N1", "stale on N1"], report.summary()
