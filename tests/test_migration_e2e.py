@@ -28,7 +28,8 @@ async def test_migration_under_load_loses_nothing(source: str, target: str) -> N
 
 async def test_orchestrator_killed_during_load_and_during_handoff_resumes_and_loses_nothing() -> None:
     figures, ok = await run_demo(DemoOptions(seed_entities=20000, clients=3,
-                                             orchestrator_kills=["snapshot+load", "handoff"]))
+                                             faults=[("kill-orchestrator", "snapshot+load"),
+                                                     ("kill-orchestrator", "handoff")]))
     assert ok, figures
     assert figures["orchestrator kills"] == 2
     assert figures["lost writes"] == 0
