@@ -26,7 +26,9 @@ from kazoo.security import make_acl
 from datastore import Engine, Entity, EntityRef, open_engine
 from nxnw.config import Plan, parse_plan
 from nxnw.orchestrator import MigrationFailed, Orchestrator
-from nxnw.services.endpoints import HOST, MEMCACHED, ZOOKEEPER, engine_url
+from dns_handoff import RecordSet, Rfc2136Provider, answer
+from nxnw.services.endpoints import (BIND_DNS, BIND_TSIG_ALGORITHM, BIND_TSIG_NAME, BIND_TSIG_SECRET, BIND_ZONE, HOST,
+                                     MEMCACHED, ZOOKEEPER, engine_url)
 from proxy.control import switch_mode
 from proxy.journal import JOURNAL_ROOT
 from sync.mode import load_verified_epoch, mark_load_verified, read_mode
@@ -55,14 +57,20 @@ def _free_port() -> int:
 
 
 def _plan_text(name: str, app: str, n1_url: str, n2_url: str, chroot: str, memcached_n2: str, **extra: object) -> str:
+    """The plan as TOML; ``extra`` adds top-level settings, ``thresholds`` and ``dns_name``
+    (a hand-off of that name on the local BIND, N1 127.0.0.11 -> N2 127.0.0.12)."""
     top = "".join(f"{key} = {str(value).lower() if isinstance(value, bool) else value}\n" for key, value in extra.items()
-                  if key != "thresholds")
+                  if key not in ("thresholds", "dns_name"))
     thresholds = extra.get("thresholds", {"journal_drain_seconds": 2})
+    dns = "" if "dns_name" not in extra else (
+        f'[dns]\nprovider = "rfc2136"\nname = "{extra["dns_name"]}"\nn1_values = ["127.0.0.11"]\n'
+        f'n2_values = ["127.0.0.12"]\nttl = 1\n\n[dns.rfc2136]\nserver = "{HOST}:{BIND_DNS}"\nzone = "{BIND_ZONE}"\n'
+        f'key_name = "{BIND_TSIG_NAME}"\nkey_secret = "{BIND_TSIG_SECRET}"\nkey_algorithm = "{BIND_TSIG_ALGORITHM}"\n\n')
     return (f'name = "{name}"\napps = ["{app}"]\nsync_paths = ["/apps/{app}"]\n{top}\n'
             f'[n1]\nengine = "{n1_url}"\nzookeeper = "{HOST}:{ZOOKEEPER["n1"]}{chroot}"\n'
             f'memcached = "{HOST}:{MEMCACHED["n1"]}"\n\n'
             f'[n2]\nengine = "{n2_url}"\nzookeeper = "{HOST}:{ZOOKEEPER["n2"]}{chroot}"\nmemcached = "{memcached_n2}"\n\n'
-            "[thresholds]\n" + "".join(f"{k} = {v}\n" for k, v in thresholds.items()))
+            + dns + "[thresholds]\n" + "".join(f"{k} = {v}\n" for k, v in thresholds.items()))
 
 
 @pytest.fixture
@@ -234,6 +242,25 @@ async def test_resume_after_the_proxies_were_put_back_in_passthrough_stops_inste
     assert phase(s) == "proxy"
     status = await asyncio.to_thread(nxnw, "status", str(s.plan_path))
     assert status.returncode == 0 and "passthrough (epoch 3); load verified in cow epoch 1" in status.stdout, status
+
+
+async def test_resume_never_hands_dns_to_n2_with_the_proxies_back_in_passthrough(setting: Setting,
+                                                                                 bind_dns: Rfc2136Provider) -> None:
+    s = setting
+    name = f"gates-{uuid.uuid4().hex[:10]}.{BIND_ZONE}"
+    bind_dns.wait_in_sync(bind_dns.upsert([RecordSet(name, "A", 1, ("127.0.0.11",))]), timeout=10)
+    try:
+        await seed_n1(s)
+        plan = s.make_plan(dns_name=name)
+        await run_orchestrator(plan, until="proxy")
+        await asyncio.to_thread(switch_mode, s.zk1, "passthrough")
+
+        with pytest.raises(MigrationFailed, match="not running handoff"):
+            await run_orchestrator(plan)
+        assert answer(f"{HOST}:{BIND_DNS}", name, "A") == ["127.0.0.11"]
+        assert phase(s) == "proxy"
+    finally:
+        bind_dns.delete(bind_dns.records(name, "A"))
 
 
 async def test_resume_in_a_new_cow_period_stops_before_verifying_a_load_that_missed_writes(setting: Setting) -> None:
