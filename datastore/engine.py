@@ -23,7 +23,11 @@ Contract every engine keeps (the conformance suite in ``tests/`` checks each one
   checkpointed in ZooKeeper and handed back to the same engine later.
 * **Checksums are engine-independent.** ``checksum`` of equal content is equal on every
   engine, whatever the ranges: it is an order-independent sum of per-entity digests.
-* Blocking client libraries never run on the event loop.
+* **The event loop never waits.** A network round trip, a lock wait or large I/O never
+  runs on the event loop: a driver's own asynchronous API, or a thread the engine owns,
+  does it. Work that is small and bounded may run on the loop when handing it to a thread
+  would cost more than doing it — SQLite's small writes and point reads, whose bounds and
+  fallback its module states.
 """
 
 from __future__ import annotations

@@ -3,17 +3,52 @@
 Last-write-wins is one guarded upsert, so it holds without a read-then-write race: a row
 changes only when the incoming timestamp is newer, or equal and the incoming write wins
 the tie (``Entity.wins_over``: a tombstone over a value, else the greater value; SQLite
-compares BLOBs with ``memcmp`` and then by length, which is that byte-wise order). Rows keep their rowid across updates, which is what makes rowid ranges cover a
-table exactly once; the last range is open-ended, so rows inserted after ``ranges`` was
-called still fall in exactly one range.
+compares BLOBs with ``memcmp`` and then by length, which is that byte-wise order). Rows
+keep their rowid across updates, which is what makes rowid ranges cover a table exactly
+once; the last range is open-ended, so rows inserted after ``ranges`` was called still
+fall in exactly one range.
 
-All SQLite calls run on one dedicated thread (SQLite connections are bound to a thread),
-never on the event loop.
+Where the work runs, and why small writes skip the thread hop
+-------------------------------------------------------------
+A small write costs SQLite ~15–20 µs; handing it to a thread and back costs the event loop
+several times that (a queue, a wake-up of the thread, ``call_soon_threadsafe`` and a
+wake-up of the loop), and on a busy machine the hop, not the write, is what a ``cow`` PUT
+waits for twice. So the engine holds two connections to the file:
+
+* the **loop connection**, used only on the event loop, for point reads and for writes of
+  at most ``LOOP_MAX_ENTITIES`` entities and ``LOOP_MAX_BYTES`` bytes of keys and values.
+  Such a call runs to completion without yielding (one ``BEGIN IMMEDIATE … COMMIT``, no
+  ``await`` inside), so a cancelled caller can never leave a transaction half done. It
+  never waits: the connection's ``busy_timeout`` is 0, so when another connection holds
+  the write lock (a large batch on the engine thread, another process on the same file)
+  SQLite answers ``SQLITE_BUSY`` at once, the transaction is rolled back untouched, and
+  the call goes to the engine thread like any large one. It never checkpoints
+  (``wal_autocheckpoint=0``): a checkpoint syncs files, which may take milliseconds, so
+  the loop counts the WAL pages its commits add and asks the engine thread for a passive
+  checkpoint every ``CHECKPOINT_PAGES`` (SQLite's own autocheckpoint cadence). While that
+  checkpoint runs, writes queue behind it on the engine thread, as SQLite's own
+  autocheckpoint makes the next writer wait: a checkpoint only lets the WAL start over
+  once it has caught up with every frame, which writes landing beside it would prevent
+  for as long as they kept coming, and the WAL would grow without bound. What the loop
+  can still wait for is the operating system: page-cache writes of at most
+  ``LOOP_MAX_BYTES`` plus b-tree pages, and reads of b-tree pages not yet cached — the
+  same bound as any small file write an aiohttp handler makes.
+* the **engine thread's connection** (one thread: a connection is used by one thread at a
+  time), for everything else: larger batches, scans, ranges, DDL of ``drop_app``, opening,
+  closing and checkpoints. It waits up to ``BUSY_TIMEOUT_MS`` for the write lock.
+
+Durability is the same on both paths: ``apply`` returns after ``COMMIT`` of a WAL
+transaction with ``synchronous=NORMAL`` on both connections — the commit survives a crash
+of the process (it is in the WAL file), and it is synced to disk by the next checkpoint,
+so a power loss can lose the last commits before it, as with SQLite's own default for WAL.
+Both paths write through the same guarded upsert, so their interleaving in any order ends
+where last-write-wins says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +57,59 @@ from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
 from datastore.engine import Engine, EngineUnavailable, KeyRange
-from datastore.model import Entity, EntityRef, check_app
+from datastore.model import MAX_VALUE_BYTES, Entity, EntityRef, check_app
 
 T = TypeVar("T")
+
+#: A write of at most this many entities and bytes (keys and values) runs on the event loop;
+#: above, its copying and b-tree work would hold the loop longer than a thread hop costs.
+LOOP_MAX_ENTITIES = 16
+LOOP_MAX_BYTES = 64 * 1024
+#: WAL pages the loop's commits may add before it asks the engine thread for a passive
+#: checkpoint (SQLite's default ``wal_autocheckpoint``).
+CHECKPOINT_PAGES = 1000
+#: How long the engine thread waits for another connection's write lock.
+BUSY_TIMEOUT_MS = 10_000
+_PAGE_BYTES = 4096
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+class _TooLarge:
+    """A read on the loop found a value larger than it may copy there."""
+
+
+_TOO_LARGE = _TooLarge()
 
 
 def _table(app: str) -> str:
     return f"e_{check_app(app)}"
+
+
+@functools.cache
+def _upsert(table: str) -> str:
+    return (f"INSERT INTO {table} (rk, value, ts) VALUES (?, ?, ?) ON CONFLICT(rk) DO UPDATE "
+            f"SET value = excluded.value, ts = excluded.ts WHERE excluded.ts > {table}.ts "
+            f"OR (excluded.ts = {table}.ts AND {table}.value IS NOT NULL "
+            f"AND (excluded.value IS NULL OR excluded.value > {table}.value))")
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Another connection holds the lock (``SQLITE_BUSY``/``SQLITE_LOCKED``, extended codes too)."""
+    return isinstance(exc, sqlite3.OperationalError) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _BUSY_CODES
+
+
+def _connect(path: Path, busy_timeout_ms: int, autocheckpoint: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        if not autocheckpoint:
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 class SqliteEngine(Engine):
@@ -42,99 +123,214 @@ class SqliteEngine(Engine):
         self.path = Path(path)
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._loop_conn: sqlite3.Connection | None = None
         self._tables: set[str] = set()
+        self._wal_pages = 0
+        self._checkpoint: asyncio.Future[None] | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise EngineUnavailable(f"sqlite engine {self.path} is not open")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def _connect(self) -> None:
+    # --- lifecycle (on the engine thread) ---------------------------------------------------
+
+    def _open_connections(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=10000")
+        conn = _connect(self.path, BUSY_TIMEOUT_MS, autocheckpoint=True)
+        try:
+            self._tables = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'e\\_%' ESCAPE '\\'")}
+            self._loop_conn = _connect(self.path, 0, autocheckpoint=False)
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
-        self._tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'e\\_%' ESCAPE '\\'")}
+
+    def _close_connections(self, loop_conn: sqlite3.Connection | None) -> None:
+        # The last connection to close checkpoints the WAL into the file (a sync), which is
+        # why the loop connection is closed here and not on the loop.
+        for conn in (loop_conn, self._conn):
+            if conn is not None:
+                conn.close()
+        self._conn = None
 
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{self.path.name}")
         try:
-            await self._run(self._connect)
+            await self._run(self._open_connections)
         except sqlite3.Error as exc:
+            self._executor.shutdown(wait=False)
+            self._executor = None
             raise EngineUnavailable(f"cannot open sqlite file {self.path}: {exc}") from exc
 
     async def close(self) -> None:
         if self._executor is None:
             return
-        if self._conn is not None:
-            await self._run(self._conn.close)
+        if self._checkpoint is not None:
+            await asyncio.gather(self._checkpoint, return_exceptions=True)
+        loop_conn, self._loop_conn = self._loop_conn, None  # no new call starts on it
+        await self._run(self._close_connections, loop_conn)
         self._executor.shutdown(wait=True)
         self._executor = None
-        self._conn = None
 
-    def _has_table(self, table: str) -> bool:
+    # --- tables -------------------------------------------------------------------------------
+
+    def _has_table(self, conn: sqlite3.Connection, table: str) -> bool:
         """Whether the app's table exists; another process on the same file may have made it."""
         if table in self._tables:
             return True
-        assert self._conn is not None
-        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone():
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone():
             self._tables.add(table)
             return True
         return False
 
-    def _ensure_table(self, table: str) -> None:
-        if table in self._tables:
-            return
-        assert self._conn is not None
-        self._conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {table} (rid INTEGER PRIMARY KEY, rk BLOB NOT NULL UNIQUE, value BLOB, ts INTEGER NOT NULL)"
-        )
-        self._tables.add(table)
+    # --- writes -------------------------------------------------------------------------------
 
-    def _apply(self, entities: Sequence[Entity]) -> None:
-        assert self._conn is not None
+    def _apply(self, conn: sqlite3.Connection, entities: Sequence[Entity]) -> int:
+        """One transaction with every entity, on whichever connection the caller owns; the
+        WAL pages it likely added (for the loop's checkpoint cadence) are returned."""
+        try:
+            return self._transaction(conn, entities)
+        except sqlite3.OperationalError as exc:
+            if not str(exc).startswith("no such table"):
+                raise
+        # A table this engine knew was dropped since (``drop_app`` here or in another
+        # process): nothing was written, so forget what we knew and write again.
+        self._tables.clear()
+        return self._transaction(conn, entities)
+
+    def _transaction(self, conn: sqlite3.Connection, entities: Sequence[Entity]) -> int:
         by_table: dict[str, list[tuple[bytes, bytes | None, int]]] = {}
+        size = 0
         for e in entities:
             by_table.setdefault(_table(e.app), []).append((e.row_key, e.value, e.ts))
-        conn = self._conn
-        conn.execute("BEGIN")
+            size += len(e.row_key) + (len(e.value) if e.value is not None else 0)
+        created: list[str] = []
+        conn.execute("BEGIN IMMEDIATE")
         try:
+            for table in by_table:
+                if table not in self._tables:
+                    conn.execute(f"CREATE TABLE IF NOT EXISTS {table} "
+                                 "(rid INTEGER PRIMARY KEY, rk BLOB NOT NULL UNIQUE, value BLOB, ts INTEGER NOT NULL)")
+                    created.append(table)
             for table, rows in by_table.items():
-                self._ensure_table(table)
-                conn.executemany(
-                    f"INSERT INTO {table} (rk, value, ts) VALUES (?, ?, ?) ON CONFLICT(rk) DO UPDATE "
-                    f"SET value = excluded.value, ts = excluded.ts WHERE excluded.ts > {table}.ts "
-                    f"OR (excluded.ts = {table}.ts AND {table}.value IS NOT NULL "
-                    f"AND (excluded.value IS NULL OR excluded.value > {table}.value))",
-                    rows,
-                )
+                if len(rows) == 1:
+                    conn.execute(_upsert(table), rows[0])
+                else:
+                    conn.executemany(_upsert(table), rows)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        self._tables.update(created)
+        # Each table's row b-tree and key index gain a leaf page, large values their bytes.
+        return 2 * len(by_table) + size // _PAGE_BYTES
+
+    def _apply_on_thread(self, entities: Sequence[Entity]) -> None:
+        assert self._conn is not None
+        self._apply(self._conn, entities)
+
+    def _fits_loop(self, entities: Sequence[Entity]) -> bool:
+        if len(entities) > LOOP_MAX_ENTITIES:
+            return False
+        size = 0
+        for e in entities:
+            size += len(e.row_key) + (len(e.value) if e.value is not None else 0)
+        return size <= LOOP_MAX_BYTES
+
+    def _pages_written(self, pages: int) -> None:
+        """Count the loop's WAL pages; past ``CHECKPOINT_PAGES``, one passive checkpoint on the
+        engine thread (a failed one is asked for again at the next write)."""
+        self._wal_pages += pages
+        if self._wal_pages < CHECKPOINT_PAGES or self._checkpoint is not None:
+            return
+        self._wal_pages = 0
+        self._checkpoint = asyncio.ensure_future(self._run(self._checkpoint_wal))
+        self._checkpoint.add_done_callback(self._checkpoint_done)
+
+    def _checkpoint_wal(self) -> None:
+        assert self._conn is not None
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _checkpoint_done(self, fut: asyncio.Future[None]) -> None:
+        self._checkpoint = None
+        if not fut.cancelled() and fut.exception() is not None:
+            self._wal_pages = CHECKPOINT_PAGES  # ask again at the next write
 
     async def _write_batch(self, entities: Sequence[Entity]) -> None:
-        await self._run(self._apply, entities)
+        conn = self._loop_conn
+        if conn is None:
+            raise EngineUnavailable(f"sqlite engine {self.path} is not open")
+        if self._checkpoint is None and self._fits_loop(entities):
+            try:
+                pages = self._apply(conn, entities)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+            else:
+                self._pages_written(pages)
+                return
+        await self._run(self._apply_on_thread, entities)
 
-    def _read(self, ref: EntityRef) -> Entity | None:
-        assert self._conn is not None
+    # --- reads --------------------------------------------------------------------------------
+
+    def _read(self, conn: sqlite3.Connection, ref: EntityRef, max_bytes: int) -> Entity | None | _TooLarge:
+        """The stored entity; ``_TOO_LARGE`` instead when its value is over ``max_bytes``.
+
+        SQLite answers ``typeof`` and ``length`` of a blob from the record's header, but
+        ``ts`` is stored after the value, so reading it walks the value's whole chain of
+        overflow pages (~1 ms for 1 MiB when they are not cached): it is read only for a
+        value within the bound."""
         table = _table(ref.app)
-        if not self._has_table(table):
+        if not self._has_table(conn, table):
             return None
-        row = self._conn.execute(f"SELECT value, ts FROM {table} WHERE rk = ?", (ref.row_key,)).fetchone()
+        try:
+            row = conn.execute(f"SELECT CASE WHEN length(value) > ?1 THEN NULL ELSE ts END, typeof(value) = 'null', "
+                               f"CASE WHEN length(value) > ?1 THEN NULL ELSE value END "
+                               f"FROM {table} WHERE rk = ?2", (max_bytes, ref.row_key)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if not str(exc).startswith("no such table"):
+                raise
+            self._tables.discard(table)  # dropped since we saw it
+            return None
         if row is None:
             return None
-        return Entity(ref.app, ref.kind, ref.key, row[0], row[1])
+        ts, deleted, value = row
+        if ts is None:  # a stored ts is never NULL: the value is over the bound
+            return _TOO_LARGE
+        return Entity(ref.app, ref.kind, ref.key, None if deleted else value, ts)
+
+    def _read_on_thread(self, ref: EntityRef) -> Entity | None:
+        assert self._conn is not None
+        entity = self._read(self._conn, ref, MAX_VALUE_BYTES)
+        assert entity is not _TOO_LARGE
+        return entity
 
     async def read(self, ref: EntityRef) -> Entity | None:
-        return await self._run(self._read, ref)
+        """A point read on the loop connection when the value is at most ``LOOP_MAX_BYTES``,
+        else on the engine thread. A WAL reader takes no lock a writer holds; it is busy only
+        while another connection recovers the WAL, and then it too goes to the thread."""
+        conn = self._loop_conn
+        if conn is None:
+            raise EngineUnavailable(f"sqlite engine {self.path} is not open")
+        try:
+            entity = self._read(conn, ref, LOOP_MAX_BYTES)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+        else:
+            if entity is not _TOO_LARGE:
+                return entity
+        return await self._run(self._read_on_thread, ref)
+
+    # --- scans, ranges, apps (on the engine thread) -----------------------------------------
 
     def _page(self, app: str, after: int, hi: int | None, limit: int, tombstones: bool) -> list[tuple[int, Entity]]:
         assert self._conn is not None
         table = _table(app)
-        if not self._has_table(table):
+        if not self._has_table(self._conn, table):
             return []
         sql = f"SELECT rid, rk, value, ts FROM {table} WHERE rid > ?"
         args: list[int] = [after]
@@ -163,7 +359,7 @@ class SqliteEngine(Engine):
     def _rowid_bounds(self, app: str) -> tuple[int, int] | None:
         assert self._conn is not None
         table = _table(app)
-        if not self._has_table(table):
+        if not self._has_table(self._conn, table):
             return None
         lo, hi = self._conn.execute(f"SELECT min(rid), max(rid) FROM {table}").fetchone()
         return None if lo is None else (lo, hi)
