@@ -16,10 +16,12 @@ from datastore import Engine, open_engine
 from nxnw import services
 from nxnw.services.endpoints import engine_url
 
-ENGINES = ["sqlite", "cassandra", "hbase"]
+#: ``hbase-stock`` is the same HBase through the gateway's stock port, which answers as HBase's
+#: own Thrift server (no ``mutateRowsTsEach``): the engine's stock Thrift1 write path.
+ENGINES = ["sqlite", "cassandra", "hbase", "hbase-stock"]
 
 
-ENGINE_SERVICES = {"sqlite": [], "cassandra": ["cassandra"], "hbase": ["hbase"]}
+ENGINE_SERVICES = {"sqlite": [], "cassandra": ["cassandra"], "hbase": ["hbase"], "hbase-stock": ["hbase"]}
 _started: set[str] = set()
 
 

@@ -1,11 +1,12 @@
 """HBase batch writes: one ``apply`` of rows that each carry their own timestamp.
 
-The HBase engine writes a whole batch through the gateway's ``mutateRowsTsEach`` (one Thrift
-call per ``BATCH_ROWS`` rows, every row at its own timestamp) instead of one ``mutateRowsTs``
-call per distinct timestamp. These tests pin down that the batch path keeps the engine's
-rule exactly: per key, last-write-wins by timestamp, a tombstone on a tie, the greater value
-on a tie between values, tombstones read back with their timestamps, whatever the order of
-the batch and however it is cut.
+The HBase engine has two write paths, chosen at ``open``: through nxnw's gateway a whole
+batch goes as ``mutateRowsTsEach`` calls (one per ``BATCH_ROWS`` rows, every row at its own
+timestamp); through a stock Thrift1 server (the gateway's stock port, ``hbase-stock``) as one
+``mutateRowsTs`` per distinct timestamp, then the markers. Every test here runs on both and
+pins down that each path keeps the engine's rule exactly: per key, last-write-wins by
+timestamp, a tombstone on a tie, the greater value on a tie between values, tombstones read
+back with their timestamps, whatever the order of the batch and however it is cut.
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ from collections.abc import AsyncIterator
 import pytest
 
 from datastore import Engine, Entity, EntityRef, open_engine
-from datastore.engines.hbase import BATCH_ROWS, FAMILY, BatchMutationTs, GatewayConnection, Mutation
+from datastore.engines.hbase import BATCH_ROWS, FAMILY, BatchMutation, GatewayConnection, Mutation
 from nxnw.services.endpoints import engine_url
 from tests.conftest import require
 
 
-@pytest.fixture
-async def hbase(app_name: str, sqlite_dir: str) -> AsyncIterator[Engine]:
+@pytest.fixture(params=["hbase", "hbase-stock"])
+async def hbase(request: pytest.FixtureRequest, app_name: str, sqlite_dir: str) -> AsyncIterator[Engine]:
     require("hbase")
-    engine = open_engine(engine_url("hbase", "n1", sqlite_dir))
+    engine = open_engine(engine_url(request.param, "n1", sqlite_dir))
     await engine.open()
+    assert engine.extension == (request.param == "hbase")
     yield engine
     await engine.drop_app(app_name)
     await engine.close()
@@ -133,8 +135,8 @@ async def test_a_row_written_in_the_single_value_column_layout_reads_and_yields_
     ref = EntityRef(app_name, "Bulk", b"legacy")
     conn = GatewayConnection(hbase.host, hbase.port, 15_000)
     try:
-        conn.client.mutateRowsTsEach(hbase._table(app_name), [BatchMutationTs(
-            row=ref.row_key, mutations=[Mutation(isDelete=False, column=b"e:v", value=b"old layout")], timestamp=100)])
+        conn.client.mutateRowsTs(hbase._table(app_name), [BatchMutation(
+            row=ref.row_key, mutations=[Mutation(isDelete=False, column=b"e:v", value=b"old layout")])], 100, {})
     finally:
         conn.close()
     assert await hbase.read(ref) == Entity(app_name, "Bulk", b"legacy", b"old layout", 100)

@@ -1,4 +1,4 @@
-"""The HBase engine: one table per app, reached through nxnw's HBase Thrift1 gateway.
+"""The HBase engine: one table per app, reached through HBase's Thrift1 interface.
 
 URL: ``hbase://host:port/table_prefix``; app ``a`` lives in table ``<table_prefix>a``, one
 column family ``e``, one row per entity (row key = ``Entity.row_key``).
@@ -27,20 +27,28 @@ with its timestamp), Thrift1 cannot ask for a raw scan, and a major compaction p
 resurrect the key. The explicit ``e:d`` cell has none of these problems. Rows written
 before values had a column each hold their value in ``e:v``, which reads as a value too.
 
-On HBase's stock Thrift1 server the same layout needs nothing new: the write is a
-``mutateRowsTs`` at the entity's timestamp, the marker a ``deleteAllTs`` of column ``e`` at
-the timestamp minus one (a family delete, as on this gateway); only the per-row
-timestamps of ``mutateRowsTsEach`` below are nxnw's.
+Which server, and the two write paths. Any server that speaks HBase's Thrift1 ``Hbase``
+service (happybase's ``Hbase.thrift``) will do: HBase's own Thrift server, or nxnw's gateway
+(``nxnw/services/hbase_gateway``), which speaks ``NxnwHbase`` (``GATEWAY_IDL``): ``Hbase`` plus
+``mutateRowsTsEach``, a ``mutateRowsTs`` whose rows each carry their own timestamp. ``open``
+asks once (``has_extension``: an empty ``mutateRowsTsEach``, a no-op on the gateway, an
+UNKNOWN_METHOD answer from a stock server) and logs which path it takes:
 
-Which gateway: nxnw's (``nxnw/services/hbase_gateway``), not HBase's own Thrift server. It
-speaks the ``NxnwHbase`` service (``GATEWAY_IDL``): HBase's Thrift1 ``Hbase`` service, from
-happybase's ``Hbase.thrift``, plus ``mutateRowsTsEach``, a ``mutateRowsTs`` whose rows each
-carry their own timestamp. Thrift1 takes one timestamp per ``mutateRowsTs`` call and snapshot
-rows all have different ones, so through Thrift1 alone a load is one call per entity; with
-``mutateRowsTsEach`` an ``apply`` is one call per ``BATCH_ROWS`` entities, whatever their
-timestamps, and the calls run in parallel on the pool. ``open`` checks that the gateway has
-the method and fails naming it. The client is thriftpy2's, connected as happybase connects
-(buffered transport, binary protocol).
+* gateway: an ``apply`` is one ``mutateRowsTsEach`` per ``BATCH_ROWS`` entities whatever their
+  timestamps, each entity's write and marker in the same call (the gateway sends a call's
+  puts before its deletes), the calls in parallel on the pool;
+* stock Thrift1: a ``mutateRowsTs`` carries one timestamp, so the writes go as one call per
+  distinct timestamp (the rows of that timestamp together, cut at ``BATCH_ROWS``), then, once
+  every write has succeeded, the markers as one call per distinct timestamp minus one (a
+  ``Mutation`` deleting family ``e``, which stock ``mutateRowsTs`` turns into a DeleteFamily at
+  the call's timestamp). Calls of a phase run in parallel on the pool. A marker never lands
+  before the write it makes room for: alone, it would hide the older value and read as no
+  value at all. A snapshot load, whose rows all have different timestamps, costs two calls per
+  entity here; the rule (last-write-wins, the tie rule) is the same on both paths.
+
+The client is thriftpy2's, connected as happybase connects (buffered transport, binary
+protocol). HBase's Thrift2 ``putMultiple`` (per-cell timestamps) is not used: it is a
+different service on a different port, and a Thrift1 URL cannot name it.
 
 Other costs of Thrift1: scans cannot be bounded in bytes, so pages are fetched in slices of
 ``SCAN_SLICE`` rows. Cell timestamps in µs look ~1000 years ahead to HBase, which reads them
@@ -62,11 +70,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.resources
+import logging
 import re
 import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -81,6 +91,8 @@ from datastore.model import APP_PATTERN, Entity, EntityRef, check_app
 
 T = TypeVar("T")
 
+log = logging.getLogger("nxnw.engines.hbase")
+
 #: The gateway's service. It lives with the gateway's source, which nxnw/services/hbase.py
 #: compiles with it; the engine only reads it, as the contract of the gateway it talks to.
 GATEWAY_IDL = Path(__file__).resolve().parent / "nxnw_hbase.thrift"
@@ -88,6 +100,7 @@ GATEWAY_IDL = Path(__file__).resolve().parent / "nxnw_hbase.thrift"
 HBASE_IDL = Path(str(importlib.resources.files("happybase") / "Hbase.thrift"))
 GATEWAY = thriftpy2.load(str(GATEWAY_IDL), include_dirs=[str(HBASE_IDL.parent)])
 AlreadyExists = GATEWAY.Hbase.AlreadyExists
+BatchMutation = GATEWAY.Hbase.BatchMutation
 ColumnDescriptor = GATEWAY.Hbase.ColumnDescriptor
 HBaseIOError = GATEWAY.Hbase.IOError
 Mutation = GATEWAY.Hbase.Mutation
@@ -102,8 +115,8 @@ TOMBSTONE_COLUMN = b"e:d"
 DEFAULT_PORT = 9090
 POOL_SIZE = 8
 SOCKET_TIMEOUT_MS = 60_000
-#: A ``mutateRowsTsEach`` call carries the writes of at most this many entities (two gateway
-#: rows each: the write and its marker) and this many value bytes.
+#: A write call carries the writes of at most this many entities (a ``mutateRowsTsEach`` has
+#: two rows each: the write and its marker) and this many value bytes.
 BATCH_ROWS = 500
 BATCH_BYTES = 4 * 1024 * 1024
 #: Rows fetched per ``scannerGetList``: values may be 1 MiB each.
@@ -159,15 +172,50 @@ def _entity_from(app: str, row: Any) -> Entity | None:
 _SUPERSEDE = [Mutation(isDelete=True, column=FAMILY)]
 
 
+def _cell(entity: Entity) -> Any:
+    """The entity's one cell: a tombstone in ``e:d``, or the value in its own column."""
+    if entity.deleted:
+        return Mutation(isDelete=False, column=TOMBSTONE_COLUMN, value=b"")
+    return Mutation(isDelete=False, column=value_column(entity.value), value=entity.value)
+
+
 def _rows(entity: Entity) -> list[Any]:
     """The entity as rows of a ``mutateRowsTsEach`` call: its cell at its timestamp, and the
     family marker one below, which masks everything it supersedes."""
-    if entity.deleted:
-        write = Mutation(isDelete=False, column=TOMBSTONE_COLUMN, value=b"")
-    else:
-        write = Mutation(isDelete=False, column=value_column(entity.value), value=entity.value)
-    return [BatchMutationTs(row=entity.row_key, mutations=[write], timestamp=entity.ts),
+    return [BatchMutationTs(row=entity.row_key, mutations=[_cell(entity)], timestamp=entity.ts),
             BatchMutationTs(row=entity.row_key, mutations=_SUPERSEDE, timestamp=entity.ts - 1)]
+
+
+@dataclass
+class TsCall:
+    """One stock ``mutateRowsTs`` call: rows whose mutations all apply at ``ts``."""
+
+    ts: int
+    rows: list[Any] = field(default_factory=list)
+    size: int = 0
+
+
+def _add(calls: dict[int, list[TsCall]], ts: int, row: Any, size: int) -> None:
+    group = calls[ts]
+    if not group or len(group[-1].rows) >= BATCH_ROWS or group[-1].size >= BATCH_BYTES:
+        group.append(TsCall(ts))
+    group[-1].rows.append(row)
+    group[-1].size += size
+
+
+def stock_calls(entities: Sequence[Entity]) -> tuple[list[TsCall], list[TsCall]]:
+    """The ``mutateRowsTs`` calls that write ``entities`` through stock Thrift1: the writes, one
+    call per distinct timestamp, and the markers, one call per distinct timestamp minus one
+    (each cut at ``BATCH_ROWS`` rows or ``BATCH_BYTES``). The markers must go only after every
+    write has succeeded (see the module docstring)."""
+    writes: dict[int, list[TsCall]] = defaultdict(list)
+    markers: dict[int, list[TsCall]] = defaultdict(list)
+    for entity in entities:
+        _add(writes, entity.ts, BatchMutation(row=entity.row_key, mutations=[_cell(entity)]),
+             len(entity.row_key) + len(entity.value or b""))
+        _add(markers, entity.ts - 1, BatchMutation(row=entity.row_key, mutations=_SUPERSEDE), len(entity.row_key))
+    return ([call for group in writes.values() for call in group],
+            [call for group in markers.values() for call in group])
 
 
 def _split(keys: list[bytes], region_starts: list[bytes], at_least: int) -> list[KeyRange]:
@@ -190,8 +238,9 @@ def _split(keys: list[bytes], region_starts: list[bytes], at_least: int) -> list
 
 
 class GatewayConnection:
-    """One Thrift connection to the gateway's ``NxnwHbase`` service, opened as happybase opens
-    its own (buffered transport, binary protocol, strings left as bytes)."""
+    """One Thrift connection, opened as happybase opens its own (buffered transport, binary
+    protocol, strings left as bytes). The client speaks ``NxnwHbase``, a superset of Thrift1's
+    ``Hbase``: on a stock server only ``mutateRowsTsEach`` is unknown (``has_extension``)."""
 
     def __init__(self, host: str, port: int, timeout_ms: int) -> None:
         self._transport = TBufferedTransport(TSocket(host=host, port=port, socket_timeout=timeout_ms))
@@ -202,10 +251,18 @@ class GatewayConnection:
         self._transport.close()
 
 
-def check_gateway(client: Any) -> None:
-    """Raise ``TApplicationException`` unless the gateway has ``mutateRowsTsEach`` (an empty
-    call is a no-op on nxnw's gateway; HBase's own Thrift server does not know the name)."""
-    client.mutateRowsTsEach(b"", [])
+def has_extension(client: Any) -> bool:
+    """Whether the server has nxnw's ``mutateRowsTsEach``: an empty call is a no-op on nxnw's
+    gateway, and a stock Thrift1 server answers it as a name it does not know
+    (``TApplicationException`` UNKNOWN_METHOD; the connection stays usable). Any other
+    failure is raised."""
+    try:
+        client.mutateRowsTsEach(b"", [])
+    except TApplicationException as exc:
+        if exc.type == TApplicationException.UNKNOWN_METHOD:
+            return False
+        raise
+    return True
 
 
 class HBaseEngine(Engine):
@@ -231,6 +288,8 @@ class HBaseEngine(Engine):
         self._connections: list[GatewayConnection] = []
         self._connections_lock = threading.Lock()
         self._tables: set[str] = set()
+        #: Whether the server has ``mutateRowsTsEach`` (asked at ``open``).
+        self.extension = False
 
     # ---- connections and the thread pool ----
 
@@ -264,13 +323,13 @@ class HBaseEngine(Engine):
                 self._drop_connection()
                 if attempt == 2:
                     raise EngineUnavailable(
-                        f"HBase Thrift gateway at {self.address} failed {what}: {type(exc).__name__}: {exc}") from exc
+                        f"HBase Thrift server at {self.address} failed {what}: {type(exc).__name__}: {exc}") from exc
             except HBaseIOError as exc:
                 raise EngineUnavailable(
                     f"HBase at {self.address} refused {what}: {_first_line(exc)}") from exc
             except TApplicationException as exc:
                 raise EngineUnavailable(
-                    f"HBase Thrift gateway at {self.address} could not run {what}: {exc}") from exc
+                    f"HBase Thrift server at {self.address} could not run {what}: {exc}") from exc
         raise AssertionError("unreachable")
 
     async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
@@ -283,13 +342,18 @@ class HBaseEngine(Engine):
             return
         self._executor = ThreadPoolExecutor(max_workers=self.pool_size, thread_name_prefix=f"hbase-{self.port}")
         try:
-            await self._run("mutateRowsTsEach (nxnw's gateway, nxnw/services/hbase_gateway, has it; "
-                            "HBase's own Thrift server does not)", check_gateway)
+            self.extension = await self._run("asking for nxnw's mutateRowsTsEach", has_extension)
             names = await self._run("listing tables", lambda client: client.getTableNames())
         except BaseException:
             await self.close()
             raise
         self._tables = self._apps_in(names)
+        if self.extension:
+            log.info("hbase %s: nxnw's gateway (mutateRowsTsEach): one write call per %d entities, "
+                     "whatever their timestamps", self.address, BATCH_ROWS)
+        else:
+            log.info("hbase %s: stock Thrift1 (no mutateRowsTsEach): one mutateRowsTs per distinct "
+                     "timestamp, then one per distinct marker timestamp", self.address)
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
@@ -351,28 +415,40 @@ class HBaseEngine(Engine):
 
     # ---- writes ----
 
-    def _mutate(self, client: Any, table: bytes, rows: list[Any]) -> None:
+    def _mutate_each(self, client: Any, table: bytes, rows: list[Any]) -> None:
         client.mutateRowsTsEach(table, rows)
 
-    async def _write(self, app: str, rows: list[Any]) -> None:
+    def _mutate_ts(self, client: Any, table: bytes, calls: list[TsCall]) -> None:
+        for call in calls:
+            client.mutateRowsTs(table, call.rows, call.ts, {})
+
+    async def _write(self, app: str, what: str, fn: Callable[[Any, bytes, Any], None], payload: Any) -> None:
+        """``fn(client, table, payload)`` on the pool; a table dropped since it was cached (by
+        another engine instance) is created again, once, and the write retried."""
         table = self._table(app)
+        what = f"{what} to {table!r}"
         try:
-            await self._run(f"writing {len(rows)} rows to {table!r}", self._mutate, table, rows)
+            await self._run(what, fn, table, payload)
         except EngineUnavailable as exc:
             if not isinstance(exc.__cause__, HBaseIOError) or not _table_missing(exc.__cause__):
                 raise
-            # Dropped since we cached it (by another engine instance): create it again, once.
             self._tables.discard(app)
             await self._ensure_table(app)
-            await self._run(f"writing {len(rows)} rows to {table!r}", self._mutate, table, rows)
+            await self._run(what, fn, table, payload)
 
     async def _write_batch(self, entities: Sequence[Entity]) -> None:
-        # Every row carries its own timestamp: group by app only, then cut by size.
         by_app: dict[str, list[Entity]] = defaultdict(list)
         for entity in entities:
             by_app[entity.app].append(entity)
         for app in by_app:
             await self._ensure_table(app)
+        if self.extension:
+            await self._write_each(by_app)
+        else:
+            await self._write_stock(by_app)
+
+    async def _write_each(self, by_app: dict[str, list[Entity]]) -> None:
+        # Every row carries its own timestamp: group by app only, then cut by size.
         calls = []
         for app, members in by_app.items():
             rows: list[Any] = []
@@ -381,11 +457,23 @@ class HBaseEngine(Engine):
                 rows.extend(_rows(entity))
                 size += len(entity.row_key) + len(entity.value or b"")
                 if len(rows) >= 2 * BATCH_ROWS or size >= BATCH_BYTES:
-                    calls.append(self._write(app, rows))
+                    calls.append(self._write(app, f"writing {len(rows)} rows", self._mutate_each, rows))
                     rows, size = [], 0
             if rows:
-                calls.append(self._write(app, rows))
+                calls.append(self._write(app, f"writing {len(rows)} rows", self._mutate_each, rows))
         await asyncio.gather(*calls)
+
+    async def _write_stock(self, by_app: dict[str, list[Entity]]) -> None:
+        planned = {app: stock_calls(members) for app, members in by_app.items()}
+        for phase, purpose in ((0, "writes"), (1, "supersede markers")):
+            jobs = []
+            for app, phases in planned.items():
+                calls = phases[phase]
+                # At most one job per pool thread; each runs its share of the calls in turn.
+                for share in (calls[i::self.pool_size] for i in range(min(self.pool_size, len(calls)))):
+                    what = f"{purpose}: {sum(len(c.rows) for c in share)} rows in {len(share)} mutateRowsTs calls"
+                    jobs.append(self._write(app, what, self._mutate_ts, share))
+            await asyncio.gather(*jobs)
 
     # ---- reads ----
 

@@ -22,8 +22,12 @@ HBASE_ZOOKEEPER = 21813
 HBASE_MASTER = 16100
 HBASE_REGIONSERVER = 16120
 HBASE_THRIFT = 19090
-#: One HBase holds both deployments, each under its own table prefix.
+#: The same gateway answering as HBase's stock Thrift server (no ``mutateRowsTsEach``).
+HBASE_THRIFT_STOCK = 19091
+#: One HBase holds both deployments, each under its own table prefix; ``hbase-stock``
+#: (the stock port) has prefixes of its own, so its tables never mix with ``hbase``'s.
 HBASE_TABLE_PREFIXES = {"n1": "nxnw_n1_", "n2": "nxnw_n2_"}
+HBASE_STOCK_TABLE_PREFIXES = {"n1": "nxnw_stock_n1_", "n2": "nxnw_stock_n2_"}
 
 BIND_DNS = 15353
 BIND_ZONE = "nxnw.test."
@@ -43,4 +47,6 @@ def engine_url(engine: str, deployment: str, sqlite_dir: str) -> str:
         return f"cassandra://{HOST}:{CASSANDRA_CQL}/{CASSANDRA_KEYSPACES[deployment]}"
     if engine == "hbase":
         return f"hbase://{HOST}:{HBASE_THRIFT}/{HBASE_TABLE_PREFIXES[deployment]}"
-    raise ValueError(f"engine {engine!r} is not one of: sqlite, cassandra, hbase")
+    if engine == "hbase-stock":
+        return f"hbase://{HOST}:{HBASE_THRIFT_STOCK}/{HBASE_STOCK_TABLE_PREFIXES[deployment]}"
+    raise ValueError(f"engine {engine!r} is not one of: sqlite, cassandra, hbase, hbase-stock")

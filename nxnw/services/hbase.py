@@ -2,9 +2,11 @@
 
 This module installs, configures, starts, probes and stops one local HBase 2.6 (master,
 region server and HBase's own ZooKeeper on ``HBASE_ZOOKEEPER``) and the Thrift1 gateway
-that happybase speaks (binary protocol, buffered transport, on ``HBASE_THRIFT``). It must
-never download anything itself and never report HBase as up before a table can be created
-and read through Thrift.
+that happybase speaks (binary protocol, buffered transport): with nxnw's extension on
+``HBASE_THRIFT``, and as HBase's stock Thrift server would answer (no ``mutateRowsTsEach``) on
+``HBASE_THRIFT_STOCK``, so the engine is tested both ways against one JVM. It also runs the
+gateway alone beside a real cluster (``run_gateway``). It must never download anything
+itself and never report HBase as up before a table can be created and read through Thrift.
 
 Where the pieces come from:
 
@@ -29,23 +31,31 @@ is already gone.
 
 Failure handling: a gateway or cluster that exits, or a probe that does not pass before
 ``start_timeout``, is reported by ``Service.up`` with the tail of ``service.log``. A gateway
-still running from an older build without ``mutateRowsTsEach`` fails the probe, so ``up``
-rebuilds and restarts it.
+still running from an older build (without ``mutateRowsTsEach``, or without the stock port)
+fails the probe, so ``up`` rebuilds and restarts it.
+
+Beside a real cluster, ``run_gateway(quorum, port)`` builds the same gateway (same jars, same
+source) and replaces the calling process with it, pointed at the cluster's ZooKeeper quorum:
+no HBase of ours is started, and a SIGTERM stops the gateway alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
+from typing import NoReturn
 from xml.sax.saxutils import escape
 
 from datastore.engines.hbase import (
-    GATEWAY_IDL, HBASE_IDL, BatchMutationTs, ColumnDescriptor, GatewayConnection, Mutation, check_gateway,
+    GATEWAY_IDL, HBASE_IDL, BatchMutationTs, ColumnDescriptor, GatewayConnection, Mutation, has_extension,
 )
 from nxnw.services.base import REPO_ROOT, Context, InstallError, Service, apt_install, maven_classpath, run_install
-from nxnw.services.endpoints import HBASE_MASTER, HBASE_REGIONSERVER, HBASE_THRIFT, HBASE_ZOOKEEPER, HOST
+from nxnw.services.endpoints import (
+    HBASE_MASTER, HBASE_REGIONSERVER, HBASE_THRIFT, HBASE_THRIFT_STOCK, HBASE_ZOOKEEPER, HOST,
+)
 
 #: Newest 2.6 release whose ``-hadoop3`` build the registry serves.
 HBASE_VERSION = "2.6.4-hadoop3"
@@ -74,6 +84,12 @@ JDK17_FLAGS = [
     "--add-exports", "java.base/sun.net.util=ALL-UNNAMED",
 ]
 HEAP = ["-Xms256m", "-Xmx768m"]
+#: The gateway alone (``run_gateway``): its memory is open scanners and batches in flight.
+GATEWAY_HEAP = ["-Xms128m", "-Xmx1g"]
+#: HBase's Thrift1 port, which ``run_gateway`` takes by default as HBase's own server does.
+GATEWAY_DEFAULT_PORT = 9090
+#: ``host[:port][,host[:port]…]``: what ``hbase.zookeeper.quorum`` takes.
+QUORUM_PATTERN = re.compile(r"[A-Za-z0-9_.\-]+(:[0-9]{1,5})?(,[A-Za-z0-9_.\-]+(:[0-9]{1,5})?)*")
 
 #: A table of the probe's own; engines' tables carry a deployment prefix and never clash.
 PROBE_TABLE = b"nxnw_service_probe"
@@ -183,16 +199,24 @@ class HBaseService(Service):
         (self.conf_dir / "hbase-site.xml").write_text(f'<?xml version="1.0"?>\n<configuration>\n{props}</configuration>\n')
         (self.conf_dir / "log4j.properties").write_text(LOG4J_PROPERTIES)
 
+    def java_command(self, heap: list[str], conf_dir: Path, gateway_args: list[str]) -> list[str]:
+        """``java … Thrift1Gateway ARGS`` on the built gateway, with ``conf_dir``'s
+        hbase-site.xml and log4j.properties first on the classpath."""
+        java = shutil.which("java")
+        if java is None:
+            raise InstallError("the HBase Thrift1 gateway runs on Java 17, and no java is on PATH")
+        classpath = os.pathsep.join([str(conf_dir), str(self.gateway_dir / "classes"), f"{self.lib_dir}/*"])
+        return [java, *heap, *JDK17_FLAGS, "-XX:+ExitOnOutOfMemoryError", "-cp", classpath, GATEWAY_CLASS, *gateway_args]
+
     def command(self) -> list[str]:
-        java = shutil.which("java") or "java"
-        classpath = os.pathsep.join([str(self.conf_dir), str(self.gateway_dir / "classes"), f"{self.lib_dir}/*"])
-        return [java, *HEAP, *JDK17_FLAGS, "-XX:+ExitOnOutOfMemoryError", "-cp", classpath,
-                GATEWAY_CLASS, "--local-cluster", HOST, str(HBASE_THRIFT)]
+        return self.java_command(HEAP, self.conf_dir, [
+            "--local-cluster", "--stock-port", str(HBASE_THRIFT_STOCK), HOST, str(HBASE_THRIFT)])
 
     def probe(self) -> None:
         """Through Thrift, as the engine connects: check that the gateway has
         ``mutateRowsTsEach`` (one built before it was added does not), list tables, create the
-        probe table once, write a row with ``mutateRowsTsEach`` and read it back.
+        probe table once, write a row with ``mutateRowsTsEach`` and read it back; then that the
+        stock port answers ``mutateRowsTsEach`` as an unknown method and reads the row back.
 
         Listing fails until the master has initialised; the write and the read fail until the
         region server serves the probe table's region.
@@ -200,7 +224,8 @@ class HBaseService(Service):
         conn = GatewayConnection(HOST, HBASE_THRIFT, PROBE_TIMEOUT_MS)
         try:
             client = conn.client
-            check_gateway(client)
+            if not has_extension(client):
+                raise RuntimeError(f"the gateway on {HBASE_THRIFT} has no mutateRowsTsEach (an older build)")
             if PROBE_TABLE not in client.getTableNames():
                 family = ColumnDescriptor(name=b"p:", maxVersions=1, compression="NONE", inMemory=False,
                                           bloomFilterType="NONE", blockCacheEnabled=True, timeToLive=-1)
@@ -212,6 +237,15 @@ class HBaseService(Service):
                 raise RuntimeError(f"the probe row written to {PROBE_TABLE!r} does not read back: {rows!r}")
         finally:
             conn.close()
+        stock = GatewayConnection(HOST, HBASE_THRIFT_STOCK, PROBE_TIMEOUT_MS)
+        try:
+            if has_extension(stock.client):
+                raise RuntimeError(f"the gateway's stock port {HBASE_THRIFT_STOCK} has mutateRowsTsEach")
+            rows = stock.client.getRow(PROBE_TABLE, PROBE_ROW, {})
+            if not rows or b"p:c" not in (rows[0].columns or {}):
+                raise RuntimeError(f"the probe row does not read back through the stock port: {rows!r}")
+        finally:
+            stock.close()
 
     # ---- process bookkeeping ----
 
@@ -236,3 +270,46 @@ class HBaseService(Service):
         if state == "Z" or GATEWAY_CLASS.encode() not in cmdline:
             return None
         return pid
+
+
+def check_quorum(quorum: str) -> str:
+    """``quorum`` if it is a ZooKeeper quorum HBase takes (``host[:port][,host[:port]…]``, every
+    port 1-65535); else ``ValueError`` with the reason."""
+    if not QUORUM_PATTERN.fullmatch(quorum):
+        raise ValueError(f"ZooKeeper quorum {quorum!r} must be host[:port][,host[:port]...] (no chroot, no spaces)")
+    for server in quorum.split(","):
+        _, _, port = server.partition(":")
+        if port and not 0 < int(port) < 65536:
+            raise ValueError(f"ZooKeeper quorum {quorum!r}: port {port} is not 1-65535")
+    return quorum
+
+
+def gateway_command(quorum: str, port: int = GATEWAY_DEFAULT_PORT, *, bind: str = "0.0.0.0",
+                    extension: bool = True, ctx: Context | None = None) -> list[str]:
+    """Install and build the gateway if needed, write its configuration (the cluster's quorum)
+    under the state directory's ``hbase-gateway/``, and return the argv that runs it alone
+    against that cluster. Bad arguments raise ``ValueError`` before anything is installed."""
+    check_quorum(quorum)
+    if not 0 < port < 65536:
+        raise ValueError(f"gateway port {port} is not 1-65535")
+    ctx = ctx or Context()
+    service = HBaseService(ctx)
+    service.install()
+    conf_dir = ctx.service_dir("hbase-gateway") / "conf"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    (conf_dir / "hbase-site.xml").write_text(
+        '<?xml version="1.0"?>\n<configuration>\n'
+        f"  <property><name>hbase.zookeeper.quorum</name><value>{escape(quorum)}</value></property>\n"
+        "</configuration>\n")
+    (conf_dir / "log4j.properties").write_text(LOG4J_PROPERTIES)
+    return service.java_command(GATEWAY_HEAP, conf_dir, [*([] if extension else ["--no-extension"]), bind, str(port)])
+
+
+def run_gateway(quorum: str, port: int = GATEWAY_DEFAULT_PORT, *, bind: str = "0.0.0.0",
+                extension: bool = True, ctx: Context | None = None) -> NoReturn:
+    """Run nxnw's Thrift1 gateway in place of this process (``exec``), in front of the HBase
+    cluster whose ZooKeeper quorum is ``quorum``: Thrift1 on ``bind:port``, with
+    ``mutateRowsTsEach`` unless ``extension`` is false (then it answers as HBase's own Thrift
+    server). It logs to stderr and stops on SIGTERM or Ctrl-C; it never returns."""
+    argv = gateway_command(quorum, port, bind=bind, extension=extension, ctx=ctx)
+    os.execv(argv[0], argv)

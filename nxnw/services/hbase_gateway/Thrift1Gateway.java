@@ -25,10 +25,17 @@
  * Scanners left open by a client that went away are closed after SCANNER_IDLE_MS.
  *
  * Run as `Thrift1Gateway BIND_HOST PORT` against the cluster named by hbase-site.xml on the
- * classpath, or as `Thrift1Gateway --local-cluster BIND_HOST PORT` to also run HBase itself in
- * this JVM in standalone mode (ZooKeeper, master, region server). In that mode SIGTERM stops
- * the gateway, then shuts the cluster down cleanly; if the cluster exits on its own, the JVM
- * exits with status 1 so that whoever started it sees the failure.
+ * classpath (a real cluster: its hbase.zookeeper.quorum is all the gateway needs), or as
+ * `Thrift1Gateway --local-cluster BIND_HOST PORT` to also run HBase itself in this JVM in
+ * standalone mode (ZooKeeper, master, region server). In that mode SIGTERM stops the gateway,
+ * then shuts the cluster down cleanly; if the cluster exits on its own, the JVM exits with
+ * status 1 so that whoever started it sees the failure.
+ *
+ * The stock surface. `--no-extension` serves PORT with the plain "Hbase" processor: every
+ * Thrift1 call as before, and mutateRowsTsEach answered as HBase's own Thrift server answers a
+ * name it does not know (TApplicationException UNKNOWN_METHOD). `--stock-port STOCK_PORT`
+ * serves that stock surface on a second port as well, from the same handler (one HBase
+ * connection, one scanner table), so one JVM lets clients be tested both ways.
  */
 package nxnw.hbase;
 
@@ -102,6 +109,7 @@ import org.apache.hadoop.hbase.thrift.generated.TScan;
 import org.apache.hadoop.hbase.util.Bytes;
 import org.apache.hadoop.hbase.zookeeper.MiniZooKeeperCluster;
 import org.apache.hadoop.metrics2.lib.DefaultMetricsSystem;
+import org.apache.thrift.TProcessor;
 import org.apache.thrift.protocol.TBinaryProtocol;
 import org.apache.thrift.server.TServer;
 import org.apache.thrift.server.TThreadPoolServer;
@@ -1045,15 +1053,55 @@ public final class Thrift1Gateway implements NxnwHbase.Iface {
     exit.start();
   }
 
+  /** A Thrift1 server on one port: buffered transport, binary protocol, as happybase expects. */
+  private static TServer server(String host, int port, TProcessor processor) throws Exception {
+    TServerSocket socket = new TServerSocket(new InetSocketAddress(host, port));
+    TThreadPoolServer.Args serverArgs = new TThreadPoolServer.Args(socket)
+        .processor(processor)
+        .protocolFactory(new TBinaryProtocol.Factory())
+        .transportFactory(new TTransportFactory())
+        .minWorkerThreads(4)
+        .maxWorkerThreads(512);
+    return new TThreadPoolServer(serverArgs);
+  }
+
+  private static void usage(String why) {
+    System.err.println(why);
+    System.err.println("usage: Thrift1Gateway [--local-cluster] [--no-extension] [--stock-port STOCK_PORT] BIND_HOST PORT");
+    System.exit(2);
+  }
+
+  private static int port(String text) {
+    try {
+      int port = Integer.parseInt(text);
+      if (port > 0 && port < 65536) {
+        return port;
+      }
+    } catch (NumberFormatException e) {
+      // reported below with the value
+    }
+    usage("not a TCP port: " + text);
+    return -1;
+  }
+
   public static void main(String[] args) throws Exception {
     List<String> argv = new ArrayList<>(java.util.Arrays.asList(args));
     boolean withCluster = argv.remove("--local-cluster");
+    boolean extension = !argv.remove("--no-extension");
+    int stockPort = -1;
+    int stockFlag = argv.indexOf("--stock-port");
+    if (stockFlag >= 0) {
+      if (stockFlag + 1 >= argv.size()) {
+        usage("--stock-port needs a port");
+      }
+      stockPort = port(argv.remove(stockFlag + 1));
+      argv.remove(stockFlag);
+    }
     if (argv.size() != 2) {
-      System.err.println("usage: Thrift1Gateway [--local-cluster] BIND_HOST PORT");
-      System.exit(2);
+      usage("expected BIND_HOST PORT, got " + argv);
     }
     String host = argv.get(0);
-    int port = Integer.parseInt(argv.get(1));
+    int mainPort = port(argv.get(1));
     Configuration conf = HBaseConfiguration.create();
 
     LocalCluster cluster = null;
@@ -1084,19 +1132,17 @@ public final class Thrift1Gateway implements NxnwHbase.Iface {
     });
     janitor.scheduleWithFixedDelay(gateway::closeIdleScanners, 60, 60, TimeUnit.SECONDS);
 
-    TServerSocket socket = new TServerSocket(new InetSocketAddress(host, port));
-    TThreadPoolServer.Args serverArgs = new TThreadPoolServer.Args(socket)
-        .processor(new NxnwHbase.Processor<>(gateway))
-        .protocolFactory(new TBinaryProtocol.Factory())
-        .transportFactory(new TTransportFactory())
-        .minWorkerThreads(4)
-        .maxWorkerThreads(512);
-    TServer server = new TThreadPoolServer(serverArgs);
+    TProcessor stock = new Hbase.Processor<Hbase.Iface>(gateway);
+    TServer server = server(host, mainPort, extension ? new NxnwHbase.Processor<NxnwHbase.Iface>(gateway) : stock);
+    TServer stockServer = stockPort > 0 ? server(host, stockPort, stock) : null;
     LocalCluster owned = cluster;
     Runtime.getRuntime().addShutdownHook(new Thread(() -> {
       stopping.set(true);
       LOG.info("stopping: gateway first, then {}", owned == null ? "nothing else" : "the local HBase cluster");
       server.stop();
+      if (stockServer != null) {
+        stockServer.stop();
+      }
       try {
         connection.close();
       } catch (IOException e) {
@@ -1107,7 +1153,14 @@ public final class Thrift1Gateway implements NxnwHbase.Iface {
         LOG.info("local HBase cluster stopped");
       }
     }, "gateway-shutdown"));
-    LOG.info("HBase Thrift1 gateway listening on {}:{}", host, port);
+    if (stockServer != null) {
+      Thread stockThread = new Thread(stockServer::serve, "stock-thrift1-server");
+      stockThread.setDaemon(true);
+      stockThread.start();
+      LOG.info("HBase Thrift1 gateway, stock surface (no mutateRowsTsEach), listening on {}:{}", host, stockPort);
+    }
+    LOG.info("HBase Thrift1 gateway listening on {}:{} ({})", host, mainPort,
+        extension ? "with nxnw's mutateRowsTsEach" : "stock surface, no mutateRowsTsEach");
     server.serve();
   }
 }
