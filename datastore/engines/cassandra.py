@@ -262,13 +262,14 @@ class CassandraEngine(Engine):
 
     async def _execute(self, statement: Any, params: Sequence[Any] | None = None) -> list:
         """Run a statement to its first page, sending it again while the connection is busy."""
-        retry = BusyRetry(self.address)
+        retry: BusyRetry | None = None  # made on the first refusal: most requests never meet one
         while True:
             try:
                 return await self._send(statement, params)
             except NoHostAvailable as exc:
                 if not _is_busy(exc):
                     raise self._unavailable(exc) from exc
+                retry = retry or BusyRetry(self.address)
                 await retry.wait(exc)
             except UNAVAILABLE_ERRORS as exc:
                 raise self._unavailable(exc) from exc
@@ -478,7 +479,26 @@ class CassandraEngine(Engine):
         if errors:
             raise errors[0]
 
+    async def _write_one(self, entity: Entity) -> None:
+        """The proxy's write: one entity, one request awaited in place (no task, no window of
+        requests in flight, no grouping by replica)."""
+        params = (entity.row_key, entity.value, entity.value is None, entity.ts)
+        statements = await self._app_statements(entity.app, create=True)
+        assert statements is not None
+        try:
+            await self._execute(statements.write, params)
+        except InvalidRequest as exc:
+            if not _is_missing_table(exc):
+                raise
+            self._forget(entity.app)  # dropped since we prepared: see _write_batch
+            statements = await self._app_statements(entity.app, create=True)
+            assert statements is not None
+            await self._execute(statements.write, params)
+
     async def _write_batch(self, entities: Sequence[Entity]) -> None:
+        if len(entities) == 1:
+            await self._write_one(entities[0])
+            return
         by_app: dict[str, list[Entity]] = {}
         for entity in entities:
             by_app.setdefault(entity.app, []).append(entity)
