@@ -94,6 +94,16 @@ def test_a_stock_server_answers_mutateRowsTsEach_as_an_unknown_method_and_the_co
         conn.close()
 
 
+async def test_a_call_the_server_does_not_know_is_engine_unavailable_naming_it(stock_url: str) -> None:
+    engine = HBaseEngine(stock_url)
+    await engine.open()
+    try:
+        with pytest.raises(EngineUnavailable, match="could not run a gateway-only call: .*mutateRowsTsEach"):
+            await engine._run("a gateway-only call", lambda client: client.mutateRowsTsEach(b"t", []))
+    finally:
+        await engine.close()
+
+
 def test_stock_calls_are_one_per_distinct_timestamp_for_writes_and_one_per_marker_timestamp() -> None:
     entities = [Entity("a", "K", b"k%d" % i, b"v", ts) for i, ts in enumerate([50, 50, 90, 50, 90, 120])]
     entities.append(Entity("a", "K", b"gone", None, 120))

@@ -130,7 +130,7 @@ TABLE_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{0,64}")
 _TRANSPORT_ERRORS = (TTransportException, OSError, EOFError)
 
 
-def _message(exc: HBaseIOError) -> str:
+def _message(exc: HBaseIOError | TApplicationException) -> str:
     """The exception's message as text (thriftpy2 hands Thrift strings over as bytes)."""
     message = exc.message or ""
     return message.decode(errors="replace") if isinstance(message, bytes) else str(message)
@@ -328,8 +328,9 @@ class HBaseEngine(Engine):
                 raise EngineUnavailable(
                     f"HBase at {self.address} refused {what}: {_first_line(exc)}") from exc
             except TApplicationException as exc:
-                raise EngineUnavailable(
-                    f"HBase Thrift server at {self.address} could not run {what}: {exc}") from exc
+                # Its message is bytes here (responses are not decoded): str(exc) would raise.
+                raise EngineUnavailable(f"HBase Thrift server at {self.address} could not run {what}: "
+                                        f"TApplicationException {exc.type}: {_message(exc)}") from exc
         raise AssertionError("unreachable")
 
     async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
