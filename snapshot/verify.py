@@ -82,9 +82,11 @@ class Difference:
             return None  # a row N1 never held, or newer on N2 before N2 serves: not from the migration
         return "n1"
 
-    @property
-    def unrepairable_reason(self) -> str:
-        """Why ``repair_target`` is None for this difference."""
+    def unrepairable_reason(self, n2_primary: bool) -> str:
+        """Why ``repair_target(n2_primary)`` is None for this difference."""
+        if self.n1 is None and n2_primary:
+            return ("on N2 only: verify never copies to N1 a key N1 never held; a write made in proxy mode "
+                    "reaches N1 through the repair journal toward N1")
         if self.n1 is None:
             return "on N2 only: N1 never held it, so it did not come from the migration"
         return "newer on N2 than on N1 before N2 serves: not written by the migration"
@@ -257,5 +259,6 @@ async def verify_app(n1: Engine, n2: Engine, app: str, *, repair: bool = False, 
     await asyncio.gather(_apply_in_batches(n1, to_n1), _apply_in_batches(n2, to_n2))
     report.repaired = len(to_n1) + len(to_n2)
     report.remaining = await _still_differing(n1, n2, report.differences, workers)
-    report.reasons = {d.label: d.unrepairable_reason for d in report.remaining if d.repair_target(n2_primary) is None}
+    report.reasons = {d.label: d.unrepairable_reason(n2_primary) for d in report.remaining
+                      if d.repair_target(n2_primary) is None}
     return report
