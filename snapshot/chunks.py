@@ -219,6 +219,7 @@ def read_chunks(stream: BinaryIO) -> Iterator[Chunk]:
     offset = 0
     announced: dict[tuple[str, str], KeyRange] = {}
     finished: set[tuple[str, str]] = set()
+    manifests = 0
     while True:
         where = f"chunk #{index} at byte {offset}"
         try:
@@ -233,12 +234,13 @@ def read_chunks(stream: BinaryIO) -> Iterator[Chunk]:
             payload = _read_exact(stream, plen, where)
             digest = _read_exact(stream, DIGEST_BYTES, where)
         except _CutShort as cut:
-            if not announced:
+            if not manifests:
                 raise IncompleteStream(f"{cut}; no manifest came before it, so nothing says which ranges "
                                        "the stream should hold", []) from None
             raise _incomplete(str(cut), _missing(announced, finished)) from None
         frame = decode_frame(header, payload, digest, where)
         if isinstance(frame, Manifest):
+            manifests += 1
             for range_id, key_range in frame.ranges:
                 announced[(frame.app, range_id)] = key_range
         else:
@@ -249,7 +251,7 @@ def read_chunks(stream: BinaryIO) -> Iterator[Chunk]:
             yield frame
         index += 1
         offset += 4 + 4 + hlen + 4 + plen + DIGEST_BYTES
-    if not announced:
+    if not manifests:
         raise IncompleteStream(f"stream ends after {offset} bytes without a manifest: it was cut before its first "
                                "frame, or written without one (not by `nxnw snapshot export`)", [])
     missing = _missing(announced, finished)
