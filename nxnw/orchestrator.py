@@ -33,6 +33,10 @@ Gates, each checked where it matters rather than trusted from a record:
 * ``complete`` waits (up to ``journal_drain_seconds``) for both repair journals to be
   empty and fails with the depths otherwise; rollback does the same for the journal toward
   N1 and reports the one toward N2.
+
+It must never: let the proxies serve from N2 a load that was not verified in the current
+cow period; hand the DNS name to N2 while the proxies are not in ``proxy``; record
+``complete`` before both journals were empty and the ZooKeeper mirror synced its last.
 """
 
 from __future__ import annotations
