@@ -18,7 +18,8 @@ from datastore import Entity, EntityRef, open_engine
 from nxnw import services
 from nxnw.services.endpoints import engine_url
 
-SERVICE_OF = {"sqlite": [], "cassandra": ["cassandra"], "hbase": ["hbase"]}
+#: ``hbase-stock``: the same HBase through the gateway's stock port (no ``mutateRowsTsEach``).
+SERVICE_OF = {"sqlite": [], "cassandra": ["cassandra"], "hbase": ["hbase"], "hbase-stock": ["hbase"]}
 
 
 async def _bounded(coros, limit: int) -> None:
