@@ -18,10 +18,10 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_va
 
 from datastore.model import APP_PATTERN
 from datastore.registry import ENGINES
+from proxy.cache.pool import parse_servers
 
 _HOST = r"[A-Za-z0-9_.\-\[\]:]+:\d{1,5}"
 HOSTPORT = re.compile(rf"{_HOST}")
-HOSTS = re.compile(rf"{_HOST}(,{_HOST})*")
 #: ZooKeeper connection strings may end in a chroot, as kazoo and ZooKeeper clients accept
 ZK_HOSTS = re.compile(rf"{_HOST}(,{_HOST})*(/[A-Za-z0-9_.\-]+)*")
 
@@ -46,8 +46,18 @@ def scheduler_address(value: str) -> str:
 
 
 HostPort = Annotated[str, AfterValidator(_matching(HOSTPORT, "host:port"))]
-Hosts = Annotated[str, AfterValidator(_matching(HOSTS, "host:port[,host:port…]"))]
 ZooKeeperHosts = Annotated[str, AfterValidator(_matching(ZK_HOSTS, "host:port[,host:port…][/chroot]"))]
+
+
+def memcached_pool(value: str) -> str:
+    """``value`` if it names a memcached pool (``h1:p[:weight],h2:p[:weight],…``), else
+    ValueError naming the server that is not one; the proxy parses it the same way."""
+    parse_servers(value)
+    return value
+
+
+#: a side's memcached: one server or a pool whose keys the proxy spreads by ketama
+MemcachedPool = Annotated[str, AfterValidator(memcached_pool)]
 
 
 class PlanError(ValueError):
@@ -67,7 +77,7 @@ class Deployment(_Strict):
 
     engine: str = Field(description="engine URL: sqlite:///file, cassandra://host:port/keyspace, hbase://host:port/prefix")
     zookeeper: ZooKeeperHosts
-    memcached: Hosts
+    memcached: MemcachedPool = Field(description="memcached server(s): host:port[:weight][,host:port[:weight]…]")
     proxies: list[str] = Field(default_factory=list, description="the proxy instances' HTTP endpoints (N1 only)")
 
     @field_validator("engine")

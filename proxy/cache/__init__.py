@@ -12,13 +12,14 @@ from proxy.cache.errors import (
 )
 from proxy.cache.listener import CacheListener
 from proxy.cache.mirror import MirrorQueue
+from proxy.cache.pool import Ketama, MemcachePool, ServerSpec, parse_servers
 from proxy.cache.router import MODES, CacheRouter, ModeRoute
 from proxy.cache.routes import CacheRoute, MemcachedRoute, MirrorWritesRoute, WarmUpRoute
 
 __all__ = [
     "MAX_KEY_BYTES", "MAX_VALUE_BYTES", "MODES", "CacheError", "CacheFencedError", "CacheInputError", "CacheListener",
-    "CacheOutcomeUnknown", "CacheRoute", "CacheRouter", "InvalidKeyError", "InvalidNumberError", "Item",
-    "MemcacheClient", "MemcacheRejected", "MemcacheServerError", "MemcacheTimeout", "MemcacheUnavailable",
-    "MemcachedRoute", "MirrorQueue", "MirrorWritesRoute", "ModeRoute", "Outcome", "StoreMode", "StoreReply",
-    "SwitchError", "ValueTooLargeError", "WarmUpRoute",
+    "CacheOutcomeUnknown", "CacheRoute", "CacheRouter", "InvalidKeyError", "InvalidNumberError", "Item", "Ketama",
+    "MemcacheClient", "MemcachePool", "MemcacheRejected", "MemcacheServerError", "MemcacheTimeout", "MemcacheUnavailable",
+    "MemcachedRoute", "MirrorQueue", "MirrorWritesRoute", "ModeRoute", "Outcome", "ServerSpec", "StoreMode",
+    "StoreReply", "SwitchError", "parse_servers", "ValueTooLargeError", "WarmUpRoute",
 ]

@@ -27,11 +27,14 @@ from typing import NamedTuple
 
 from proxy.cache.errors import (
     MAX_EXPTIME, MAX_FLAGS, MAX_U64, MIN_EXPTIME, MemcacheProtocolError, MemcacheRejected,
-    MemcacheServerError, MemcacheTimeout, MemcacheUnavailable, check_key, check_range, check_value,
+    MemcacheServerError, MemcacheServerReply, MemcacheTimeout, MemcacheUnavailable, check_key, check_range, check_value,
 )
 
 #: A reply header longer than this without CRLF is not memcached talking.
 _MAX_REPLY_LINE = 8192
+
+#: How ``forward`` frames the reply it relays: one line, or text retrieval (VALUE… END).
+REPLY_LINE, REPLY_VALUES = 0, 1
 
 
 class Item(NamedTuple):
@@ -99,6 +102,8 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[list[Reply]] | None = None
         self.expected = 0
         self.replies: list[Reply] = []
+        #: the reply is a text retrieval's (``VALUE …`` blocks up to ``END``), relayed raw
+        self.values = False
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -140,6 +145,8 @@ class _Connection(asyncio.Protocol):
 
     def _parse(self) -> tuple[bytes, bytes | None] | None:
         """One complete reply (header line, data block or None), or None if incomplete."""
+        if self.values:
+            return self._parse_values()
         buf = self.buf
         end = buf.find(b"\r\n")
         if end < 0:
@@ -163,6 +170,39 @@ class _Connection(asyncio.Protocol):
         head = bytes(buf[:end])
         del buf[:end + 2]
         return head, None
+
+    def _parse_values(self) -> tuple[bytes, bytes | None] | None:
+        """A text retrieval's whole reply, raw: ``(b"", raw)`` once its ``END`` line is in,
+        or ``(error line, None)`` for an error; None while incomplete. Only framing is
+        parsed: each ``VALUE`` line's length, to step over its data block."""
+        buf = self.buf
+        pos = 0
+        while True:
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                if len(buf) - pos > _MAX_REPLY_LINE:
+                    raise MemcacheProtocolError(self.server, f"reply line over {_MAX_REPLY_LINE} bytes without CRLF")
+                return None
+            if buf[pos:pos + 6] == b"VALUE ":
+                try:
+                    size = int(buf[pos:end].split(b" ", 4)[3])
+                except (IndexError, ValueError):
+                    raise MemcacheProtocolError(self.server, f"malformed VALUE line {bytes(buf[pos:end])[:80]!r}") from None
+                pos = end + 2 + size + 2
+                if len(buf) < pos:
+                    return None
+                if buf[pos - 2:pos] != b"\r\n":
+                    raise MemcacheProtocolError(self.server, f"data block of {size} bytes not followed by CRLF")
+                continue
+            if end == pos + 3 and buf[pos:end] == b"END":
+                raw = bytes(buf[:end + 2])
+                del buf[:end + 2]
+                return b"", raw
+            if pos:
+                raise MemcacheProtocolError(self.server, f"unexpected line {bytes(buf[pos:end])[:80]!r} in a retrieval")
+            head = bytes(buf[:end])
+            del buf[:end + 2]
+            return head, None
 
 
 class MemcacheClient:
@@ -229,7 +269,27 @@ class MemcacheClient:
     async def _request(self, payload: bytes) -> Reply:
         return (await self.pipeline(payload, 1))[0]
 
-    async def pipeline(self, payload: bytes, count: int) -> list[Reply]:
+    async def forward(self, payload: bytes, reply_kind: int = REPLY_LINE) -> bytes:
+        """Send one text request as the app wrote it and return its reply's raw bytes
+        (CRLF included), framed by ``reply_kind``; the fast path of ``passthrough`` and
+        ``proxy``, where nothing in a reply needs to be understood. An error reply from
+        memcached is returned as it came (the app gets memcached's own words) and the
+        connection is not reused."""
+        try:
+            head, raw = (await self.pipeline(payload, 1, values=reply_kind == REPLY_VALUES, raw_errors=True))[0]
+        except _ErrorReply as exc:
+            return exc.line + b"\r\n"
+        return raw if raw is not None else head + b"\r\n"
+
+    async def flush_all(self, delay: int = 0) -> None:
+        """``flush_all [delay]``: every item invalid now (or in ``delay`` s)."""
+        check_range("flush_all delay", delay, 0, MAX_EXPTIME)
+        head, _ = await self._request(b"flush_all %d\r\n" % delay if delay else b"flush_all\r\n")
+        if head != b"OK":
+            raise self._unexpected(head, "flush_all")
+
+    async def pipeline(self, payload: bytes, count: int, *, values: bool = False,
+                       raw_errors: bool = False) -> list[Reply]:
         """Send ``payload`` (``count`` requests, concatenated) in one write on one
         connection and return the ``count`` replies, in order. If any reply is an error
         (``CLIENT_ERROR``/``SERVER_ERROR``/``ERROR``) the first one is raised."""
@@ -238,6 +298,7 @@ class MemcacheClient:
         waiter = loop.create_future()
         conn.waiter = waiter
         conn.expected = count
+        conn.values = values
         conn.replies = []
         conn.transport.write(payload)  # type: ignore[union-attr]
         timer = loop.call_later(self.timeout, _expire, waiter, self.server, self.timeout)
@@ -255,7 +316,7 @@ class MemcacheClient:
                 # CLIENT_ERROR / SERVER_ERROR / ERROR: answer the caller, never reuse the connection
                 conn.abort()
                 self._slots.release()
-                raise self._error_reply(head)
+                raise _ErrorReply(head) if raw_errors else self._error_reply(head)
         self._idle.append(conn)
         self._slots.release()
         return replies
@@ -264,6 +325,8 @@ class MemcacheClient:
         text = head.decode("latin-1")
         if head.startswith(b"CLIENT_ERROR"):
             return MemcacheRejected(self.server, text[len("CLIENT_ERROR "):] or text)
+        if head.startswith(b"SERVER_ERROR"):
+            return MemcacheServerReply(self.server, text)
         return MemcacheProtocolError(self.server, f"replied {text!r}")
 
     def _unexpected(self, head: bytes, command: str) -> MemcacheProtocolError:
@@ -417,9 +480,18 @@ class MemcacheClient:
         return head[8:].decode("latin-1")
 
 
+class _ErrorReply(Exception):
+    """An error line to relay verbatim (``forward``)."""
+
+    def __init__(self, line: bytes) -> None:
+        super().__init__(line)
+        self.line = line
+
+
 def _expire(waiter: asyncio.Future, server: str, timeout: float) -> None:
     if not waiter.done():
         waiter.set_exception(MemcacheTimeout(server, f"no reply within {timeout}s"))
 
 
-__all__ = ["Item", "MemcacheClient", "MemcacheServerError", "Outcome", "Peek", "StoreMode", "StoreReply"]
+__all__ = ["REPLY_LINE", "REPLY_VALUES", "Item", "MemcacheClient", "MemcacheServerError", "Outcome", "Peek", "StoreMode",
+           "StoreReply"]

@@ -79,6 +79,15 @@ class MemcacheProtocolError(MemcacheServerError):
     """A reply we could not parse, or ``SERVER_ERROR``/``ERROR`` from memcached."""
 
 
+class MemcacheServerReply(MemcacheProtocolError):
+    """memcached answered ``SERVER_ERROR …`` (out of memory, object too large…): its own
+    line is relayed to the app as it came, so the app's client raises what memcached's would."""
+
+    def __init__(self, server: str, line: str) -> None:
+        super().__init__(server, f"replied {line!r}")
+        self.line = line
+
+
 class CacheFencedError(CacheError):
     """Writes are refused: this proxy instance lost its ZooKeeper session (fencing)."""
 

@@ -1,19 +1,28 @@
 """A memcached-protocol TCP listener, so an app's memcache client talks to the proxy unchanged.
 
 Responsible for: parsing memcached's text commands (get/gets/gat/gats, set/add/replace/
-append/prepend/cas, delete, incr/decr, touch, version, verbosity, flush_all, quit) and
-the meta commands (mg/ms/md/ma/mn) from each connection and sending each one through
-``router.route`` — whatever the current mode is at that moment; answering in memcached's
-own reply format; one command at a time per connection, replies in order.
+append/prepend/cas, delete, incr/decr, touch, version, verbosity, flush_all, stats, quit)
+and the meta commands (mg/ms/md/ma/mn) from each connection and sending each one through
+``router.route`` — whatever the current mode is at that moment; answering with the bytes
+memcached 1.6 answers, errors included (``tests/test_memcache_fidelity.py`` sends the same
+requests to both); one command at a time per connection, replies in order (a pipelining
+client's requests are read in order and answered in order).
+
+The fast path: when the mode's route relays a request untouched (``passthrough`` every
+text command, ``proxy`` reads, ``cow`` writes — see ``routes.py``), the command line is
+parsed only as far as framing and validation need (verb, key, numbers, data length) and
+the request's own bytes go to the key's server; its reply's bytes come back as they are.
+Everything else (meta commands, noreply, multi-key retrievals, ``cow`` reads that fill
+N2) takes the parsed path through the route's primitives.
 
 Must never: let bad input reach memcached or stop the listener. A malformed line, an
-unknown command, a key over 250 bytes or with a control byte, a negative or oversized
-length, a data block whose length does not match (``CLIENT_ERROR bad data chunk``), a
-line over 2048 bytes without a newline: each gets ``CLIENT_ERROR <reason>`` (``ERROR`` for
-an unknown command, as memcached does) and the connection keeps serving. Where the
-stream's framing is lost the listener resynchronises the way memcached does: a declared
-data block it refuses is swallowed (its length is known), a bad data chunk or an
-overlong line is discarded up to the next newline.
+unknown command, a key over 250 bytes or with a control byte, a negative or unparsable
+length: memcached's own error (``ERROR``, ``CLIENT_ERROR bad command line format``…), and
+like memcached the listener goes on reading the next line (a refused command's data
+block is then read as a command, as memcached does). A value over the limit gets
+``SERVER_ERROR object too large for cache`` and its data block is swallowed; a data block
+not ended by CRLF where its length says gets ``CLIENT_ERROR bad data chunk``; a line over
+2048 bytes without a newline gets ``CLIENT_ERROR line too long`` and is discarded.
 
 Slow or stuck clients: each connection is its own task, so a slow one never delays
 another. A connection that stops halfway through a command (a partial line or data
@@ -23,28 +32,32 @@ replies is closed when ``command_timeout`` passes with the send buffer full. At 
 ``max_connections`` at once; beyond that a new connection gets ``SERVER_ERROR`` and is
 closed.
 
-What the proxy refuses, and why:
-- ``flush_all``: the memcached behind the proxy is shared by every app of the deployment,
-  and a flush cannot be ordered against the copies still queued for the other side (a
-  copy queued before the flush could land after it on N2) — ``CLIENT_ERROR``.
-- ``verbosity`` is answered ``OK`` and not forwarded (it is memcached's log level, not the
-  app's); ``stats``, ``shutdown``, ``slabs``, ``lru_crawler``… are unknown here (``ERROR``).
+What the proxy answers itself, and what it refuses:
+- ``flush_all [delay] [noreply]``: refused by default (``SERVER_ERROR`` with the reason,
+  as mcrouter refuses it without ``--enable-flush-cmd``): the memcached behind the proxy
+  is shared by every app of the deployment. With ``enable_flush`` it flushes both sides
+  in the mode's order with a barrier in the mirror queue (``CacheRouter.flush_all``).
+- ``stats``: the proxy's own counters (``STAT`` lines, ``END``), as mcrouter does; any
+  ``stats <sub>`` gets ``ERROR``, memcached's answer to a subcommand it does not know.
+- ``version``: this proxy's version in memcached's format.
+- ``verbosity`` is answered ``OK`` and not forwarded (memcached's log level, not the app's).
 - meta flags that have no meaning through a two-sided route (``b`` base64 keys, ``I``
-  invalidation, ``N`` autovivify, ``E``/``R``/``h``/``l`` …) — ``CLIENT_ERROR``.
-- text lines longer than 2048 bytes, except multi-key retrievals (get/gets/gat/gats, up
-  to 64 KiB — memcached makes the same exception).
+  invalidation, ``N`` autovivify, ``E``/``R``/``h``/``l`` …): ``CLIENT_ERROR`` saying so;
+  flags memcached does not know at all: memcached's ``CLIENT_ERROR invalid flag``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import time
 
-from proxy.cache.client import Item, Outcome, StoreMode
+from proxy.cache.client import REPLY_LINE, REPLY_VALUES, Item, Outcome, StoreMode
 from proxy.cache.errors import (
     MAX_EXPTIME, MAX_FLAGS, MAX_KEY_BYTES, MAX_U64, MAX_VALUE_BYTES, MIN_EXPTIME, CacheError, CacheInputError,
-    MemcacheRejected,
+    MemcacheRejected, MemcacheServerReply,
 )
 from proxy.cache.router import CacheRouter
 
@@ -64,11 +77,24 @@ _TEXT_MODES = {b"set": StoreMode.SET, b"add": StoreMode.ADD, b"replace": StoreMo
                b"append": StoreMode.APPEND, b"prepend": StoreMode.PREPEND, b"cas": StoreMode.SET}
 _META_MODES = {b"S": StoreMode.SET, b"E": StoreMode.ADD, b"R": StoreMode.REPLACE, b"A": StoreMode.APPEND,
                b"P": StoreMode.PREPEND}
-VERSION = b"VERSION 1.6.18-nxnw-proxy\r\n"
+#: flags memcached 1.6 knows per meta command (anything else: ``CLIENT_ERROR invalid flag``)
+_MEMCACHED_FLAGS = {b"mg": b"bcfhklOqstuvENRT", b"ms": b"bcCEFIkOqsSTMN", b"md": b"bCEIkOqTx",
+                    b"ma": b"bCENJDTMOqtckv"}
+VERSION_NUMBER = b"1.6.18-nxnw-proxy"
+VERSION = b"VERSION %b\r\n" % VERSION_NUMBER
+_BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
+_BAD_EXPTIME = "invalid exptime argument"
+_TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
+_FLUSH_REFUSED = (b"SERVER_ERROR flush_all is disabled on the nxnw cache proxy: the memcached behind it is shared by "
+                  b"every app of the deployment (start it with --enable-flush-cmd to serve it)\r\n")
 
 
 class _BadRequest(Exception):
-    """The command is malformed: ``CLIENT_ERROR <reason>``, sent even with noreply."""
+    """Answered ``CLIENT_ERROR <reason>`` (memcached's words), even with noreply."""
+
+
+class _Unknown(Exception):
+    """Answered ``ERROR``, as memcached answers a command it cannot parse."""
 
 
 class _Closing(Exception):
@@ -76,10 +102,10 @@ class _Closing(Exception):
 
 
 def _key(token: bytes) -> bytes:
-    if len(token) > MAX_KEY_BYTES:
-        raise _BadRequest(f"bad command line format: key of {len(token)} bytes exceeds the {MAX_KEY_BYTES}-byte limit")
-    if _BAD_KEY_BYTE.search(token):
-        raise _BadRequest("bad command line format: key contains a control character")
+    """memcached's key rule (at most 250 bytes); control bytes are refused too: the meta
+    protocol the parsed path speaks could not carry them."""
+    if len(token) > MAX_KEY_BYTES or _BAD_KEY_BYTE.search(token):
+        raise _BadRequest("bad command line format")
     return token
 
 
@@ -92,16 +118,16 @@ def _integer(token: bytes) -> int | None:
     return int(token)
 
 
-def _number(token: bytes, what: str, low: int, high: int) -> int:
+def _number(token: bytes, reason: str, low: int, high: int) -> int:
     value = _integer(token)
-    if value is None:
-        raise _BadRequest(f"bad command line format: {what} {token[:40]!r} is not a number")
-    if not low <= value <= high:
-        raise _BadRequest(f"bad command line format: {what} {token[:40]!r} is outside {low}..{high}")
+    if value is None or not low <= value <= high:
+        raise _BadRequest(reason)
     return value
 
 
 def _error_text(exc: BaseException) -> bytes:
+    if isinstance(exc, MemcacheServerReply):
+        return exc.line.encode("latin-1") + b"\r\n"
     if isinstance(exc, MemcacheRejected):
         text, kind = exc.reason, "CLIENT_ERROR"
     elif isinstance(exc, CacheInputError):
@@ -114,17 +140,36 @@ def _error_text(exc: BaseException) -> bytes:
     return f"{kind} {text}\r\n".encode("utf-8", "replace")
 
 
+class ListenerStats:
+    """The listener's own counters, answered to ``stats`` (memcached's names where one fits)."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.total_connections = 0
+        self.rejected_connections = 0
+        self.cmd_get = self.get_hits = self.get_misses = 0
+        self.cmd_set = self.cmd_touch = self.cmd_flush = 0
+        self.delete_hits = self.delete_misses = 0
+        self.incr_hits = self.incr_misses = self.decr_hits = self.decr_misses = 0
+        self.touch_hits = self.touch_misses = 0
+        self.forwarded = 0
+        self.errors = 0
+
+
 class CacheListener:
     """memcached protocol on ``host:port`` (port 0: any free port; see ``.port`` after start)."""
 
     def __init__(self, router: CacheRouter, host: str = "127.0.0.1", port: int = 0, *,
-                 idle_timeout: float = 300.0, command_timeout: float = 5.0, max_connections: int = 1024) -> None:
+                 idle_timeout: float = 300.0, command_timeout: float = 5.0, max_connections: int = 1024,
+                 enable_flush: bool = False) -> None:
         self.router = router
+        self.enable_flush = enable_flush
         self.host = host
         self.port = port
         self.idle_timeout = idle_timeout
         self.command_timeout = command_timeout
         self.max_connections = max_connections
+        self.stats = ListenerStats()
         self._server: asyncio.base_events.Server | None = None
         self._sessions: set[_Session] = set()
 
@@ -148,6 +193,22 @@ class CacheListener:
     @property
     def connections(self) -> int:
         return len(self._sessions)
+
+    def stat_lines(self) -> bytes:
+        """``stats``: ``STAT <name> <value>`` lines and ``END``."""
+        st, router = self.stats, self.router
+        now = time.time()
+        pairs: list[tuple[str, object]] = [
+            ("pid", os.getpid()), ("uptime", int(now - st.started)), ("time", int(now)),
+            ("version", VERSION_NUMBER.decode()), ("curr_connections", len(self._sessions)),
+            ("total_connections", st.total_connections), ("rejected_connections", st.rejected_connections),
+        ]
+        pairs += [(name, getattr(st, name)) for name in (
+            "cmd_get", "cmd_set", "cmd_flush", "cmd_touch", "get_hits", "get_misses", "delete_hits", "delete_misses",
+            "incr_hits", "incr_misses", "decr_hits", "decr_misses", "touch_hits", "touch_misses")]
+        pairs += [("proxy_forwarded", st.forwarded), ("proxy_errors", st.errors)]
+        pairs += list(router.stats().items())
+        return b"".join(b"STAT %s %s\r\n" % (str(k).encode(), str(v).encode()) for k, v in pairs) + b"END\r\n"
 
 
 class _Session(asyncio.Protocol):
@@ -173,7 +234,9 @@ class _Session(asyncio.Protocol):
             transport.write(b"SERVER_ERROR too many connections to the nxnw cache proxy\r\n")  # type: ignore
             transport.close()
             self.closed = True
+            listener.stats.rejected_connections += 1
             return
+        listener.stats.total_connections += 1
         listener._sessions.add(self)
         self.task = asyncio.get_running_loop().create_task(self._serve())
 
@@ -238,17 +301,15 @@ class _Session(asyncio.Protocol):
             raise _Closing()
 
     async def _block(self, size: int) -> bytes | None:
-        """The ``size``-byte data block and its CRLF; None (resynchronised) if the CRLF is
-        not where the declared length says."""
+        """The ``size``-byte data block; its ``size + 2`` bytes are consumed whatever they
+        are, and None returned if the last two are not CRLF (memcached's bad data chunk:
+        what follows is read as the next command, as memcached does)."""
         need = size + 2
         while len(self.buf) < need:
             await self._more(self.listener.command_timeout)
         buf = self.buf
-        if buf[size:need] != b"\r\n":
-            del buf[:size]
-            await self._skip_line()
-            return None
-        data = bytes(buf[:size])
+        ok = buf[size:need] == b"\r\n"
+        data = bytes(buf[:size]) if ok else None
         del buf[:need]
         return data
 
@@ -296,14 +357,14 @@ class _Session(asyncio.Protocol):
                 nl = buf.find(b"\n")
                 if nl < 0:
                     if len(buf) > MAX_LINE and not self._long_line_allowed(len(buf)):
-                        self._send(b"CLIENT_ERROR line too long: over %d bytes without a newline\r\n" % MAX_LINE)
+                        self._send(b"CLIENT_ERROR line too long\r\n")
                         await self._skip_line()
                         continue
                     await self._more(listener.command_timeout if buf else listener.idle_timeout)
                     continue
                 if nl > MAX_LINE and not self._long_line_allowed(nl):
                     del buf[:nl + 1]
-                    self._send(b"CLIENT_ERROR line too long: over %d bytes without a newline\r\n" % MAX_LINE)
+                    self._send(b"CLIENT_ERROR line too long\r\n")
                     continue
                 end = nl - 1 if nl and buf[nl - 1] == 13 else nl
                 line = bytes(buf[:end])
@@ -322,45 +383,58 @@ class _Session(asyncio.Protocol):
         return length <= MAX_RETRIEVAL_LINE and self.buf.lstrip()[:5].startswith(_RETRIEVAL_PREFIXES)
 
     async def _command(self, line: bytes) -> None:
-        tokens = line.split()
+        tokens = line.split(b" ")
+        if b"" in tokens:
+            tokens = [t for t in tokens if t]
         handler = _HANDLERS.get(tokens[0]) if tokens else None
-        if handler is None:
-            self._send(b"ERROR\r\n")
-            return
         try:
-            await handler(self, tokens)
-        except _Oversized as exc:
-            await self._swallow(exc.size + 2)  # stay in step with the client: skip its data block
-            self._send(b"CLIENT_ERROR %s\r\n" % str(exc).encode())
+            if handler is None:
+                raise _Unknown()
+            await handler(self, tokens, line)
+        except _Unknown:
+            self._send(b"ERROR\r\n")
         except _BadRequest as exc:
             self._send(b"CLIENT_ERROR %s\r\n" % str(exc).encode("utf-8", "replace"))
         except (_Closing, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 — answered, logged if unexpected, connection kept
+            self.listener.stats.errors += 1
             if not isinstance(exc, CacheError):
                 log.exception("cache command %r failed", line[:80])
             self._send(_error_text(exc))
 
     # --- text retrieval ------------------------------------------------------------------
 
-    async def _retrieve(self, tokens: list[bytes]) -> None:
+    async def _retrieve(self, tokens: list[bytes], line: bytes) -> None:
         name = tokens[0]
         touch = name in (b"gat", b"gats")
         with_cas = name in (b"gets", b"gats")
         exptime = None
         keys = tokens[1:]
         if touch:
-            if len(tokens) < 3:
-                self._send(b"ERROR\r\n")
-                return
-            exptime = _number(tokens[1], "exptime", MIN_EXPTIME, MAX_EXPTIME)
+            if len(tokens) < 2:
+                raise _Unknown()
+            exptime = _number(tokens[1], _BAD_EXPTIME, MIN_EXPTIME, MAX_EXPTIME)
             keys = tokens[2:]
-        if not keys:
-            self._send(b"ERROR\r\n")
-            return
+        elif not keys:
+            raise _Unknown()
         for key in keys:
             _key(key)
+        stats = self.listener.stats
+        stats.cmd_get += len(keys)
+        if touch:
+            stats.cmd_touch += len(keys)
         route = self.listener.router.route
+        if exptime is None and len(keys) == 1:
+            raw = await route.forward("get", keys[0], line + b"\r\n", REPLY_VALUES)
+            if raw is not None:
+                stats.forwarded += 1
+                if raw[:6] == b"VALUE ":
+                    stats.get_hits += 1
+                else:
+                    stats.get_misses += 1
+                self._send(raw)
+                return
         if exptime is None:
             if len(keys) == 1:
                 items: list[Item | None] = [await route.meta_get(keys[0])]
@@ -371,7 +445,13 @@ class _Session(asyncio.Protocol):
         out = []
         for key, item in zip(keys, items):
             if item is None:
+                stats.get_misses += 1
+                if touch:
+                    stats.touch_misses += 1
                 continue
+            stats.get_hits += 1
+            if touch:
+                stats.touch_hits += 1
             if with_cas:
                 out.append(b"VALUE %b %d %d %d\r\n%b\r\n"
                            % (key, item.flags, len(item.value), item.cas or 0, item.value))
@@ -382,28 +462,40 @@ class _Session(asyncio.Protocol):
 
     # --- text storage --------------------------------------------------------------------
 
-    async def _storage(self, tokens: list[bytes]) -> None:
+    async def _storage(self, tokens: list[bytes], line: bytes) -> None:
         name = tokens[0]
         is_cas = name == b"cas"
         nargs = 6 if is_cas else 5
         if len(tokens) not in (nargs, nargs + 1):
-            raise _BadRequest("bad command line format: usage: %s <key> <flags> <exptime> <bytes>%s [noreply]"
-                              % (name.decode(), " <cas unique>" if is_cas else ""))
-        size = self._declared_length(tokens[4])
+            raise _Unknown()
+        key = _key(tokens[1])
+        flags = _integer(tokens[2])
+        exptime = _integer(tokens[3])
+        size = _integer(tokens[4])
+        cas = _integer(tokens[5]) if is_cas else 0
+        if (flags is None or exptime is None or size is None or cas is None or not 0 <= flags <= MAX_FLAGS
+                or not MIN_EXPTIME <= exptime <= MAX_EXPTIME or size < 0 or not 0 <= cas <= MAX_U64):
+            raise _BadRequest("bad command line format")
         noreply = len(tokens) == nargs + 1 and tokens[-1] == b"noreply"
-        if len(tokens) == nargs + 1 and not noreply:
-            await self._swallow(size + 2)
-            raise _BadRequest(f"bad command line format: unexpected {tokens[-1][:40]!r} (expected noreply)")
+        stats = self.listener.stats
+        stats.cmd_set += 1
+        if size > MAX_VALUE_BYTES:
+            await self._swallow(size + 2)  # memcached swallows a refused block too
+            if not noreply:
+                self._send(_TOO_LARGE)
+            return
         data = await self._block(size)
         if data is None:
-            raise _BadRequest(f"bad data chunk: the data block is not {size} bytes followed by CRLF")
-        key = _key(tokens[1])
-        flags = _number(tokens[2], "flags", 0, MAX_FLAGS)
-        exptime = _number(tokens[3], "exptime", MIN_EXPTIME, MAX_EXPTIME)
-        cas = _number(tokens[5], "cas unique", 0, MAX_U64) if is_cas else None
+            raise _BadRequest("bad data chunk")
         route = self.listener.router.route
+        if not noreply:
+            raw = await route.forward("store", key, b"%b\r\n%b\r\n" % (line, data), REPLY_LINE)
+            if raw is not None:
+                stats.forwarded += 1
+                self._send(raw)
+                return
         try:
-            reply = await route.store(_TEXT_MODES[name], key, data, flags, exptime, cas)
+            reply = await route.store(_TEXT_MODES[name], key, data, flags, exptime, cas if is_cas else None)
         except CacheError as exc:
             if noreply:
                 log.warning("noreply %s %r failed: %s", name.decode(), key, exc)
@@ -412,48 +504,94 @@ class _Session(asyncio.Protocol):
         if not noreply:
             self._send(_TEXT_OUTCOME[reply.outcome])
 
-    def _declared_length(self, token: bytes) -> int:
-        size = _integer(token)
-        if size is None:
-            raise _BadRequest(f"bad data chunk: length {token[:40]!r} is not a number")
-        if size < 0:
-            raise _BadRequest(f"bad data chunk: length {size} is negative")
-        if size > MAX_VALUE_BYTES:
-            raise _Oversized(size)
-        return size
-
     # --- text others ---------------------------------------------------------------------
 
-    async def _delete(self, tokens: list[bytes]) -> None:
-        if not 2 <= len(tokens) <= 4 or any(t not in (b"0", b"noreply") for t in tokens[2:]):
-            raise _BadRequest("bad command line format: usage: delete <key> [noreply]")
-        noreply = tokens[-1] == b"noreply"
+    async def _forwarded(self, op: str, key: bytes, line: bytes) -> bytes | None:
+        raw = await self.listener.router.route.forward(op, key, line + b"\r\n", REPLY_LINE)
+        if raw is not None:
+            self.listener.stats.forwarded += 1
+        return raw
+
+    async def _delete(self, tokens: list[bytes], line: bytes) -> None:
+        if not 2 <= len(tokens) <= 4:
+            raise _Unknown()
         key = _key(tokens[1])
+        noreply = tokens[-1] == b"noreply" and len(tokens) > 2
+        zero = len(tokens) > 2 and tokens[2] == b"0"
+        if not (len(tokens) == 2 or (len(tokens) == 3 and (zero or noreply)) or (len(tokens) == 4 and zero and noreply)):
+            raise _BadRequest("bad command line format.  Usage: delete <key> [noreply]")
+        stats = self.listener.stats
+        if not noreply and len(tokens) == 2:
+            raw = await self._forwarded("delete", key, line)
+            if raw is not None:
+                if raw == b"DELETED\r\n":
+                    stats.delete_hits += 1
+                else:
+                    stats.delete_misses += 1
+                self._send(raw)
+                return
         outcome = await self._quiet(noreply, "delete", key, self.listener.router.route.delete_item(key))
+        if outcome is Outcome.DELETED:
+            stats.delete_hits += 1
+        elif outcome is not None:
+            stats.delete_misses += 1
         if not noreply and outcome is not None:
             self._send(b"DELETED\r\n" if outcome is Outcome.DELETED else b"NOT_FOUND\r\n")
 
-    async def _arith(self, tokens: list[bytes]) -> None:
-        if len(tokens) not in (3, 4) or (len(tokens) == 4 and tokens[3] != b"noreply"):
-            raise _BadRequest(f"bad command line format: usage: {tokens[0].decode()} <key> <value> [noreply]")
-        noreply = len(tokens) == 4
+    async def _arith(self, tokens: list[bytes], line: bytes) -> None:
+        if len(tokens) not in (3, 4):
+            raise _Unknown()
+        incr = tokens[0] == b"incr"
+        noreply = len(tokens) == 4 and tokens[3] == b"noreply"
         key = _key(tokens[1])
-        try:
-            delta = _number(tokens[2], "delta", 0, MAX_U64)
-        except _BadRequest:
-            raise _BadRequest("invalid numeric delta argument") from None
+        delta = _integer(tokens[2])
+        if delta is None or not 0 <= delta <= MAX_U64:
+            raise _BadRequest("invalid numeric delta argument")
+        stats = self.listener.stats
+        value = None
+        if not noreply and len(tokens) == 3:
+            raw = await self._forwarded("arith", key, line)
+            if raw is not None:
+                found = raw[:1].isdigit()
+                if incr:
+                    stats.incr_hits += found
+                    stats.incr_misses += not found
+                else:
+                    stats.decr_hits += found
+                    stats.decr_misses += not found
+                self._send(raw)
+                return
         value = await self._quiet(noreply, tokens[0].decode(), key,
-                                  self.listener.router.route.arith(key, delta, tokens[0] == b"incr"))
+                                  self.listener.router.route.arith(key, delta, incr))
+        if incr:
+            stats.incr_hits += value is not None
+            stats.incr_misses += value is None
+        else:
+            stats.decr_hits += value is not None
+            stats.decr_misses += value is None
         if not noreply:
             self._send(b"NOT_FOUND\r\n" if value is None else b"%d\r\n" % value)
 
-    async def _touch(self, tokens: list[bytes]) -> None:
-        if len(tokens) not in (3, 4) or (len(tokens) == 4 and tokens[3] != b"noreply"):
-            raise _BadRequest("bad command line format: usage: touch <key> <exptime> [noreply]")
-        noreply = len(tokens) == 4
+    async def _touch(self, tokens: list[bytes], line: bytes) -> None:
+        if len(tokens) not in (3, 4):
+            raise _Unknown()
+        noreply = len(tokens) == 4 and tokens[3] == b"noreply"
         key = _key(tokens[1])
-        exptime = _number(tokens[2], "exptime", MIN_EXPTIME, MAX_EXPTIME)
+        exptime = _number(tokens[2], _BAD_EXPTIME, MIN_EXPTIME, MAX_EXPTIME)
+        stats = self.listener.stats
+        stats.cmd_touch += 1
+        if not noreply and len(tokens) == 3:
+            raw = await self._forwarded("touch", key, line)
+            if raw is not None:
+                if raw == b"TOUCHED\r\n":
+                    stats.touch_hits += 1
+                else:
+                    stats.touch_misses += 1
+                self._send(raw)
+                return
         found = await self._quiet(noreply, "touch", key, self.listener.router.route.touch(key, exptime))
+        stats.touch_hits += bool(found)
+        stats.touch_misses += found is False
         if not noreply:
             self._send(b"TOUCHED\r\n" if found else b"NOT_FOUND\r\n")
 
@@ -468,35 +606,62 @@ class _Session(asyncio.Protocol):
             log.warning("noreply %s %r failed: %s", what, key, exc)
             return None
 
-    async def _version(self, tokens: list[bytes]) -> None:
+    async def _version(self, tokens: list[bytes], line: bytes) -> None:
         self._send(VERSION)
 
-    async def _verbosity(self, tokens: list[bytes]) -> None:
+    async def _verbosity(self, tokens: list[bytes], line: bytes) -> None:
         if len(tokens) not in (2, 3):
-            self._send(b"ERROR\r\n")
-        elif tokens[-1] != b"noreply":
+            raise _Unknown()
+        if _integer(tokens[1]) is None:
+            raise _BadRequest("bad command line format")
+        if tokens[-1] != b"noreply":
             self._send(b"OK\r\n")
 
-    async def _flush_all(self, tokens: list[bytes]) -> None:
-        raise _BadRequest("flush_all is refused by the nxnw cache proxy: the cache is shared by every app of "
-                          "the deployment, and a flush cannot be ordered against copies still queued for the "
-                          "other side")
+    async def _stats(self, tokens: list[bytes], line: bytes) -> None:
+        if len(tokens) > 1:
+            raise _Unknown()  # memcached's answer to a stats subcommand it does not know
+        self._send(self.listener.stat_lines())
 
-    async def _quit(self, tokens: list[bytes]) -> None:
+    async def _flush_all(self, tokens: list[bytes], line: bytes) -> None:
+        noreply = tokens[-1] == b"noreply" and len(tokens) > 1
+        delay = 0
+        if len(tokens) > 1 and tokens[1] != b"noreply":
+            value = _integer(tokens[1])
+            if value is None or value > MAX_EXPTIME:
+                raise _BadRequest(_BAD_EXPTIME)
+            delay = max(value, 0)
+        self.listener.stats.cmd_flush += 1
+        if not self.listener.enable_flush:
+            self._send(_FLUSH_REFUSED)  # sent even with noreply: a refusal must not pass for a flush
+            return
+        try:
+            await self.listener.router.flush_all(delay)
+        except CacheError as exc:
+            if noreply:
+                log.warning("noreply flush_all failed: %s", exc)
+                return
+            raise
+        if not noreply:
+            self._send(b"OK\r\n")
+
+    async def _quit(self, tokens: list[bytes], line: bytes) -> None:
         raise _Closing()
 
     # --- meta ----------------------------------------------------------------------------
 
-    async def _mn(self, tokens: list[bytes]) -> None:
+    async def _mn(self, tokens: list[bytes], line: bytes) -> None:
         self._send(b"MN\r\n")
 
     @staticmethod
-    def _meta_flags(tokens: list[bytes], allowed: bytes) -> dict[bytes, bytes]:
+    def _meta_flags(command: bytes, tokens: list[bytes], allowed: bytes) -> dict[bytes, bytes]:
         flags: dict[bytes, bytes] = {}
+        known = _MEMCACHED_FLAGS[command]
         for token in tokens:
             flag = token[:1]
-            if flag not in allowed or not flag.isalpha():
-                raise _BadRequest(f"invalid flag {flag.decode('latin-1')!r} (not supported through the nxnw proxy)")
+            if not flag.isalpha() or flag not in known:
+                raise _BadRequest("invalid flag")
+            if flag not in allowed:
+                raise _BadRequest(f"flag {flag.decode()} of {command.decode()} is not supported through the nxnw proxy")
             if flag in flags:
                 raise _BadRequest("duplicate flag")
             flags[flag] = token[1:]
@@ -521,68 +686,87 @@ class _Session(asyncio.Protocol):
                     out.append(b" s%d" % len(item.value))
         return b"".join(out)
 
-    async def _mg(self, tokens: list[bytes]) -> None:
+    async def _mg(self, tokens: list[bytes], line: bytes) -> None:
         if len(tokens) < 2:
-            raise _BadRequest("bad command line format: usage: mg <key> <flags>*")
+            raise _Unknown()
         key = _key(tokens[1])
-        flags = self._meta_flags(tokens[2:], b"vfctksOqTu")
+        flags = self._meta_flags(b"mg", tokens[2:], b"vfctksOqTu")
         route = self.listener.router.route
+        stats = self.listener.stats
+        stats.cmd_get += 1
         if b"T" in flags:
-            item = await route.gat(key, _number(flags[b"T"], "T (ttl)", MIN_EXPTIME, MAX_EXPTIME))
+            stats.cmd_touch += 1
+            item = await route.gat(key, _number(flags[b"T"], "bad token in command line format", MIN_EXPTIME,
+                                                MAX_EXPTIME))
         else:
             item = await route.meta_get(key)
         if item is None:
+            stats.get_misses += 1
             if b"q" not in flags:
                 self._send(b"EN\r\n")
             return
+        stats.get_hits += 1
         ret = self._meta_return(flags, key, item)
         if b"v" in flags:
             self._send(b"VA %d%b\r\n%b\r\n" % (len(item.value), ret, item.value))
         else:
             self._send(b"HD%b\r\n" % ret)
 
-    async def _ms(self, tokens: list[bytes]) -> None:
+    async def _ms(self, tokens: list[bytes], line: bytes) -> None:
         if len(tokens) < 3:
-            raise _BadRequest("bad command line format: usage: ms <key> <datalen> <flags>*")
-        size = self._declared_length(tokens[2])
+            raise _BadRequest("bad command line format")
+        size = _integer(tokens[2])
+        if size is None or size < 0:
+            raise _BadRequest("bad data chunk")
         try:
-            flags = self._meta_flags(tokens[3:], b"cCFTMkOq")
+            key = _key(tokens[1])
+            flags = self._meta_flags(b"ms", tokens[3:], b"cCFTMkOq")
             mode = _META_MODES.get(flags.get(b"M", b"S"))
             if mode is None:
-                raise _BadRequest("invalid mode for ms M token")
-            flag_bits = _number(flags[b"F"], "F (client flags)", 0, MAX_FLAGS) if b"F" in flags else 0
-            exptime = _number(flags[b"T"], "T (ttl)", MIN_EXPTIME, MAX_EXPTIME) if b"T" in flags else 0
-            cas = _number(flags[b"C"], "C (cas)", 0, MAX_U64) if b"C" in flags else None
+                raise _BadRequest("invalid mode for ms STORE")
+            flag_bits = _number(flags[b"F"], "bad token in command line format", 0, MAX_FLAGS) if b"F" in flags else 0
+            exptime = _number(flags[b"T"], "bad token in command line format", MIN_EXPTIME,
+                              MAX_EXPTIME) if b"T" in flags else 0
+            cas = _number(flags[b"C"], "bad token in command line format", 0, MAX_U64) if b"C" in flags else None
         except _BadRequest:
-            await self._swallow(size + 2)
+            await self._swallow(size + 2)  # memcached's meta set skips the value of a refused command
             raise
+        self.listener.stats.cmd_set += 1
+        if size > MAX_VALUE_BYTES:
+            await self._swallow(size + 2)
+            self._send(_TOO_LARGE)
+            return
         data = await self._block(size)
         if data is None:
-            raise _BadRequest(f"bad data chunk: the data block is not {size} bytes followed by CRLF")
-        key = _key(tokens[1])
+            raise _BadRequest("bad data chunk")
         reply = await self.listener.router.route.store(mode, key, data, flag_bits, exptime, cas)
         if reply.outcome is Outcome.STORED and b"q" in flags:
             return
         ret = self._meta_return(flags, key, cas=reply.cas)
         self._send(b"%b%b\r\n" % (_META_CODE[reply.outcome], ret))
 
-    async def _md(self, tokens: list[bytes]) -> None:
+    async def _md(self, tokens: list[bytes], line: bytes) -> None:
         if len(tokens) < 2:
-            raise _BadRequest("bad command line format: usage: md <key> <flags>*")
+            raise _Unknown()
         key = _key(tokens[1])
-        flags = self._meta_flags(tokens[2:], b"CkOq")
-        cas = _number(flags[b"C"], "C (cas)", 0, MAX_U64) if b"C" in flags else None
+        flags = self._meta_flags(b"md", tokens[2:], b"CkOq")
+        cas = _number(flags[b"C"], "bad token in command line format", 0, MAX_U64) if b"C" in flags else None
         outcome = await self.listener.router.route.delete_item(key, cas)
+        stats = self.listener.stats
+        if outcome is Outcome.DELETED:
+            stats.delete_hits += 1
+        else:
+            stats.delete_misses += 1
         if outcome is Outcome.DELETED and b"q" in flags:
             return
         self._send(b"%b%b\r\n" % (_META_CODE[outcome], self._meta_return(flags, key)))
 
-    async def _ma(self, tokens: list[bytes]) -> None:
+    async def _ma(self, tokens: list[bytes], line: bytes) -> None:
         if len(tokens) < 2:
-            raise _BadRequest("bad command line format: usage: ma <key> <flags>*")
+            raise _Unknown()
         key = _key(tokens[1])
-        flags = self._meta_flags(tokens[2:], b"DMvkOq")
-        delta = _number(flags[b"D"], "D (delta)", 0, MAX_U64) if b"D" in flags else 1
+        flags = self._meta_flags(b"ma", tokens[2:], b"DMvkOq")
+        delta = _number(flags[b"D"], "bad token in command line format", 0, MAX_U64) if b"D" in flags else 1
         mode = flags.get(b"M", b"I")
         if mode not in (b"I", b"i", b"+", b"D", b"d", b"-"):
             raise _BadRequest("invalid mode for ma M token")
@@ -600,20 +784,12 @@ class _Session(asyncio.Protocol):
             self._send(b"HD%b\r\n" % ret)
 
 
-class _Oversized(_BadRequest):
-    """A declared data block over the value limit: refused, and swallowed to stay in sync."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__(f"value of {size} bytes exceeds the {MAX_VALUE_BYTES}-byte limit")
-        self.size = size
-
-
 _HANDLERS = {
     b"get": _Session._retrieve, b"gets": _Session._retrieve, b"gat": _Session._retrieve, b"gats": _Session._retrieve,
     b"set": _Session._storage, b"add": _Session._storage, b"replace": _Session._storage,
     b"append": _Session._storage, b"prepend": _Session._storage, b"cas": _Session._storage,
     b"delete": _Session._delete, b"incr": _Session._arith, b"decr": _Session._arith, b"touch": _Session._touch,
     b"version": _Session._version, b"verbosity": _Session._verbosity, b"flush_all": _Session._flush_all,
-    b"quit": _Session._quit,
+    b"stats": _Session._stats, b"quit": _Session._quit,
     b"mn": _Session._mn, b"mg": _Session._mg, b"ms": _Session._ms, b"md": _Session._md, b"ma": _Session._ma,
 }

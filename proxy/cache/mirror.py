@@ -59,8 +59,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from proxy.cache import metrics
-from proxy.cache.client import Item, MemcacheClient, Outcome, StoreMode
+from proxy.cache.client import Item, Outcome, StoreMode
 from proxy.cache.errors import SwitchError
+from proxy.cache.pool import MemcachePool
 
 log = logging.getLogger("nxnw.proxy.cache.mirror")
 
@@ -103,7 +104,7 @@ class MirrorQueue:
     on ``dest`` and fills are skipped — since removing a key is always safe.
     """
 
-    def __init__(self, source: MemcacheClient, dest: MemcacheClient, *, maxsize: int = 10000, workers: int = 4,
+    def __init__(self, source: MemcachePool, dest: MemcachePool, *, maxsize: int = 10000, workers: int = 4,
                  fill_share: float = 0.5, max_dropped: int = 1_000_000, linger: float = 0.001, batch_max: int = 64,
                  before_fill: BeforeFill | None = None, may_copy: Callable[[], bool] = lambda: True) -> None:
         if maxsize < 1 or workers < 1:
@@ -284,12 +285,12 @@ class MirrorQueue:
         present: set[bytes] = set()
 
         async def read_source() -> None:
-            replies = await src.pipeline(b"".join(src.cmd_get(job[1]) for job in current), len(current))
+            replies = await src.batch([(job[1], src.cmd_get(job[1])) for job in current])
             for job, reply in zip(current, replies):
                 items[job[1]] = src.reply_get(reply)
 
         async def probe_dest() -> None:
-            replies = await dst.pipeline(b"".join(dst.cmd_peek(job[1]) for job in fills), len(fills))
+            replies = await dst.batch([(job[1], dst.cmd_peek(job[1])) for job in fills])
             for job, reply in zip(fills, replies):
                 if dst.reply_peek(reply) is not None:
                     present.add(job[1])
@@ -340,7 +341,7 @@ class MirrorQueue:
                                                       exptime=exptime), item.cas))
         if not writes:
             return
-        replies = await dst.pipeline(b"".join(cmd for _, cmd, _ in writes), len(writes))
+        replies = await dst.batch([(job[1], cmd) for job, cmd, _ in writes])
         results: dict[int, str] = {}
         stored: list[tuple[int, tuple, int, int]] = []  # (index, job, source CAS, dest CAS)
         for i, ((job, _, source_cas), reply) in enumerate(zip(writes, replies)):
@@ -354,7 +355,7 @@ class MirrorQueue:
             else:
                 results[i] = "lost"  # add found a value on dest: a newer mirror, or an earlier fill
         if stored:
-            replies = await src.pipeline(b"".join(src.cmd_peek(job[1]) for _, job, _, _ in stored), len(stored))
+            replies = await src.batch([(job[1], src.cmd_peek(job[1])) for _, job, _, _ in stored])
             undo = []
             for (i, job, source_cas, dest_cas), reply in zip(stored, replies):
                 now = src.reply_peek(reply)
@@ -364,8 +365,7 @@ class MirrorQueue:
                 else:
                     undo.append((i, job, dest_cas))
             if undo:
-                replies = await dst.pipeline(b"".join(dst.cmd_delete(job[1], dest_cas) for _, job, dest_cas in undo),
-                                             len(undo))
+                replies = await dst.batch([(job[1], dst.cmd_delete(job[1], dest_cas)) for _, job, dest_cas in undo])
                 for (i, _, _), reply in zip(undo, replies):
                     dst.reply_delete(reply)
                     results[i] = "undone"

@@ -1,6 +1,7 @@
 """The cache router: which route serves each mode, fencing, and the safe mode switch.
 
-Responsible for: owning the two memcached clients (N1, N2), the two mirror queues
+Responsible for: owning the two memcached pools (N1, N2: each one or more servers, keys
+spread by ketama — ``pool.py``), the two mirror queues
 (N1→N2 for ``cow``, N2→N1 for ``proxy``), the three mode routes, and ``switch(mode)``,
 which changes the route only after every asynchronous copy of the old mode has landed or
 its key has been invalidated on the side it was meant for (DESIGN invariant 5).
@@ -28,6 +29,14 @@ A switch, step by step (under one lock; requests arriving meanwhile wait, bounde
    holding the old route object, are served by the new route.
 If step 2, 3 or 4 fails, the switch raises ``SwitchError`` and the old mode stays.
 
+``flush_all(delay)`` runs under the same lock and gate: no request runs while it does. It
+flushes the side the mode reads first (N1 in ``passthrough`` and ``cow``, N2 in ``proxy``),
+then waits for the mirror queue toward the other side to run every copy queued before
+(the barrier: a copy of a pre-flush value can no longer land after the flush), then
+flushes the other side (none in ``passthrough``, which writes only N1). A copy of a value
+written after the first flush that lands before the second is flushed with it: lost
+warmth, never a stale value.
+
 Not guaranteed: that N2 starts ``cow`` empty of this deployment's keys — a value left on
 N2 by an earlier ``cow`` period followed by ``passthrough`` (no mirroring) would survive a
 fill's ``add``; the orchestrator flushes N2 before ``cow`` begins. That other proxy
@@ -45,9 +54,10 @@ import time
 from collections.abc import Callable
 
 from proxy.cache import metrics
-from proxy.cache.client import Item, MemcacheClient, Outcome, StoreMode, StoreReply
+from proxy.cache.client import Item, Outcome, StoreMode, StoreReply
 from proxy.cache.errors import CacheFencedError, CacheOutcomeUnknown, SwitchError
 from proxy.cache.mirror import BeforeFill, MirrorQueue
+from proxy.cache.pool import MemcachePool, ServerSpec, parse_servers
 from proxy.cache.routes import CacheRoute, MemcachedRoute, MirrorWritesRoute, WarmUpRoute
 from sync.mode import MODES
 
@@ -62,14 +72,14 @@ def never_fenced(write: bool) -> str | None:
 log = logging.getLogger("nxnw.proxy.cache.router")
 
 
+#: one server as ``(host, port)``, or a pool spec ``"h1:p[:weight],h2:p[:weight],…"``
 Address = tuple[str, int] | str
 
 
-def _address(addr: Address) -> tuple[str, int]:
+def _servers(addr: Address) -> list[ServerSpec]:
     if isinstance(addr, str):
-        host, _, port = addr.rpartition(":")
-        return host, int(port)
-    return addr[0], int(addr[1])
+        return parse_servers(addr)
+    return [ServerSpec(addr[0], int(addr[1]))]
 
 
 class ModeRoute(CacheRoute):
@@ -92,6 +102,7 @@ class ModeRoute(CacheRoute):
         self._idle: asyncio.Future[None] | None = None
         self._latency = {op: metrics.LATENCY.labels(mode, op).observe
                          for op in ("get", "gat", "store", "delete", "arith", "touch")}
+        self._forwards = (inner.forwards_reads, inner.forwards_writes)
 
     def __repr__(self) -> str:
         return f"ModeRoute({self.mode}: {self.inner!r})"
@@ -133,6 +144,14 @@ class ModeRoute(CacheRoute):
         finally:
             self._idle = None
 
+    async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes | None:
+        """The fast path: relay a text request untouched, under the same rules as every
+        operation; None when this mode does not relay that request (then the caller takes
+        the parsed path) — also when a switch hands it to a mode that does not."""
+        if not self._forwards[op != "get"]:
+            return None
+        return await self._call(op, None if op == "delete" else op != "get", "forward", op, key, request, reply_kind)
+
     async def meta_get(self, key: bytes) -> Item | None:
         return await self._call("get", False, "meta_get", key)
 
@@ -156,7 +175,9 @@ class ModeRoute(CacheRoute):
 class CacheRouter:
     """The cache half of one proxy instance.
 
-    ``n1``/``n2``: ``(host, port)`` or ``"host:port"`` of each deployment's memcached.
+    ``n1``/``n2``: ``(host, port)`` of each deployment's memcached, or a pool spec
+    (``"h1:p,h2:p:2"``, see ``pool.py``); a server of a pool is marked down after
+    ``fail_limit`` consecutive failures and tried again after ``retry_after`` s.
     ``mirror_queue_size`` bounds each mirror queue; ``drain_timeout`` bounds step 3 of a
     switch; ``timeout`` is every memcached request's deadline. ``before_fill`` is the COR
     test seam (see ``MirrorQueue``). ``fence`` is asked by every operation and every copy
@@ -166,16 +187,17 @@ class CacheRouter:
     def __init__(self, n1: Address, n2: Address, *, mirror_queue_size: int = 10000, mode: str = "passthrough",
                  mirror_workers: int = 4, drain_timeout: float = 5.0, timeout: float = 1.0,
                  max_connections: int = 16, before_fill: BeforeFill | None = None, instance: str = "",
-                 fence: Fence = never_fenced) -> None:
+                 fence: Fence = never_fenced, fail_limit: int = 3, retry_after: float = 2.0) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown cache mode {mode!r}; the modes are {', '.join(MODES)}")
-        self.n1_address = _address(n1)
-        self.n2_address = _address(n2)
+        self.n1_servers = _servers(n1)
+        self.n2_servers = _servers(n2)
         self.instance = instance
         self.drain_timeout = drain_timeout
         self._initial_mode = mode
         self._options = dict(mirror_queue_size=mirror_queue_size, mirror_workers=mirror_workers, timeout=timeout,
-                             max_connections=max_connections, before_fill=before_fill)
+                             max_connections=max_connections, before_fill=before_fill, fail_limit=fail_limit,
+                             retry_after=retry_after)
         self.fence = fence
         self._gate: asyncio.Future[None] | None = None
         self._switch_lock = asyncio.Lock()
@@ -186,9 +208,10 @@ class CacheRouter:
 
     async def start(self) -> None:
         o = self._options
-        limits = dict(timeout=o["timeout"], max_connections=o["max_connections"])
-        self.n1 = MemcacheClient(*self.n1_address, side="n1", **limits)
-        self.n2 = MemcacheClient(*self.n2_address, side="n2", **limits)
+        limits = dict(timeout=o["timeout"], max_connections=o["max_connections"], fail_limit=o["fail_limit"],
+                      retry_after=o["retry_after"])
+        self.n1 = MemcachePool(self.n1_servers, side="n1", **limits)
+        self.n2 = MemcachePool(self.n2_servers, side="n2", **limits)
         copying = self._copying
         self.to_n2 = MirrorQueue(self.n1, self.n2, maxsize=o["mirror_queue_size"], workers=o["mirror_workers"],
                                  before_fill=o["before_fill"], may_copy=copying)
@@ -232,6 +255,43 @@ class CacheRouter:
         while self._gate is not None:
             await asyncio.shield(self._gate)
         return self.route
+
+    def stats(self) -> dict[str, object]:
+        """The cache half's figures for the listener's ``stats``."""
+        out: dict[str, object] = {"proxy_mode": self.mode}
+        for pool in (self.n1, self.n2):
+            out[f"proxy_{pool.side}_servers"] = len(pool.clients)
+            out[f"proxy_{pool.side}_servers_down"] = sum(pool.is_down(i) for i in range(len(pool.clients)))
+        for queue in (self.to_n2, self.to_n1):
+            out[f"proxy_mirror_to_{queue.dest.side}_pending"] = queue.pending
+            out[f"proxy_mirror_to_{queue.dest.side}_dropped_keys"] = len(queue.dropped)
+        return out
+
+    # --- flush_all -----------------------------------------------------------------------
+
+    async def flush_all(self, delay: int = 0) -> None:
+        """Flush the sides the mode writes, in its order, with a barrier in the mirror queue
+        between them (module docstring); ``CacheFencedError`` while fenced."""
+        reason = self.fence(True)
+        if reason is not None:
+            raise CacheFencedError(f"cache flush_all refused: {reason}")
+        async with self._switch_lock:
+            route = self.route
+            gate = self._gate = asyncio.get_running_loop().create_future()
+            try:
+                await route.quiesce(3 * max(self.n1.timeout, self.n2.timeout) + 1.0)
+                first, queue, second = {"passthrough": (self.n1, None, None), "cow": (self.n1, self.to_n2, self.n2),
+                                        "proxy": (self.n2, self.to_n1, self.n1)}[route.mode]
+                await first.flush_all(delay)
+                if queue is not None and second is not None:
+                    # jobs still queued after the drain timeout are not run: their keys join
+                    # ``dropped`` and are invalidated at the next switch
+                    await queue.drain(self.drain_timeout)
+                    await second.flush_all(delay)
+            finally:
+                self._gate = None
+                gate.set_result(None)
+            log.info("cache flush_all (delay %d s) in mode %s", delay, route.mode)
 
     # --- the switch ----------------------------------------------------------------------
 

@@ -14,6 +14,13 @@ anything else raises a ``CacheInputError`` (a ``ValueError``) before memcached s
 CAS tokens (``gets``, ``meta_get``, ``store(...).cas``) belong to the side that served the
 request: after a switch, a ``cas`` with a token from the other side answers EXISTS.
 
+Relaying untouched (the fast path): ``forward(op, key, request, reply_kind)`` sends a text
+request as the app wrote it to the key's server and returns that server's reply bytes.
+A route says which requests it can serve that way (``forwards_reads``/``forwards_writes``):
+``MemcachedRoute`` all of them; ``MirrorWritesRoute`` its primary's, mirroring a write by
+its reply line; ``WarmUpRoute`` writes only (a read must see the item's CAS and TTL to fill
+N2, so ``cow`` reads take the parsed path).
+
 Must never: answer a client from a side the mode does not read from; wait for an
 asynchronous copy before answering.
 """
@@ -23,15 +30,26 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from proxy.cache import metrics
-from proxy.cache.client import Item, MemcacheClient, Outcome, StoreMode, StoreReply
+from proxy.cache.client import Item, Outcome, StoreMode, StoreReply
 from proxy.cache.errors import CacheInputError
 from proxy.cache.mirror import MirrorQueue
+from proxy.cache.pool import MemcachePool
 
 _OPS = ("get", "gat", "store", "delete", "arith", "touch")
 
 
 class CacheRoute(ABC):
     """What a mode does with each memcached operation."""
+
+    #: whether ``forward`` relays a text read (get/gets of one key) untouched
+    forwards_reads = False
+    #: whether ``forward`` relays a text write (storage, delete, incr/decr, touch) untouched
+    forwards_writes = False
+
+    async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes:
+        """Relay one text request for ``key`` (``op``: get, store, delete, arith, touch) and
+        return the reply's bytes; only for what ``forwards_reads``/``forwards_writes`` allow."""
+        raise NotImplementedError(f"{type(self).__name__} does not relay requests untouched")
 
     @abstractmethod
     async def meta_get(self, key: bytes) -> Item | None:
@@ -105,13 +123,20 @@ class MemcachedRoute(CacheRoute):
     Does not promise anything about any other server.
     """
 
-    def __init__(self, server: MemcacheClient, *, mode: str = "passthrough") -> None:
+    def __init__(self, server: MemcachePool, *, mode: str = "passthrough") -> None:
         self.server = server
         self.side = server.side
         self._count = {op: metrics.OPS.labels(mode, server.side, op).inc for op in _OPS}
 
+    forwards_reads = True
+    forwards_writes = True
+
     def __repr__(self) -> str:
         return f"MemcachedRoute({self.server.server})"
+
+    async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes:
+        self._count[op]()
+        return await self.server.forward(key, request, reply_kind)
 
     async def meta_get(self, key: bytes) -> Item | None:
         self._count["get"]()
@@ -155,6 +180,11 @@ class MirrorWritesRoute(CacheRoute):
         an incr, and CAS tokens differ between the sides.
     delete: ``primary``, sync; a delete is queued for ``mirror.dest`` whatever the reply
         (unless a CAS-guarded delete answered EXISTS: nothing changed).
+    forward (a text request relayed untouched): reads as ``get``; a write's reply line says
+        what to copy — ``STORED``, ``TOUCHED`` or a number: the key is queued and the worker
+        reads the result back from the primary (as for append); ``DELETED``/``NOT_FOUND``
+        of a delete, or any error line: a delete is queued; ``NOT_STORED``/``EXISTS``, or
+        ``NOT_FOUND`` of a write: nothing changed, nothing queued.
     Any op whose outcome on the primary is unknown (timeout, connection lost, cancelled):
         a delete is queued for ``mirror.dest`` and the error is raised to the caller.
     Not guaranteed: that ``mirror.dest`` has the change when the client is answered, or at
@@ -165,6 +195,24 @@ class MirrorWritesRoute(CacheRoute):
     def __init__(self, primary: CacheRoute, mirror: MirrorQueue) -> None:
         self.primary = primary
         self.mirror = mirror
+        self.forwards_reads = primary.forwards_reads
+        self.forwards_writes = primary.forwards_writes
+
+    async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes:
+        if op == "get":
+            return await self.primary.forward(op, key, request, reply_kind)
+        try:
+            reply = await self.primary.forward(op, key, request, reply_kind)
+        except CacheInputError:
+            raise
+        except BaseException:
+            self.mirror.mirror_delete(key)
+            raise
+        if reply == b"STORED\r\n" or reply == b"TOUCHED\r\n" or reply[:1].isdigit():
+            self.mirror.mirror_current(key)
+        elif op == "delete" or reply[:4] in (b"CLIE", b"SERV", b"ERRO"):
+            self.mirror.mirror_delete(key)
+        return reply
 
     def __repr__(self) -> str:
         return f"MirrorWritesRoute({self.primary!r} -> {self.mirror.dest.server})"
@@ -252,8 +300,9 @@ class WarmUpRoute(CacheRoute):
         So an overwrite or delete on N1 between the read and the fill — even one whose own
         mirror reached N2 *before* the fill, or one made through another proxy instance —
         never leaves the old value on N2 (argument in ``mirror.py``). On a miss: nothing.
-    gat (get-and-touch) and every write: as ``MirrorWritesRoute(warm, mirror)`` — ``warm``
-        sync, the change copied to ``cold`` async (COW).
+    gat (get-and-touch) and every write, relayed untouched or not: as
+        ``MirrorWritesRoute(warm, mirror)`` — ``warm`` sync, the change copied to ``cold``
+        async (COW).
     Not guaranteed: that ``cold`` is warm — fills are shed first when the queue is half
     full, lost to any race, and skipped for items expiring within a second; that ``cold``
     holds a key's latest value before the mirror queue is drained (the router drains it
@@ -268,6 +317,12 @@ class WarmUpRoute(CacheRoute):
         self.cold = cold
         self.mirror = mirror
         self._writes = MirrorWritesRoute(warm, mirror)
+        self.forwards_writes = warm.forwards_writes
+
+    async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes:
+        if op == "get":
+            raise NotImplementedError("cow reads fill N2 and take the parsed path")
+        return await self._writes.forward(op, key, request, reply_kind)
 
     def __repr__(self) -> str:
         return f"WarmUpRoute(warm={self.warm!r}, cold={self.cold!r})"
