@@ -18,9 +18,11 @@ timestamp, so an older write arriving late is an older cell that never shows.
 Every write also places a DeleteFamily marker at its timestamp minus one: it masks every
 cell the write supersedes (older values in other columns, an older tombstone, a late older
 write arriving after it), so reads see only the cells at the newest timestamp and
-compactions reclaim the rest. Correctness never depends on the marker (the reader already
-takes the newest cell): a call that failed between the write and its marker, or a marker
-purged by a major compaction, only costs space. HBase's delete markers alone would not do
+compactions reclaim the rest. Correctness never depends on the marker being there (the
+reader already takes the newest cell): a call that failed between the write and its marker,
+or a marker purged by a major compaction, only costs space. It does depend on a marker never
+landing without its write, which would hide the older value and read as no value at all:
+both write paths below send the write first and the marker only once it succeeded. HBase's delete markers alone would not do
 for deletes: a marker is invisible to reads (no tombstone to export, verify or read back
 with its timestamp), Thrift1 cannot ask for a raw scan, and a major compaction purges it
 (KEEP_DELETED_CELLS cannot be set through Thrift1), after which a late older put would
@@ -41,10 +43,9 @@ UNKNOWN_METHOD answer from a stock server) and logs which path it takes:
   distinct timestamp (the rows of that timestamp together, cut at ``BATCH_ROWS``), then, once
   every write has succeeded, the markers as one call per distinct timestamp minus one (a
   ``Mutation`` deleting family ``e``, which stock ``mutateRowsTs`` turns into a DeleteFamily at
-  the call's timestamp). Calls of a phase run in parallel on the pool. A marker never lands
-  before the write it makes room for: alone, it would hide the older value and read as no
-  value at all. A snapshot load, whose rows all have different timestamps, costs two calls per
-  entity here; the rule (last-write-wins, the tie rule) is the same on both paths.
+  the call's timestamp). Calls of a phase run in parallel on the pool. A snapshot load, whose
+  rows all have different timestamps, costs two calls per entity here; the rule
+  (last-write-wins, the tie rule) is the same on both paths.
 
 The client is thriftpy2's, connected as happybase connects (buffered transport, binary
 protocol). HBase's Thrift2 ``putMultiple`` (per-cell timestamps) is not used: it is a
@@ -62,7 +63,7 @@ table has too few keys. Ranges are hex row keys, start inclusive, end exclusive.
 Blocking calls (thriftpy2) run only on this engine's bounded thread pool, one Thrift
 connection per pool thread; never on the event loop. Every call is idempotent (puts
 and tombstones carry their timestamps), so one that failed on a broken connection is retried
-once on a fresh connection; a second failure is ``EngineUnavailable`` naming the gateway.
+once on a fresh connection; a second failure is ``EngineUnavailable`` naming the server.
 """
 
 from __future__ import annotations
