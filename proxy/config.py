@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, field_validator
 
 from datastore.registry import ENGINES
+from proxy.cache.pool import parse_servers
 from sync.writer_clock import DEFAULT_MAX_OFFSET_MS
 
 
@@ -23,8 +24,14 @@ class ProxyConfig(BaseModel):
     n2_engine: str
     n1_zookeeper: str = Field(description="host:port list of N1's ZooKeeper (mode, journal, locks)")
     n2_zookeeper: str = Field(description="host:port list of N2's ZooKeeper (locks in cow mode)")
-    n1_memcached: str
-    n2_memcached: str
+    n1_memcached: str = Field(description="N1's memcached: host:port[:weight][,host:port[:weight]…], keys by ketama")
+    n2_memcached: str = Field(description="N2's memcached, as n1_memcached (its own pool, any size)")
+    memcache_fail_limit: int = Field(default=3, ge=1, le=1000,
+                                     description="consecutive failures after which a memcached server is marked down")
+    memcache_retry_after: float = Field(default=2.0, gt=0, le=600,
+                                        description="seconds a memcached server stays marked down before a retry")
+    enable_flush_cmd: bool = Field(default=False, description="serve flush_all on the memcache port (mcrouter's "
+                                                              "--enable-flush-cmd); refused otherwise")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     memcache_port: int | None = Field(default=None, ge=0, le=65535)
@@ -44,3 +51,9 @@ class ProxyConfig(BaseModel):
         if scheme not in ENGINES:
             raise ValueError(f"engine {scheme!r} is not one of: {', '.join(sorted(ENGINES))}")
         return url
+
+    @field_validator("n1_memcached", "n2_memcached")
+    @classmethod
+    def memcached_pool(cls, spec: str) -> str:
+        parse_servers(spec)
+        return spec

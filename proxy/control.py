@@ -36,6 +36,7 @@ import time
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoNodeError
 
+from proxy.cache.pool import parse_servers
 from proxy.journal import JOURNAL_ROOT
 from sync.mode import ModeState, TransitionRefused, check_mode, ensure_mode, load_verified_epoch, set_mode, transition
 
@@ -125,16 +126,21 @@ def wait_out_vanished_leases(zk: KazooClient, live: dict[str, dict]) -> list[str
 
 
 def flush_memcached(address: str, timeout: float = 5.0) -> None:
-    """``flush_all`` on one memcached (``host:port``); raises SwitchBlocked if it does not say OK."""
-    host, _, port = address.rpartition(":")
+    """``flush_all`` on every server of a memcached pool (``h1:p[:weight],…``); raises
+    SwitchBlocked, naming the server, if one does not say OK."""
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout) as conn:
-            conn.sendall(b"flush_all\r\n")
-            reply = conn.recv(64)
-    except (OSError, ValueError) as exc:
-        raise SwitchBlocked(f"could not flush N2's memcached at {address}: {exc}") from exc
-    if reply != b"OK\r\n":
-        raise SwitchBlocked(f"N2's memcached at {address} answered {reply!r} to flush_all")
+        servers = parse_servers(address)
+    except ValueError as exc:
+        raise SwitchBlocked(f"could not flush N2's memcached: {exc}") from exc
+    for server in servers:
+        try:
+            with socket.create_connection((server.host, server.port), timeout=timeout) as conn:
+                conn.sendall(b"flush_all\r\n")
+                reply = conn.recv(64)
+        except OSError as exc:
+            raise SwitchBlocked(f"could not flush N2's memcached at {server.name}: {exc}") from exc
+        if reply != b"OK\r\n":
+            raise SwitchBlocked(f"N2's memcached at {server.name} answered {reply!r} to flush_all")
 
 
 def flush_n2_cache_if_dirty(zk: KazooClient, n2_memcached: str | None, *, during: str) -> list[str]:

@@ -65,7 +65,8 @@ class ProxyServer:
         await run_blocking(self.lease.start)
         self.clock = WriterClock(self.zk, cfg.instance, max_offset_ms=cfg.max_clock_offset_ms)
         await run_blocking(self.clock.start)
-        self.cache = CacheRouter(cfg.n1_memcached, cfg.n2_memcached, instance=cfg.instance)
+        self.cache = CacheRouter(cfg.n1_memcached, cfg.n2_memcached, instance=cfg.instance,
+                                 fail_limit=cfg.memcache_fail_limit, retry_after=cfg.memcache_retry_after)
         await self.cache.start()
         to_n2 = await run_blocking(RepairJournal, self.zk, "n2")
         to_n1 = await run_blocking(RepairJournal, self.zk, "n1")
@@ -88,7 +89,8 @@ class ProxyServer:
         self.runner = web.AppRunner(build_app(self.core, self.cache, self.zk), access_log=None, handler_cancellation=True)
         await self.runner.setup()
         if cfg.memcache_port is not None:
-            self.listener = CacheListener(self.cache, cfg.http_host, cfg.memcache_port)
+            self.listener = CacheListener(self.cache, cfg.http_host, cfg.memcache_port,
+                                          enable_flush=cfg.enable_flush_cmd)
 
     async def start(self) -> None:
         assert self.runner is not None
