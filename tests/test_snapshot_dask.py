@@ -243,10 +243,15 @@ async def test_cassandra_to_hbase_copies_and_verify_finds_and_repairs_what_diffe
     await n1.put(Entity(app_name, "K", b"k000001", b"newer on N1", 9_000_000))
     await n2.put(Entity(app_name, "K", b"k000002", b"newer on N2", 9_000_000))
     await n2.put(Entity(app_name, "K", b"only-on-n2", b"x", 9_000_000))
+    await n1.delete(ref(3), 9_000_000)
+    await n1.delete(EntityRef(app_name, "K", b"deleted-on-n1-only"), 9_000_000)
     report = await verify_app_distributed(dask_cluster.address, n1, n2, app_name, repair=True)
-    assert report.counts() == {"stale on N2": 1, "stale on N1": 1, "missing on N1": 1}, report.summary()
-    assert (report.n1.count, report.n2.count) == (ENTITIES, ENTITIES + 1), "the checksums are the whole table's"
-    assert report.repaired == 1 and (await n2.get(ref(1))).value == b"newer on N1"
+    assert report.counts() == {"stale on N2": 2, "stale on N1": 1, "missing on N1": 1, "missing on N2": 1}, \
+        report.summary()
+    assert (report.n1.count, report.n2.count) == (ENTITIES + 1, ENTITIES + 1), "the checksums are the whole table's"
+    assert report.repaired == 3 and (await n2.get(ref(1))).value == b"newer on N1"
+    assert (await n2.read(ref(3))).value is None, "N1's delete reached N2"
+    assert (await n2.read(EntityRef(app_name, "K", b"deleted-on-n1-only"))).value is None, "N1's tombstone reached N2"
     # what N1 never wrote is never copied to N1: both stay differences, with their reasons
     assert sorted(d.kind for d in report.remaining) == ["missing on N1", "stale on N1"], report.summary()
     in_process = await verify_app(n1, n2, app_name)
