@@ -1,22 +1,50 @@
 """The repair journal: keys whose write reached one side but not the other.
 
-Entries live in N1's ZooKeeper as sequential znodes under ``/nxnw/journal/<target>``,
-one per key, so that they survive a crash of the proxy that wrote them, every proxy
-instance sees one journal, and the orchestrator can wait for it to be empty before the
-mode changes (DESIGN invariant 2). An entry names a key, never a value: replay reads the
-key's current state on the source side (tombstone included) and applies it to the target
-last-write-wins, so a replay can never undo a newer write, and replaying twice is harmless.
+Entries live in N1's ZooKeeper under ``/nxnw/journal/<target>``, so that they survive a
+crash of the proxy that wrote them, every proxy instance sees one journal, and the
+orchestrator can wait for it to be empty before the mode changes (DESIGN invariant 2). An
+entry names a key, never a value: replay reads the key's current state on the source side
+(tombstone included) and applies it to the target last-write-wins, so a replay can never
+undo a newer write, and replaying twice is harmless.
 
-Recording is fenced by the mode (DESIGN invariants 2 and 3). ``record`` is one ZooKeeper
-transaction: a *check* of the mode znode's version the request was admitted under, plus
-the creates. Once the mode changed, a record from a request of the old mode fails with
-``ModeChanged`` — so after ``switch_mode`` saw every instance acknowledge the new mode and
-then found the journal empty, no checked entry can appear any more. The caller (the
-dual-write route) then records the keys *unchecked* (``record_late``) and answers the
-client 503: the write is not acknowledged. That late entry is safe: replay reads the key's
-current state on the source side and applies it last-write-wins, so it can only carry a
-write that exists on the source to the target (as if that unacknowledged write had landed
-late); it never undoes a newer one.
+Bounded: one entry per key, then range marks
+--------------------------------------------
+The journal needs the key, not every write, so an entry's znode name is a hash of (app,
+kind, key) (``entry_name``): a second failed write of the same key finds the entry and
+*bumps* it (a ``set_data`` that raises its version) instead of adding one. The bump is what
+makes coalescing safe against a replay in progress: replay reads an entry's version
+*before* it reads the source, and deletes the entry only at that version. A write recorded
+after replay read the version bumped it, so the delete fails and the entry stays for the
+next pass; a write recorded before was on the source (the record follows the source's
+write) before replay read it.
+
+The journal holds at most ``bound`` entries (counted by the parent's ``numChildren``).
+Beyond it, a key without an entry is recorded as a **range mark** instead: a znode
+``r-<app>-<bucket>-<buckets>`` that says "some keys of this app whose row key hashes to this
+bucket (``proxy.range_repair.bucket_of``) may be missing on the target". Marks coalesce
+and bump the same way, so a journal never holds more than ``bound`` entries plus one mark
+per app and bucket (``MARK_BUCKETS``), however long the target is down and however many
+writes fail. The replayer resolves a mark with a range verify + repair of its app's dirty
+buckets (``proxy/range_repair.py``: scan the source, copy what is newer than the target's
+copy) and deletes the mark at the version it read before the scan — so a write marked
+during the repair keeps the mark. Nothing is lost by the switch, only precision: the
+repair costs a scan of the app. The switch is logged (once per episode, with the bound)
+and counted (``nxnw_journal_keys_marked_total``), as is every resolution
+(``nxnw_journal_range_repairs_total``, ``nxnw_journal_range_repaired_keys_total``). The
+bound is checked before each record, so records of several instances at the same moment
+can overshoot it by the entries they carry; the depth the orchestrator waits on
+(``proxy.control.journal_depth``) counts entries and marks alike: 0 means nothing is left.
+
+Recording is fenced by the mode (DESIGN invariants 2 and 3). ``record`` is a ZooKeeper
+transaction (one per ``TRANSACTION_OPS`` keys): a *check* of the mode znode's version the
+request was admitted under, plus the creates and bumps. Once the mode changed, a record
+from a request of the old mode fails with ``ModeChanged`` — so after ``switch_mode`` saw
+every instance acknowledge the new mode and then found the journal empty, no checked
+entry can appear any more. The caller (the dual-write route) then records the keys
+*unchecked* (``record_late``) and answers the client 503: the write is not acknowledged.
+That late entry is safe: replay reads the key's current state on the source side and
+applies it last-write-wins, so it can only carry a write that exists on the source to the
+target (as if that unacknowledged write had landed late); it never undoes a newer one.
 
 Error handling: when ZooKeeper does not take an entry (no session, timeout), the keys are
 *held* in memory (``held``) and ``JournalReplayer`` records them as soon as ZooKeeper
@@ -25,88 +53,216 @@ answers again; the request is answered 503 with the reason and counted
 acknowledges a mode only after ``flush_held`` emptied what it holds, so a held key cannot
 hide from the switch's journal check. A held key is lost only if the process dies before
 ZooKeeper answers again; the two sides then differ on that unacknowledged key and
-verify (which gates ``proxy``) finds and repairs it. A lost reply to a transaction that
-had committed makes the retry journal the keys twice: replaying a key twice is harmless.
-Replay keeps an entry until the target has taken the write; a target that is still down
-leaves it for the next pass. Every ZooKeeper call runs off the event loop.
+verify (which gates ``proxy``) finds and repairs it. Whether a key's entry or mark exists
+is read before the transaction; when another instance created or removed it in between,
+the transaction fails as a whole and is planned again (``RACE_ATTEMPTS`` times). A lost
+reply to a transaction that had committed makes the retry bump what it created: harmless.
+Replay keeps an entry or mark until the target has taken the write; a target that is still
+down leaves it for the next pass. Every ZooKeeper call runs off the event loop.
+
+Must never: delete an entry or mark at a version other than the one read before the
+source was read; hold more than ``bound`` entries (but for the overshoot above).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NoNodeError, RolledBackError
+from kazoo.exceptions import (BadVersionError, NodeExistsError, NoNodeError, RolledBackError,
+                              RuntimeInconsistency)
 from kazoo.retry import KazooRetry
 from prometheus_client import Counter, Gauge
 
-from datastore import Engine, EntityRef
+from datastore import Engine, Entity, EntityRef
+from proxy.range_repair import READ_CONCURRENCY, bucket_of, repair_buckets
 from sync.aio import run_blocking
 from sync.mode import MODE_PATH
 
 log = logging.getLogger("nxnw.proxy.journal")
 
 JOURNAL_ROOT = "/nxnw/journal"
-JOURNAL_DEPTH = Gauge("nxnw_repair_journal_depth", "Keys waiting in the repair journal", ["target"])
+#: Entries (one per key) the journal holds before new keys are recorded as range marks.
+DEFAULT_BOUND = 10_000
+#: Buckets per app for range marks: at most this many marks per app.
+MARK_BUCKETS = 256
+#: Keys (creates and bumps) per ZooKeeper transaction; keeps a transaction far below
+#: ZooKeeper's 1 MB request limit (an entry is at most ~1.6 KB: a 1 KB key in base64).
+TRANSACTION_OPS = 200
+#: How many times a record is planned again after another instance created or removed
+#: one of its entries between the existence reads and the transaction.
+RACE_ATTEMPTS = 8
+ENTRY_PREFIX = "k-"
+MARK_PREFIX = "r-"
+
+JOURNAL_DEPTH = Gauge("nxnw_repair_journal_depth", "Keys and range marks waiting in the repair journal", ["target"])
 RECORD_FAILURES = Counter("nxnw_journal_record_failures_total",
                           "Journal records ZooKeeper did not take (keys held in memory until it does)", ["target"])
 JOURNAL_HELD = Gauge("nxnw_journal_held_keys", "Keys held in memory until ZooKeeper takes their journal entry",
                      ["target"])
+KEYS_MARKED = Counter("nxnw_journal_keys_marked_total",
+                      "Keys recorded as a range mark (journal at its bound) instead of an entry of their own",
+                      ["target"])
+RANGE_REPAIRS = Counter("nxnw_journal_range_repairs_total",
+                        "Range marks resolved by a range verify + repair", ["target"])
+RANGE_REPAIRED_KEYS = Counter("nxnw_journal_range_repaired_keys_total",
+                              "Keys a range repair found newer on the source and copied to the target", ["target"])
 
 
 class ModeChanged(RuntimeError):
     """The mode znode is no longer at the version the request was admitted under."""
 
 
+class _Raced(Exception):
+    """An entry or mark appeared or vanished between the existence reads and the transaction."""
+
+
 def _retry() -> KazooRetry:
     return KazooRetry(max_tries=5, delay=0.05, max_delay=1.0, deadline=10.0, ignore_expire=False)
 
 
-class RepairJournal:
-    """A durable list of keys that ``target`` ("n1" or "n2") still has to receive."""
+def entry_name(ref: EntityRef) -> str:
+    """The one znode name a key's entry has (so a second record of the key finds it)."""
+    digest = hashlib.blake2b(ref.app.encode() + b"\x00" + ref.row_key, digest_size=16).hexdigest()
+    return f"{ENTRY_PREFIX}{digest}"
 
-    def __init__(self, zk: KazooClient, target: str) -> None:
+
+def mark_name(app: str, bucket: int, buckets: int = MARK_BUCKETS) -> str:
+    """The znode name of a range mark (app names never contain '-')."""
+    return f"{MARK_PREFIX}{app}-{bucket}-{buckets}"
+
+
+@dataclass(frozen=True)
+class RangeMark:
+    """A recorded "range dirty" mark, with the version read before its repair started."""
+
+    name: str
+    app: str
+    bucket: int
+    buckets: int
+    version: int
+
+
+class RepairJournal:
+    """A durable, bounded list of keys (and key ranges) that ``target`` ("n1" or "n2")
+    still has to receive."""
+
+    def __init__(self, zk: KazooClient, target: str, *, bound: int = DEFAULT_BOUND) -> None:
         if target not in ("n1", "n2"):
             raise ValueError(f"journal target {target!r} must be 'n1' or 'n2'")
+        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+            raise ValueError(f"journal bound {bound!r} must be a positive number of entries")
         self.zk = zk
         self.target = target
+        self.bound = bound
         self.path = f"{JOURNAL_ROOT}/{target}"
         #: keys whose entry ZooKeeper did not take yet (see the module docstring)
         self.held: dict[EntityRef, str] = {}
+        #: whether this instance's last record found the journal at its bound (logged once)
+        self._at_bound = False
         self.zk.ensure_path(self.path)
+
+    # --- recording ------------------------------------------------------------------------
 
     def _entry(self, ref: EntityRef, reason: str) -> bytes:
         return json.dumps({"app": ref.app, "kind": ref.kind, "key": base64.b64encode(ref.key).decode(),
                            "reason": reason[:200]}).encode()
 
-    def _record(self, refs: Sequence[EntityRef], reason: str, mode_version: int | None) -> None:
-        def commit() -> None:
+    def _mark(self, ref: EntityRef, bucket: int, reason: str) -> bytes:
+        return json.dumps({"app": ref.app, "bucket": bucket, "buckets": MARK_BUCKETS, "reason": reason[:200]}).encode()
+
+    def _plan(self, refs: Sequence[EntityRef], reason: str) -> tuple[dict[str, tuple[bytes, bool]], int, int]:
+        """What to write: {znode path: (data, exists)}, the keys marked, and the depth seen."""
+        zk = self.zk
+        parent = zk.exists_async(self.path)
+        entries = {ref: zk.exists_async(f"{self.path}/{entry_name(ref)}") for ref in refs}
+        stat = parent.get()
+        if stat is None:
+            raise NoNodeError(f"the journal znode {self.path} is gone")
+        depth = stat.numChildren
+        plan: dict[str, tuple[bytes, bool]] = {}
+        marked: dict[str, bytes] = {}
+        keys_marked = 0
+        for ref, found in entries.items():
+            path = f"{self.path}/{entry_name(ref)}"
+            if found.get() is not None:
+                plan[path] = (self._entry(ref, reason), True)
+            elif depth < self.bound:
+                plan[path] = (self._entry(ref, reason), False)
+                depth += 1
+            else:
+                bucket = bucket_of(ref.row_key, MARK_BUCKETS)
+                marked[f"{self.path}/{mark_name(ref.app, bucket)}"] = self._mark(ref, bucket, reason)
+                keys_marked += 1
+        marks = {path: zk.exists_async(path) for path in marked}
+        for path, found in marks.items():
+            plan[path] = (marked[path], found.get() is not None)
+        return plan, keys_marked, depth
+
+    def _commit(self, plan: dict[str, tuple[bytes, bool]], mode_version: int | None) -> None:
+        items = list(plan.items())
+        for start in range(0, len(items), TRANSACTION_OPS):
             transaction = self.zk.transaction()
             if mode_version is not None:
                 transaction.check(MODE_PATH, mode_version)
-            for ref in refs:
-                transaction.create(f"{self.path}/e-", self._entry(ref, reason), sequence=True)
+            for path, (data, exists) in items[start:start + TRANSACTION_OPS]:
+                if exists:
+                    transaction.set_data(path, data)  # the bump: see the module docstring
+                else:
+                    transaction.create(path, data)
             results = transaction.commit()
-            failed = [r for r in results if isinstance(r, Exception) and not isinstance(r, RolledBackError)]
-            if failed and isinstance(failed[0], (BadVersionError, NoNodeError)) and mode_version is not None:
+            failed = [r for r in results if isinstance(r, Exception)
+                      and not isinstance(r, (RolledBackError, RuntimeInconsistency))]
+            if not failed:
+                continue
+            if mode_version is not None and isinstance(results[0], (BadVersionError, NoNodeError)):
                 raise ModeChanged(f"the mode changed since this request was admitted (mode znode version "
                                   f"{mode_version}); its journal entry toward {self.target} was refused")
-            if failed:
-                raise failed[0]
+            if isinstance(failed[0], (NodeExistsError, NoNodeError)):
+                raise _Raced(str(failed[0]))
+            raise failed[0]
 
-        _retry()(commit)
+    def _record(self, refs: Sequence[EntityRef], reason: str, mode_version: int | None) -> int:
+        """Create or bump each key's entry (or its range mark); returns the keys marked."""
+        unique = list(dict.fromkeys(refs))
+        for _ in range(RACE_ATTEMPTS):
+            plan, keys_marked, depth = _retry()(self._plan, unique, reason)
+            try:
+                _retry()(self._commit, plan, mode_version)
+            except _Raced:
+                continue
+            self._note_bound(keys_marked, depth)
+            return keys_marked
+        raise RuntimeError(f"the journal toward {self.target} kept changing under {len(unique)} key(s) for "
+                           f"{RACE_ATTEMPTS} attempts; not recorded")
+
+    def _note_bound(self, keys_marked: int, depth: int) -> None:
+        if keys_marked:
+            KEYS_MARKED.labels(self.target).inc(keys_marked)
+            if not self._at_bound:
+                self._at_bound = True
+                log.warning("the repair journal toward %s holds %d entries, its bound: new keys are recorded as "
+                            "range marks (app and hash bucket), which the replayer resolves with a range verify + "
+                            "repair; nothing is lost", self.target, depth)
+        elif self._at_bound and depth < self.bound:
+            self._at_bound = False
+            log.info("the repair journal toward %s is below its bound of %d entries again: keys get entries of "
+                     "their own", self.target, self.bound)
 
     async def record(self, refs: Sequence[EntityRef], reason: str, *, mode_version: int) -> None:
         """Journal ``refs`` if the mode is still at ``mode_version`` (ModeChanged if not).
 
         Raises whatever ZooKeeper raised if it did not take the entry; call ``hold`` then.
         """
-        await run_blocking(self._record, list(refs), reason, mode_version)
-        log.warning("journalled %d key(s) for %s: %s", len(refs), self.target, reason)
+        marked = await run_blocking(self._record, list(refs), reason, mode_version)
+        log.warning("journalled %d key(s) for %s%s: %s", len(refs), self.target,
+                    f" ({marked} as range marks)" if marked else "", reason)
 
     async def record_late(self, refs: Sequence[EntityRef], reason: str) -> None:
         """Journal ``refs`` whatever the mode: for an unacknowledged write (module docstring)."""
@@ -136,52 +292,108 @@ class RepairJournal:
         JOURNAL_HELD.labels(self.target).set(len(self.held))
         return len(held)
 
+    # --- depth ----------------------------------------------------------------------------
+
     def _depth(self) -> int:
-        depth = len(_retry()(self.zk.get_children, self.path))
+        stat = _retry()(self.zk.exists, self.path)
+        depth = stat.numChildren if stat is not None else 0
         JOURNAL_DEPTH.labels(self.target).set(depth)
         return depth
 
     async def depth(self) -> int:
+        """Entries and range marks waiting (0: the target has received everything journalled)."""
         return await run_blocking(self._depth)
 
-    def _entries(self, limit: int) -> list[tuple[str, EntityRef]]:
-        names = sorted(_retry()(self.zk.get_children, self.path))[:limit]
+    # --- replay ---------------------------------------------------------------------------
+
+    def _read_children(self, names: list[str]) -> list[tuple[str, bytes, int]]:
+        """(name, data, version) of each child still there, read in one pipelined round."""
+        pending = [(name, self.zk.get_async(f"{self.path}/{name}")) for name in names]
         out = []
-        for name in names:
+        for name, result in pending:
             try:
-                data, _ = self.zk.get(f"{self.path}/{name}")
+                data, stat = result.get()
             except NoNodeError:
                 continue  # another instance replayed it
-            entry = json.loads(data)
-            out.append((name, EntityRef(entry["app"], entry["kind"], base64.b64decode(entry["key"]))))
+            out.append((name, data, stat.version))
         return out
 
-    def _remove(self, name: str) -> None:
-        try:
-            _retry()(self.zk.delete, f"{self.path}/{name}")
-        except NoNodeError:
-            pass
+    def _entries(self, limit: int) -> list[tuple[str, int, EntityRef]]:
+        # Any child but a mark is a key entry, whatever its name (older proxies named them
+        # with a sequence suffix; they replay the same way).
+        names = [n for n in _retry()(self.zk.get_children, self.path) if not n.startswith(MARK_PREFIX)][:limit]
+        out = []
+        for name, data, version in _retry()(self._read_children, names):
+            entry = json.loads(data)
+            out.append((name, version, EntityRef(entry["app"], entry["kind"], base64.b64decode(entry["key"]))))
+        return out
+
+    def _marks(self) -> list[RangeMark]:
+        names = [n for n in _retry()(self.zk.get_children, self.path) if n.startswith(MARK_PREFIX)]
+        out = []
+        for name, data, version in _retry()(self._read_children, names):
+            mark = json.loads(data)
+            out.append(RangeMark(name, mark["app"], int(mark["bucket"]), int(mark["buckets"]), version))
+        return out
+
+    def _remove(self, settled: list[tuple[str, int]]) -> int:
+        """Delete each (name, version) still at that version; returns how many went."""
+        pending = [self.zk.delete_async(f"{self.path}/{name}", version=version) for name, version in settled]
+        removed = 0
+        for result in pending:
+            try:
+                result.get()
+                removed += 1
+            except NoNodeError:
+                removed += 1  # another instance settled it
+            except BadVersionError:
+                pass  # recorded again since it was read: the next pass replays it
+        return removed
 
     async def replay(self, source: Engine, target: Engine, limit: int = 500) -> int:
         """Copy each journalled key's current state from ``source`` to ``target``.
 
-        Returns how many entries were settled; stops at the first failure of the target
-        (its entry stays) and lets the exception propagate to the caller's backoff.
+        Returns how many entries were settled; a failure of either side raises before any
+        entry is removed (they stay) and propagates to the caller's backoff.
         """
-        loop = asyncio.get_running_loop()
-        entries = await loop.run_in_executor(None, self._entries, limit)
-        settled = 0
-        for name, ref in entries:
-            entity = await source.read(ref)
-            if entity is not None:
-                await target.apply([entity])
-            await loop.run_in_executor(None, self._remove, name)
-            settled += 1
-        return settled
+        entries = await run_blocking(self._entries, limit)
+        if not entries:
+            return 0
+        slots = asyncio.Semaphore(READ_CONCURRENCY)
+
+        async def current(ref: EntityRef) -> Entity | None:
+            async with slots:
+                return await source.read(ref)
+
+        found = await asyncio.gather(*(current(ref) for _, _, ref in entries))
+        await target.apply([entity for entity in found if entity is not None])
+        return await run_blocking(self._remove, [(name, version) for name, version, _ in entries])
+
+    async def repair_marks(self, source: Engine, target: Engine) -> int:
+        """Resolve every range mark: a range verify + repair of its app's dirty buckets from
+        ``source`` to ``target``. Returns how many marks were removed; raises (marks stay)
+        if either side fails."""
+        marks = await run_blocking(self._marks)
+        groups: dict[tuple[str, int], list[RangeMark]] = {}
+        for mark in marks:
+            groups.setdefault((mark.app, mark.buckets), []).append(mark)
+        resolved = 0
+        for (app, buckets), group in sorted(groups.items()):
+            report = await repair_buckets(source, target, app, frozenset(m.bucket for m in group), buckets)
+            removed = await run_blocking(self._remove, [(m.name, m.version) for m in group])
+            resolved += removed
+            RANGE_REPAIRS.labels(self.target).inc(removed)
+            RANGE_REPAIRED_KEYS.labels(self.target).inc(report.copied)
+            log.warning("range repair toward %s: app %s, %d of %d bucket(s) marked dirty; %d key(s) examined on the "
+                        "source, %d copied (newer than the target's copy); %d mark(s) resolved, %d marked again "
+                        "meanwhile and kept", self.target, app, len(group), buckets, report.examined, report.copied,
+                        removed, len(group) - removed)
+        return resolved
 
 
 class JournalReplayer:
-    """Background task: replay the journal until stopped, backing off while the target is down."""
+    """Background task: replay the journal (entries, then range marks) until stopped,
+    backing off while the target is down."""
 
     def __init__(self, journal: RepairJournal, source: Engine, target: Engine, interval: float = 0.5) -> None:
         self.journal = journal
@@ -205,6 +417,8 @@ class JournalReplayer:
             try:
                 await self.journal.flush_held()
                 settled = await self.journal.replay(self.source, self.target)
+                if not settled:
+                    settled = await self.journal.repair_marks(self.source, self.target)
                 await self.journal.depth()
                 backoff = self.interval
                 if settled:
