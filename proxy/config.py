@@ -41,6 +41,9 @@ class ProxyConfig(BaseModel):
     max_clock_offset_ms: float = Field(default=DEFAULT_MAX_OFFSET_MS, gt=0,
                                        description="writes are refused while this host's clock may be further "
                                                    "than this from ZooKeeper's")
+    journal_bound: int = Field(default=10_000, ge=1,
+                               description="entries (one per key) each repair journal holds before new keys are "
+                                           "recorded as range marks, resolved by a range verify + repair")
     session_timeout: float = Field(default=6.0, ge=2.0, le=60.0,
                                    description="N1 ZooKeeper session timeout (s); the instance's lease is half of it")
 

@@ -58,10 +58,10 @@ class SwitchBlocked(RuntimeError):
 
 
 def journal_depth(zk: KazooClient, target: str) -> int:
-    try:
-        return len(zk.get_children(f"{JOURNAL_ROOT}/{target}"))
-    except NoNodeError:
-        return 0
+    """Entries and range marks in the repair journal toward ``target`` ("n1" or "n2"); 0 means
+    nothing is left to repair (``proxy/journal.py``). One read, however deep the journal."""
+    stat = zk.exists(f"{JOURNAL_ROOT}/{target}")
+    return stat.numChildren if stat is not None else 0
 
 
 def _children(zk: KazooClient, root: str) -> dict[str, tuple[dict, int]]:
@@ -92,7 +92,7 @@ def wait_journal_empty(zk: KazooClient, target: str, timeout: float, *, after: s
     deadline = time.monotonic() + timeout
     while (depth := journal_depth(zk, target)) > 0:
         if time.monotonic() > deadline:
-            raise SwitchBlocked(f"{after}the repair journal toward {target} still holds {depth} key(s) after "
+            raise SwitchBlocked(f"{after}the repair journal toward {target} still holds {depth} key(s) or range(s) after "
                                 f"{timeout:g} s; is {target} reachable?")
         time.sleep(0.1)
 

@@ -68,8 +68,8 @@ class ProxyServer:
         self.cache = CacheRouter(cfg.n1_memcached, cfg.n2_memcached, instance=cfg.instance,
                                  fail_limit=cfg.memcache_fail_limit, retry_after=cfg.memcache_retry_after)
         await self.cache.start()
-        to_n2 = await run_blocking(RepairJournal, self.zk, "n2")
-        to_n1 = await run_blocking(RepairJournal, self.zk, "n1")
+        to_n2 = await run_blocking(RepairJournal, self.zk, "n2", bound=cfg.journal_bound)
+        to_n1 = await run_blocking(RepairJournal, self.zk, "n1", bound=cfg.journal_bound)
         await run_blocking(ensure_mode, self.zk)
         self.watcher = ModeWatcher(self.zk)
         self.modes = ModeMachine(instance=cfg.instance, zk=self.zk, watcher=self.watcher, lease=self.lease,
