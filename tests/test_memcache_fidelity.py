@@ -27,11 +27,11 @@ from proxy.cache import CacheListener, CacheRouter
 
 
 @contextmanager
-def private_memcached(*extra: str) -> Iterator[tuple[str, int]]:
-    """A memcached of this test only, on a free loopback port; killed at the end."""
-    port = free_port(HOST)
+def private_memcached(port: int | None = None) -> Iterator[tuple[str, int]]:
+    """A memcached of this test only, on ``port`` or a free loopback port; killed at the end."""
+    port = port or free_port(HOST)
     args = ["-u", "root"] if os.geteuid() == 0 else []
-    proc = subprocess.Popen(["memcached", *args, "-l", HOST, "-p", str(port), "-U", "0", "-m", "64", *extra])
+    proc = subprocess.Popen(["memcached", *args, "-l", HOST, "-p", str(port), "-U", "0", "-m", "64"])
     try:
         deadline = time.monotonic() + 20
         while True:
