@@ -127,31 +127,38 @@ class HBaseService(Service):
     # ---- install ----
 
     def install(self) -> None:
+        self.install_jars()
+        self.build_gateway(self.gateway_dir)
+
+    def install_jars(self) -> None:
+        """The Thrift compiler, and HBase's and libthrift's jars in ``lib_dir`` (once)."""
         apt_install(["thrift-compiler"], ["thrift"], "compiles the HBase Thrift gateway")
         maven_classpath(self.ctx, [
             f"org.apache.hbase:hbase-server:{HBASE_VERSION}",
             f"org.apache.hbase:hbase-zookeeper:{HBASE_VERSION}",
             f"org.apache.thrift:libthrift:{LIBTHRIFT_VERSION}",
         ], self.lib_dir)
-        self._build_gateway()
 
-    def _build_gateway(self) -> None:
-        """Generate the Thrift interfaces from happybase's IDL and ours, and compile the gateway.
+    def build_gateway(self, gateway_dir: Path) -> None:
+        """Generate the Thrift interfaces from happybase's IDL and ours, and compile the gateway
+        into ``gateway_dir``.
 
-        Rebuilt only when the Java source, an IDL or the classpath changed.
+        Rebuilt only when the Java source, an IDL or the classpath changed. A rebuild empties
+        ``gateway_dir`` first: a gateway running from it must be restarted (``up`` does, as
+        its probe fails), and a gateway run alone builds into a directory of its own.
         """
         fingerprint = hashlib.sha256(
             b"".join(p.read_bytes() for p in (GATEWAY_SOURCE, GATEWAY_IDL, HBASE_IDL, self.lib_dir / ".complete"))
         ).hexdigest()
-        marker = self.gateway_dir / ".built"
+        marker = gateway_dir / ".built"
         if marker.exists() and marker.read_text() == fingerprint:
             return
         javac = shutil.which("javac")
         if javac is None:
             raise InstallError("building the HBase Thrift1 gateway needs javac (a JDK 17), and none is on PATH")
-        shutil.rmtree(self.gateway_dir, ignore_errors=True)
-        gen = self.gateway_dir / "gen"
-        classes = self.gateway_dir / "classes"
+        shutil.rmtree(gateway_dir, ignore_errors=True)
+        gen = gateway_dir / "gen"
+        classes = gateway_dir / "classes"
         gen.mkdir(parents=True)
         classes.mkdir()
         thrift = ["thrift", "--gen", "java:generated_annotations=suppress", "-out", str(gen)]
@@ -199,17 +206,17 @@ class HBaseService(Service):
         (self.conf_dir / "hbase-site.xml").write_text(f'<?xml version="1.0"?>\n<configuration>\n{props}</configuration>\n')
         (self.conf_dir / "log4j.properties").write_text(LOG4J_PROPERTIES)
 
-    def java_command(self, heap: list[str], conf_dir: Path, gateway_args: list[str]) -> list[str]:
-        """``java … Thrift1Gateway ARGS`` on the built gateway, with ``conf_dir``'s
-        hbase-site.xml and log4j.properties first on the classpath."""
+    def java_command(self, heap: list[str], conf_dir: Path, gateway_dir: Path, gateway_args: list[str]) -> list[str]:
+        """``java … Thrift1Gateway ARGS`` on the gateway built in ``gateway_dir``, with
+        ``conf_dir``'s hbase-site.xml and log4j.properties first on the classpath."""
         java = shutil.which("java")
         if java is None:
             raise InstallError("the HBase Thrift1 gateway runs on Java 17, and no java is on PATH")
-        classpath = os.pathsep.join([str(conf_dir), str(self.gateway_dir / "classes"), f"{self.lib_dir}/*"])
+        classpath = os.pathsep.join([str(conf_dir), str(gateway_dir / "classes"), f"{self.lib_dir}/*"])
         return [java, *heap, *JDK17_FLAGS, "-XX:+ExitOnOutOfMemoryError", "-cp", classpath, GATEWAY_CLASS, *gateway_args]
 
     def command(self) -> list[str]:
-        return self.java_command(HEAP, self.conf_dir, [
+        return self.java_command(HEAP, self.conf_dir, self.gateway_dir, [
             "--local-cluster", "--stock-port", str(HBASE_THRIFT_STOCK), HOST, str(HBASE_THRIFT)])
 
     def probe(self) -> None:
@@ -288,13 +295,19 @@ def gateway_command(quorum: str, port: int = GATEWAY_DEFAULT_PORT, *, bind: str 
                     extension: bool = True, ctx: Context | None = None) -> list[str]:
     """Install and build the gateway if needed, write its configuration (the cluster's quorum)
     under the state directory's ``hbase-gateway/``, and return the argv that runs it alone
-    against that cluster. Bad arguments raise ``ValueError`` before anything is installed."""
+    against that cluster. Bad arguments raise ``ValueError`` before anything is installed.
+
+    The jars are the local HBase's (``hbase/lib``); the build is the gateway's own
+    (``hbase-gateway/gateway``), so building it never touches the classes a running local
+    HBase was started from."""
     check_quorum(quorum)
     if not 0 < port < 65536:
         raise ValueError(f"gateway port {port} is not 1-65535")
     ctx = ctx or Context()
     service = HBaseService(ctx)
-    service.install()
+    service.install_jars()
+    gateway_dir = ctx.service_dir("hbase-gateway") / "gateway"
+    service.build_gateway(gateway_dir)
     conf_dir = ctx.service_dir("hbase-gateway") / "conf"
     conf_dir.mkdir(parents=True, exist_ok=True)
     (conf_dir / "hbase-site.xml").write_text(
@@ -302,7 +315,8 @@ def gateway_command(quorum: str, port: int = GATEWAY_DEFAULT_PORT, *, bind: str 
         f"  <property><name>hbase.zookeeper.quorum</name><value>{escape(quorum)}</value></property>\n"
         "</configuration>\n")
     (conf_dir / "log4j.properties").write_text(LOG4J_PROPERTIES)
-    return service.java_command(GATEWAY_HEAP, conf_dir, [*([] if extension else ["--no-extension"]), bind, str(port)])
+    return service.java_command(GATEWAY_HEAP, conf_dir, gateway_dir,
+                                [*([] if extension else ["--no-extension"]), bind, str(port)])
 
 
 def run_gateway(quorum: str, port: int = GATEWAY_DEFAULT_PORT, *, bind: str = "0.0.0.0",

@@ -1067,7 +1067,8 @@ public final class Thrift1Gateway implements NxnwHbase.Iface {
 
   private static void usage(String why) {
     System.err.println(why);
-    System.err.println("usage: Thrift1Gateway [--local-cluster] [--no-extension] [--stock-port STOCK_PORT] BIND_HOST PORT");
+    System.err.println("usage: Thrift1Gateway [--local-cluster] [--no-extension] [--stock-port STOCK_PORT]"
+        + " BIND_HOST PORT");
     System.exit(2);
   }
 
