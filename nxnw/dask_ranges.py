@@ -192,15 +192,14 @@ def _event_sender(topic: str, range_id: str) -> Callable[[LoadStats], None]:
     from distributed import get_worker
 
     worker = get_worker()  # in the task's thread: the loop thread is not a Dask task
-    attempt = uuid.uuid4().hex
     last = 0.0
 
     def send(stats: LoadStats) -> None:
         nonlocal last
         if time.monotonic() - last >= PROGRESS_SECONDS:
             last = time.monotonic()
-            worker.log_event(topic, {"range": range_id, "attempt": attempt, "entities": stats.entities,
-                                     "tombstones": stats.tombstones, "bytes": stats.bytes})
+            worker.log_event(topic, {"range": range_id, "entities": stats.entities, "tombstones": stats.tombstones,
+                                     "bytes": stats.bytes})
     return send
 
 
