@@ -1,13 +1,16 @@
-"""What the cache proxy adds to a memcache request: direct memcached vs the listener in
-``passthrough``, ``cow`` (every set copied to N2: COW) and ``cow`` reading keys N2 does not
-have (every get fills N2: COR) — the paper's 0.17 ms (COW) and 0.85 ms (COR) per request.
+"""What the memcache hop adds to a request, side by side in one run: memcached direct,
+twemproxy (Debian's ``nutcracker``, C, on the same memcached), and nxnw's listener in
+``passthrough``, ``cow`` (sets copied to N2: COW; gets of keys N2 holds), ``cow`` with N2
+cold (every get fills N2: COR) and ``proxy`` — the paper's 0.17 ms (COW) and 0.85 ms (COR).
 
-An unchanged app client (pymemcache, TCP_NODELAY) sends 5 KB values, one request at a
-time, to each target in turn in the same run; then the same with several client processes
-at once. The proxy runs in its own process (uvloop), as in production, so the client's
-Python does not share its interpreter. Prints p50/p99 and the p50 added over memcached.
+An unchanged app client (pymemcache, TCP_NODELAY, replies awaited: no ``noreply``) sends
+100 B and 5 KB values, one request at a time, to each target in turn; then the same with
+several client processes at once. The proxy runs in its own process (uvloop), as in
+production. Prints p50/p99 per target, p50 and p99 added over memcached direct, and the
+verdict against the goals: nxnw ``passthrough`` adds at most 1.5× what twemproxy adds,
+COW and COR at most 15 µs more than ``passthrough``.
 
-Run: ``.venv/bin/python -m bench.cache_overhead [--requests 3000] [--clients 4]``.
+Run: ``.venv/bin/python -m bench.cache_overhead [--requests 2000] [--clients 4]``.
 Also prints where a request's time goes inside the proxy (``--no-breakdown`` to skip).
 """
 
@@ -18,28 +21,42 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 from pymemcache.client.base import Client
 
 from nxnw import services
+from nxnw.fleet import free_port
+from nxnw.services.base import apt_install
 from nxnw.services.endpoints import HOST, MEMCACHED
 
 N1 = (HOST, MEMCACHED["n1"])
 N2 = (HOST, MEMCACHED["n2"])
-VALUE = os.urandom(2560).hex().encode()  # 5 KB, incompressible-looking
+SIZES = {"100 B": 100, "5 KB": 5120}
 EXPIRE = 600  # bench keys leave the shared memcacheds on their own
+DIRECT, TWEMPROXY = "memcached N1 direct", "twemproxy (nutcracker)"
+PASS, COW, WARM, COR, PROXY = ("proxy passthrough", "proxy cow (COW)", "proxy cow, N2 warm", "proxy cow, N2 cold (COR)",
+                               "proxy proxy (reads N2)")
+CONSTANT = "listener, no memcached"
+
+
+def value_of(size: int) -> bytes:
+    return os.urandom(size // 2).hex().encode()[:size]
 
 
 # --- the proxy process -------------------------------------------------------------------
 
 def serve() -> None:
-    """Child process: three routers + listeners (passthrough, cow, cow for COR); prints
-    their ports as JSON, serves until stdin closes, then prints the route latencies."""
+    """Child process: routers + listeners (passthrough, cow, cow for COR, proxy, and a
+    listener over a constant route); prints their ports as JSON, serves until stdin
+    closes, then prints what the mirrors did."""
     import uvloop
 
     from proxy.cache import CacheListener, CacheRouter, Item, metrics
@@ -48,7 +65,10 @@ def serve() -> None:
     class ConstantRoute(CacheRoute):
         """Answers every get with the same 5 KB item, without memcached: the listener alone."""
 
-        item = Item(VALUE, 0, -1, 1)
+        item = Item(value_of(5120), 0, -1, 1)
+
+        async def forward(self, op, key, request, reply_kind):
+            return None
 
         async def meta_get(self, key):
             return self.item
@@ -61,7 +81,7 @@ def serve() -> None:
     async def main() -> None:
         parts = []
         ports = {}
-        for name, mode in (("passthrough", "passthrough"), ("cow", "cow"), ("cor", "cow")):
+        for name, mode in (("passthrough", "passthrough"), ("cow", "cow"), ("cor", "cow"), ("proxy", "proxy")):
             router = CacheRouter(N1, N2, mode=mode)
             await router.start()
             listener = CacheListener(router, HOST, 0)
@@ -74,23 +94,55 @@ def serve() -> None:
         print(json.dumps(ports), flush=True)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, sys.stdin.read)
-        pending = {name: r.to_n2.pending for name, (r, _) in zip(ports, parts)}
-        dropped = {name: len(r.to_n2.dropped) for name, (r, _) in zip(ports, parts)}
+        pending = {name: r.to_n2.pending + r.to_n1.pending for name, (r, _) in zip(ports, parts)}
+        dropped = {name: len(r.to_n2.dropped) + len(r.to_n1.dropped) for name, (r, _) in zip(ports, parts)}
         fills = {s.labels["result"]: s.value for m in metrics.COR_FILLS.collect() for s in m.samples
                  if s.name.endswith("_total")}
-        route_us = {}
-        for m in metrics.LATENCY.collect():
-            sums = {(s.labels["mode"], s.labels["op"]): s.value for s in m.samples if s.name.endswith("_sum")}
-            counts = {(s.labels["mode"], s.labels["op"]): s.value for s in m.samples if s.name.endswith("_count")}
-            route_us = {f"{k[0]} {k[1]}": round(sums[k] / counts[k] * 1e6, 1) for k in sums if counts.get(k)}
         await constant.close()
         for router, listener in parts:
             await listener.close()
             await router.close()
-        print(json.dumps({"pending": pending, "dropped": dropped, "cor_fills": fills,
-                          "mean_route_us_incl_memcached": route_us}), flush=True)
+        print(json.dumps({"pending": pending, "dropped": dropped, "cor_fills": fills}), flush=True)
 
     uvloop.run(main())
+
+
+# --- twemproxy -----------------------------------------------------------------------------
+
+def start_twemproxy(workdir: Path) -> tuple[subprocess.Popen, int]:
+    """nutcracker on a free loopback port, in front of N1's memcached (ketama over md5, as
+    nxnw places keys); installed from Debian on first use."""
+    apt_install(["nutcracker"], ["nutcracker"], "twemproxy, the C memcache proxy the cache hop is measured against")
+    port = free_port(HOST)
+    conf = workdir / "nutcracker.yml"
+    conf.write_text(f"""bench:
+  listen: {HOST}:{port}
+  hash: md5
+  distribution: ketama
+  timeout: 5000
+  preconnect: true
+  auto_eject_hosts: false
+  server_connections: 1
+  servers:
+   - {N1[0]}:{N1[1]}:1
+""")
+    proc = subprocess.Popen(["nutcracker", "-c", str(conf), "-o", str(workdir / "nutcracker.log"),
+                             "-s", str(free_port(HOST)), "-a", HOST], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client = Client((HOST, port), timeout=2, connect_timeout=2)
+            client.set(b"bench-twemproxy-ping", b"1", expire=EXPIRE, noreply=False)
+            client.close()
+            return proc, port
+        except Exception:  # noqa: BLE001 — not up yet: retried until the deadline
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                log = workdir / "nutcracker.log"
+                raise RuntimeError(f"nutcracker did not serve on {port}: "
+                                   f"{log.read_text()[-2000:] if log.exists() else 'no log'}") from None
+            time.sleep(0.1)
 
 
 # --- the client side ---------------------------------------------------------------------
@@ -99,17 +151,20 @@ def _client(addr: tuple[str, int]) -> Client:
     return Client(addr, no_delay=True, timeout=5, connect_timeout=5)
 
 
-def run_rows(rows: list[tuple[str, str, tuple[str, int], list[bytes]]], chunk: int = 100) -> dict[str, list[float]]:
+def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int]) -> dict[str, list[float]]:
     """Latency in ms of each row's op on each of its keys, one request at a time. Rows take
-    turns every ``chunk`` requests, so a load change on the machine hits every row alike."""
+    turns every 100 requests, so a load change on the machine hits every row alike."""
+    rows, size = job
+    value = value_of(size)
     clients = {label: _client(addr) for label, _, addr, _ in rows}
     out: dict[str, list[float]] = {label: [] for label, *_ in rows}
     clock = time.perf_counter
+    chunk = 100
     try:
         for label, op, _, keys in rows:  # warm connections and code paths, on keys not measured
             client = clients[label]
             for key in keys[:50]:
-                client.get(key + b"-w") if op == "get" else client.set(key + b"-w", VALUE, expire=EXPIRE, noreply=False)
+                client.get(key + b"-w") if op == "get" else client.set(key + b"-w", value, expire=EXPIRE, noreply=False)
         for start in range(0, max(len(r[3]) for r in rows), chunk):
             for label, op, addr, keys in rows:
                 client, lat = clients[label], out[label]
@@ -119,7 +174,7 @@ def run_rows(rows: list[tuple[str, str, tuple[str, int], list[bytes]]], chunk: i
                         if client.get(key) is None:
                             raise RuntimeError(f"bench key {key!r} missing at {addr} ({label})")
                     else:
-                        client.set(key, VALUE, expire=EXPIRE, noreply=False)
+                        client.set(key, value, expire=EXPIRE, noreply=False)
                     lat.append((clock() - begin) * 1000)
     finally:
         for client in clients.values():
@@ -127,11 +182,12 @@ def run_rows(rows: list[tuple[str, str, tuple[str, int], list[bytes]]], chunk: i
     return out
 
 
-def seed_n1(keys: list[bytes]) -> None:
-    client = _client(N1)
+def seed(addr: tuple[str, int], keys: list[bytes], size: int) -> None:
+    client = _client(addr)
+    value = value_of(size)
     try:
         for start in range(0, len(keys), 100):
-            client.set_many({k: VALUE for k in keys[start:start + 100]}, expire=EXPIRE, noreply=False)
+            client.set_many({k: value for k in keys[start:start + 100]}, expire=EXPIRE, noreply=False)
     finally:
         client.close()
 
@@ -141,10 +197,11 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-def bench(ports: dict[str, int], requests: int, clients: int) -> list[dict]:
-    """Sets first (direct, passthrough, cow), then gets of what each target's set wrote —
-    in ``cow`` those keys are already on N2, so a hit needs no fill — plus the COR row:
-    keys written to N1 directly, absent from N2, so every read queues a real fill."""
+def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, size: int) -> list[dict]:
+    """Sets first (each target writes its own keys), then gets of what each target's set
+    wrote — in ``cow`` those keys are already on N2 (the warm row), in ``proxy`` they are
+    on N2 — plus the COR row: keys written to N1 directly, absent from N2, so every read
+    queues a real fill."""
     per = requests // clients
     run = uuid.uuid4().hex[:8].encode()
     keys = lambda tag, c: [b"bench-%s-%s-%d-%d" % (run, tag, c, i) for i in range(per)]  # noqa: E731
@@ -152,16 +209,17 @@ def bench(ports: dict[str, int], requests: int, clients: int) -> list[dict]:
     phases = []
     for phase in ("set", "get"):
         if phase == "get":  # seeded only now, so that the sets cannot evict them from N1 first
-            seed_n1([k + suffix for c in range(clients) for k in keys(b"cor", c) for suffix in (b"", b"-w")])
+            seed(N1, [k + suffix for c in range(clients) for k in keys(b"cor", c) for suffix in (b"", b"-w")], size)
         per_client = []
         for c in range(clients):
-            rows = [("memcached N1 direct", phase, N1, keys(b"direct", c)),
-                    ("proxy passthrough", phase, at("passthrough"), keys(b"pass", c)),
-                    ("proxy cow (COW)" if phase == "set" else "proxy cow, N2 warm", phase, at("cow"), keys(b"cow", c))]
+            rows = [(DIRECT, phase, N1, keys(b"direct", c)),
+                    (TWEMPROXY, phase, (HOST, twemproxy), keys(b"twem", c)),
+                    (PASS, phase, at("passthrough"), keys(b"pass", c)),
+                    (COW if phase == "set" else WARM, phase, at("cow"), keys(b"cow", c)),
+                    (PROXY, phase, at("proxy"), keys(b"proxy", c))]
             if phase == "get":
-                rows.append(("proxy cow, N2 cold (COR)", phase, at("cor"), keys(b"cor", c)))
-                rows.append(("listener, no memcached", phase, at("constant"), keys(b"const", c)))
-            per_client.append(rows)
+                rows.append((COR, phase, at("cor"), keys(b"cor", c)))
+            per_client.append((rows, size))
         if clients == 1:
             results = [run_rows(per_client[0])]
         else:
@@ -175,21 +233,48 @@ def bench(ports: dict[str, int], requests: int, clients: int) -> list[dict]:
         time.sleep(0.5)  # let the sets' mirrors land before the gets
     out = []
     for phase, merged in phases:
-        direct, passthrough = pct(merged["memcached N1 direct"], 50), pct(merged["proxy passthrough"], 50)
+        direct50, direct99 = pct(merged[DIRECT], 50), pct(merged[DIRECT], 99)
+        passthrough = pct(merged[PASS], 50)
         for label, lat in merged.items():
-            p50 = pct(lat, 50)
-            out.append({"target": label, "op": phase, "n": len(lat), "p50": p50, "p99": pct(lat, 99),
-                        "added_vs_memcached": p50 - direct, "added_vs_passthrough": p50 - passthrough})
+            p50, p99 = pct(lat, 50), pct(lat, 99)
+            out.append({"target": label, "op": phase, "n": len(lat), "p50": p50, "p99": p99,
+                        "added_vs_memcached": p50 - direct50, "added_vs_passthrough": p50 - passthrough,
+                        "p99_added_vs_memcached": p99 - direct99})
     return out
 
 
 def print_rows(title: str, rows: list[dict]) -> None:
+    """The table ``python -m bench`` reads (its row layout must stay: label in 28 columns,
+    then op n p50 p99 +p50-vs-memcached +p50-vs-passthrough), then p99 added."""
     print(f"\n{title}")
     print(f"{'target':28} {'op':4} {'n':>6} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'+p50 vs memcached':>18} {'+p50 vs passthrough':>20}")
     for r in rows:
         print(f"{r['target']:28} {r['op']:4} {r['n']:6d} {r['p50']:8.3f} {r['p99']:8.3f} "
               f"{r['added_vs_memcached']:18.3f} {r['added_vs_passthrough']:20.3f}")
+    print(f"  p99 added over memcached direct (ms): " + ", ".join(
+        f"{r['target']} {r['op']} {r['p99_added_vs_memcached']:+.3f}" for r in rows if r["target"] != DIRECT))
+
+
+def verdict(results: dict[tuple[str, int], list[dict]]) -> list[str]:
+    """One line per (size, clients, op): added p50 µs of each target over memcached direct,
+    and the two goals checked against twemproxy and passthrough."""
+    lines = []
+    for (size, clients), rows in results.items():
+        for op in ("set", "get"):
+            added = {r["target"]: r["added_vs_memcached"] * 1000 for r in rows if r["op"] == op}
+            twem, passthrough = added[TWEMPROXY], added[PASS]
+            bound = 1.5 * max(twem, 0.0)
+            goal1 = "met" if passthrough <= bound else "MISSED"
+            mirrored = added[COW] if op == "set" else added[COR]
+            goal2 = "met" if mirrored - passthrough <= 15 else "MISSED"
+            lines.append(
+                f"{size:5} {clients} client(s) {op}: added p50 µs over memcached direct — twemproxy {twem:+.0f}, "
+                f"passthrough {passthrough:+.0f}, {'COW' if op == 'set' else 'COR'} {mirrored:+.0f}, "
+                f"{'cow warm get ' + format(added[WARM], '+.0f') + ', ' if op == 'get' else ''}"
+                f"proxy {added[PROXY]:+.0f}; passthrough ≤ 1.5× twemproxy ({bound:.0f}): {goal1}; "
+                f"{'COW' if op == 'set' else 'COR'} ≤ passthrough + 15 µs: {goal2} ({mirrored - passthrough:+.0f})")
+    return lines
 
 
 # --- where the time goes -----------------------------------------------------------------
@@ -199,21 +284,27 @@ async def _breakdown(requests: int) -> dict[str, float]:
     memcached round trip, and the same get/set through ``router.route`` in each mode —
     the difference is the route code (mode route, metrics, COW/COR enqueue)."""
     from proxy.cache import CacheRouter, MemcacheClient
+    from proxy.cache.client import REPLY_VALUES
 
+    value = value_of(5120)
     key = b"bench-breakdown-%s" % uuid.uuid4().hex[:8].encode()
     client = MemcacheClient(*N1, side="n1")
     routers = {}
     for mode in ("passthrough", "cow"):
         routers[mode] = CacheRouter(N1, N2, mode=mode)
         await routers[mode].start()
-    await client.store(key, VALUE)
+    await client.store(key, value)
+    get_line = b"get %b\r\n" % key
     calls = {
         "client get (mg), no route": lambda: client.get(key),
-        "client set (ms), no route": lambda: client.store(key, VALUE),
+        "client get relayed (text get), no route": lambda: client.forward(get_line, REPLY_VALUES),
+        "client set (ms), no route": lambda: client.store(key, value),
+        "route get relayed, passthrough": lambda: routers["passthrough"].route.forward("get", key, get_line,
+                                                                                     REPLY_VALUES),
         "route get, passthrough": lambda: routers["passthrough"].route.get(key),
-        "route set, passthrough": lambda: routers["passthrough"].route.set(key, VALUE),
+        "route set, passthrough": lambda: routers["passthrough"].route.set(key, value),
         "route get, cow (fill known, skipped)": lambda: routers["cow"].route.get(key),
-        "route set, cow (COW queued)": lambda: routers["cow"].route.set(key, VALUE),
+        "route set, cow (COW queued)": lambda: routers["cow"].route.set(key, value),
     }
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for i in range(requests + 200):
@@ -235,30 +326,45 @@ def main() -> None:
         serve()
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=3000, help="requests per scenario (split among clients)")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per row (split among clients)")
     parser.add_argument("--clients", type=int, default=4, help="client processes in the concurrent round")
     parser.add_argument("--no-breakdown", action="store_true")
     args = parser.parse_args()
     services.up(["memcached-n1", "memcached-n2"])
+    workdir = Path(tempfile.mkdtemp(prefix="nxnw-bench-cache-"))
+    twemproxy, twemproxy_port = start_twemproxy(workdir)
     proxy = subprocess.Popen([sys.executable, "-m", "bench.cache_overhead", "--serve"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    results: dict[tuple[str, int], list[dict]] = {}
     try:
         ports = json.loads(proxy.stdout.readline())
-        print(f"5 KB values; proxy listeners {ports}; memcached N1 {N1[1]}, N2 {N2[1]}; "
-              f"{os.cpu_count()} CPUs shared by client(s), proxy and both memcacheds")
-        print_rows(f"one client, sequential, {args.requests} requests per row", bench(ports, args.requests, 1))
-        print_rows(f"{args.clients} client processes at once, {args.requests} requests per row in all",
-                   bench(ports, args.requests, args.clients))
+        print(f"proxy listeners {ports}; twemproxy {twemproxy_port}; memcached N1 {N1[1]}, N2 {N2[1]}; "
+              f"{os.cpu_count()} CPUs shared by client(s), proxy, twemproxy and both memcacheds; "
+              f"load average {os.getloadavg()[0]:.1f} at the start")
+        # the 5 KB one-client table comes first: ``python -m bench`` reads it
+        for clients in (1, args.clients):
+            for size_name in ("5 KB", "100 B"):
+                rows = bench(ports, twemproxy_port, args.requests, clients, SIZES[size_name])
+                results[(size_name, clients)] = rows
+                who = "one client, sequential" if clients == 1 else f"{clients} client processes at once"
+                print_rows(f"{who}, {size_name} values, {args.requests} requests per row in all", rows)
     finally:
         proxy.stdin.close()
         summary = proxy.stdout.readline()
         proxy.wait(30)
+        twemproxy.terminate()
+        twemproxy.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
     if summary:
         print(f"\nproxy at exit: {summary.strip()}")
+    print("\nverdict (p50 added over memcached direct; goals: passthrough ≤ 1.5× twemproxy's added, "
+          "COW/COR ≤ passthrough + 15 µs):")
+    for line in verdict(results):
+        print("  " + line)
     if not args.no_breakdown:
         import uvloop
-        parts = uvloop.run(_breakdown(3000))
-        print("\nwhere the time goes (in-process, uvloop, median µs per request):")
+        parts = uvloop.run(_breakdown(2000))
+        print("\nwhere the time goes (in-process, uvloop, 5 KB, median µs per request):")
         for name, us in parts.items():
             print(f"  {name:45} {us:7.1f}")
 
