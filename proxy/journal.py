@@ -47,7 +47,8 @@ applies it last-write-wins, so it can only carry a write that exists on the sour
 target (as if that unacknowledged write had landed late); it never undoes a newer one.
 
 Error handling: when ZooKeeper does not take an entry (no session, timeout), the keys are
-*held* in memory (``held``) and ``JournalReplayer`` records them as soon as ZooKeeper
+*held* in memory (``held``; bounded like the journal: past ``bound`` keys, a key is held as
+its range mark, ``held_marks``) and ``JournalReplayer`` records them as soon as ZooKeeper
 answers again; the request is answered 503 with the reason and counted
 (``nxnw_journal_record_failures_total``), so N1 is never ahead silently. An instance
 acknowledges a mode only after ``flush_held`` emptied what it holds, so a held key cannot
@@ -60,8 +61,12 @@ reply to a transaction that had committed makes the retry bump what it created: 
 Replay keeps an entry or mark until the target has taken the write; a target that is still
 down leaves it for the next pass. Every ZooKeeper call runs off the event loop.
 
+Every instance's replayer works on the one journal: two resolving the same entry or mark
+at once is harmless (last-write-wins, deletes at the version read), only repeated work.
+
 Must never: delete an entry or mark at a version other than the one read before the
-source was read; hold more than ``bound`` entries (but for the overshoot above).
+source was read; hold more than ``bound`` entries (but for the overshoot above), in
+ZooKeeper or in memory.
 """
 
 from __future__ import annotations
@@ -104,8 +109,8 @@ MARK_PREFIX = "r-"
 JOURNAL_DEPTH = Gauge("nxnw_repair_journal_depth", "Keys and range marks waiting in the repair journal", ["target"])
 RECORD_FAILURES = Counter("nxnw_journal_record_failures_total",
                           "Journal records ZooKeeper did not take (keys held in memory until it does)", ["target"])
-JOURNAL_HELD = Gauge("nxnw_journal_held_keys", "Keys held in memory until ZooKeeper takes their journal entry",
-                     ["target"])
+JOURNAL_HELD = Gauge("nxnw_journal_held_keys",
+                     "Keys (and range marks) held in memory until ZooKeeper takes their journal entry", ["target"])
 KEYS_MARKED = Counter("nxnw_journal_keys_marked_total",
                       "Keys recorded as a range mark (journal at its bound) instead of an entry of their own",
                       ["target"])
@@ -162,8 +167,10 @@ class RepairJournal:
         self.target = target
         self.bound = bound
         self.path = f"{JOURNAL_ROOT}/{target}"
-        #: keys whose entry ZooKeeper did not take yet (see the module docstring)
+        #: keys whose entry ZooKeeper did not take yet (see the module docstring), at most ``bound``
         self.held: dict[EntityRef, str] = {}
+        #: past ``bound`` held keys, the (app, bucket) range marks held instead
+        self.held_marks: dict[tuple[str, int], str] = {}
         #: whether this instance's last record found the journal at its bound (logged once)
         self._at_bound = False
         self.zk.ensure_path(self.path)
@@ -174,11 +181,13 @@ class RepairJournal:
         return json.dumps({"app": ref.app, "kind": ref.kind, "key": base64.b64encode(ref.key).decode(),
                            "reason": reason[:200]}).encode()
 
-    def _mark(self, ref: EntityRef, bucket: int, reason: str) -> bytes:
-        return json.dumps({"app": ref.app, "bucket": bucket, "buckets": MARK_BUCKETS, "reason": reason[:200]}).encode()
+    def _mark(self, app: str, bucket: int, reason: str) -> bytes:
+        return json.dumps({"app": app, "bucket": bucket, "buckets": MARK_BUCKETS, "reason": reason[:200]}).encode()
 
-    def _plan(self, refs: Sequence[EntityRef], reason: str) -> tuple[dict[str, tuple[bytes, bool]], int, int]:
-        """What to write: {znode path: (data, exists)}, the keys marked, and the depth seen."""
+    def _plan(self, refs: Sequence[EntityRef], reason: str,
+              marks: Sequence[tuple[str, int]]) -> tuple[dict[str, tuple[bytes, bool]], int, int]:
+        """What to write for ``refs`` and the (app, bucket) ``marks``: {znode path: (data,
+        exists)}, the keys marked, and the depth seen."""
         zk = self.zk
         parent = zk.exists_async(self.path)
         entries = {ref: zk.exists_async(f"{self.path}/{entry_name(ref)}") for ref in refs}
@@ -187,7 +196,7 @@ class RepairJournal:
             raise NoNodeError(f"the journal znode {self.path} is gone")
         depth = stat.numChildren
         plan: dict[str, tuple[bytes, bool]] = {}
-        marked: dict[str, bytes] = {}
+        marked = {f"{self.path}/{mark_name(app, bucket)}": self._mark(app, bucket, reason) for app, bucket in marks}
         keys_marked = 0
         for ref, found in entries.items():
             path = f"{self.path}/{entry_name(ref)}"
@@ -198,7 +207,7 @@ class RepairJournal:
                 depth += 1
             else:
                 bucket = bucket_of(ref.row_key, MARK_BUCKETS)
-                marked[f"{self.path}/{mark_name(ref.app, bucket)}"] = self._mark(ref, bucket, reason)
+                marked[f"{self.path}/{mark_name(ref.app, bucket)}"] = self._mark(ref.app, bucket, reason)
                 keys_marked += 1
         marks = {path: zk.exists_async(path) for path in marked}
         for path, found in marks.items():
@@ -228,11 +237,13 @@ class RepairJournal:
                 raise _Raced(str(failed[0]))
             raise failed[0]
 
-    def _record(self, refs: Sequence[EntityRef], reason: str, mode_version: int | None) -> int:
-        """Create or bump each key's entry (or its range mark); returns the keys marked."""
+    def _record(self, refs: Sequence[EntityRef], reason: str, mode_version: int | None,
+                marks: Sequence[tuple[str, int]] = ()) -> int:
+        """Create or bump each key's entry (or its range mark) and each of ``marks``; returns
+        the keys marked."""
         unique = list(dict.fromkeys(refs))
         for _ in range(RACE_ATTEMPTS):
-            plan, keys_marked, depth = _retry()(self._plan, unique, reason)
+            plan, keys_marked, depth = _retry()(self._plan, unique, reason, marks)
             try:
                 _retry()(self._commit, plan, mode_version)
             except _Raced:
@@ -271,26 +282,50 @@ class RepairJournal:
                     self.target, reason)
 
     def hold(self, refs: Sequence[EntityRef], reason: str, error: BaseException) -> None:
-        """Keep ``refs`` until ZooKeeper takes their entry (``flush_held``); counted and logged."""
+        """Keep ``refs`` until ZooKeeper takes their entry (``flush_held``); counted and logged.
+
+        Bounded like the journal: past ``bound`` held keys, a new key is held as its range
+        mark (app, bucket) instead, recorded as such by ``flush_held``.
+        """
         RECORD_FAILURES.labels(self.target).inc()
+        marked = 0
         for ref in refs:
-            self.held[ref] = reason
-        JOURNAL_HELD.labels(self.target).set(len(self.held))
-        log.error("could not journal %d key(s) for %s (%s: %s); holding them until ZooKeeper answers", len(refs),
-                  self.target, type(error).__name__, error)
+            if ref in self.held or len(self.held) < self.bound:
+                self.held[ref] = reason
+            else:
+                self.held_marks[(ref.app, bucket_of(ref.row_key, MARK_BUCKETS))] = reason
+                marked += 1
+        if marked:
+            KEYS_MARKED.labels(self.target).inc(marked)
+        JOURNAL_HELD.labels(self.target).set(len(self.held) + len(self.held_marks))
+        log.error("could not journal %d key(s) for %s (%s: %s); holding them until ZooKeeper answers%s", len(refs),
+                  self.target, type(error).__name__, error,
+                  f" ({marked} as range marks: {self.bound} keys are held already)" if marked else "")
 
     async def flush_held(self) -> int:
-        """Record every held key (unchecked: their writes were answered 503); returns how many.
+        """Record every held key and range mark (unchecked: their writes were answered 503);
+        returns how many.
 
-        Raises if ZooKeeper still does not take them; the keys stay held.
+        Raises if ZooKeeper still does not take them; what was not recorded stays held.
         """
-        held = dict(self.held)
-        for ref, reason in held.items():
-            await run_blocking(self._record, [ref], reason, None)
-            if self.held.get(ref) == reason:
-                del self.held[ref]
-        JOURNAL_HELD.labels(self.target).set(len(self.held))
-        return len(held)
+        flushed = 0
+        for held, is_mark in ((self.held, False), (self.held_marks, True)):
+            by_reason: dict[str, list] = {}
+            for item, reason in held.items():
+                by_reason.setdefault(reason, []).append(item)
+            for reason, items in by_reason.items():
+                for start in range(0, len(items), TRANSACTION_OPS):
+                    chunk = items[start:start + TRANSACTION_OPS]
+                    if is_mark:
+                        await run_blocking(self._record, [], reason, None, chunk)
+                    else:
+                        await run_blocking(self._record, chunk, reason, None)
+                    for item in chunk:  # unless held again, with a new reason, meanwhile
+                        if held.get(item) == reason:
+                            del held[item]
+                    flushed += len(chunk)
+        JOURNAL_HELD.labels(self.target).set(len(self.held) + len(self.held_marks))
+        return flushed
 
     # --- depth ----------------------------------------------------------------------------
 

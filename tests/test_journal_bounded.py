@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kazoo.client import KazooClient
+from kazoo.security import OPEN_ACL_UNSAFE, make_acl
 from prometheus_client import REGISTRY
 
 from datastore import Entity, EntityRef, open_engine
@@ -28,7 +29,7 @@ from proxy.server import ProxyServer
 from snapshot import verify_app
 from sync.aio import run_blocking
 from tests.conftest import require
-from tests.proxy_harness import proxy_config, running_proxy, switch, zk_namespace
+from tests.proxy_harness import key_path, proxy_config, running_proxy, switch, zk_namespace
 
 
 def metric(name: str) -> float:
@@ -199,3 +200,36 @@ async def test_range_repair_copies_only_what_the_source_holds_newer(tmp_path: Pa
     finally:
         await source.close()
         await target.close()
+
+
+async def test_keys_held_while_zookeeper_refuses_are_bounded_too_and_all_reach_n2(tmp_path: Path, app_name: str) -> None:
+    """N2 is down and ZooKeeper refuses journal entries (an ACL that forbids creating them):
+    every write is answered 503 "unknown outcome" and held in memory — at most ``bound`` keys,
+    the rest as range marks — and all of them reach N2 once ZooKeeper and N2 take them."""
+    require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
+    n1_url, n2_url = f"sqlite:///{tmp_path}/n1.db", f"sqlite:///{tmp_path}/n2.db"
+    async with AsyncExitStack() as stack:
+        zk_hosts, zk = await stack.enter_async_context(zk_namespace())
+        server, http = await stack.enter_async_context(
+            running_proxy(proxy_config("p1", 1, n1_url, n2_url, zk_hosts, journal_bound=10,
+                                       max_clock_offset_ms=2_000)))
+        await switch(zk, "cow")
+        journal = server.modes.journals[0]
+        await run_blocking(zk.set_acls, "/nxnw/journal/n2", [make_acl("world", "anyone", read=True, admin=True)])
+        try:
+            await server.n2.close()
+            for i in range(40):
+                response = await http.put(key_path(app_name, "K", b"held-%02d" % i), data=b"v%d" % i)
+                assert response.status == 503 and (await response.json())["error"] == "unknown outcome", \
+                    await response.text()
+            assert len(journal.held) == 10, f"{len(journal.held)} keys held in memory, the bound is 10"
+            assert journal.held_marks, "the keys past the bound are not held as range marks"
+        finally:
+            await run_blocking(zk.set_acls, "/nxnw/journal/n2", OPEN_ACL_UNSAFE)
+
+        async def flushed() -> bool:
+            return not journal.held and not journal.held_marks
+        await wait_for(flushed, "the held keys and marks recorded in ZooKeeper")
+        outage = Outage(zk, server, n1_url, n2_url, 40, await journal_children(zk))
+        assert any(name.startswith(MARK_PREFIX) for name in outage.while_down)
+        await n2_returns_and_verify_finds_it_identical(outage, app_name, 40)
