@@ -174,32 +174,28 @@ async def test_a_key_recorded_again_while_its_entry_is_replayed_keeps_the_entry(
         assert await journal.depth() == 2
 
 
-async def test_range_repair_copies_only_what_the_source_holds_newer(tmp_path: Path, app_name: str) -> None:
-    source, target = open_engine(f"sqlite:///{tmp_path}/s.db"), open_engine(f"sqlite:///{tmp_path}/t.db")
-    await source.open()
-    await target.open()
-    try:
-        keys = [b"k%03d" % i for i in range(200)]
-        dirty = frozenset({bucket_of(b"K\x00" + keys[0], 8)})
-        in_dirty = [k for k in keys if bucket_of(b"K\x00" + k, 8) in dirty]
-        missing, older, newer_on_target, deleted, target_only = in_dirty[:5]
-        await source.apply([Entity(app_name, "K", k, b"src", 100) for k in keys if k not in (target_only, deleted)]
-                           + [Entity(app_name, "K", deleted, None, 300)])
-        await target.apply([Entity(app_name, "K", older, b"old", 50), Entity(app_name, "K", newer_on_target, b"new", 200),
-                            Entity(app_name, "K", deleted, b"src", 100), Entity(app_name, "K", target_only, b"t", 100)])
-        report = await repair_buckets(source, target, app_name, dirty, 8)
-        got = {k: await target.read(EntityRef(app_name, "K", k)) for k in (missing, older, newer_on_target, deleted)}
-        assert (got[missing].value, got[older].value, got[newer_on_target].value) == (b"src", b"src", b"new")
-        assert got[deleted].deleted and got[deleted].ts == 300
-        assert (await target.read(EntityRef(app_name, "K", target_only))).value == b"t"
-        assert await source.read(EntityRef(app_name, "K", target_only)) is None
-        outside = [k for k in keys if k not in in_dirty]
-        assert [k for k in outside if await target.read(EntityRef(app_name, "K", k)) is not None] == [], \
-            "copied outside the dirty buckets"
-        assert report.examined == len(in_dirty) - 1 and report.copied == len(in_dirty) - 2
-    finally:
-        await source.close()
-        await target.close()
+async def test_range_repair_copies_only_what_the_source_holds_newer(n1_n2, app_name: str) -> None:
+    """On every pair of engines: the source's ranges, whatever they are, are scanned; only the
+    dirty buckets are compared; the target keeps what is newer and what the source lacks."""
+    source, target = n1_n2
+    keys = [b"k%03d" % i for i in range(200)]
+    dirty = frozenset({bucket_of(b"K\x00" + keys[0], 8)})
+    in_dirty = [k for k in keys if bucket_of(b"K\x00" + k, 8) in dirty]
+    missing, older, newer_on_target, deleted, target_only = in_dirty[:5]
+    await source.apply([Entity(app_name, "K", k, b"src", 100) for k in keys if k not in (target_only, deleted)]
+                       + [Entity(app_name, "K", deleted, None, 300)])
+    await target.apply([Entity(app_name, "K", older, b"old", 50), Entity(app_name, "K", newer_on_target, b"new", 200),
+                        Entity(app_name, "K", deleted, b"src", 100), Entity(app_name, "K", target_only, b"t", 100)])
+    report = await repair_buckets(source, target, app_name, dirty, 8)
+    got = {k: await target.read(EntityRef(app_name, "K", k)) for k in (missing, older, newer_on_target, deleted)}
+    assert (got[missing].value, got[older].value, got[newer_on_target].value) == (b"src", b"src", b"new")
+    assert got[deleted].deleted and got[deleted].ts == 300
+    assert (await target.read(EntityRef(app_name, "K", target_only))).value == b"t"
+    assert await source.read(EntityRef(app_name, "K", target_only)) is None
+    outside = [k for k in keys if k not in in_dirty]
+    assert [k for k in outside if await target.read(EntityRef(app_name, "K", k)) is not None] == [], \
+        "copied outside the dirty buckets"
+    assert report.examined == len(in_dirty) - 1 and report.copied == len(in_dirty) - 2
 
 
 async def test_keys_held_while_zookeeper_refuses_are_bounded_too_and_all_reach_n2(tmp_path: Path, app_name: str) -> None:
