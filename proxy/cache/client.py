@@ -1,22 +1,28 @@
 """An asyncio memcached client for the proxy: a small pool of connections to ONE server.
 
-Responsible for: speaking memcached's meta protocol (``mg``/``ms``/``md``/``ma``/``mn``) and
-the text ``version`` to one server; one request at a time per connection (no pipelining),
-at most ``max_connections`` connections; a deadline on every request; replies parsed from
-a byte buffer however the kernel splits them (a reply may arrive one byte at a time).
-Errors name the server (``n1 127.0.0.1:21211``) and say what went wrong.
+Responsible for: speaking memcached's meta protocol (``mg``/``ms``/``md``/``ma``/``mn``),
+the text ``version`` and ``flush_all``, and relaying a text request untouched
+(``forward``: the fast path) to one server; one request (or one pipelined batch) at a time
+per connection, at most ``max_connections`` connections; a deadline on every request;
+replies parsed from a byte buffer however the kernel splits them (a reply may arrive one
+byte at a time) — a relayed reply only as far as its framing needs. Errors name the
+server (``n1 127.0.0.1:21211``) and say what went wrong. Several servers of one side are
+a ``MemcachePool`` (``pool.py``), which sends each key to its server.
 
 Must never: write a key, value or number that memcached would refuse — every argument is
-checked here, before a byte is sent, so bad input never reaches memcached; reuse a
-connection after a timeout, a cancellation, an error reply or anything it could not parse
-(where that connection stands in the reply stream is unknown, so it is closed).
+checked here (or, for ``forward``, by the listener that parsed the request), before a byte
+is sent, so bad input never reaches memcached; reuse a connection after a timeout, a
+cancellation, an error reply or anything it could not parse (where that connection stands
+in the reply stream is unknown, so it is closed).
 
 ``pipeline`` sends several requests in one write and reads their replies in order (the
-mirror workers batch their copies this way); the app-facing path sends one at a time.
+mirror workers batch their copies this way).
 
-Why meta commands only: ``mg`` returns value, client flags, remaining TTL and CAS in one
-round trip (what cache-on-read needs), ``ms`` returns the CAS of what it stored (what the
-mirror's verification needs), and every text storage command is an ``ms`` mode.
+Why meta commands for the parsed path: ``mg`` returns value, client flags, remaining TTL
+and CAS in one round trip (what cache-on-read needs), ``ms`` returns the CAS of what it
+stored (what the mirror's verification needs), and every text storage command is an
+``ms`` mode. Where no reply needs to be understood, ``forward`` relays the app's own text
+request and memcached's own reply bytes.
 """
 
 from __future__ import annotations

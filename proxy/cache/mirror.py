@@ -20,6 +20,10 @@ Every job that puts a value on ``dest`` carries the source's CAS of the version 
 3. if the source no longer holds that version (other CAS, or absent), delete the copy on
    ``dest`` *only if* ``dest`` still holds exactly our copy (``md key C<dest cas>``).
 
+A side may be a pool of servers (``pool.py``): each key lives on one server of each side,
+always the same one, so everything below holds per key on that server; a batch's
+requests go to their keys' servers, each server's share pipelined on its own connection.
+
 Argument. CAS values are unique per memcached, and every write to an item (set, append,
 incr, delete + re-add, …) gives it a new one; only ``touch`` does not, and a touch's own
 mirror re-copies the item with its new TTL. If step 2 sees the CAS read in step 0, no

@@ -153,6 +153,7 @@ class MemcachePool:
                                        connect_timeout=connect_timeout) for s in specs]
         self.server = f"{side} {','.join(s.name for s in specs)}".strip()
         self._health = [_Health() for _ in specs]
+        self._health_of = {id(c): h for c, h in zip(self.clients, self._health)}
         self._ring = Ketama(specs) if len(specs) > 1 else None
 
     def __repr__(self) -> str:
@@ -177,13 +178,13 @@ class MemcachePool:
         return time.monotonic() < self._health[index].down_until
 
     def _failed(self, client: MemcacheClient) -> None:
-        health = self._health[self.clients.index(client)]
+        health = self._health_of[id(client)]
         health.failures += 1
         if health.failures >= self.fail_limit:
             health.down_until = time.monotonic() + self.retry_after
 
     def _ok(self, client: MemcacheClient) -> None:
-        health = self._health[self.clients.index(client)]
+        health = self._health_of[id(client)]
         if health.failures:
             health.failures = 0
             health.down_until = 0.0
@@ -219,8 +220,16 @@ class MemcachePool:
         return await self._on(key, lambda c: c.touch(key, exptime))
 
     async def forward(self, key: bytes, payload: bytes, reply_kind: int) -> bytes:
-        """``payload`` (one text request for ``key``) sent as is; its reply's raw bytes."""
-        return await self._on(key, lambda c: c.forward(payload, reply_kind))
+        """``payload`` (one text request for ``key``) sent as is; its reply's raw bytes.
+        The hot path of ``passthrough``: ``_on`` inlined (no closure, one coroutine less)."""
+        client = self.client_for(key)
+        try:
+            reply = await client.forward(payload, reply_kind)
+        except (MemcacheUnavailable, MemcacheTimeout):
+            self._failed(client)
+            raise
+        self._ok(client)
+        return reply
 
     async def batch(self, requests: list[tuple[bytes, bytes]]) -> list[Reply]:
         """``[(key, encoded request), …]``: each server's share pipelined on one of its
