@@ -93,6 +93,21 @@ def _upsert(table: str) -> str:
             f"AND (excluded.value IS NULL OR excluded.value > {table}.value))")
 
 
+_Rows = dict[str, list[tuple[bytes, bytes | None, int]]]
+
+
+def _rows(entities: Sequence[Entity]) -> tuple[_Rows, int]:
+    """The upsert parameters of a batch by table, and its bytes of keys and values (the
+    batch has passed ``check_batch``, so its app names are table names)."""
+    rows: _Rows = {}
+    size = 0
+    for e in entities:
+        row_key, value = e.row_key, e.value
+        rows.setdefault("e_" + e.app, []).append((row_key, value, e.ts))
+        size += len(row_key) + (len(value) if value is not None else 0)
+    return rows, size
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     """Another connection holds the lock (``SQLITE_BUSY``/``SQLITE_LOCKED``, extended codes too)."""
     return isinstance(exc, sqlite3.OperationalError) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _BUSY_CODES
@@ -187,58 +202,44 @@ class SqliteEngine(Engine):
 
     # --- writes -------------------------------------------------------------------------------
 
-    def _apply(self, conn: sqlite3.Connection, entities: Sequence[Entity]) -> int:
-        """One transaction with every entity, on whichever connection the caller owns; the
-        WAL pages it likely added (for the loop's checkpoint cadence) are returned."""
+    def _apply(self, conn: sqlite3.Connection, rows: _Rows, size: int) -> int:
+        """One transaction with every row, on whichever connection the caller owns; the WAL
+        pages it likely added (for the loop's checkpoint cadence) are returned."""
         try:
-            return self._transaction(conn, entities)
+            self._transaction(conn, rows)
         except sqlite3.OperationalError as exc:
             if not str(exc).startswith("no such table"):
                 raise
-        # A table this engine knew was dropped since (``drop_app`` here or in another
-        # process): nothing was written, so forget what we knew and write again.
-        self._tables.clear()
-        return self._transaction(conn, entities)
+            # A table this engine knew was dropped since (``drop_app`` here or in another
+            # process): nothing was written, so forget what we knew and write again.
+            self._tables.clear()
+            self._transaction(conn, rows)
+        # Each table's row b-tree and key index gain a leaf page, large values their bytes.
+        return 2 * len(rows) + size // _PAGE_BYTES
 
-    def _transaction(self, conn: sqlite3.Connection, entities: Sequence[Entity]) -> int:
-        by_table: dict[str, list[tuple[bytes, bytes | None, int]]] = {}
-        size = 0
-        for e in entities:
-            by_table.setdefault(_table(e.app), []).append((e.row_key, e.value, e.ts))
-            size += len(e.row_key) + (len(e.value) if e.value is not None else 0)
+    def _transaction(self, conn: sqlite3.Connection, rows: _Rows) -> None:
         created: list[str] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for table in by_table:
+            for table, table_rows in rows.items():
                 if table not in self._tables:
                     conn.execute(f"CREATE TABLE IF NOT EXISTS {table} "
                                  "(rid INTEGER PRIMARY KEY, rk BLOB NOT NULL UNIQUE, value BLOB, ts INTEGER NOT NULL)")
                     created.append(table)
-            for table, rows in by_table.items():
-                if len(rows) == 1:
-                    conn.execute(_upsert(table), rows[0])
+                if len(table_rows) == 1:
+                    conn.execute(_upsert(table), table_rows[0])
                 else:
-                    conn.executemany(_upsert(table), rows)
+                    conn.executemany(_upsert(table), table_rows)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         self._tables.update(created)
-        # Each table's row b-tree and key index gain a leaf page, large values their bytes.
-        return 2 * len(by_table) + size // _PAGE_BYTES
 
     def _apply_on_thread(self, entities: Sequence[Entity]) -> None:
         assert self._conn is not None
-        self._apply(self._conn, entities)
-
-    def _fits_loop(self, entities: Sequence[Entity]) -> bool:
-        if len(entities) > LOOP_MAX_ENTITIES:
-            return False
-        size = 0
-        for e in entities:
-            size += len(e.row_key) + (len(e.value) if e.value is not None else 0)
-        return size <= LOOP_MAX_BYTES
+        self._apply(self._conn, *_rows(entities))
 
     def _pages_written(self, pages: int) -> None:
         """Count the loop's WAL pages; past ``CHECKPOINT_PAGES``, one passive checkpoint on the
@@ -263,15 +264,17 @@ class SqliteEngine(Engine):
         conn = self._loop_conn
         if conn is None:
             raise EngineUnavailable(f"sqlite engine {self.path} is not open")
-        if self._checkpoint is None and self._fits_loop(entities):
-            try:
-                pages = self._apply(conn, entities)
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-            else:
-                self._pages_written(pages)
-                return
+        if self._checkpoint is None and len(entities) <= LOOP_MAX_ENTITIES:
+            rows, size = _rows(entities)
+            if size <= LOOP_MAX_BYTES:
+                try:
+                    pages = self._apply(conn, rows, size)
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                else:
+                    self._pages_written(pages)
+                    return
         await self._run(self._apply_on_thread, entities)
 
     # --- reads --------------------------------------------------------------------------------
