@@ -8,12 +8,13 @@ memcached 1.6 answers, errors included (``tests/test_memcache_fidelity.py`` send
 requests to both); one command at a time per connection, replies in order (a pipelining
 client's requests are read in order and answered in order).
 
-The fast path: when the mode's route relays a request untouched (``passthrough`` every
-text command, ``proxy`` reads, ``cow`` writes — see ``routes.py``), the command line is
-parsed only as far as framing and validation need (verb, key, numbers, data length) and
-the request's own bytes go to the key's server; its reply's bytes come back as they are.
-Everything else (meta commands, noreply, multi-key retrievals, ``cow`` reads that fill
-N2) takes the parsed path through the route's primitives.
+The fast path: the single-key text commands (get/gets, the storage commands, delete,
+incr/decr, touch; without noreply) are parsed only as far as framing and validation need
+(verb, key, numbers, data length) and the request's own bytes go to the key's server; its
+reply's bytes come back as they are. In every mode: ``cow`` mirrors a write by its reply
+line and fills N2 after a hit by key, the mirror worker reading what it needs itself
+(``routes.py``). Everything else (meta commands, noreply, multi-key retrievals, gat/gats)
+takes the parsed path through the route's primitives.
 
 Must never: let bad input reach memcached or stop the listener. A malformed line, an
 unknown command, a key over 250 bytes or with a control byte, a negative or unparsable

@@ -73,7 +73,9 @@ log = logging.getLogger("nxnw.proxy.cache.mirror")
 _RELATIVE_LIMIT = 30 * 24 * 3600
 
 # job kinds (tuples keep the hot path allocation-light)
-_DELETE, _VALUE, _CURRENT, _FILL = "delete", "value", "current", "fill"
+_DELETE, _VALUE, _CURRENT, _FILL, _FILL_KEY = "delete", "value", "current", "fill", "fill-key"
+#: COR jobs: a fill with the item the client read, or by key (the worker reads the item)
+_FILLS = (_FILL, _FILL_KEY)
 
 BeforeFill = Callable[[bytes], Awaitable[None]]
 
@@ -173,7 +175,7 @@ class MirrorQueue:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         for job in self._take_all():
-            if job[0] is not _FILL:
+            if job[0] not in _FILLS:
                 self._drop(job[1], "closed")
 
     # --- enqueue (synchronous, never blocks the request) --------------------------------
@@ -204,6 +206,22 @@ class MirrorQueue:
             return False
         self._pending_fills.add(key)
         self._enqueue((_FILL, key, item))
+        return True
+
+    def offer_fill_key(self, key: bytes) -> bool:
+        """COR for a read relayed untouched (its reply was not parsed, so no CAS or TTL is
+        known here): the worker reads the item from the source and fills it as ``offer_fill``
+        does. Skipped while dest was seen holding the key's source version within
+        ``known_for`` s and nothing was written to it through this queue since (a skip only
+        ever costs warmth)."""
+        known = self._on_dest.get(key)
+        if known is not None and time.monotonic() - known[1] < self.known_for:
+            return False
+        if key in self._pending_fills or self._waiting >= self._fill_limit:
+            self._fill_shed.inc()
+            return False
+        self._pending_fills.add(key)
+        self._enqueue((_FILL_KEY, key))
         return True
 
     def _put(self, job: tuple) -> None:
@@ -272,7 +290,7 @@ class MirrorQueue:
                     self._drop(job[1], "failed")
             finally:
                 for job in batch:
-                    if job[0] is _FILL:
+                    if job[0] in _FILLS:
                         self._pending_fills.discard(job[1])
                     self._finished()
 
@@ -283,8 +301,8 @@ class MirrorQueue:
            source's CAS of every key stored in B; D. undo, on dest, each copy whose source
            version changed — only if dest still holds exactly that copy."""
         src, dst = self.source, self.dest
-        current = [job for job in batch if job[0] is _CURRENT]
-        fills = [job for job in batch if job[0] is _FILL]
+        current = [job for job in batch if job[0] is _CURRENT or job[0] is _FILL_KEY]
+        fills = [job for job in batch if job[0] in _FILLS]
         items: dict[bytes, Item | None] = {}
         present: set[bytes] = set()
 
@@ -309,7 +327,7 @@ class MirrorQueue:
         for job in batch:
             kind, key = job[0], job[1]
             if not copying:
-                if kind is not _FILL:
+                if kind not in _FILLS:
                     metrics.MIRRORS_DROPPED.labels(self._label, "fenced").inc()
                     writes.append((job, dst.cmd_delete(key), 0))
                 continue
@@ -329,9 +347,11 @@ class MirrorQueue:
                 else:
                     writes.append((job, dst.cmd_store(key, item.value, flags=item.flags, exptime=exptime), item.cas))
             else:
-                item = job[2]
-                exptime = exptime_from_ttl(item.ttl)
-                if exptime is None:
+                item = job[2] if kind is _FILL else items[key]
+                exptime = None if item is None else exptime_from_ttl(item.ttl)
+                if item is None:
+                    metrics.COR_FILLS.labels("gone").inc()
+                elif exptime is None:
                     metrics.COR_FILLS.labels("expiring").inc()
                 elif not item.cas:
                     metrics.COR_FILLS.labels("unverifiable").inc()
@@ -374,7 +394,7 @@ class MirrorQueue:
                     dst.reply_delete(reply)
                     results[i] = "undone"
         for i, (job, _, _) in enumerate(writes):
-            if job[0] is _FILL:
+            if job[0] in _FILLS:
                 metrics.COR_FILLS.labels({"copied": "done"}.get(results[i], results[i])).inc()
             else:
                 metrics.MIRRORS.labels(self._label, results[i]).inc()
@@ -400,7 +420,7 @@ class MirrorQueue:
             pass
         left = 0
         for job in self._take_all():
-            if job[0] is _FILL:
+            if job[0] in _FILLS:
                 self._pending_fills.discard(job[1])
             else:
                 self._drop(job[1], "drain_timeout")

@@ -18,8 +18,8 @@ Relaying untouched (the fast path): ``forward(op, key, request, reply_kind)`` se
 request as the app wrote it to the key's server and returns that server's reply bytes.
 A route says which requests it can serve that way (``forwards_reads``/``forwards_writes``):
 ``MemcachedRoute`` all of them; ``MirrorWritesRoute`` its primary's, mirroring a write by
-its reply line; ``WarmUpRoute`` writes only (a read must see the item's CAS and TTL to fill
-N2, so ``cow`` reads take the parsed path).
+its reply line; ``WarmUpRoute`` its warm side's, a hit queueing a fill by key (the mirror
+worker reads the item's CAS and TTL itself, off the client's path).
 
 Must never: answer a client from a side the mode does not read from; wait for an
 asynchronous copy before answering.
@@ -300,6 +300,11 @@ class WarmUpRoute(CacheRoute):
         So an overwrite or delete on N1 between the read and the fill — even one whose own
         mirror reached N2 *before* the fill, or one made through another proxy instance —
         never leaves the old value on N2 (argument in ``mirror.py``). On a miss: nothing.
+    get relayed untouched (the fast path): ``warm``, sync, its reply bytes as they came; on a
+        hit a fill *by key* is queued (COR, async): the worker reads the item (value, flags,
+        TTL, CAS) from ``warm`` itself and fills ``cold`` as above — so the client's path
+        parses nothing. Skipped while ``cold`` was seen holding the key within the last
+        minute and nothing was written to it since.
     gat (get-and-touch) and every write, relayed untouched or not: as
         ``MirrorWritesRoute(warm, mirror)`` — ``warm`` sync, the change copied to ``cold``
         async (COW).
@@ -317,12 +322,16 @@ class WarmUpRoute(CacheRoute):
         self.cold = cold
         self.mirror = mirror
         self._writes = MirrorWritesRoute(warm, mirror)
+        self.forwards_reads = warm.forwards_reads
         self.forwards_writes = warm.forwards_writes
 
     async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes:
-        if op == "get":
-            raise NotImplementedError("cow reads fill N2 and take the parsed path")
-        return await self._writes.forward(op, key, request, reply_kind)
+        if op != "get":
+            return await self._writes.forward(op, key, request, reply_kind)
+        reply = await self.warm.forward(op, key, request, reply_kind)
+        if reply[:6] == b"VALUE ":
+            self.mirror.offer_fill_key(key)
+        return reply
 
     def __repr__(self) -> str:
         return f"WarmUpRoute(warm={self.warm!r}, cold={self.cold!r})"
