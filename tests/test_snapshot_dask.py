@@ -285,3 +285,19 @@ def test_a_plan_names_its_scheduler_in_scale_and_a_bad_address_is_refused_with_t
     assert parse_plan(text + '\n[scale]\nscheduler = "tcp://10.0.0.9:8786"\n').scale.scheduler == "tcp://10.0.0.9:8786"
     with pytest.raises(PlanError, match=r"scale\.scheduler: '10\.0\.0\.9:8786' is not a Dask scheduler address"):
         parse_plan(text + '\n[scale]\nscheduler = "10.0.0.9:8786"\n', "plan.toml")
+
+
+async def test_a_scheduler_without_workers_is_refused_before_any_write(open_pair, app_name: str) -> None:
+    from distributed import Scheduler
+
+    require("zookeeper-n1")
+    n1, n2 = await open_pair("sqlite", "sqlite")
+    await n1.apply(seed(app_name, 100))
+    async with Scheduler(host="127.0.0.1", port=0, dashboard=False) as idle:
+        with zk_namespace() as (zk_hosts, zk):
+            with pytest.raises(SchedulerUnavailable, match="has no worker"):
+                # bounded: without the check the copy would wait for a worker forever
+                await asyncio.wait_for(copy_app_distributed(idle.address, n1, n2, app_name, task="dask",
+                                                            zookeeper=zk_hosts), 120)
+            assert not zk.exists("/nxnw/migration/checkpoints"), "the copy wrote its plan with no worker to run it"
+    assert app_name not in await n2.apps()
