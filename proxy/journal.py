@@ -209,8 +209,8 @@ class RepairJournal:
                 bucket = bucket_of(ref.row_key, MARK_BUCKETS)
                 marked[f"{self.path}/{mark_name(ref.app, bucket)}"] = self._mark(ref.app, bucket, reason)
                 keys_marked += 1
-        marks = {path: zk.exists_async(path) for path in marked}
-        for path, found in marks.items():
+        mark_checks = {path: zk.exists_async(path) for path in marked}
+        for path, found in mark_checks.items():
             plan[path] = (marked[path], found.get() is not None)
         return plan, keys_marked, depth
 
