@@ -487,6 +487,8 @@ class _Session(asyncio.Protocol):
             return
         data = await self._block(size)
         if data is None:
+            if noreply:  # memcached keeps quiet about it too
+                return
             raise _BadRequest("bad data chunk")
         route = self.listener.router.route
         if not noreply:
@@ -718,7 +720,7 @@ class _Session(asyncio.Protocol):
             raise _BadRequest("bad command line format")
         size = _integer(tokens[2])
         if size is None or size < 0:
-            raise _BadRequest("bad data chunk")
+            raise _BadRequest("bad command line format")
         try:
             key = _key(tokens[1])
             flags = self._meta_flags(b"ms", tokens[3:], b"cCFTMkOq")
