@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from nxnw import logs, services, snapshot_cli
+from nxnw import __version__, logs, services, snapshot_cli
 from datastore import EngineUnavailable
 from nxnw.config import PlanError, load_plan
 
@@ -195,6 +195,13 @@ def _proxy_serve(args: argparse.Namespace) -> int:
     return _async(run())
 
 
+def _hbase_gateway(args: argparse.Namespace) -> int:
+    from nxnw.services.hbase import run_gateway
+
+    run_gateway(args.zookeeper, args.port, bind=args.bind, extension=not args.no_extension)  # replaces the process
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from nxnw.demo import DemoOptions, run_demo
 
@@ -242,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Live migration of a PaaS data tier (datastore, memcache, ZooKeeper) from "
         "deployment N1 to N2, with applications reading and writing throughout.",
     )
+    parser.add_argument("--version", action="version", version=f"nxnw {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
 
@@ -306,6 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=_verify)
 
     snapshot_cli.add_parser(verbs, _async)
+
+    gateway = verbs.add_parser("hbase-gateway", help="run nxnw's HBase Thrift1 gateway beside a cluster, found by "
+                               "its ZooKeeper quorum")
+    gateway.add_argument("--zookeeper", required=True, metavar="QUORUM",
+                         help="the cluster's ZooKeeper: host[:port][,host[:port]...]")
+    gateway.add_argument("--port", type=int, default=9090, help="Thrift1 port (default 9090, as HBase's own Thrift server)")
+    gateway.add_argument("--bind", default="0.0.0.0", help="address to listen on (default: every address)")
+    gateway.add_argument("--no-extension", action="store_true",
+                         help="answer as HBase's stock Thrift server (no mutateRowsTsEach)")
+    gateway.set_defaults(func=_hbase_gateway)
 
     proxy = verbs.add_parser("proxy", help="run a proxy instance (N1's data endpoint during a migration)")
     proxy_verbs = proxy.add_subparsers(dest="action", metavar="ACTION")
