@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 
 from proxy.cache.client import MemcacheClient, Reply
-from proxy.cache.errors import MemcacheServerError, MemcacheTimeout, MemcacheUnavailable
+from proxy.cache.errors import MemcacheTimeout, MemcacheUnavailable
 
 POINTS_PER_SERVER = 160
 POINTS_PER_HASH = 4
@@ -279,4 +279,4 @@ class MemcachePool:
             await client.close()
 
 
-__all__ = ["Ketama", "MemcachePool", "MemcacheServerError", "ServerSpec", "parse_servers"]
+__all__ = ["Ketama", "MemcachePool", "ServerSpec", "parse_servers"]
