@@ -48,7 +48,7 @@ from nxnw.config import Plan, parse_plan
 from nxnw.faults import FAULT_PHASES, Fault, FaultTarget, parse_fault
 from nxnw.fleet import MemcachedProcess, ProxyFleet, free_port
 from nxnw.history import History, Report, check
-from nxnw.orchestrator import PHASES
+from sync.state import PHASES
 from nxnw.services.base import REPO_ROOT, log_tail
 from nxnw.services.endpoints import (BIND_DNS, BIND_TSIG_ALGORITHM, BIND_TSIG_NAME, BIND_TSIG_SECRET, BIND_ZONE,
                                      HOST, MEMCACHED, ZOOKEEPER, engine_url)

@@ -64,11 +64,10 @@ from snapshot import LoadStats, copy_app, verify_app
 from sync.aio import run_blocking
 from sync.mirror import TreeMirror, purge_ephemeral_copies
 from sync.mode import load_verified_epoch, mark_load_verified, read_mode
-from sync.state import CheckpointStore, MigrationState, MigrationStateStore
+from sync.state import PHASES, ROLLBACK, CheckpointStore, MigrationState, MigrationStateStore
 
 log = logging.getLogger("nxnw.orchestrator")
 
-PHASES = ("prepare", "sync-zk", "cow", "snapshot+load", "verify", "proxy", "handoff", "complete")
 
 
 class PreflightFailed(RuntimeError):
@@ -312,7 +311,7 @@ class Orchestrator:
         if self.state is not None and self.state.phase == "complete":
             self.progress.event("migration already complete; nothing to do")
             return self.state
-        if self.state is not None and self.state.phase == "rollback":
+        if self.state is not None and self.state.phase == ROLLBACK:
             raise MigrationFailed("the last migration was rolled back; run `nxnw migrate --restart` to start a new one")
         if self.state is None:
             self.state = await run_blocking(self.store.create, "prepare", {"plan": self.plan.name})
@@ -631,7 +630,7 @@ class Orchestrator:
             raise MigrationFailed("no migration is recorded in N1's ZooKeeper; nothing to roll back")
         if self.state.phase == "complete":
             raise MigrationFailed("the migration is complete; N2 is live and N1 no longer takes writes")
-        if self.state.phase == "rollback":
+        if self.state.phase == ROLLBACK:
             self.progress.event("already rolled back")
             return self.state
         from_phase = self.state.phase
@@ -645,7 +644,7 @@ class Orchestrator:
         if self.plan.dns is not None and await self._saved_handoff():
             handoff = await self._dns_handoff()
             await asyncio.get_running_loop().run_in_executor(None, handoff.rollback)
-        self.state = await run_blocking(self.store.update, self.state.version, phase="rollback",
+        self.state = await run_blocking(self.store.update, self.state.version, phase=ROLLBACK,
                                         data={"from": from_phase, "at": time.time(), "n2_journal": n2_journal})
         self.progress.event(f"rolled back from phase {from_phase}: proxies in passthrough, N1 serves")
         return self.state
@@ -672,7 +671,7 @@ class Orchestrator:
         """Forget a finished or rolled-back migration (state and checkpoints) to start anew."""
         assert self.store is not None and self.zk is not None
         state = await run_blocking(self.store.get)
-        if state is not None and state.phase not in ("complete", "rollback"):
+        if state is not None and state.phase not in ("complete", ROLLBACK):
             raise MigrationFailed(f"a migration is in phase {state.phase}; roll it back before starting anew")
         checkpoints = ZooKeeperCheckpoints(CheckpointStore(self.zk))
         for task in [f"{self.plan.name}.{app}" for app in self.plan.apps] + [self._tasks_key]:

@@ -50,7 +50,6 @@ from nxnw.proxy_watch import ProxyWatch
 
 log = logging.getLogger(__name__)
 
-PHASES = ("prepare", "sync-zk", "cow", "snapshot+load", "verify", "proxy", "handoff", "complete", "rollback")
 STATE_COLOURS = {
     "pending": "#c7ccd6",
     "running": "#2d7ff9",

@@ -17,7 +17,7 @@ and returned as a success, not reported as a conflict.
 
 Layout:
 
-* ``/nxnw/migration/state`` — one JSON document: the current ``phase`` (one of ``PHASES``,
+* ``/nxnw/migration/state`` — one JSON document: the current ``phase`` (one of ``STATES``,
   the words of the CLI, logs and status page), ``started_at`` (the migration),
   ``phase_started_at``, ``updated_at`` (unix seconds), ``phases`` (per-phase data, a JSON
   object per phase name) and ``write_id``.
@@ -26,7 +26,7 @@ Layout:
   znode names, so any non-empty string works (token ranges contain '/' and ':').
   Checkpoints are last-writer-wins: one loader owns a range at a time.
 
-Must never: write the state without a version check; accept a phase outside ``PHASES``;
+Must never: write the state without a version check; accept a phase outside ``STATES``;
 store a value ZooKeeper would refuse (documents are limited to ``MAX_DOCUMENT_BYTES``).
 """
 
@@ -45,7 +45,11 @@ from kazoo.protocol.states import ZnodeStat
 
 from sync._zk import bounded_retry, check_path, check_timeout, decode_name, encode_name, join
 
-PHASES = ("prepare", "sync-zk", "cow", "snapshot+load", "verify", "proxy", "handoff", "complete", "rollback")
+#: The phases of a migration in order: the one vocabulary of the CLI, the znodes, the logs
+#: and the status page. ``ROLLBACK`` is not one of them but a state a migration can end in.
+PHASES = ("prepare", "sync-zk", "cow", "snapshot+load", "verify", "proxy", "handoff", "complete")
+ROLLBACK = "rollback"
+STATES = (*PHASES, ROLLBACK)
 STATE_PATH = "/nxnw/migration/state"
 CHECKPOINTS_ROOT = "/nxnw/migration/checkpoints"
 #: ZooKeeper refuses requests near 1 MB (jute.maxbuffer); stay well below.
@@ -61,8 +65,8 @@ class CorruptDocument(ValueError):
 
 
 def check_phase(phase: object) -> str:
-    if phase not in PHASES:
-        raise ValueError(f"unknown migration phase {phase!r}; phases: {', '.join(PHASES)}")
+    if phase not in STATES:
+        raise ValueError(f"unknown migration phase {phase!r}; phases: {', '.join(STATES)}")
     return phase  # type: ignore[return-value]
 
 

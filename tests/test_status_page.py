@@ -28,7 +28,8 @@ from aiohttp import web
 from nxnw.proxy_watch import ProxyWatch
 from nxnw.services.base import REPO_ROOT, apt_install
 from nxnw.services.endpoints import engine_url
-from nxnw.status_page import PHASES, render_report, status_app, timeline_svg
+from nxnw.status_page import render_report, status_app, timeline_svg
+from sync.state import PHASES, STATES
 from tests.conftest import require
 from tests.proxy_harness import key_path, proxy_config, running_proxy, zk_namespace
 
@@ -36,7 +37,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1200,1000"]
-MAIN_PHASES = [p for p in PHASES if p != "rollback"]
+MAIN_PHASES = list(PHASES)
 
 
 def migration_state(current: str = "snapshot+load") -> dict[str, Any]:
@@ -261,8 +262,8 @@ def test_the_report_is_standalone_with_the_timeline_a_row_per_phase_and_escaped_
     state["events"].append("<script>alert(1)</script>")
     state["plan"] = "a<b"
     report = render_report(copy.deepcopy(state))
-    assert report.count('class="bar"') == len(PHASES)
-    assert report.count('class="phase-row"') == len(PHASES)
+    assert report.count('class="bar"') == len(STATES)
+    assert report.count('class="phase-row"') == len(STATES)
     assert ">complete</span>" in report and "plan a&lt;b" in report
     assert "<script>alert" not in report and "&lt;script&gt;alert(1)" in report
     assert "<script" not in report and "http://" not in report.replace('xmlns="http://www.w3.org/2000/svg"', "")
