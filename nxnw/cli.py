@@ -37,6 +37,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from nxnw.orchestrator import Orchestrator, preflight
+    from nxnw.proxy_watch import ProxyWatch
     from nxnw.status_page import render_report, status_app
 
     plan = load_plan(args.plan)
@@ -63,7 +64,8 @@ def _migrate(args: argparse.Namespace) -> int:
             if args.restart:
                 await orchestrator.restart()
             if plan.status_port is not None:
-                runner = web.AppRunner(status_app(orchestrator.status), access_log=None)
+                watch = ProxyWatch(plan.n1.proxies, plan.n2.proxies)
+                runner = web.AppRunner(status_app(orchestrator.status, watch), access_log=None)
                 await runner.setup()
                 await web.TCPSite(runner, "127.0.0.1", plan.status_port).start()
                 console.print(f"status page: http://127.0.0.1:{plan.status_port}/")

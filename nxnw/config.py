@@ -78,7 +78,8 @@ class Deployment(_Strict):
     engine: str = Field(description="engine URL: sqlite:///file, cassandra://host:port/keyspace, hbase://host:port/prefix")
     zookeeper: ZooKeeperHosts
     memcached: MemcachedPool = Field(description="memcached server(s): host:port[:weight][,host:port[:weight]…]")
-    proxies: list[str] = Field(default_factory=list, description="the proxy instances' HTTP endpoints (N1 only)")
+    proxies: list[str] = Field(default_factory=list, description="the proxy instances' HTTP endpoints: their metrics feed the status "
+                                 "page; N2's 5xx rate is the DNS hand-off's error budget")
 
     @field_validator("engine")
     @classmethod
