@@ -9,14 +9,19 @@ to the other instance when theirs does not answer. The orchestrator runs as a ch
 process (``nxnw migrate``) through every phase, the DNS hand-off included.
 
 Faults (``nxnw/faults.py``, ``--fault NAME --in PHASE``): for each phase that has faults,
-the orchestrator runs ``--until`` that phase and the faults are injected as soon as the
-migration reaches it; the migration goes on past the phase only once every fault of the
-phase has done its harm and the run can go on (a replacement proxy serves, the engine is
-back). An orchestrator that exits with an error is resumed (``nxnw migrate`` again), as
-an operator would; the resumes are counted in the report.
+the orchestrator runs ``--until`` that phase; a fault on the orchestrator itself strikes
+while it works on the phase, the others once the phase's tasks are done, so each fault
+starts while the migration is in its phase and goes on while the migration moves on (see
+``MigrationDriver``). An orchestrator that exits with an error is resumed (``nxnw
+migrate`` again) once the faults in progress have undone their harm, as an operator
+would; the resumes are counted in the report, and a migration still failing after three
+is reported as stuck.
 
 At the end the history checker compares every operation, the seeded data included, with
-what N2 holds, and a last verify compares N1 with N2. The report has one ``name: value``
+what the serving side holds (N2 once the proxies are in ``proxy`` mode, else N1), and a
+last verify compares N1 with N2. The demo must never stop a shared service itself (only
+the ``n2-engine-down`` fault does, and starts it again) nor signal a process it did not
+start. The report has one ``name: value``
 line per figure; ``run_demo`` returns it, with ok true only when the checker found no
 anomaly, the final verify found N1 and N2 identical and the migration reached complete.
 ``tamper_n2`` (a test hook proving the checker sees) deletes rows straight in N2's engine,
