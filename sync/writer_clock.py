@@ -92,6 +92,8 @@ DEFAULT_RESERVATION_S = 2.0
 DEFAULT_TICK_S = 0.5
 #: Allowance for this host's clock drifting from ZooKeeper's between two measurements.
 DRIFT_PPM = 200
+#: The oldest measurement the offset estimate may still rest on when later ones were looser.
+MEASUREMENT_MAX_AGE_S = 30.0
 #: Deadline of one ZooKeeper call made by the background thread.
 CALL_DEADLINE_S = 2.0
 REASONS = ("not_started", "offset", "ahead", "reservation", "stopped")
@@ -485,8 +487,25 @@ class WriterClock:
         except (BadVersionError, NodeExistsError):
             stat = self._own_write(path, write_id, retry)
         after, mono_after = wall_us(self.skew_us), _mono_us()
-        self._measurement = measure(before, after, stat.mtime, (mono_before + mono_after) // 2)
+        self._measurement = self._tighter(measure(before, after, stat.mtime, (mono_before + mono_after) // 2))
         return Lease(lease.node_id, reserved, stat.version)
+
+    def _tighter(self, new: Measurement) -> Measurement:
+        """The new measurement, or the previous one while it is still tighter (its uncertainty
+        plus the drift since is smaller) and younger than ``MEASUREMENT_MAX_AGE_S``.
+
+        One round trip slowed by a loaded host (a GC pause, a busy core) then widens nothing:
+        as NTP filters its samples, the tightest recent bracket wins. Keeping an older one is
+        sound because ``_offset_now`` carries it forward by the monotonic clock (a step of the
+        wall clock shows at once) and widens it by ``DRIFT_PPM``.
+        """
+        old = self._measurement
+        if old is None:
+            return new
+        age = new.mono - old.mono
+        if age > MEASUREMENT_MAX_AGE_S * 1_000_000:
+            return new
+        return old if old.uncertainty_us + age * DRIFT_PPM / 1_000_000 < new.uncertainty_us else new
 
     def _own_write(self, path: str, write_id: str, retry) -> ZnodeStat:
         """The stat of our write if a retried attempt finds that the first one succeeded; else re-raise."""
