@@ -20,7 +20,7 @@ from rich.table import Table
 
 from nxnw import __version__, logs, services, snapshot_cli
 from datastore import EngineUnavailable
-from nxnw.config import PlanError, load_plan
+from nxnw.config import PlanError, load_plan, scheduler_address
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -140,6 +140,7 @@ def _verify(args: argparse.Namespace) -> int:
     """Exit 0 when N1 and N2 hold the same data (after ``--repair``, once repaired), 1 when
     some keys still differ (each printed on a line of its own), 2 on an error."""
     from datastore import open_engine
+    from nxnw.dask_ranges import check_scheduler, verify_app_distributed
     from nxnw.leftovers import find_leftovers
     from nxnw.zk import zk_session
     from snapshot import verify_app
@@ -147,8 +148,11 @@ def _verify(args: argparse.Namespace) -> int:
     from sync.mode import read_mode
 
     plan = load_plan(args.plan)
+    scheduler = args.scheduler or plan.scale.scheduler
 
     async def run() -> int:
+        if scheduler:
+            await check_scheduler(scheduler)
         async with zk_session(plan.n1.zookeeper, "N1's") as zk:
             mode = await run_blocking(read_mode, zk)
         # Only in proxy mode are N2's newer copies writes N1 has yet to receive (see snapshot/verify.py).
@@ -159,7 +163,11 @@ def _verify(args: argparse.Namespace) -> int:
         try:
             clean = True
             for app in plan.apps:
-                report = await verify_app(n1, n2, app, repair=args.repair, n2_primary=n2_primary)
+                if scheduler:
+                    report = await verify_app_distributed(scheduler, n1, n2, app, repair=args.repair,
+                                                          n2_primary=n2_primary, ranges=plan.thresholds.ranges_per_app)
+                else:
+                    report = await verify_app(n1, n2, app, repair=args.repair, n2_primary=n2_primary)
                 print(report.summary())
                 for diff in report.remaining:
                     reason = report.reasons.get(diff.label)
@@ -184,7 +192,8 @@ def _proxy_serve(args: argparse.Namespace) -> int:
                          n2_engine=plan.n2.engine, n1_zookeeper=plan.n1.zookeeper, n2_zookeeper=plan.n2.zookeeper,
                          n1_memcached=plan.n1.memcached, n2_memcached=plan.n2.memcached, http_host=args.host,
                          http_port=args.port, memcache_port=args.memcache_port,
-                         shadow_rate=plan.thresholds.shadow_rate, admin_token=os.environ.get("NXNW_ADMIN_TOKEN", ""))
+                         shadow_rate=plan.thresholds.shadow_rate, journal_bound=plan.thresholds.journal_bound,
+                         admin_token=os.environ.get("NXNW_ADMIN_TOKEN", ""))
 
     async def run() -> int:
         stop = asyncio.Event()
@@ -313,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--repair", action="store_true", help="copy N1's winning copy of each differing key to N2 "
                         "(and, in proxy mode, N2's newer copy to N1; never a key N1 never held), look again, and "
                         "remove lock znodes with no holder once mirroring has stopped; exit 1 if keys still differ")
+    verify.add_argument("--scheduler", type=scheduler_address, help="a Dask scheduler (tcp://HOST:PORT) whose "
+                        "workers scan the ranges (default: the plan's [scale] scheduler; none: in process)")
     verify.set_defaults(func=_verify)
 
     snapshot_cli.add_parser(verbs, _async)

@@ -8,6 +8,7 @@ checked separately by the orchestrator's preflight, also before any change.
 
 from __future__ import annotations
 
+import argparse
 import re
 import tomllib
 from collections.abc import Callable
@@ -38,10 +39,14 @@ def _matching(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
 SCHEDULER = re.compile(rf"(tcp|tls)://{_HOST}")
 
 
+class BadSchedulerAddress(ValueError, argparse.ArgumentTypeError):
+    """Not a Dask scheduler address; argparse shows the message as it is."""
+
+
 def scheduler_address(value: str) -> str:
-    """``value`` if it is a Dask scheduler address (``tcp://host:port``), else ValueError."""
+    """``value`` if it is a Dask scheduler address (``tcp://host:port``), else BadSchedulerAddress."""
     if not SCHEDULER.fullmatch(value):
-        raise ValueError(f"{value!r} is not a Dask scheduler address (tcp://host:port or tls://host:port)")
+        raise BadSchedulerAddress(f"{value!r} is not a Dask scheduler address (tcp://host:port or tls://host:port)")
     return value
 
 
@@ -132,6 +137,8 @@ class Thresholds(_Strict):
     load_workers: int = Field(default=8, ge=1, le=256)
     export_workers: int = Field(default=4, ge=1, le=256)
     ranges_per_app: int = Field(default=32, ge=1, le=100_000)
+    journal_bound: int = Field(default=10_000, ge=1, description="keys each repair journal holds one by one; past "
+                               "it, the proxies record dirty ranges that a range repair resolves")
 
 
 class Scale(_Strict):

@@ -163,6 +163,12 @@ async def preflight(plan: Plan) -> None:
         finally:
             with contextlib.suppress(Exception):
                 await engine.close()
+    if plan.scale.scheduler:
+        from nxnw.dask_ranges import SchedulerUnavailable, check_scheduler
+        try:
+            await check_scheduler(plan.scale.scheduler)
+        except SchedulerUnavailable as exc:
+            problems.append(f"scale.scheduler: {exc}")
     if plan.dns is not None:
         try:
             provider = dns_provider(plan)
@@ -494,11 +500,16 @@ class Orchestrator:
     async def _load(self, app: str) -> dict[str, Any]:
         assert self.zk is not None and self.n1 is not None and self.n2 is not None
         th = self.plan.thresholds
-        checkpoints = ZooKeeperCheckpoints(CheckpointStore(self.zk))
-        stats = await copy_app(self.n1, self.n2, app, task=f"{self.plan.name}.{app}", checkpoints=checkpoints,
-                               at_least=th.ranges_per_app, export_workers=th.export_workers,
-                               load_workers=th.load_workers,
-                               on_progress=lambda s: self.progress.load.__setitem__(app, s))
+        task, on_progress = f"{self.plan.name}.{app}", lambda s: self.progress.load.__setitem__(app, s)
+        if self.plan.scale.scheduler:
+            from nxnw.dask_ranges import copy_app_distributed
+            stats = await copy_app_distributed(self.plan.scale.scheduler, self.n1, self.n2, app, task=task,
+                                               zookeeper=self.plan.n1.zookeeper, at_least=th.ranges_per_app,
+                                               on_progress=on_progress)
+        else:
+            stats = await copy_app(self.n1, self.n2, app, task=task, checkpoints=ZooKeeperCheckpoints(CheckpointStore(self.zk)),
+                                   at_least=th.ranges_per_app, export_workers=th.export_workers,
+                                   load_workers=th.load_workers, on_progress=on_progress)
         self.progress.load[app] = stats
         return {"entities": stats.entities, "bytes": stats.bytes, "seconds": round(stats.seconds, 3),
                 "rate": round(stats.rate, 1), "ranges": stats.ranges_total, "ranges_resumed": stats.ranges_skipped}
@@ -510,7 +521,13 @@ class Orchestrator:
         snapshot/verify.py) and a row newer on N2 than on N1 is a difference that stays.
         """
         assert self.n1 is not None and self.n2 is not None
-        report = await verify_app(self.n1, self.n2, app, repair=self.plan.thresholds.verify_repair)
+        repair = self.plan.thresholds.verify_repair
+        if self.plan.scale.scheduler:
+            from nxnw.dask_ranges import verify_app_distributed
+            report = await verify_app_distributed(self.plan.scale.scheduler, self.n1, self.n2, app, repair=repair,
+                                                  ranges=self.plan.thresholds.ranges_per_app)
+        else:
+            report = await verify_app(self.n1, self.n2, app, repair=repair)
         self.progress.event(report.summary())
         if not report.ok:
             raise MigrationFailed(f"app {app}: {len(report.remaining)} key(s) differ between N1 and N2"

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from datastore import Engine, open_engine
 from nxnw.checkpoints import ZooKeeperCheckpoints
+from nxnw.config import scheduler_address
 from nxnw.zk import zk_session
 from snapshot import Loader, LoadStats, copy_app, encode, encode_manifest, export_chunks, plan_ids, read_chunks
 from sync.state import CheckpointStore
@@ -58,12 +59,21 @@ async def _checkpoints(hosts: str | None) -> AsyncIterator[ZooKeeperCheckpoints 
 
 async def copy(args: argparse.Namespace) -> int:
     task = args.task or f"copy.{args.app}"
+    if args.scheduler:
+        from nxnw.dask_ranges import check_scheduler
+        await check_scheduler(args.scheduler)
     async with _engine(args.source) as n1, _engine(args.target) as n2, _checkpoints(args.zookeeper) as checkpoints:
         with progress_bar() as progress:
             bar = progress.add_task(f"copy {args.app}", total=None, entities=0, mib=0.0, rate=0.0)
-            stats = await copy_app(n1, n2, args.app, task=task, checkpoints=checkpoints, at_least=args.ranges,
-                                   export_workers=args.workers, load_workers=args.workers * 2,
-                                   on_progress=_reporter(progress, bar))
+            if args.scheduler:
+                from nxnw.dask_ranges import copy_app_distributed
+                stats = await copy_app_distributed(args.scheduler, n1, n2, args.app, task=task,
+                                                   zookeeper=args.zookeeper, at_least=args.ranges,
+                                                   on_progress=_reporter(progress, bar))
+            else:
+                stats = await copy_app(n1, n2, args.app, task=task, checkpoints=checkpoints, at_least=args.ranges,
+                                       export_workers=args.workers, load_workers=args.workers * 2,
+                                       on_progress=_reporter(progress, bar))
             _reporter(progress, bar)(stats)
     print(f"copied {stats.entities} entities ({stats.tombstones} tombstones, {stats.bytes / 2**20:.1f} MiB) in "
           f"{stats.seconds:.1f} s, {stats.rate:,.0f}/s; {stats.ranges_skipped} of {stats.ranges_total} ranges "
@@ -124,6 +134,8 @@ def add_parser(verbs: argparse._SubParsersAction, run: Callable) -> None:
     p.add_argument("--task", help="checkpoint task name (default copy.APP)")
     p.add_argument("--ranges", type=int, default=32, help="at least this many ranges (default 32)")
     p.add_argument("--workers", type=int, default=4, help="ranges read at once; twice as many batches load at once")
+    p.add_argument("--scheduler", type=scheduler_address, help="a Dask scheduler (tcp://HOST:PORT): its workers "
+                   "copy the ranges, one task per range (--workers is then unused)")
     p.set_defaults(func=lambda a: run(copy(a)))
 
     p = actions.add_parser("export", help="write an app's chunk stream to a file")
