@@ -74,6 +74,8 @@ def _migrate(plan_path) -> subprocess.CompletedProcess:
     (lambda t: t[:t.index("[n2]")] + t[t.index("[dns]"):], "n2: missing (required)"),
     (lambda t: t.replace(":21811/", ":1/", 1), "n1.zookeeper: N1's ZooKeeper at 127.0.0.1:1/"),
     (lambda t: t.replace("bnhudy10", "AAAAAAAA", 1), "dns: "),
+    (lambda t: t + '\n[scale]\nscheduler = "tcp://127.0.0.1:9"\n',
+     "scale.scheduler: Dask scheduler at tcp://127.0.0.1:9 did not answer"),
 ])
 async def test_a_bad_plan_stops_before_anything_changes_with_one_line_per_problem(tmp_path, change, expected) -> None:
     env = DemoEnvironment(DemoOptions(seed_entities=10, workdir=tmp_path))
