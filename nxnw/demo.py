@@ -68,6 +68,8 @@ from sync.writer_clock import DEFAULT_MAX_OFFSET_MS
 N1_ADDRESS = "127.0.0.11"
 N2_ADDRESS = "127.0.0.12"
 ENGINE_SERVICES = {"sqlite": [], "cassandra": ["cassandra"], "hbase": ["hbase"]}
+#: The phases whose task moves the proxies' mode (to the mode of the same name).
+MODE_PHASES = ("cow", "proxy")
 #: How often one migration segment may be resumed after the orchestrator failed.
 MAX_RESUMES = 3
 
@@ -286,7 +288,8 @@ class MigrationDriver:
 
     For each phase with faults the child runs ``--until`` that phase. A fault that acts on
     the orchestrator's own work (``Fault.while_running``) is injected the moment the
-    migration reaches the phase; the others once the phase's tasks are done, so each
+    migration reaches the phase (in ``cow`` and ``proxy``: once the mode moved, before the
+    task is recorded); the others once the phase's tasks are done, so each
     starts while the migration is in its phase and goes on while the migration moves on
     (a paused proxy misses the next mode switch, an outage meets the next phase's work).
     A child that fails is resumed once the faults in progress have undone their harm.
@@ -377,7 +380,7 @@ class MigrationDriver:
                     raise MigrationStuck(f"nxnw migrate --until {until} exited 0 before the migration reached {until}")
                 if code is not None:
                     await self._after_exit(until)
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
             await asyncio.gather(*self._start_faults(while_running, until))
         while True:
             assert self.child is not None
@@ -387,9 +390,18 @@ class MigrationDriver:
             await self._after_exit(until)
 
     async def _reached(self, phase: str) -> bool:
+        """Whether the migration is in ``phase`` (or past it). In a phase that moves the mode
+        (``cow``, ``proxy``) the mode must have moved too: between moving the mode and
+        recording the task is where killing the orchestrator hurts most, as a resume must
+        then recognise the switch as its own."""
         assert self.zk is not None
         state = await run_blocking(MigrationStateStore(self.zk).get)
-        return state is not None and state.phase in PHASES and PHASES.index(state.phase) >= PHASES.index(phase)
+        if state is None or state.phase not in PHASES or PHASES.index(state.phase) < PHASES.index(phase):
+            return False
+        if state.phase != phase or phase not in MODE_PHASES:
+            return True
+        mode = await run_blocking(read_mode, self.zk)
+        return mode is not None and mode.mode == phase
 
     async def _after_exit(self, until: str | None) -> None:
         """The child exited non-zero: start it again (killed by a fault) or resume it (failed)."""
