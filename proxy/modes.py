@@ -80,6 +80,7 @@ from proxy.journal import RepairJournal
 from proxy.lease import ZooKeeperLease
 from datastore import Engine
 from proxy.routes import DataRoute, DualWriteRoute, EngineRoute, ShadowReadRoute
+from sync._zk import put
 from sync.aio import run_blocking
 from sync.mode import MODES, ModeState, ModeWatcher
 
@@ -369,17 +370,8 @@ class ModeMachine:
 
     # --- ZooKeeper writes (blocking; run off the event loop) -------------------------------
 
-    def _put(self, path: str, data: bytes) -> None:
-        try:
-            self.zk.set(path, data)
-        except NoNodeError:
-            try:
-                self.zk.create(path, data, makepath=True)
-            except NodeExistsError:
-                self.zk.set(path, data)
-
     def _register(self, state: ModeState) -> None:
-        self._put(self.lease_path, json.dumps({"instance": self.instance, "lease": self.lease.lease}).encode())
+        put(self.zk, self.lease_path, json.dumps({"instance": self.instance, "lease": self.lease.lease}).encode())
         session = self.zk.client_id[0] if self.zk.client_id else None
         doc = json.dumps({"instance": self.instance, "incarnation": self.incarnation, "mode": state.mode,
                           "epoch": state.epoch, "session": f"{session:x}" if session is not None else None}).encode()
@@ -398,7 +390,7 @@ class ModeMachine:
     def _mark_cache_dirty(self) -> None:
         # Always a write (never "exists, leave it"): switch_mode deletes a marker only at the
         # version it read, so a marker renewed meanwhile by a live instance survives.
-        self._put(self.dirty_path, json.dumps({"instance": self.instance, "at": time.time()}).encode())
+        put(self.zk, self.dirty_path, json.dumps({"instance": self.instance, "at": time.time()}).encode())
 
     def _clear_cache_dirty(self) -> None:
         try:

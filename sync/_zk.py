@@ -21,7 +21,9 @@ import re
 from collections.abc import Callable
 from urllib.parse import quote, unquote
 
-from kazoo.exceptions import ConnectionLoss, OperationTimeoutError, SessionExpiredError
+from kazoo.client import KazooClient
+from kazoo.exceptions import (ConnectionLoss, NodeExistsError, NoNodeError, OperationTimeoutError,
+                               SessionExpiredError)
 from kazoo.retry import KazooRetry, RetryFailedError
 
 #: What a bounded retry gives up with, or what means "the session/connection is gone":
@@ -112,3 +114,18 @@ def encode_name(value: str, what: str) -> str:
 
 def decode_name(name: str) -> str:
     return unquote(name)
+
+
+def put(client: KazooClient, path: str, data: bytes) -> None:
+    """Set ``path`` to ``data``, creating it (and its parents) if it does not exist.
+
+    Unconditional: for znodes one writer owns. A create that races another (or our own
+    earlier attempt whose reply was lost) falls back to a set.
+    """
+    try:
+        client.set(path, data)
+    except NoNodeError:
+        try:
+            client.create(path, data, makepath=True)
+        except NodeExistsError:
+            client.set(path, data)

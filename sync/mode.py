@@ -67,7 +67,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoNodeError, NodeExistsError
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent, ZnodeStat
 
-from sync._zk import CONNECTIVITY_ERRORS, bounded_retry, check_path, check_timeout
+from sync._zk import CONNECTIVITY_ERRORS, bounded_retry, check_path, check_timeout, put
 
 log = logging.getLogger("nxnw.sync.mode")
 
@@ -147,14 +147,7 @@ def mark_load_verified(client: KazooClient, cow_epoch: int, *, path: str = MODE_
         raise ValueError(f"cow_epoch must be a mode epoch (int >= 0), got {cow_epoch!r}")
     data = json.dumps({"cow_epoch": cow_epoch, "verified_at": time.time()}).encode()
     target = load_verified_path(path)
-    retry = bounded_retry(deadline, ignore_expire=True)
-    try:
-        retry(client.set, target, data)
-    except NoNodeError:
-        try:
-            retry(client.create, target, data, makepath=True)
-        except NodeExistsError:
-            retry(client.set, target, data)
+    bounded_retry(deadline, ignore_expire=True)(put, client, target, data)
 
 
 def load_verified_epoch(client: KazooClient, *, path: str = MODE_PATH, deadline: float = 10.0) -> int | None:

@@ -79,7 +79,7 @@ from kazoo.protocol.states import KazooState, ZnodeStat
 from prometheus_client import Counter, Gauge
 
 from datastore.clock import MAX_NODES, TICK_US, ClockUnsafe, next_timestamp, wall_us
-from sync._zk import CONNECTIVITY_ERRORS, bounded_retry, check_name, check_path, check_timeout, join
+from sync._zk import CONNECTIVITY_ERRORS, bounded_retry, check_name, check_path, check_timeout, join, put
 
 log = logging.getLogger("nxnw.sync.writer_clock")
 
@@ -407,7 +407,7 @@ class WriterClock:
                 break
             except (BadVersionError, NodeExistsError):
                 continue  # a previous holder renewed between our read and write: read it again
-        retry(self._set_or_create, self._instance_path(), str(node_id).encode())
+        retry(put, self.zk, self._instance_path(), str(node_id).encode())
         with self._lock:
             self._last = max(self._last, floor)
             self._lease = lease
@@ -526,12 +526,3 @@ class WriterClock:
         with self._lock:
             if self._lease is lease:
                 self._lease = renewed
-
-    def _set_or_create(self, path: str, data: bytes) -> None:
-        try:
-            self.zk.set(path, data)
-        except NoNodeError:
-            try:
-                self.zk.create(path, data, makepath=True)
-            except NodeExistsError:
-                self.zk.set(path, data)
