@@ -6,14 +6,16 @@ in-process on uvloop (no HTTP), for 1 and 8 concurrent writers and 100 B and 1 K
 p50 / p99 µs per call and calls per second, and the ratio of the dual write's p50 to the
 single write's — the part of issue 13's "cow ≤ 1.10× passthrough" that the engine decides.
 
-Besides each engine as it is, two designs for SQLite's small writes are measured beside it,
-so the choice stays visible in one run:
+Besides each engine as it is, three other designs for SQLite's small writes are measured
+beside it, so the choice stays visible in one run:
 
 * ``sqlite thread hop`` — every write handed to the engine's thread and back (the engine's
   design before small writes moved onto the event loop);
 * ``sqlite group commit`` — writes queued on the loop; one job on the engine thread at a
   time commits everything queued in one transaction (concurrent callers share one hop and
-  one commit).
+  one commit);
+* ``sqlite loop group`` — the small writes that arrive in one loop iteration committed
+  together on the loop connection at its end (one more loop iteration per write).
 
 Run: ``python -m bench.engine_writes [--engines sqlite cassandra] [--rounds 5] [--writes 2000]``.
 Every candidate runs each case back to back within a round, in an order that rotates per
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -33,7 +36,7 @@ from typing import Any
 
 from bench._util import machine, pct, write_json
 from datastore import Engine, Entity, open_engine
-from datastore.engines.sqlite import SqliteEngine
+from datastore.engines.sqlite import LOOP_MAX_BYTES, LOOP_MAX_ENTITIES, SqliteEngine, _rows
 from nxnw import services
 from nxnw.services.endpoints import engine_url
 
@@ -85,11 +88,61 @@ class GroupCommitSqlite(SqliteEngine):
         job.add_done_callback(done)
 
 
+class LoopGroupCommitSqlite(SqliteEngine):
+    """The candidate "group commit on the loop": the small writes that arrive in one loop
+    iteration are committed together on the loop connection at the end of it (one more
+    loop iteration per write); a busy lock sends the group to the engine thread."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._queue: list[tuple[Sequence[Entity], asyncio.Future[None]]] = []
+
+    async def _write_batch(self, entities: Sequence[Entity]) -> None:
+        if len(entities) > LOOP_MAX_ENTITIES:
+            await self._run(self._apply_on_thread, entities)
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if not self._queue:
+            loop.call_soon(self._commit_queued)
+        self._queue.append((entities, fut))
+        await asyncio.shield(fut)
+
+    def _commit_queued(self) -> None:
+        group, self._queue = self._queue, []
+        batch = [e for entities, _ in group for e in entities]
+        rows, size = _rows(batch)
+        try:
+            if self._checkpoint is not None or size > LOOP_MAX_BYTES or self._loop_conn is None:
+                raise sqlite3.OperationalError("to the thread")
+            self._pages_written(self._apply(self._loop_conn, rows, size))
+        except sqlite3.OperationalError:
+            job = asyncio.ensure_future(self._run(self._apply_on_thread, batch))
+            job.add_done_callback(lambda job: _settle(group, job))
+            return
+        for _, fut in group:
+            if not fut.done():
+                fut.set_result(None)
+
+
+def _settle(group: list[tuple[Sequence[Entity], asyncio.Future[None]]], job: asyncio.Future[None]) -> None:
+    for _, fut in group:
+        if fut.done():
+            continue
+        if job.cancelled():
+            fut.cancel()
+        elif job.exception() is not None:
+            fut.set_exception(job.exception())
+        else:
+            fut.set_result(None)
+
+
 #: name -> (engine, factory from URL to an unopened engine)
 CANDIDATES: dict[str, tuple[str, Callable[[str], Engine]]] = {
     "sqlite": ("sqlite", open_engine),
     "sqlite thread hop": ("sqlite", ThreadHopSqlite),
     "sqlite group commit": ("sqlite", GroupCommitSqlite),
+    "sqlite loop group": ("sqlite", LoopGroupCommitSqlite),
     "cassandra": ("cassandra", open_engine),
 }
 
