@@ -10,13 +10,16 @@ fall in exactly one range.
 
 Where the work runs, and why small writes skip the thread hop
 -------------------------------------------------------------
-A small write costs SQLite ~15–20 µs; handing it to a thread and back costs the event loop
-several times that (a queue, a wake-up of the thread, ``call_soon_threadsafe`` and a
-wake-up of the loop), and on a busy machine the hop, not the write, is what a ``cow`` PUT
-waits for twice. So the engine holds two connections to the file:
+A small write costs SQLite 20–50 µs on a 2-core test machine; handing it to a thread and
+back costs 100+ µs more there (a queue, a wake-up of the thread, ``call_soon_threadsafe``
+and a wake-up of the loop: ``bench/engine_writes.py`` measures both), and the hop, not the
+write, is what a ``cow`` PUT waited for twice. So the engine holds two connections to the
+file:
 
-* the **loop connection**, used only on the event loop, for point reads and for writes of
-  at most ``LOOP_MAX_ENTITIES`` entities and ``LOOP_MAX_BYTES`` bytes of keys and values.
+* the **loop connection**, used only on the event loop, for writes of at most
+  ``LOOP_MAX_ENTITIES`` entities and ``LOOP_MAX_BYTES`` bytes of keys and values, and for
+  point reads of a value of at most ``LOOP_MAX_BYTES`` (a larger one is read again on the
+  engine thread).
   Such a call runs to completion without yielding (one ``BEGIN IMMEDIATE … COMMIT``, no
   ``await`` inside), so a cancelled caller can never leave a transaction half done. It
   never waits: the connection's ``busy_timeout`` is 0, so when another connection holds
@@ -40,7 +43,8 @@ waits for twice. So the engine holds two connections to the file:
 Durability is the same on both paths: ``apply`` returns after ``COMMIT`` of a WAL
 transaction with ``synchronous=NORMAL`` on both connections — the commit survives a crash
 of the process (it is in the WAL file), and it is synced to disk by the next checkpoint,
-so a power loss can lose the last commits before it, as with SQLite's own default for WAL.
+so a power loss can lose the commits since the last one, as SQLite documents for WAL
+with ``synchronous=NORMAL``.
 Both paths write through the same guarded upsert, so their interleaving in any order ends
 where last-write-wins says.
 """
