@@ -93,6 +93,27 @@ def sqlite_path(sqlite_dir: str) -> Path:
     return Path(sqlite_dir) / "n1.db"
 
 
+async def test_sqlite_write_is_committed_when_apply_returns(sqlite_dir: str, app_name: str) -> None:
+    engine = open_engine(engine_url("sqlite", "n1", sqlite_dir))
+    await engine.open()
+    try:
+        batches = mixed_writes(app_name, random.Random(5))
+        await asyncio.gather(*(engine.apply(batch) for batch in batches))
+        # Read at once, from a connection of our own and without awaiting anything, so that
+        # nothing the engine might still have scheduled on the loop can run first.
+        reader = sqlite3.connect(sqlite_path(sqlite_dir))
+        try:
+            stored = dict(((rk, (value, ts)) for rk, value, ts in
+                           reader.execute(f"SELECT rk, value, ts FROM e_{app_name}")))
+        finally:
+            reader.close()
+        for entity in winners(batches).values():
+            assert stored[entity.ref.row_key] == (entity.value, entity.ts)
+    finally:
+        await engine.drop_app(app_name)
+        await engine.close()
+
+
 async def test_sqlite_small_write_that_meets_another_writers_lock_lands_once_it_is_released(
         sqlite_dir: str, app_name: str) -> None:
     engine = open_engine(engine_url("sqlite", "n1", sqlite_dir))
