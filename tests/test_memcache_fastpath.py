@@ -88,7 +88,7 @@ async def test_relayed_writes_in_cow_reach_n2_and_a_delete_removes_the_copy(key:
         got = await exchange(listener.port, b"set %b 3 300 2\r\nv1\r\nappend %b 0 0 1\r\n!\r\nincr %bn 1\r\n"
                                             b"set %bn 0 0 1\r\n7\r\nincr %bn 5\r\ntouch %b 200\r\n" % (key, key, key, key, key, key))
         assert got == b"STORED\r\nSTORED\r\nNOT_FOUND\r\nSTORED\r\n12\r\nTOUCHED\r\n"
-        assert listener.stats.forwarded == 6
+        assert listener.stats.forwarded == 4  # the sets take the parsed path in cow: their copy needs the CAS
         await router.to_n2.drain(10)
         assert n2.get(key) == b"v1!" and n2.get(key + b"n") == b"12"
         assert 190 <= (await _n2_ttl(key))[1] <= 200
@@ -100,7 +100,7 @@ async def test_relayed_writes_in_cow_reach_n2_and_a_delete_removes_the_copy(key:
         await router.close()
 
 
-async def test_proxy_mode_relays_reads_from_n2_and_mirrors_relayed_writes_to_n1(key: bytes) -> None:
+async def test_proxy_mode_relays_reads_from_n2_and_mirrors_writes_to_n1(key: bytes) -> None:
     router, listener = await _listening("proxy")
     try:
         Client(N2).set(key, b"on-n2", noreply=False)
@@ -108,7 +108,7 @@ async def test_proxy_mode_relays_reads_from_n2_and_mirrors_relayed_writes_to_n1(
         assert await exchange(listener.port, b"set %b 0 0 3\r\nnew\r\n" % key) == b"STORED\r\n"
         await router.to_n1.drain(10)
         assert Client(N1).get(key) == b"new"
-        assert listener.stats.forwarded == 2
+        assert listener.stats.forwarded == 1  # the get; the set is parsed (its copy needs the CAS)
     finally:
         await listener.close()
         await router.close()

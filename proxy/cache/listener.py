@@ -11,9 +11,10 @@ client's requests are read in order and answered in order).
 The fast path: the single-key text commands (get/gets, the storage commands, delete,
 incr/decr, touch; without noreply) are parsed only as far as framing and validation need
 (verb, key, numbers, data length) and the request's own bytes go to the key's server; its
-reply's bytes come back as they are. In every mode: ``cow`` mirrors a write by its reply
-line and fills N2 after a hit by key, the mirror worker reading what it needs itself
-(``routes.py``). Everything else (meta commands, noreply, multi-key retrievals, gat/gats)
+reply's bytes come back as they are. In every mode, except set/add/replace/cas where a
+side is mirrored (``cow``, ``proxy``: the copy needs the CAS the parsed path's ``ms``
+returns); ``cow`` mirrors the other writes by their reply line and fills N2 after a hit
+by key, the mirror worker reading what it needs itself (``routes.py``). Everything else (meta commands, noreply, multi-key retrievals, gat/gats)
 takes the parsed path through the route's primitives.
 
 Must never: let bad input reach memcached or stop the listener. A malformed line, an
@@ -492,7 +493,8 @@ class _Session(asyncio.Protocol):
             raise _BadRequest("bad data chunk")
         route = self.listener.router.route
         if not noreply:
-            raw = await route.forward("store", key, b"%b\r\n%b\r\n" % (line, data), REPLY_LINE)
+            op = "store" if name == b"append" or name == b"prepend" else "set"
+            raw = await route.forward(op, key, b"%b\r\n%b\r\n" % (line, data), REPLY_LINE)
             if raw is not None:
                 stats.forwarded += 1
                 self._send(raw)

@@ -58,7 +58,7 @@ from proxy.cache.client import Item, Outcome, StoreMode, StoreReply
 from proxy.cache.errors import CacheFencedError, CacheOutcomeUnknown, SwitchError
 from proxy.cache.mirror import BeforeFill, MirrorQueue
 from proxy.cache.pool import MemcachePool, ServerSpec, parse_servers
-from proxy.cache.routes import CacheRoute, MemcachedRoute, MirrorWritesRoute, WarmUpRoute
+from proxy.cache.routes import METRIC_OP, CacheRoute, MemcachedRoute, MirrorWritesRoute, WarmUpRoute
 from sync.mode import MODES
 
 #: ``fence(write)``: why this instance may not serve a read (write False) or a write now, or None.
@@ -102,7 +102,7 @@ class ModeRoute(CacheRoute):
         self._idle: asyncio.Future[None] | None = None
         self._latency = {op: metrics.LATENCY.labels(mode, op).observe
                          for op in ("get", "gat", "store", "delete", "arith", "touch")}
-        self._forwards = (inner.forwards_reads, inner.forwards_writes)
+        self._forwards = inner.forwards
 
     def __repr__(self) -> str:
         return f"ModeRoute({self.mode}: {self.inner!r})"
@@ -148,9 +148,10 @@ class ModeRoute(CacheRoute):
         """The fast path: relay a text request untouched, under the same rules as every
         operation; None when this mode does not relay that request (then the caller takes
         the parsed path) — also when a switch hands it to a mode that does not."""
-        if not self._forwards[op != "get"]:
+        if op not in self._forwards:
             return None
-        return await self._call(op, None if op == "delete" else op != "get", "forward", op, key, request, reply_kind)
+        return await self._call(METRIC_OP[op], None if op == "delete" else op != "get", "forward", op, key, request,
+                                reply_kind)
 
     async def meta_get(self, key: bytes) -> Item | None:
         return await self._call("get", False, "meta_get", key)

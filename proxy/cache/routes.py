@@ -16,10 +16,13 @@ request: after a switch, a ``cas`` with a token from the other side answers EXIS
 
 Relaying untouched (the fast path): ``forward(op, key, request, reply_kind)`` sends a text
 request as the app wrote it to the key's server and returns that server's reply bytes.
-A route says which requests it can serve that way (``forwards_reads``/``forwards_writes``):
-``MemcachedRoute`` all of them; ``MirrorWritesRoute`` its primary's, mirroring a write by
-its reply line; ``WarmUpRoute`` its warm side's, a hit queueing a fill by key (the mirror
-worker reads the item's CAS and TTL itself, off the client's path).
+``op`` is one of ``FORWARD_OPS``; a route says which it relays (``forwards``):
+``MemcachedRoute`` all of them; ``MirrorWritesRoute`` and ``WarmUpRoute`` all but ``set``
+(set/add/replace/cas), mirroring a write by its reply line and, in ``cow``, a hit by a
+fill by key (the mirror worker reads the item's CAS and TTL itself, off the client's path).
+Why not ``set``: a relayed set's reply carries no CAS, so its copy would have to read the
+value back from the source (three round trips and the value twice); the parsed path's
+``ms … c`` returns the CAS, and the copy is a store and one check.
 
 Must never: answer a client from a side the mode does not read from; wait for an
 asynchronous copy before answering.
@@ -36,19 +39,21 @@ from proxy.cache.mirror import MirrorQueue
 from proxy.cache.pool import MemcachePool
 
 _OPS = ("get", "gat", "store", "delete", "arith", "touch")
+#: what ``forward`` relays: get/gets, set/add/replace/cas, append/prepend, delete, incr/decr, touch
+FORWARD_OPS = frozenset(("get", "set", "store", "delete", "arith", "touch"))
+#: a relayed op's name in the metrics (a set is a store there, as on the parsed path)
+METRIC_OP = {"get": "get", "set": "store", "store": "store", "delete": "delete", "arith": "arith", "touch": "touch"}
 
 
 class CacheRoute(ABC):
     """What a mode does with each memcached operation."""
 
-    #: whether ``forward`` relays a text read (get/gets of one key) untouched
-    forwards_reads = False
-    #: whether ``forward`` relays a text write (storage, delete, incr/decr, touch) untouched
-    forwards_writes = False
+    #: the ops of ``FORWARD_OPS`` that ``forward`` relays untouched
+    forwards: frozenset[str] = frozenset()
 
     async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes:
-        """Relay one text request for ``key`` (``op``: get, store, delete, arith, touch) and
-        return the reply's bytes; only for what ``forwards_reads``/``forwards_writes`` allow."""
+        """Relay one text request for ``key`` and return the reply's bytes; only for the
+        ops in ``forwards``."""
         raise NotImplementedError(f"{type(self).__name__} does not relay requests untouched")
 
     @abstractmethod
@@ -128,14 +133,13 @@ class MemcachedRoute(CacheRoute):
         self.side = server.side
         self._count = {op: metrics.OPS.labels(mode, server.side, op).inc for op in _OPS}
 
-    forwards_reads = True
-    forwards_writes = True
+    forwards = FORWARD_OPS
 
     def __repr__(self) -> str:
         return f"MemcachedRoute({self.server.server})"
 
     async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes:
-        self._count[op]()
+        self._count[METRIC_OP[op]]()
         return await self.server.forward(key, request, reply_kind)
 
     async def meta_get(self, key: bytes) -> Item | None:
@@ -195,8 +199,7 @@ class MirrorWritesRoute(CacheRoute):
     def __init__(self, primary: CacheRoute, mirror: MirrorQueue) -> None:
         self.primary = primary
         self.mirror = mirror
-        self.forwards_reads = primary.forwards_reads
-        self.forwards_writes = primary.forwards_writes
+        self.forwards = primary.forwards - {"set"}
 
     async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes:
         if op == "get":
@@ -322,8 +325,7 @@ class WarmUpRoute(CacheRoute):
         self.cold = cold
         self.mirror = mirror
         self._writes = MirrorWritesRoute(warm, mirror)
-        self.forwards_reads = warm.forwards_reads
-        self.forwards_writes = warm.forwards_writes
+        self.forwards = warm.forwards - {"set"}
 
     async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes:
         if op != "get":
