@@ -180,12 +180,12 @@ class _checkpoints:
         self.hosts, self.task = hosts, task
 
     async def __aenter__(self):
-        from nxnw.checkpoints import ZooKeeperCheckpoints
+        from nxnw.checkpoints import ZooKeeperRangeCheckpoints
         from nxnw.zk import start_zk
-        from sync.state import CheckpointStore
+        from sync.state import TaskRecordStore
 
         self.zk = await start_zk(self.hosts, "N1's")
-        self.store = ZooKeeperCheckpoints(CheckpointStore(self.zk))
+        self.store = ZooKeeperRangeCheckpoints(TaskRecordStore(self.zk))
         return self.store
 
     async def __aexit__(self, *exc: object) -> None:

@@ -1,8 +1,10 @@
-"""The snapshot loader's checkpoints, kept in N1's ZooKeeper through ``sync.state``.
+"""The snapshot loader's range checkpoints, kept in N1's ZooKeeper as task records.
 
-``snapshot`` may not import ``sync``; this adapter gives the loader the async
-``CheckpointStore`` it expects on top of sync's blocking one. The range plan is stored as
-the pseudo-range ``_plan`` of the task, so a rerun reuses exactly the same ranges.
+``snapshot`` may not import ``sync``; ``ZooKeeperRangeCheckpoints`` gives the loader the
+async ``snapshot.CheckpointStore`` interface it expects, on top of sync's blocking
+``TaskRecordStore``. The range plan is stored as the pseudo-range ``_plan`` of the task,
+so a rerun reuses exactly the same ranges. Must never block the event loop (every
+ZooKeeper call goes through ``run_blocking``).
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from collections.abc import Sequence
 
 from datastore import KeyRange
 from sync.aio import run_blocking
-from sync.state import CheckpointStore
+from sync.state import TaskRecordStore
 
 PLAN_ID = "_plan"
 
 
-class ZooKeeperCheckpoints:
-    def __init__(self, store: CheckpointStore) -> None:
+class ZooKeeperRangeCheckpoints:
+    """``snapshot.CheckpointStore`` over a ``TaskRecordStore``: one record per finished range."""
+
+    def __init__(self, store: TaskRecordStore) -> None:
         self.store = store
 
     async def load_plan(self, task: str) -> list[tuple[str, KeyRange]] | None:

@@ -1,28 +1,38 @@
 """The ``nxnw`` command line: one verb per operator step, one readable line per error.
 
-Every failure an operator can cause or meet (a bad flag, a service that will not start,
-a bad plan file) ends with exit status 2 and a single line saying what and why; a
-traceback means a bug in nxnw.
+Exit statuses: 0 done; 1 the work failed (a migration task, a rollback that cannot go
+back yet, keys that still differ after ``verify``); 2 bad input or a service that does not
+answer (a bad flag or plan file, an unreachable ZooKeeper or engine, a failed preflight);
+130 interrupted. Every failure ends with a single line saying what and why (a preflight
+lists its problems below it), and no library's warnings above it; a traceback means a bug
+in nxnw. ``--json`` (status, verify) prints one JSON document on stdout with the facts
+the text shows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
 from pathlib import Path
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from nxnw import __version__, logs, services, snapshot_cli
 from datastore import EngineUnavailable
-from nxnw.config import PlanError, load_plan, scheduler_address
+from nxnw.config import Plan, PlanError, load_plan, scheduler_address
 
 console = Console(stderr=True, soft_wrap=True)
+
+#: Exit statuses, as the README documents them: done; the migration failed or keys still
+#: differ; bad input or a service that does not answer; interrupted (Ctrl-C).
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _async(coro) -> int:
@@ -36,6 +46,7 @@ def _async(coro) -> int:
 def _migrate(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from nxnw.migration_metrics import mount_metrics
     from nxnw.orchestrator import Orchestrator, preflight
     from nxnw.proxy_watch import ProxyWatch
     from nxnw.status_page import render_report, status_app
@@ -43,6 +54,8 @@ def _migrate(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
     if args.status_port is not None:
         plan.status_port = args.status_port
+    if args.dry_run:
+        return _async(_dry_run(plan, args.until))
 
     async def report_load(orchestrator: Orchestrator) -> None:
         """Every 5 s while ranges load: entities, rate and ranges done, one line."""
@@ -55,32 +68,71 @@ def _migrate(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         await preflight(plan)
-        orchestrator = Orchestrator(plan)
-        orchestrator.progress.on_event = lambda line: console.print(line, markup=False, highlight=False)
-        await orchestrator.connect()
-        runner = None
-        reporter = asyncio.create_task(report_load(orchestrator))
-        try:
-            if args.restart:
-                await orchestrator.restart()
-            if plan.status_port is not None:
-                watch = ProxyWatch(plan.n1.proxies, plan.n2.proxies)
-                runner = web.AppRunner(status_app(orchestrator.status, watch), access_log=None)
-                await runner.setup()
-                await web.TCPSite(runner, "127.0.0.1", plan.status_port).start()
-                console.print(f"status page: http://127.0.0.1:{plan.status_port}/")
-            state = await orchestrator.migrate(until=args.until)
-            if args.report:
-                Path(args.report).write_text(render_report(orchestrator.status()))
-            console.print(f"migration {plan.name}: phase {state.phase}")
-            return 0
-        finally:
-            reporter.cancel()
-            if runner is not None:
-                await runner.cleanup()
-            await orchestrator.close()
+        async with await Orchestrator.connect(plan) as orchestrator:
+            orchestrator.progress.on_event = lambda line: console.print(line, markup=False, highlight=False)
+            runner = None
+            reporter = asyncio.create_task(report_load(orchestrator))
+            try:
+                if args.restart:
+                    await orchestrator.restart()
+                if plan.status_port is not None:
+                    app = status_app(orchestrator.status, ProxyWatch(plan.n1.proxies, plan.n2.proxies))
+                    mount_metrics(app, orchestrator.read_journal_depths)
+                    runner = web.AppRunner(app, access_log=None)
+                    await runner.setup()
+                    await web.TCPSite(runner, "127.0.0.1", plan.status_port).start()
+                    console.print(f"status page: http://127.0.0.1:{plan.status_port}/ "
+                                  f"(Prometheus metrics: /metrics)")
+                state = await orchestrator.migrate(until=args.until)
+                if args.report:
+                    Path(args.report).write_text(render_report(orchestrator.status()))
+                console.print(f"migration {plan.name}: phase {state.phase}")
+                return EXIT_OK
+            finally:
+                reporter.cancel()
+                if runner is not None:
+                    await runner.cleanup()
 
     return _async(run())
+
+
+async def _dry_run(plan: Plan, until: str | None) -> int:
+    """The preflight, then the task graph with what is already done; changes nothing.
+
+    Reads N1's ZooKeeper (the state and the finished tasks) and the engines; writes
+    nothing there. The preflight's one write is its probe of the DNS zone's update rights:
+    a TXT record beside the hand-off's name, created and deleted again.
+    """
+    from nxnw.orchestrator import preflight, task_graph
+    from nxnw.zk import zk_session
+    from sync.aio import run_blocking
+    from sync.state import PHASES, ROLLBACK, MigrationStateStore, TaskRecordStore
+
+    if until is not None and until not in PHASES:
+        raise ValueError(f"unknown phase {until!r}; the phases are {', '.join(PHASES)}")
+    await preflight(plan)
+    async with zk_session(plan.n1.zookeeper, "N1's") as zk:
+        state = await run_blocking(MigrationStateStore(zk).get)
+        done = await run_blocking(TaskRecordStore(zk).list, f"{plan.name}._tasks")
+    graph = [t for t in task_graph(plan) if until is None or PHASES.index(t.phase) <= PHASES.index(until)]
+    print(f"migration {plan.name}: dry run, nothing changed")
+    print("preflight: ok (both engines, both ZooKeepers"
+          + (", the Dask scheduler" if plan.scale.scheduler else "")
+          + (", the DNS zone's update rights: a probe TXT record created and deleted" if plan.dns else "") + ")")
+    if state is None:
+        print("state: no migration recorded; migrate would start one in phase prepare")
+    elif state.phase == "complete":
+        print("state: phase complete; migrate would do nothing")
+    elif state.phase == ROLLBACK:
+        print("state: rolled back; migrate would refuse (--restart starts anew)")
+    else:
+        print(f"state: phase {state.phase}; migrate would resume it")
+    width = max(len(t.name) for t in graph)
+    print(f"tasks ({sum(t.name in done for t in graph)} of {len(graph)} done):")
+    for task in graph:
+        print(f"  {'done' if task.name in done else 'pending':<7}  {task.name:<{width}}  phase {task.phase:<13}  "
+              f"after {', '.join(task.deps) or '-'}")
+    return EXIT_OK
 
 
 def _rollback(args: argparse.Namespace) -> int:
@@ -89,51 +141,64 @@ def _rollback(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
 
     async def run() -> int:
-        orchestrator = Orchestrator(plan)
-        await orchestrator.connect()
-        try:
+        async with await Orchestrator.connect(plan) as orchestrator:
             state = await orchestrator.rollback()
             console.print(f"migration {plan.name}: rolled back from {state.data.get('from')}; N1 serves every write")
-            return 0
-        finally:
-            await orchestrator.close()
+            return EXIT_OK
 
     return _async(run())
 
 
-def _status(args: argparse.Namespace) -> int:
-    from kazoo.client import KazooClient
-
+def _status_facts(zk, plan_name: str) -> dict[str, Any]:
+    """What ``nxnw status`` shows, read from N1's ZooKeeper (blocking calls)."""
     from proxy.control import journal_depth, members
     from sync.mode import load_verified_epoch, read_mode
-    from sync.state import CheckpointStore, MigrationStateStore
+    from sync.state import MigrationStateStore, TaskRecordStore
+
+    state = MigrationStateStore(zk).get()
+    mode = read_mode(zk)
+    tasks = TaskRecordStore(zk).list(f"{plan_name}._tasks")
+    return {
+        "plan": plan_name,
+        "phase": None if state is None else state.phase,
+        "mode": None if mode is None else {"mode": mode.mode, "epoch": mode.epoch},
+        "load_verified_cow_epoch": load_verified_epoch(zk),
+        "proxies": {name: {"mode": proxy.get("mode"), "epoch": proxy.get("epoch")}
+                    for name, proxy in sorted(members(zk).items())},
+        "journal": {"n2": journal_depth(zk, "n2"), "n1": journal_depth(zk, "n1")},
+        "tasks_done": [{"task": name, **result}
+                       for name, result in sorted(tasks.items(), key=lambda kv: kv[1].get("finished", 0))
+                       if not name.startswith("_")],
+    }
+
+
+def _status(args: argparse.Namespace) -> int:
+    from nxnw.zk import zk_session
+    from sync.aio import run_blocking
 
     plan = load_plan(args.plan)
-    zk = KazooClient(hosts=plan.n1.zookeeper, timeout=5)
-    try:
-        zk.start(8)
-    except Exception as exc:
-        raise ConnectionError(f"N1's ZooKeeper at {plan.n1.zookeeper} did not answer: {type(exc).__name__}") from exc
-    try:
-        state = MigrationStateStore(zk).get()
-        tasks = CheckpointStore(zk).list(f"{plan.name}._tasks")
-        table = Table("what", "value", title=f"migration {plan.name}")
-        table.add_row("phase", "not started" if state is None else state.phase)
-        mode, verified = read_mode(zk), load_verified_epoch(zk)
-        table.add_row("mode", "no mode set" if mode is None else f"{mode.mode} (epoch {mode.epoch})"
-                      + ("" if verified is None else f"; load verified in cow epoch {verified}"))
-        for name, proxy in sorted(members(zk).items()):
-            table.add_row(f"proxy {name}", f"mode {proxy.get('mode')} (epoch {proxy.get('epoch')})")
-        table.add_row("repair journal", f"to N2: {journal_depth(zk, 'n2')}, to N1: {journal_depth(zk, 'n1')}")
-        for name, result in sorted(tasks.items(), key=lambda kv: kv[1].get("finished", 0)):
-            if not name.startswith("_"):
-                detail = ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("phase", "started", "finished"))
-                table.add_row(f"done: {name}", detail)
-        Console().print(table)
-        return 0
-    finally:
-        zk.stop()
-        zk.close()
+
+    async def read() -> dict[str, Any]:
+        async with zk_session(plan.n1.zookeeper, "N1's") as zk:
+            return await run_blocking(_status_facts, zk, plan.name)
+
+    facts = _async(read())
+    if args.json:
+        print(json.dumps(facts, indent=2, sort_keys=True))
+        return EXIT_OK
+    table = Table("what", "value", title=f"migration {plan.name}")
+    table.add_row("phase", facts["phase"] or "not started")
+    mode, verified = facts["mode"], facts["load_verified_cow_epoch"]
+    table.add_row("mode", "no mode set" if mode is None else f"{mode['mode']} (epoch {mode['epoch']})"
+                  + ("" if verified is None else f"; load verified in cow epoch {verified}"))
+    for name, proxy in facts["proxies"].items():
+        table.add_row(f"proxy {name}", f"mode {proxy['mode']} (epoch {proxy['epoch']})")
+    table.add_row("repair journal", f"to N2: {facts['journal']['n2']}, to N1: {facts['journal']['n1']}")
+    for result in facts["tasks_done"]:
+        detail = ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("task", "phase", "started", "finished"))
+        table.add_row(f"done: {result['task']}", detail)
+    Console().print(table)
+    return EXIT_OK
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -161,24 +226,35 @@ def _verify(args: argparse.Namespace) -> int:
         await n1.open()
         await n2.open()
         try:
-            clean = True
+            clean, apps = True, []
             for app in plan.apps:
                 if scheduler:
                     report = await verify_app_distributed(scheduler, n1, n2, app, repair=args.repair,
                                                           n2_primary=n2_primary, ranges=plan.thresholds.ranges_per_app)
                 else:
                     report = await verify_app(n1, n2, app, repair=args.repair, n2_primary=n2_primary)
-                print(report.summary())
-                for diff in report.remaining:
-                    reason = report.reasons.get(diff.label)
-                    print(f"  differs: app {app} key {diff.label}: {diff.kind}" + (f"; {reason}" if reason else ""))
+                apps.append({"app": app, "summary": report.summary(), "ok": report.ok, "identical": report.identical,
+                             "entities_n1": report.n1.count, "entities_n2": report.n2.count,
+                             "differences": report.counts(), "repaired": report.repaired,
+                             "remaining": [{"key": d.label, "kind": d.kind, "reason": report.reasons.get(d.label)}
+                                           for d in report.remaining]})
                 clean = clean and report.ok
-            for line in (await find_leftovers(plan, n2, repair=args.repair)).lines():
-                print(line)
-            return 0 if clean else 1
+            leftovers = (await find_leftovers(plan, n2, repair=args.repair)).lines()
         finally:
             await n1.close()
             await n2.close()
+        if args.json:
+            print(json.dumps({"plan": plan.name, "identical": clean, "repair": args.repair, "apps": apps,
+                              "leftovers": leftovers}, indent=2, sort_keys=True))
+        else:
+            for found in apps:
+                print(found["summary"])
+                for diff in found["remaining"]:
+                    print(f"  differs: app {found['app']} key {diff['key']}: {diff['kind']}"
+                          + (f"; {diff['reason']}" if diff["reason"] else ""))
+            for line in leftovers:
+                print(line)
+        return EXIT_OK if clean else EXIT_FAILED
 
     return _async(run())
 
@@ -307,18 +383,24 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--status-port", type=int, help="serve the live status page on this port")
     migrate.add_argument("--report", help="write the final HTML report here")
     migrate.add_argument("--until", metavar="PHASE", help="stop after this phase (e.g. proxy, to hand off DNS later)")
+    migrate.add_argument("--dry-run", action="store_true", help="run the preflight and print the task graph (phase, "
+                         "dependencies, which are done when resuming); change nothing")
     migrate.set_defaults(func=_migrate)
 
-    for verb, func, text in [("status", _status, "show the phase, the proxies' modes, the journal and finished tasks"),
-                             ("rollback", _rollback, "go back to N1 from any phase before complete, losing nothing")]:
-        p = verbs.add_parser(verb, help=text)
-        p.add_argument("plan", help=plan_help)
-        p.set_defaults(func=func)
+    status = verbs.add_parser("status", help="show the phase, the proxies' modes, the journal and finished tasks")
+    status.add_argument("plan", help=plan_help)
+    status.add_argument("--json", action="store_true", help="one JSON document on stdout instead of the table")
+    status.set_defaults(func=_status)
+    rollback = verbs.add_parser("rollback", help="go back to N1 from any phase before complete, losing nothing")
+    rollback.add_argument("plan", help=plan_help)
+    rollback.set_defaults(func=_rollback)
 
     verify = verbs.add_parser("verify", help="compare N1 and N2 app by app and list leftovers: lock znodes with no "
                               "holder, journal entries, old tombstones; exit 0 identical, 1 keys still differ "
                               "(printed), 2 error")
     verify.add_argument("plan", help=plan_help)
+    verify.add_argument("--json", action="store_true", help="one JSON document on stdout (per app: differences, "
+                        "repaired, the keys still differing; the leftovers) instead of the lines")
     verify.add_argument("--repair", action="store_true", help="copy N1's winning copy of each differing key to N2 "
                         "(and, in proxy mode, N2's newer copy to N1; never a key N1 never held), look again, and "
                         "remove lock znodes with no holder once mirroring has stopped; exit 1 if keys still differ")
@@ -353,22 +435,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``handler``'s status, or: 1 for an error that says the work failed (its class sets
+    ``exit_status = 1``: a failed migration task, a rollback that cannot go back yet), 2 for
+    bad input or an unreachable service, 130 when interrupted; each as one line (and the
+    problems below it, for a preflight)."""
     try:
         return handler(args)
     except KeyboardInterrupt:
         console.print("nxnw: interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except (services.ServicesDown, PlanError, KeyError, ValueError, OSError, RuntimeError, EngineUnavailable) as exc:
         first, _, rest = str(exc).partition("\n")
         console.print(f"nxnw {args.verb}: {first}", markup=False, highlight=False)
         if rest:
             console.print(rest, markup=False, highlight=False)
-        return 2
+        return getattr(exc, "exit_status", EXIT_BAD_INPUT)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure()
+    logs.configure(quiet_libraries=args.verb != "proxy")
     return run(args.func, args)
 
 

@@ -60,12 +60,12 @@ from typing import Any, TypeVar
 
 from datastore import Checksum, Engine, Entity, EntityRef, KeyRange, open_engine
 from datastore.engine import entity_digest
-from nxnw.checkpoints import ZooKeeperCheckpoints
+from nxnw.checkpoints import ZooKeeperRangeCheckpoints
 from nxnw.zk import start_zk, stop_zk, zk_session
 from snapshot import Difference, Loader, LoadStats, VerifyReport, export_chunks, plan_ids, verify_app
 from snapshot.verify import BUCKETS, bucket_of
 from sync.aio import run_blocking
-from sync.state import CheckpointStore
+from sync.state import TaskRecordStore
 
 T = TypeVar("T")
 
@@ -140,7 +140,7 @@ class _WorkerRuntime:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="nxnw-dask-ranges", daemon=True).start()
         self._engines: dict[str, Engine] = {}
-        self._zk: dict[str, CheckpointStore] = {}
+        self._zk: dict[str, TaskRecordStore] = {}
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
@@ -155,13 +155,13 @@ class _WorkerRuntime:
                 self._engines[url] = engine
         return self._engines[url]
 
-    async def checkpoints(self, hosts: str) -> CheckpointStore:
+    async def checkpoints(self, hosts: str) -> TaskRecordStore:
         if hosts not in self._zk:
             client = await start_zk(hosts, "the checkpoints'")
             if hosts in self._zk:
                 await stop_zk(client)
             else:
-                self._zk[hosts] = CheckpointStore(client)
+                self._zk[hosts] = TaskRecordStore(client)
         return self._zk[hosts]
 
 
@@ -177,10 +177,10 @@ def _worker_runtime() -> _WorkerRuntime:
         return _runtime
 
 
-class _AttemptCheckpoints(ZooKeeperCheckpoints):
+class _AttemptCheckpoints(ZooKeeperRangeCheckpoints):
     """The loader's checkpoints for one attempt: the done mark keeps the attempt count."""
 
-    def __init__(self, store: CheckpointStore, attempt: dict[str, Any]) -> None:
+    def __init__(self, store: TaskRecordStore, attempt: dict[str, Any]) -> None:
         super().__init__(store)
         self.attempt = attempt
 
@@ -397,12 +397,12 @@ async def copy_app_distributed(scheduler: str, source: Engine, target: Engine, a
 
 
 @asynccontextmanager
-async def _plan_store(zookeeper: str | None) -> AsyncIterator[ZooKeeperCheckpoints | None]:
+async def _plan_store(zookeeper: str | None) -> AsyncIterator[ZooKeeperRangeCheckpoints | None]:
     if zookeeper is None:
         yield None
         return
     async with zk_session(zookeeper, "N1's") as zk:
-        yield ZooKeeperCheckpoints(CheckpointStore(zk))
+        yield ZooKeeperRangeCheckpoints(TaskRecordStore(zk))
 
 
 def _sums(results: Sequence[tuple[list[int], list[int]]]) -> tuple[list[Checksum], Checksum]:

@@ -3,6 +3,15 @@
 ``NXNW_LOG`` sets the level (default WARNING), ``NXNW_LOG_FORMAT=json`` switches to one
 JSON object per line with the time, level, logger, message and any ``extra`` fields, so
 a proxy fleet's logs can be searched by key, instance or mode.
+
+For a command (not a long-running proxy, whose log is read later and where the
+libraries' warnings date a ZooKeeper outage), without ``NXNW_LOG``, records below ERROR
+from loggers outside nxnw's own packages (kazoo's "Connection dropped" while it retries,
+the Cassandra driver's reconnection warnings, Dask's) are dropped: nxnw reports what
+those libraries meet in its own words, once, and an operator reading a failed command
+must see that one line, not a screen of retries above it. ``NXNW_LOG=warning`` (or lower) shows them again.
+
+Must never: drop a record at ERROR or above, or any record of nxnw's own loggers.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ import os
 import time
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+#: The top-level packages whose loggers are nxnw's own (``__main__``: a module run with -m).
+OWN_PACKAGES = frozenset({"nxnw", "proxy", "sync", "datastore", "snapshot", "dns_handoff", "bench", "__main__"})
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,10 +36,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-def configure() -> None:
+class LibraryNoiseFilter(logging.Filter):
+    """Passes nxnw's own records and every record at ERROR or above; drops the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or record.name.partition(".")[0] in OWN_PACKAGES
+
+
+def configure(*, quiet_libraries: bool = True) -> None:
+    """Log to stderr; ``quiet_libraries`` applies ``LibraryNoiseFilter`` unless NXNW_LOG is set."""
     handler = logging.StreamHandler()
     if os.environ.get("NXNW_LOG_FORMAT", "").lower() == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logging.basicConfig(level=os.environ.get("NXNW_LOG", "WARNING").upper(), handlers=[handler], force=True)
+    level = os.environ.get("NXNW_LOG")
+    if quiet_libraries and level is None:
+        handler.addFilter(LibraryNoiseFilter())
+    logging.basicConfig(level=(level or "WARNING").upper(), handlers=[handler], force=True)

@@ -55,8 +55,9 @@ from pymemcache.client.base import PooledClient
 from datastore import Engine, EngineUnavailable, open_engine
 from dns_handoff import Handoff
 from dns_handoff.provider import DnsProvider, RecordSet
-from nxnw.checkpoints import ZooKeeperCheckpoints
+from nxnw.checkpoints import ZooKeeperRangeCheckpoints
 from nxnw.config import Plan
+from nxnw import migration_metrics as metrics
 from nxnw.error_budget import N2ErrorBudget
 from nxnw.zk import start_zk, stop_zk, zk_session
 from proxy.control import journal_depth, members, switch_mode, wait_journal_empty
@@ -64,10 +65,9 @@ from snapshot import LoadStats, copy_app, verify_app
 from sync.aio import run_blocking
 from sync.mirror import TreeMirror, purge_ephemeral_copies
 from sync.mode import load_verified_epoch, mark_load_verified, read_mode
-from sync.state import PHASES, ROLLBACK, CheckpointStore, MigrationState, MigrationStateStore
+from sync.state import PHASES, ROLLBACK, MigrationState, MigrationStateStore, TaskRecordStore
 
 log = logging.getLogger("nxnw.orchestrator")
-
 
 
 class PreflightFailed(RuntimeError):
@@ -81,6 +81,9 @@ class PreflightFailed(RuntimeError):
 class MigrationFailed(RuntimeError):
     """A task failed; the migration stays in its phase and can be resumed or rolled back."""
 
+    #: the CLI's exit status: the migration failed (2 is for bad input and unreachable services)
+    exit_status = 1
+
 
 @dataclass
 class Task:
@@ -88,7 +91,8 @@ class Task:
     name: str
     phase: str
     deps: tuple[str, ...]
-    run: Callable[[], Awaitable[dict[str, Any] | None]]
+    #: the work, given the connected orchestrator; returns the result recorded when done
+    run: Callable[[Orchestrator], Awaitable[dict[str, Any] | None]]
     #: False for work done early on behalf of a later phase (lowering the DNS TTL)
     moves_phase: bool = True
     #: False when the task itself moves the phase once it succeeded: ``complete`` must not
@@ -191,17 +195,42 @@ def _check_dns_rights(provider: DnsProvider, plan: Plan) -> None:
     provider.delete([probe])
 
 
-class Orchestrator:
-    """Runs (or resumes) one plan's migration in this process."""
+def task_graph(plan: Plan) -> list[Task]:
+    """The plan's tasks in dependency order: what ``migrate`` runs and ``--dry-run`` prints."""
+    graph = [
+        Task("prepare", "prepare", (), Orchestrator._prepare),
+        Task("sync-zk", "sync-zk", ("prepare",), Orchestrator._sync_zk),
+        Task("cow", "cow", ("sync-zk",), Orchestrator._cow),
+    ]
+    for app in plan.apps:
+        graph.append(Task(f"snapshot+load:{app}", "snapshot+load", ("cow",), lambda o, app=app: o._load(app)))
+        graph.append(Task(f"verify:{app}", "verify", (f"snapshot+load:{app}",), lambda o, app=app: o._verify(app)))
+    graph.append(Task("proxy", "proxy", tuple(f"verify:{a}" for a in plan.apps), Orchestrator._proxy))
+    last = "proxy"
+    if plan.dns is not None:
+        graph.append(Task("handoff:lower-ttl", "handoff", ("prepare",), Orchestrator._lower_ttl, moves_phase=False))
+        graph.append(Task("handoff", "handoff", ("proxy", "handoff:lower-ttl"), Orchestrator._switch_dns))
+        last = "handoff"
+    graph.append(Task("complete", "complete", (last,), Orchestrator._complete, phase_at_start=False))
+    return graph
 
-    def __init__(self, plan: Plan) -> None:
+
+class Orchestrator:
+    """Runs (or resumes) one plan's migration in this process.
+
+    Made connected by ``await Orchestrator.connect(plan)`` (N1's ZooKeeper, both engines),
+    closed by ``close()`` or by leaving ``async with``.
+    """
+
+    def __init__(self, plan: Plan, zk: KazooClient, n1: Engine, n2: Engine) -> None:
         self.plan = plan
         self.progress = Progress()
-        self.zk: KazooClient | None = None
-        self.store: MigrationStateStore | None = None
+        self.zk = zk
+        self.store = MigrationStateStore(zk)
+        self.records = TaskRecordStore(zk)
         self.state: MigrationState | None = None
-        self.n1: Engine | None = None
-        self.n2: Engine | None = None
+        self.n1 = n1
+        self.n2 = n2
         self.mirrors: list[TreeMirror] = []
         self.handoff: Handoff | None = None
         self._state_lock = asyncio.Lock()
@@ -234,22 +263,44 @@ class Orchestrator:
 
     # -- connections ---------------------------------------------------------------------
 
-    async def connect(self) -> None:
-        self.zk = await start_zk(self.plan.n1.zookeeper, "N1's")
-        self.store = MigrationStateStore(self.zk)
-        self.n1, self.n2 = open_engine(self.plan.n1.engine), open_engine(self.plan.n2.engine)
-        await self.n1.open()
-        await self.n2.open()
+    @classmethod
+    async def connect(cls, plan: Plan) -> Orchestrator:
+        """An orchestrator connected to N1's ZooKeeper and both engines; on a failure,
+        whatever was opened is closed again and the error raised."""
+        zk = await start_zk(plan.n1.zookeeper, "N1's")
+        opened: list[Engine] = []
+        try:
+            for url in (plan.n1.engine, plan.n2.engine):
+                engine = open_engine(url)
+                await engine.open()
+                opened.append(engine)
+        except BaseException:
+            for engine in opened:
+                await engine.close()
+            await stop_zk(zk)
+            raise
+        return cls(plan, zk, *opened)
+
+    async def __aenter__(self) -> Orchestrator:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         for mirror in self.mirrors:
             await run_blocking(mirror.stop)
         self.mirrors = []
         for engine in (self.n1, self.n2):
-            if engine is not None:
-                await engine.close()
-        if self.zk is not None:
-            await stop_zk(self.zk)
+            await engine.close()
+        await stop_zk(self.zk)
+
+    async def read_journal_depths(self) -> dict[str, int]:
+        """The repair journals' depths now (toward ``n2`` and ``n1``), also set as metrics."""
+        depths = {side: await run_blocking(journal_depth, self.zk, side) for side in ("n2", "n1")}
+        for side, depth in depths.items():
+            metrics.JOURNAL_DEPTH.labels(self.plan.name, side).set(depth)
+        return depths
 
     # -- state -----------------------------------------------------------------------------
 
@@ -259,50 +310,32 @@ class Orchestrator:
 
     async def _finished_tasks(self) -> dict[str, dict[str, Any]]:
         """Finished tasks and their results, one znode each beside the loader's checkpoints."""
-        assert self.zk is not None
-        return await run_blocking(CheckpointStore(self.zk).list, self._tasks_key)
+        return await run_blocking(self.records.list, self._tasks_key)
 
     async def _task_done(self, name: str, result: dict[str, Any]) -> None:
-        assert self.zk is not None
-        await run_blocking(CheckpointStore(self.zk).put, self._tasks_key, name, result)
+        await run_blocking(self.records.put, self._tasks_key, name, result)
 
     async def _set_phase(self, phase: str) -> None:
         """Compare-and-set the state's phase, never backwards: with tasks of several phases
         running at once, the phase shown is the furthest."""
-        assert self.store is not None
         async with self._state_lock:
             current = await run_blocking(self.store.get)
-            assert current is not None
+            if current is None:
+                raise MigrationFailed(f"the migration-state znode {self.store.path} was removed while {phase} ran")
             if PHASES.index(phase) > PHASES.index(current.phase):
                 self.state = await run_blocking(self.store.update, current.version, phase=phase)
             else:
                 self.state = current
             self.progress.phase = self.state.phase
+            metrics.set_phase(self.plan.name, self.state.phase)
 
     async def _saved_handoff(self) -> dict[str, Any] | None:
-        assert self.zk is not None
-        return await run_blocking(CheckpointStore(self.zk).get, self._tasks_key, "_dns")
+        return await run_blocking(self.records.get, self._tasks_key, "_dns")
 
     # -- the graph -------------------------------------------------------------------------
 
     def tasks(self) -> list[Task]:
-        plan = self.plan
-        graph = [
-            Task("prepare", "prepare", (), self._prepare),
-            Task("sync-zk", "sync-zk", ("prepare",), self._sync_zk),
-            Task("cow", "cow", ("sync-zk",), self._cow),
-        ]
-        for app in plan.apps:
-            graph.append(Task(f"snapshot+load:{app}", "snapshot+load", ("cow",), lambda app=app: self._load(app)))
-            graph.append(Task(f"verify:{app}", "verify", (f"snapshot+load:{app}",), lambda app=app: self._verify(app)))
-        graph.append(Task("proxy", "proxy", tuple(f"verify:{a}" for a in plan.apps), self._proxy))
-        last = "proxy"
-        if plan.dns is not None:
-            graph.append(Task("handoff:lower-ttl", "handoff", ("prepare",), self._lower_ttl, moves_phase=False))
-            graph.append(Task("handoff", "handoff", ("proxy", "handoff:lower-ttl"), self._switch_dns))
-            last = "handoff"
-        graph.append(Task("complete", "complete", (last,), self._complete, phase_at_start=False))
-        return graph
+        return task_graph(self.plan)
 
     async def migrate(self, until: str | None = None) -> MigrationState:
         """Run every task not yet done, in dependency order, in parallel where possible.
@@ -312,18 +345,20 @@ class Orchestrator:
         """
         if until is not None and until not in PHASES:
             raise ValueError(f"unknown phase {until!r}; the phases are {', '.join(PHASES)}")
-        assert self.store is not None
-        self.state = await run_blocking(self.store.get)
-        if self.state is not None and self.state.phase == "complete":
+        state = await run_blocking(self.store.get)
+        if state is not None and state.phase == "complete":
             self.progress.event("migration already complete; nothing to do")
-            return self.state
-        if self.state is not None and self.state.phase == ROLLBACK:
+            self.state = state
+            return state
+        if state is not None and state.phase == ROLLBACK:
             raise MigrationFailed("the last migration was rolled back; run `nxnw migrate --restart` to start a new one")
-        if self.state is None:
-            self.state = await run_blocking(self.store.create, "prepare", {"plan": self.plan.name})
+        if state is None:
+            state = await run_blocking(self.store.create, "prepare", {"plan": self.plan.name})
             self.progress.event(f"migration {self.plan.name} started")
         else:
-            self.progress.event(f"migration {self.plan.name} resumed in phase {self.state.phase}")
+            self.progress.event(f"migration {self.plan.name} resumed in phase {state.phase}")
+        self.state = state
+        metrics.set_phase(self.plan.name, state.phase)
         done = {name: result for name, result in (await self._finished_tasks()).items() if not name.startswith("_")}
         self._done = done
         if "sync-zk" in done:
@@ -350,8 +385,7 @@ class Orchestrator:
             for fut in running.values():
                 fut.cancel()
             await asyncio.gather(*running.values(), return_exceptions=True)
-        assert self.state is not None
-        return self.state
+        return self.state or state
 
     def _expected_modes(self, task: Task) -> list[tuple[str, int | None]]:
         """The modes (and epochs, when recorded) the finished tasks allow before ``task``
@@ -384,7 +418,6 @@ class Orchestrator:
         allowed = self._expected_modes(task)
         if not allowed:
             return
-        assert self.zk is not None
         live = await run_blocking(read_mode, self.zk)
 
         def matches(mode: str, epoch: int | None) -> bool:
@@ -417,13 +450,15 @@ class Orchestrator:
         entry.update(state="running", phase=task.phase, started=time.time())
         self.progress.event(f"{task.name}: started")
         try:
-            result = await task.run() or {}
+            result = await task.run(self) or {}
         except Exception as exc:
             entry.update(state="failed", finished=time.time(), error=str(exc))
+            metrics.TASK_FAILURES.labels(self.plan.name, task.name, task.phase).inc()
             self.progress.event(f"{task.name}: failed: {exc}")
             raise MigrationFailed(f"task {task.name} (phase {task.phase}) failed: {exc}") from exc
         result = {**result, "phase": task.phase, "started": entry["started"], "finished": time.time()}
         await self._task_done(task.name, result)
+        metrics.TASK_SECONDS.labels(self.plan.name, task.name, task.phase).set(result["finished"] - result["started"])
         entry.update(state="done", **result)
         self.progress.event(f"{task.name}: done")
         return result
@@ -433,7 +468,6 @@ class Orchestrator:
     async def _n2_rows(self, app: str, limit: int = 1000, sample: int = 3) -> tuple[int, list[str]]:
         """How many rows (tombstones included) ``app``'s N2 table holds, counted up to
         ``limit``, and the first ``sample`` keys."""
-        assert self.n2 is not None
         if app not in await self.n2.apps():
             return 0, []
         count, keys = 0, []
@@ -454,7 +488,6 @@ class Orchestrator:
         the plan says ``allow_nonempty_n2`` (an earlier, rolled-back attempt's rows).
         The flush: N2 serves nobody yet, and a value left there by an earlier, rolled-back
         attempt may since have been overwritten on N1, which no mirror saw."""
-        assert self.n2 is not None
         occupied = {}
         for app in self.plan.apps:
             count, keys = await self._n2_rows(app)
@@ -478,7 +511,6 @@ class Orchestrator:
             self.mirrors.append(mirror)
 
     async def _sync_zk(self) -> dict[str, Any]:
-        assert self.zk is not None
         for root in self.plan.sync_paths:
             await run_blocking(self.zk.ensure_path, root)
         await self._start_mirrors()
@@ -487,7 +519,6 @@ class Orchestrator:
         return {"roots": self.plan.sync_paths}
 
     async def _switch(self, mode: str) -> dict[str, Any]:
-        assert self.zk is not None
         state = await run_blocking(switch_mode, self.zk, mode, drain_timeout=self.plan.thresholds.journal_drain_seconds,
                                    n2_memcached=self.plan.n2.memcached)
         self.progress.mode = mode
@@ -498,19 +529,26 @@ class Orchestrator:
         return await self._switch("cow")
 
     async def _load(self, app: str) -> dict[str, Any]:
-        assert self.zk is not None and self.n1 is not None and self.n2 is not None
         th = self.plan.thresholds
-        task, on_progress = f"{self.plan.name}.{app}", lambda s: self.progress.load.__setitem__(app, s)
+        task = f"{self.plan.name}.{app}"
+
+        def on_progress(stats: LoadStats) -> None:
+            self.progress.load[app] = stats
+            for gauge, value in ((metrics.LOAD_ENTITIES, stats.entities), (metrics.LOAD_BYTES, stats.bytes),
+                                 (metrics.LOAD_RANGES_DONE, stats.ranges_done),
+                                 (metrics.LOAD_RANGES_TOTAL, stats.ranges_total)):
+                gauge.labels(self.plan.name, app).set(value)
+
         if self.plan.scale.scheduler:
             from nxnw.dask_ranges import copy_app_distributed
             stats = await copy_app_distributed(self.plan.scale.scheduler, self.n1, self.n2, app, task=task,
                                                zookeeper=self.plan.n1.zookeeper, at_least=th.ranges_per_app,
                                                on_progress=on_progress)
         else:
-            stats = await copy_app(self.n1, self.n2, app, task=task, checkpoints=ZooKeeperCheckpoints(CheckpointStore(self.zk)),
+            stats = await copy_app(self.n1, self.n2, app, task=task, checkpoints=ZooKeeperRangeCheckpoints(self.records),
                                    at_least=th.ranges_per_app, export_workers=th.export_workers,
                                    load_workers=th.load_workers, on_progress=on_progress)
-        self.progress.load[app] = stats
+        on_progress(stats)
         return {"entities": stats.entities, "bytes": stats.bytes, "seconds": round(stats.seconds, 3),
                 "rate": round(stats.rate, 1), "ranges": stats.ranges_total, "ranges_resumed": stats.ranges_skipped}
 
@@ -520,7 +558,6 @@ class Orchestrator:
         Runs in ``cow``: N1 is primary, so repair never copies toward N1 (see
         snapshot/verify.py) and a row newer on N2 than on N1 is a difference that stays.
         """
-        assert self.n1 is not None and self.n2 is not None
         repair = self.plan.thresholds.verify_repair
         if self.plan.scale.scheduler:
             from nxnw.dask_ranges import verify_app_distributed
@@ -529,6 +566,8 @@ class Orchestrator:
         else:
             report = await verify_app(self.n1, self.n2, app, repair=repair)
         self.progress.event(report.summary())
+        metrics.VERIFY_DIFFERENCES.labels(self.plan.name, app).set(len(report.differences))
+        metrics.VERIFY_REMAINING.labels(self.plan.name, app).set(len(report.remaining))
         if not report.ok:
             raise MigrationFailed(f"app {app}: {len(report.remaining)} key(s) differ between N1 and N2"
                                   f"{' after repair' if self.plan.thresholds.verify_repair else ''}, so N2 "
@@ -545,7 +584,6 @@ class Orchestrator:
         now: if the mode was cycled since, the mark names an older epoch and the mode
         machine refuses cow → proxy.
         """
-        assert self.zk is not None
         cow_epoch = self._done["cow"]["epoch"]
         await run_blocking(mark_load_verified, self.zk, cow_epoch)
         self.progress.journal_depth = await run_blocking(journal_depth, self.zk, "n2")
@@ -558,8 +596,7 @@ class Orchestrator:
             provider = dns_provider(self.plan)
             assert provider is not None
             saved = await self._saved_handoff()
-            assert self.zk is not None
-            store, key = CheckpointStore(self.zk), self._tasks_key
+            store, key = self.records, self._tasks_key
 
             def persist(doc: dict[str, Any]) -> None:  # runs on the executor thread doing the DNS work
                 store.put(key, "_dns", doc)
@@ -614,7 +651,6 @@ class Orchestrator:
     async def _wait_journals_empty(self, sides: tuple[str, ...]) -> None:
         """Wait, up to ``journal_drain_seconds`` in all, until the repair journals toward
         ``sides`` are empty; MigrationFailed naming each depth otherwise."""
-        assert self.zk is not None
         deadline = time.monotonic() + self.plan.thresholds.journal_drain_seconds
         for side in sides:
             try:
@@ -641,7 +677,6 @@ class Orchestrator:
         write made in ``proxy`` mode is then on N1); the DNS records are restored exactly
         from the hand-off's saved copy.
         """
-        assert self.store is not None and self.zk is not None
         self.state = await run_blocking(self.store.get)
         if self.state is None:
             raise MigrationFailed("no migration is recorded in N1's ZooKeeper; nothing to roll back")
@@ -663,6 +698,7 @@ class Orchestrator:
             await asyncio.get_running_loop().run_in_executor(None, handoff.rollback)
         self.state = await run_blocking(self.store.update, self.state.version, phase=ROLLBACK,
                                         data={"from": from_phase, "at": time.time(), "n2_journal": n2_journal})
+        metrics.set_phase(self.plan.name, ROLLBACK)
         self.progress.event(f"rolled back from phase {from_phase}: proxies in passthrough, N1 serves")
         return self.state
 
@@ -686,11 +722,10 @@ class Orchestrator:
 
     async def restart(self) -> None:
         """Forget a finished or rolled-back migration (state and checkpoints) to start anew."""
-        assert self.store is not None and self.zk is not None
         state = await run_blocking(self.store.get)
         if state is not None and state.phase not in ("complete", ROLLBACK):
             raise MigrationFailed(f"a migration is in phase {state.phase}; roll it back before starting anew")
-        checkpoints = ZooKeeperCheckpoints(CheckpointStore(self.zk))
+        checkpoints = ZooKeeperRangeCheckpoints(self.records)
         for task in [f"{self.plan.name}.{app}" for app in self.plan.apps] + [self._tasks_key]:
             await checkpoints.clear(task)
         if state is not None:

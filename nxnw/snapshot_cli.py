@@ -17,11 +17,11 @@ from contextlib import asynccontextmanager
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from datastore import Engine, open_engine
-from nxnw.checkpoints import ZooKeeperCheckpoints
+from nxnw.checkpoints import ZooKeeperRangeCheckpoints
 from nxnw.config import scheduler_address
 from nxnw.zk import zk_session
 from snapshot import Loader, LoadStats, copy_app, encode, encode_manifest, export_chunks, plan_ids, read_chunks
-from sync.state import CheckpointStore
+from sync.state import TaskRecordStore
 
 
 def progress_bar() -> Progress:
@@ -49,12 +49,12 @@ async def _engine(url: str) -> AsyncIterator[Engine]:
 
 
 @asynccontextmanager
-async def _checkpoints(hosts: str | None) -> AsyncIterator[ZooKeeperCheckpoints | None]:
+async def _checkpoints(hosts: str | None) -> AsyncIterator[ZooKeeperRangeCheckpoints | None]:
     if hosts is None:
         yield None
         return
     async with zk_session(hosts, "the checkpoints'") as zk:
-        yield ZooKeeperCheckpoints(CheckpointStore(zk))
+        yield ZooKeeperRangeCheckpoints(TaskRecordStore(zk))
 
 
 async def copy(args: argparse.Namespace) -> int:

@@ -8,11 +8,11 @@ from sync.lock import GroupLock, GroupLockError, GroupLockLost, GroupLockTimeout
 from sync.mirror import MirrorError, TreeMirror, ephemeral_copies, next_sequence_suffix, purge_ephemeral_copies
 from sync.mode import (MODES, InvalidModeData, ModeConflict, ModeState, ModeWatcher, ensure_mode, read_mode,
                        set_mode)
-from sync.state import (PHASES, CheckpointStore, CorruptDocument, MigrationState, MigrationStateStore,
+from sync.state import (PHASES, TaskRecordStore, CorruptDocument, MigrationState, MigrationStateStore,
                         StateConflict)
 
 __all__ = [
-    "MODES", "PHASES", "CheckpointStore", "CorruptDocument", "GroupLock", "GroupLockError", "GroupLockLost",
+    "MODES", "PHASES", "TaskRecordStore", "CorruptDocument", "GroupLock", "GroupLockError", "GroupLockLost",
     "GroupLockTimeout", "InvalidModeData", "MigrationState", "MigrationStateStore", "MirrorError",
     "ModeConflict", "ModeState", "ModeWatcher", "StateConflict", "TreeMirror", "ensure_mode", "ephemeral_copies",
     "next_sequence_suffix", "purge_ephemeral_copies", "read_mode", "set_mode",

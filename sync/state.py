@@ -1,4 +1,8 @@
-"""Migration state and snapshot-loader checkpoints, persisted in N1's ZooKeeper.
+"""Migration state and task records, persisted in N1's ZooKeeper.
+
+Two stores: ``MigrationStateStore`` (the one migration-state znode, compare-and-set) and
+``TaskRecordStore`` (JSON records filed by task: a snapshot loader's range checkpoints,
+the orchestrator's finished tasks, the DNS hand-off's saved copy).
 
 Error handling
 ==============
@@ -21,10 +25,11 @@ Layout:
   the words of the CLI, logs and status page), ``started_at`` (the migration),
   ``phase_started_at``, ``updated_at`` (unix seconds), ``phases`` (per-phase data, a JSON
   object per phase name) and ``write_id``.
-* ``/nxnw/migration/checkpoints/<task>/<range-id>`` — one JSON object per finished (or
-  partly finished) range of a snapshot/load task. Task and range ids are url-quoted into
-  znode names, so any non-empty string works (token ranges contain '/' and ':').
-  Checkpoints are last-writer-wins: one loader owns a range at a time.
+* ``/nxnw/migration/checkpoints/<task>/<record-id>`` — one JSON object per record of a
+  task: for a snapshot/load task, one per finished (or partly finished) range; for the
+  orchestrator's ``<plan>._tasks``, one per finished task. Task and record ids are
+  url-quoted into znode names, so any non-empty string works (token ranges contain '/'
+  and ':'). Records are last-writer-wins: one writer owns a record at a time.
 
 Must never: write the state without a version check; accept a phase outside ``STATES``;
 store a value ZooKeeper would refuse (documents are limited to ``MAX_DOCUMENT_BYTES``).
@@ -209,29 +214,34 @@ class MigrationStateStore:
                               doc["phases"], version, doc["write_id"])
 
 
-class CheckpointStore:
-    """Per-range checkpoints of snapshot/load tasks (blocking calls)."""
+class TaskRecordStore:
+    """JSON records filed by task, one znode each (blocking calls).
+
+    The snapshot loader's range checkpoints go through ``nxnw.checkpoints`` (which adapts
+    this store to the loader's async ``snapshot.CheckpointStore`` interface); the
+    orchestrator keeps its finished tasks and the DNS hand-off's copy here directly.
+    """
 
     def __init__(self, client: KazooClient, *, root: str = CHECKPOINTS_ROOT, deadline: float = 10.0) -> None:
         self.client = client
-        self.root = check_path(root, "checkpoints root")
+        self.root = check_path(root, "task records root")
         self.deadline = check_timeout(deadline, "deadline")
 
     def _retry(self):
         return bounded_retry(self.deadline, ignore_expire=True)
 
     def _task_path(self, task: str) -> str:
-        return join(self.root, encode_name(task, "checkpoint task"))
+        return join(self.root, encode_name(task, "task"))
 
-    def _path(self, task: str, range_id: str) -> str:
-        return join(self._task_path(task), encode_name(range_id, "range id"))
+    def _path(self, task: str, record_id: str) -> str:
+        return join(self._task_path(task), encode_name(record_id, "record id"))
 
-    def put(self, task: str, range_id: str, value: dict[str, Any]) -> None:
-        """Store ``value`` (a JSON object) as the checkpoint of ``range_id`` in ``task``."""
-        path = self._path(task, range_id)
+    def put(self, task: str, record_id: str, value: dict[str, Any]) -> None:
+        """Store ``value`` (a JSON object) as the record ``record_id`` of ``task``."""
+        path = self._path(task, record_id)
         if not isinstance(value, dict):
-            raise ValueError(f"checkpoint {task}/{range_id} must be a JSON object (dict), got {type(value).__name__}")
-        data = _encode(value, f"checkpoint {task}/{range_id}")
+            raise ValueError(f"record {task}/{record_id} must be a JSON object (dict), got {type(value).__name__}")
+        data = _encode(value, f"record {task}/{record_id}")
 
         def put_once() -> None:
             try:
@@ -244,8 +254,8 @@ class CheckpointStore:
 
         self._retry()(put_once)
 
-    def get(self, task: str, range_id: str) -> dict[str, Any] | None:
-        path = self._path(task, range_id)
+    def get(self, task: str, record_id: str) -> dict[str, Any] | None:
+        path = self._path(task, record_id)
         try:
             data, _ = self._retry()(self.client.get, path)
         except NoNodeError:
@@ -253,7 +263,7 @@ class CheckpointStore:
         return _decode_object(data, path)
 
     def list(self, task: str) -> dict[str, dict[str, Any]]:
-        """Every checkpoint of ``task``: range id -> value (reads pipelined)."""
+        """Every record of ``task``: record id -> value (reads pipelined)."""
         task_path = self._task_path(task)
 
         def read_all() -> dict[str, bytes]:
@@ -273,10 +283,14 @@ class CheckpointStore:
         raw = self._retry()(read_all)
         return {decode_name(name): _decode_object(data, join(task_path, name)) for name, data in sorted(raw.items())}
 
-    def clear(self, task: str, range_id: str | None = None) -> None:
-        """Delete one checkpoint, or (``range_id=None``) every checkpoint of ``task``."""
-        path = self._task_path(task) if range_id is None else self._path(task, range_id)
+    def clear(self, task: str, record_id: str | None = None) -> None:
+        """Delete one record, or (``record_id=None``) every record of ``task``."""
+        path = self._task_path(task) if record_id is None else self._path(task, record_id)
         try:
             self._retry()(self.client.delete, path, recursive=True)
         except NoNodeError:
             pass
+
+
+#: The name this store had, kept only while ``nxnw.demo`` imports it by that name.
+CheckpointStore = TaskRecordStore

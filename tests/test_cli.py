@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from nxnw import __version__
 
@@ -37,3 +39,34 @@ def test_copy_and_verify_with_a_scheduler_that_does_not_answer_stop_before_anyth
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == ("nxnw snapshot copy: error: argument --scheduler: 'bogus' is not a "
                                                    "Dask scheduler address (tcp://host:port or tls://host:port)")
+
+
+def _plan_with_zookeepers(tmp_path: Path, n1: str, n2: str) -> Path:
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'name = "cli-{tmp_path.name}"\napps = ["a"]\nsync_paths = ["/apps/a"]\n\n'
+                    f'[n1]\nengine = "sqlite:///{tmp_path / "n1.db"}"\nzookeeper = "{n1}"\nmemcached = "127.0.0.1:9"\n\n'
+                    f'[n2]\nengine = "sqlite:///{tmp_path / "n2.db"}"\nzookeeper = "{n2}"\nmemcached = "127.0.0.1:9"\n')
+    return plan
+
+
+def test_an_unreachable_zookeeper_is_one_line_with_no_library_warning_above_it(tmp_path) -> None:
+    plan = _plan_with_zookeepers(tmp_path, "127.0.0.1:1", "127.0.0.1:2")
+    status = nxnw("status", str(plan))
+    assert status.returncode == 2
+    assert (status.stdout + status.stderr).strip().splitlines() == [
+        "nxnw status: N1's ZooKeeper at 127.0.0.1:1 did not answer within 8 s (KazooTimeoutError)"]
+    migrate = nxnw("migrate", str(plan))
+    assert migrate.returncode == 2
+    assert (migrate.stdout + migrate.stderr).strip().splitlines() == [
+        "nxnw migrate: 2 problem(s) before anything was changed:",
+        "n1.zookeeper: N1's ZooKeeper at 127.0.0.1:1 did not answer within 8 s (KazooTimeoutError)",
+        "n2.zookeeper: N2's ZooKeeper at 127.0.0.1:2 did not answer within 8 s (KazooTimeoutError)"]
+
+
+def test_nxnw_log_asks_for_the_library_warnings_again(tmp_path) -> None:
+    plan = _plan_with_zookeepers(tmp_path, "127.0.0.1:1", "127.0.0.1:2")
+    proc = subprocess.run([sys.executable, "-m", "nxnw.cli", "status", str(plan)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "NXNW_LOG": "warning"})
+    assert proc.returncode == 2
+    assert "kazoo.client WARNING" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("nxnw status: N1's ZooKeeper at 127.0.0.1:1 did not answer")

@@ -41,8 +41,7 @@ async def test_rollback_from_proxy_mode_leaves_every_write_on_n1() -> None:
     try:
         await env.setup()
         env.start_workload()
-        orchestrator = Orchestrator(env.plan)
-        await orchestrator.connect()
+        orchestrator = await Orchestrator.connect(env.plan)
         try:
             await orchestrator.migrate(until="proxy")
             assert orchestrator.state.phase == "proxy"

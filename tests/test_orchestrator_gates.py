@@ -142,12 +142,8 @@ async def seed_n1(s: Setting, count: int = 200) -> None:
 
 
 async def run_orchestrator(plan: Plan, action: str = "migrate", **kwargs) -> Orchestrator:
-    orchestrator = Orchestrator(plan)
-    await orchestrator.connect()
-    try:
+    async with await Orchestrator.connect(plan) as orchestrator:
         await getattr(orchestrator, action)(**kwargs)
-    finally:
-        await orchestrator.close()
     return orchestrator
 
 
@@ -285,8 +281,7 @@ async def test_complete_requires_both_journals_empty_and_syncs_zookeeper_once_mo
     s = setting
     await seed_n1(s)
     s.zk1.create(f"/apps/{s.app}/config", b"v1", makepath=True)
-    orchestrator = Orchestrator(s.plan)
-    await orchestrator.connect()
+    orchestrator = await Orchestrator.connect(s.plan)
     try:
         await orchestrator.migrate(until="proxy")
         assert s.zk2.get(f"/apps/{s.app}/config")[0] == b"v1"

@@ -31,7 +31,7 @@ from nxnw.config import PlanError, parse_plan
 from nxnw.dask_ranges import RangeCopied, SchedulerUnavailable, copy_app_distributed, verify_app_distributed
 from nxnw.services.endpoints import HOST, ZOOKEEPER, engine_url
 from snapshot import verify_app
-from sync.state import CheckpointStore
+from sync.state import TaskRecordStore
 from tests.conftest import require
 from tests.test_config import readme_plan
 
@@ -180,7 +180,7 @@ async def test_a_killed_worker_loses_no_range_and_applies_none_twice(dask_cluste
     n1, n2 = await open_pair("sqlite", "cassandra")
     await apply_in_batches(n1, seed(app_name, ENTITIES))
     with zk_namespace() as (zk_hosts, zk):
-        store = CheckpointStore(zk)
+        store = TaskRecordStore(zk)
         results: list[RangeCopied] = []
         copy = asyncio.create_task(copy_app_distributed(dask_cluster.address, n1, n2, app_name, task="dask", zookeeper=zk_hosts,
                                                         at_least=48, on_range=results.append))
@@ -211,7 +211,7 @@ async def test_a_killed_worker_loses_no_range_and_applies_none_twice(dask_cluste
     assert report.n1.count == report.n2.count == ENTITIES
 
 
-async def _worker_mid_range(cluster: DaskCluster, store: CheckpointStore, copy: asyncio.Task) -> tuple[str, str]:
+async def _worker_mid_range(cluster: DaskCluster, store: TaskRecordStore, copy: asyncio.Task) -> tuple[str, str]:
     """Name and address of a worker holding an unfinished range, once a few ranges are done."""
     names = {addr: name for name, addr in (await cluster.addresses()).items()}
     deadline = time.monotonic() + 300

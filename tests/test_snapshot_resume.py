@@ -11,7 +11,7 @@ import time
 from datastore import Entity, open_engine
 from nxnw.services.endpoints import engine_url
 from snapshot import verify_app
-from sync.state import CheckpointStore
+from sync.state import TaskRecordStore
 from tests.conftest import require
 from tests.proxy_harness import zk_namespace
 
@@ -29,7 +29,7 @@ async def test_killed_copy_resumes_from_checkpoints_and_ends_identical(sqlite_di
             argv = [sys.executable, "-m", "nxnw.cli", "snapshot", "copy", "--from", source, "--to", target,
                     "--app", app_name, "--zookeeper", zk_hosts, "--task", "t1", "--ranges", "32"]
             first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            store = CheckpointStore(zk)
+            store = TaskRecordStore(zk)
             deadline = time.monotonic() + 120
             while len(store.list("t1")) < 6 and first.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sync.state import CheckpointStore, CorruptDocument, MigrationStateStore, StateConflict
+from sync.state import TaskRecordStore, CorruptDocument, MigrationStateStore, StateConflict
 
 
 def test_phases_advance_by_compare_and_set_only(zk_connect, zk_root):
@@ -38,7 +38,7 @@ def test_unknown_phase_and_corrupt_state_are_refused(zk_connect, zk_root):
 
 
 def test_checkpoints_put_get_list_clear(zk_connect, zk_root):
-    store = CheckpointStore(zk_connect("n1"), root=f"{zk_root}/checkpoints")
+    store = TaskRecordStore(zk_connect("n1"), root=f"{zk_root}/checkpoints")
     ranges = {"(-9223372036854775808, 0]": {"rows": 10}, "row/a:b": {"rows": 3}, ".": {"rows": 1}}
     for range_id, value in ranges.items():
         store.put("load-users", range_id, value)
