@@ -66,6 +66,8 @@ DEFAULT_MIX: Mapping[str, float] = {"read": 0.34, "write": 0.26, "delete": 0.06,
                                     "transaction": 0.04, "cache": 0.26}
 OP_CLASSES = tuple(DEFAULT_MIX)
 DEFAULT_CLIENT_TIMEOUT = 10.0
+#: methods aiohttp sends a second time after a dropped connection (see ``_request``)
+IDEMPOTENT_RESENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class WorkloadError(ValueError):
@@ -372,7 +374,11 @@ class _Client:
                 body = await resp.read()
                 got = _Answer(http_outcome(resp.status, body), resp.status, body, dict(resp.headers))
         except aiohttp.ClientConnectorError:
-            got = _Answer("failed")          # never connected: the request was not sent
+            # Never connected, so this attempt was not sent; but aiohttp resends a PUT or a
+            # DELETE once on a new connection when the first one drops mid-request (RFC 9112
+            # 9.3.1), so for those the refused connection may follow an attempt that reached
+            # the proxy (one killed while it wrote): only a POST here was surely never sent.
+            got = _Answer("failed" if method not in IDEMPOTENT_RESENT else "unknown")
         except (aiohttp.ClientError, asyncio.TimeoutError):
             got = _Answer("unknown")
         self.w.stats.reached.append((time.time(), address))
