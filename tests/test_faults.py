@@ -9,11 +9,22 @@ anomaly, the final verify finds N1 and N2 identical and the migration completed.
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sqlite3
+import threading
+from pathlib import Path
+
 import pytest
 
 from nxnw import cli
-from nxnw.demo import DemoOptions, run_demo
+from nxnw.demo import DemoEnvironment, DemoOptions, run_demo
 from nxnw.faults import FAULT_PHASES, FAULTS, parse_fault
+from nxnw.history import check
+from nxnw.workload import Endpoint, Workload
+from nxnw.zk import zk_session
+from proxy.control import switch_mode
+from sync.aio import run_blocking
 
 #: fault -> the phase where it bites hardest, and why
 CELLS = {
@@ -76,3 +87,62 @@ def test_bad_fault_flags_exit_2_with_the_reason(argv: list[str], reason: str, ca
 def test_parse_fault_names_the_choices() -> None:
     with pytest.raises(ValueError, match="kill-proxy"):
         parse_fault("nope", "cow")
+
+
+async def test_a_write_whose_proxy_died_after_n1_took_it_is_not_recorded_failed(tmp_path: Path) -> None:
+    """kill -9 of a proxy mid dual write: N1 has the write, the client saw the connection drop.
+
+    aiohttp retries a PUT once on a new connection after a dropped one; the retry's
+    connection is refused, and the workload must not read that refusal as "never sent"
+    (failed): the first attempt reached the proxy and N1 holds its value, so the checker
+    would report an unknown write, or a phantom read of it.
+    """
+    env = DemoEnvironment(DemoOptions(seed_entities=0, workdir=tmp_path))
+    env.slots = env.fleet.slots = env.slots[:1]  # one instance: nowhere to fail over to
+    try:
+        await env.setup()
+        assert env.plan is not None
+        async with zk_session(env.plan.n1.zookeeper, "N1's") as zk:
+            await run_blocking(switch_mode, zk, "cow", drain_timeout=30)
+        n2_path = str(tmp_path / "n2.db")
+        locked, release = threading.Event(), threading.Event()
+
+        def hold_n2() -> None:  # N2 busy: the dual write's N2 leg waits, N1's lands
+            conn = sqlite3.connect(n2_path, isolation_level=None, timeout=30)
+            conn.execute("BEGIN EXCLUSIVE")
+            locked.set()
+            release.wait(60)
+            conn.execute("ROLLBACK")
+            conn.close()
+
+        holder = threading.Thread(target=hold_n2)
+        holder.start()
+        locked.wait(30)
+        host, port, _ = env.slots[0]
+        clients = 4  # each blocked in its own dual write: four chances to see the misreading
+        workload = Workload(env.app, lambda cid: Endpoint(port=port, address=host), clients=clients, keys=1000,
+                            history=env.history, mix={"write": 1.0})
+        workload.start()
+        proxy = env.fleet.current[0]
+        try:
+            for _ in range(300):  # until N1 holds every client's first write (their N2 legs wait)
+                if len(await env.final_state("n1")) >= clients:
+                    break
+                await asyncio.sleep(0.05)
+            proxy.signal(signal.SIGKILL)
+            assert proxy.popen is not None
+            await run_blocking(proxy.popen.wait)
+            for _ in range(300):  # until each client gave up on its write in flight
+                if sum(1 for op in env.history.ops if not op.ok) >= clients:
+                    break
+                await asyncio.sleep(0.05)
+            await workload.stop()
+        finally:
+            release.set()
+            holder.join()
+        held = await env.final_state("n1")
+        assert len(held) >= clients
+        report = check(env.history, held)
+        assert report.ok, report.summary()
+    finally:
+        await env.cleanup()
