@@ -21,6 +21,7 @@ from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kazoo.exceptions import KazooException
 from rich.console import Console
 from rich.table import Table
 
@@ -444,6 +445,9 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
     except KeyboardInterrupt:
         console.print("nxnw: interrupted")
         return EXIT_INTERRUPTED
+    except KazooException as exc:  # ZooKeeper lost outside a task (tasks report theirs as a failed task)
+        console.print(f"nxnw {args.verb}: ZooKeeper: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        return EXIT_BAD_INPUT
     except (services.ServicesDown, PlanError, KeyError, ValueError, OSError, RuntimeError, EngineUnavailable) as exc:
         first, _, rest = str(exc).partition("\n")
         console.print(f"nxnw {args.verb}: {first}", markup=False, highlight=False)
