@@ -19,7 +19,7 @@ import signal
 import sys
 from pathlib import Path
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import KazooException
 from rich.console import Console
@@ -28,6 +28,9 @@ from rich.table import Table
 from nxnw import __version__, logs, services, snapshot_cli
 from datastore import EngineUnavailable
 from nxnw.config import Plan, PlanError, load_plan, scheduler_address
+
+if TYPE_CHECKING:
+    from kazoo.client import KazooClient
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -150,7 +153,7 @@ def _rollback(args: argparse.Namespace) -> int:
     return _async(run())
 
 
-def _status_facts(zk, plan_name: str) -> dict[str, Any]:
+def _status_facts(zk: KazooClient, plan_name: str) -> dict[str, Any]:
     """What ``nxnw status`` shows, read from N1's ZooKeeper (blocking calls)."""
     from proxy.control import journal_depth, members
     from sync.mode import load_verified_epoch, read_mode
@@ -245,7 +248,7 @@ def _verify(args: argparse.Namespace) -> int:
             await n1.close()
             await n2.close()
         if args.json:
-            print(json.dumps({"plan": plan.name, "identical": clean, "repair": args.repair, "apps": apps,
+            print(json.dumps({"plan": plan.name, "ok": clean, "repair": args.repair, "apps": apps,
                               "leftovers": leftovers}, indent=2, sort_keys=True))
         else:
             for found in apps:

@@ -4,15 +4,21 @@ Phases (the one vocabulary of the CLI, the znodes, the logs and the status page)
 ``prepare → sync-zk → cow → snapshot+load → verify → proxy → handoff → complete``.
 Each phase is one or more tasks; a task runs once its dependencies are done, independent
 tasks run in parallel (each app's load and verify, the DNS TTL lowering beside the data
-phases). Every finished task is recorded in the migration-state znode before the next
+phases). Every finished task is recorded (a ``TaskRecordStore`` record under the task
+``<plan>._tasks``, beside the migration-state znode that holds the phase) before the next
 one that depends on it starts, so ``nxnw migrate`` killed with -9 anywhere and started
 again skips what was done and redoes the task it was in — every task is written to be
 redone safely: mode switches are compare-and-set and idempotent, loads resume from
 their range checkpoints and are last-write-wins, verify only ever applies newer data,
 the DNS hand-off resumes from its saved copy.
 
-Nothing changes before ``prepare`` has checked every problem it can see (engines,
-both ZooKeepers, the DNS zone's update rights); they are reported all at once.
+Nothing changes before ``preflight`` has checked every problem it can see (engines,
+both ZooKeepers, the Dask scheduler, the DNS zone's update rights); they are reported all
+at once. ``task_graph(plan)`` is the graph without a connection (``migrate --dry-run``
+prints it); ``await Orchestrator.connect(plan)`` returns an orchestrator connected to
+N1's ZooKeeper and both engines, closed by ``close()`` or by leaving ``async with``.
+The phase, task durations and failures, load progress, verify's differences and the
+journal depths are Prometheus metrics (``nxnw.migration_metrics``).
 
 The ZooKeeper mirror is a worker, not a one-off task: whenever a migration is between
 ``sync-zk`` and ``complete``, the orchestrator process runs it (a restart re-syncs). It
@@ -56,7 +62,7 @@ from datastore import Engine, EngineUnavailable, open_engine
 from dns_handoff import Handoff
 from dns_handoff.provider import DnsProvider, RecordSet
 from nxnw.checkpoints import ZooKeeperRangeCheckpoints
-from nxnw.config import Plan
+from nxnw.config import Dns, Plan
 from nxnw import migration_metrics as metrics
 from nxnw.error_budget import N2ErrorBudget
 from nxnw.zk import start_zk, stop_zk, zk_session
@@ -122,20 +128,18 @@ class Progress:
             self.on_event(line)
 
 
-def dns_provider(plan: Plan) -> DnsProvider | None:
-    """The plan's DNS provider, or None when the plan has no DNS hand-off."""
-    if plan.dns is None:
-        return None
-    if plan.dns.provider == "rfc2136":
+def dns_provider(dns: Dns) -> DnsProvider:
+    """The provider the plan's ``[dns]`` table names, with its settings."""
+    if dns.provider == "rfc2136" and dns.rfc2136 is not None:
         from dns_handoff.rfc2136 import Rfc2136Provider
-        cfg = plan.dns.rfc2136
-        assert cfg is not None
+        cfg = dns.rfc2136
         return Rfc2136Provider(cfg.zone, cfg.server, cfg.key_name, cfg.key_secret, cfg.key_algorithm,
                                authoritative=cfg.authoritative or None)
-    from dns_handoff.route53 import Route53Provider
-    cfg53 = plan.dns.route53
-    assert cfg53 is not None
-    return Route53Provider(cfg53.hosted_zone_id, endpoint_url=cfg53.endpoint_url, region=cfg53.region)
+    if dns.provider == "route53" and dns.route53 is not None:
+        from dns_handoff.route53 import Route53Provider
+        return Route53Provider(dns.route53.hosted_zone_id, endpoint_url=dns.route53.endpoint_url,
+                               region=dns.route53.region)
+    raise ValueError(f"provider {dns.provider!r} needs a [dns.{dns.provider}] table")
 
 
 def _flush_memcached(servers: str) -> None:
@@ -175,22 +179,20 @@ async def preflight(plan: Plan) -> None:
             problems.append(f"scale.scheduler: {exc}")
     if plan.dns is not None:
         try:
-            provider = dns_provider(plan)
-            assert provider is not None
-            await asyncio.get_running_loop().run_in_executor(None, _check_dns_rights, provider, plan)
+            await asyncio.get_running_loop().run_in_executor(None, _check_dns_rights, dns_provider(plan.dns),
+                                                             plan.dns)
         except Exception as exc:
             problems.append(f"dns: {exc}")
     if problems:
         raise PreflightFailed(problems)
 
 
-def _check_dns_rights(provider: DnsProvider, plan: Plan) -> None:
+def _check_dns_rights(provider: DnsProvider, dns: Dns) -> None:
     """Read the record and make one harmless signed change, so a refusal shows up now."""
-    assert plan.dns is not None
-    current = provider.records(plan.dns.name, "A")
+    current = provider.records(dns.name, "A")
     if not current:
-        raise ValueError(f"{plan.dns.name} has no A record to hand off")
-    probe = RecordSet(f"_nxnw-preflight.{plan.dns.name}", "TXT", 1, ('"nxnw preflight"',))
+        raise ValueError(f"{dns.name} has no A record to hand off")
+    probe = RecordSet(f"_nxnw-preflight.{dns.name}", "TXT", 1, ('"nxnw preflight"',))
     provider.wait_in_sync(provider.upsert([probe]), 30)
     provider.delete([probe])
 
@@ -207,9 +209,10 @@ def task_graph(plan: Plan) -> list[Task]:
         graph.append(Task(f"verify:{app}", "verify", (f"snapshot+load:{app}",), lambda o, app=app: o._verify(app)))
     graph.append(Task("proxy", "proxy", tuple(f"verify:{a}" for a in plan.apps), Orchestrator._proxy))
     last = "proxy"
-    if plan.dns is not None:
-        graph.append(Task("handoff:lower-ttl", "handoff", ("prepare",), Orchestrator._lower_ttl, moves_phase=False))
-        graph.append(Task("handoff", "handoff", ("proxy", "handoff:lower-ttl"), Orchestrator._switch_dns))
+    if (dns := plan.dns) is not None:
+        graph.append(Task("handoff:lower-ttl", "handoff", ("prepare",), lambda o: o._lower_ttl(dns),
+                          moves_phase=False))
+        graph.append(Task("handoff", "handoff", ("proxy", "handoff:lower-ttl"), lambda o: o._switch_dns(dns)))
         last = "handoff"
     graph.append(Task("complete", "complete", (last,), Orchestrator._complete, phase_at_start=False))
     return graph
@@ -334,9 +337,6 @@ class Orchestrator:
 
     # -- the graph -------------------------------------------------------------------------
 
-    def tasks(self) -> list[Task]:
-        return task_graph(self.plan)
-
     async def migrate(self, until: str | None = None) -> MigrationState:
         """Run every task not yet done, in dependency order, in parallel where possible.
 
@@ -363,7 +363,7 @@ class Orchestrator:
         self._done = done
         if "sync-zk" in done:
             await self._start_mirrors()
-        graph = {t.name: t for t in self.tasks()
+        graph = {t.name: t for t in task_graph(self.plan)
                  if until is None or PHASES.index(t.phase) <= PHASES.index(until)}
         for name in graph:
             self.progress.tasks[name] = {"state": "done" if name in done else "pending", **done.get(name, {})}
@@ -589,12 +589,10 @@ class Orchestrator:
         self.progress.journal_depth = await run_blocking(journal_depth, self.zk, "n2")
         return {**await self._switch("proxy"), "verified_cow_epoch": cow_epoch}
 
-    async def _dns_handoff(self) -> Handoff:
+    async def _dns_handoff(self, dns: Dns) -> Handoff:
         """The hand-off, resumed from its saved copy when an earlier run began it."""
-        assert self.plan.dns is not None
         if self.handoff is None:
-            provider = dns_provider(self.plan)
-            assert provider is not None
+            provider = dns_provider(dns)
             saved = await self._saved_handoff()
             store, key = self.records, self._tasks_key
 
@@ -602,19 +600,16 @@ class Orchestrator:
                 store.put(key, "_dns", doc)
 
             self.handoff = (Handoff.from_dict(provider, saved, persist) if saved
-                            else Handoff(provider, self.plan.dns.name, persist=persist))
+                            else Handoff(provider, dns.name, persist=persist))
         return self.handoff
 
-    async def _lower_ttl(self) -> dict[str, Any]:
-        assert self.plan.dns is not None
-        handoff = await self._dns_handoff()
-        waited = await asyncio.get_running_loop().run_in_executor(None, handoff.lower_ttl, self.plan.dns.ttl)
+    async def _lower_ttl(self, dns: Dns) -> dict[str, Any]:
+        handoff = await self._dns_handoff(dns)
+        waited = await asyncio.get_running_loop().run_in_executor(None, handoff.lower_ttl, dns.ttl)
         return {"waited_old_ttl": round(waited, 3)}
 
-    async def _switch_dns(self) -> dict[str, Any]:
-        dns = self.plan.dns
-        assert dns is not None
-        handoff = await self._dns_handoff()
+    async def _switch_dns(self, dns: Dns) -> dict[str, Any]:
+        handoff = await self._dns_handoff(dns)
         loop = asyncio.get_running_loop()
         budget = N2ErrorBudget(self.plan.n2.proxies, self.plan.thresholds.max_error_rate)
         await loop.run_in_executor(None, budget.baseline)
@@ -694,7 +689,7 @@ class Orchestrator:
                                 "N2 no longer matters to this migration")
         await self._stop_mirrors_after_rollback()
         if self.plan.dns is not None and await self._saved_handoff():
-            handoff = await self._dns_handoff()
+            handoff = await self._dns_handoff(self.plan.dns)
             await asyncio.get_running_loop().run_in_executor(None, handoff.rollback)
         self.state = await run_blocking(self.store.update, self.state.version, phase=ROLLBACK,
                                         data={"from": from_phase, "at": time.time(), "n2_journal": n2_journal})

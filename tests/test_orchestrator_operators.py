@@ -102,7 +102,8 @@ async def test_status_and_verify_json_carry_the_facts_of_the_text(setting: Setti
     result = await asyncio.to_thread(nxnw, "verify", str(s.plan_path), "--json")
     assert result.returncode == 0, result.stderr
     verified = json.loads(result.stdout)
-    assert verified["identical"] is True and verified["apps"][0]["entities_n1"] == 30
+    assert verified["ok"] is True and verified["apps"][0]["identical"] is True
+    assert verified["apps"][0]["entities_n1"] == verified["apps"][0]["entities_n2"] == 30
 
     # A row on N1 that N2 lacks (written behind the proxies' back): exit 1, the key in the JSON.
     await s.n1.apply([Entity(s.app, "Item", b"late", b"x", 9_000_000)])
