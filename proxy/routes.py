@@ -129,12 +129,16 @@ class DualWriteRoute(DataRoute):
     async def write(self, entities: Sequence[Entity], admission: Admission) -> None:
         admission.check()
         if self.parallel:
-            primary, secondary_error = await asyncio.gather(
-                self.primary.apply(entities), self._secondary(entities), return_exceptions=True)
-            if isinstance(primary, BaseException):
-                # The client is told the write failed; the secondary may hold it anyway (as
-                # after any failed write, its outcome is unknown), and verify settles it.
-                raise primary
+            # The secondary leg is a task and the primary runs inline: a leg the engine finishes
+            # in place (SQLite's small writes) then costs no second task, while a leg that waits
+            # on the network still overlaps the other. If the primary fails, the client is told
+            # the write failed once the secondary has finished too; the secondary may hold it
+            # anyway (as after any failed write, its outcome is unknown), and verify settles it.
+            secondary = asyncio.ensure_future(self._secondary(entities))
+            try:
+                await self.primary.apply(entities)
+            finally:
+                secondary_error = await secondary
         else:
             await self.primary.apply(entities)
             secondary_error = await self._secondary(entities)
