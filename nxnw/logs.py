@@ -5,13 +5,15 @@ JSON object per line with the time, level, logger, message and any ``extra`` fie
 a proxy fleet's logs can be searched by key, instance or mode.
 
 For a command (not a long-running proxy, whose log is read later and where the
-libraries' warnings date a ZooKeeper outage), without ``NXNW_LOG``, records below ERROR
-from loggers outside nxnw's own packages (kazoo's "Connection dropped" while it retries,
-the Cassandra driver's reconnection warnings, Dask's) are dropped: nxnw reports what
-those libraries meet in its own words, once, and an operator reading a failed command
-must see that one line, not a screen of retries above it. ``NXNW_LOG=warning`` (or lower) shows them again.
+libraries' warnings date a ZooKeeper outage), without ``NXNW_LOG``, records below
+CRITICAL from loggers outside nxnw's own packages are dropped — kazoo's "Connection
+dropped" while it retries, the Cassandra driver's "Control connection failed to
+connect" (an ERROR with a traceback), Dask's: nxnw reports what those libraries meet in
+its own words, once, and an operator reading a failed command must see that one line,
+not a screen of retries above it. ``NXNW_LOG=warning`` (or any level) shows them again.
 
-Must never: drop a record at ERROR or above, or any record of nxnw's own loggers.
+Must never: drop a record of nxnw's own loggers, nor asyncio's (an exception no task
+retrieved is a bug in nxnw), nor one at CRITICAL.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import os
 import time
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-#: The top-level packages whose loggers are nxnw's own (``__main__``: a module run with -m).
-OWN_PACKAGES = frozenset({"nxnw", "proxy", "sync", "datastore", "snapshot", "dns_handoff", "bench", "__main__"})
+#: The top-level packages whose loggers are always heard: nxnw's own (``__main__``: a
+#: module run with -m) and asyncio's.
+HEARD_PACKAGES = frozenset({"nxnw", "proxy", "sync", "datastore", "snapshot", "dns_handoff", "bench", "__main__",
+                            "asyncio"})
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,10 +41,10 @@ class JsonFormatter(logging.Formatter):
 
 
 class LibraryNoiseFilter(logging.Filter):
-    """Passes nxnw's own records and every record at ERROR or above; drops the rest."""
+    """Passes the records of ``HEARD_PACKAGES`` and every record at CRITICAL; drops the rest."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR or record.name.partition(".")[0] in OWN_PACKAGES
+        return record.levelno >= logging.CRITICAL or record.name.partition(".")[0] in HEARD_PACKAGES
 
 
 def configure(*, quiet_libraries: bool = True) -> None:

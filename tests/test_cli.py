@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from nxnw import __version__
+from nxnw.services.endpoints import ZOOKEEPER
+from tests.conftest import require
 
 
 def nxnw(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -70,3 +72,15 @@ def test_nxnw_log_asks_for_the_library_warnings_again(tmp_path) -> None:
     assert proc.returncode == 2
     assert "kazoo.client WARNING" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("nxnw status: N1's ZooKeeper at 127.0.0.1:1 did not answer")
+
+
+def test_an_unreachable_cassandra_is_one_line_with_no_driver_traceback_above_it(tmp_path) -> None:
+    plan = _plan_with_zookeepers(tmp_path, f"127.0.0.1:{ZOOKEEPER['n1']}", f"127.0.0.1:{ZOOKEEPER['n2']}")
+    plan.write_text(plan.read_text().replace(f'engine = "sqlite:///{tmp_path / "n1.db"}"',
+                                             'engine = "cassandra://127.0.0.1:1/unreachable"'))
+    require("zookeeper-n1", "zookeeper-n2")
+    proc = nxnw("migrate", str(plan))
+    assert proc.returncode == 2
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert lines[0] == "nxnw migrate: 1 problem(s) before anything was changed:", lines
+    assert len(lines) == 2 and lines[1].startswith("n1.engine: cannot open cassandra://127.0.0.1:1/unreachable: "), lines
