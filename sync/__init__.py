@@ -8,12 +8,12 @@ from sync.lock import GroupLock, GroupLockError, GroupLockLost, GroupLockTimeout
 from sync.mirror import MirrorError, TreeMirror, ephemeral_copies, next_sequence_suffix, purge_ephemeral_copies
 from sync.mode import (MODES, InvalidModeData, ModeConflict, ModeState, ModeWatcher, ensure_mode, read_mode,
                        set_mode)
-from sync.state import (PHASES, TaskRecordStore, CorruptDocument, MigrationState, MigrationStateStore,
-                        StateConflict)
+from sync.state import (PHASES, CorruptDocument, MigrationState, MigrationStateStore, StateConflict,
+                        TaskRecordStore)
 
 __all__ = [
-    "MODES", "PHASES", "TaskRecordStore", "CorruptDocument", "GroupLock", "GroupLockError", "GroupLockLost",
-    "GroupLockTimeout", "InvalidModeData", "MigrationState", "MigrationStateStore", "MirrorError",
-    "ModeConflict", "ModeState", "ModeWatcher", "StateConflict", "TreeMirror", "ensure_mode", "ephemeral_copies",
+    "MODES", "PHASES", "CorruptDocument", "GroupLock", "GroupLockError", "GroupLockLost", "GroupLockTimeout",
+    "InvalidModeData", "MigrationState", "MigrationStateStore", "MirrorError", "ModeConflict", "ModeState",
+    "ModeWatcher", "StateConflict", "TaskRecordStore", "TreeMirror", "ensure_mode", "ephemeral_copies",
     "next_sequence_suffix", "purge_ephemeral_copies", "read_mode", "set_mode",
 ]
