@@ -106,14 +106,15 @@ async def _member_session(zookeeper: str, instance: str) -> int | None:
 async def _wait_session_gone(zookeeper: str, instance: str, session: int | None) -> float:
     """Wait until ``session`` no longer holds ``instance``'s membership; seconds waited."""
     started = time.monotonic()
-    while True:
-        owner = await _member_session(zookeeper, instance)
-        if owner is None or owner != session:
-            return time.monotonic() - started
-        if time.monotonic() - started > SESSION_LOSS_DEADLINE:
-            raise TimeoutError(f"proxy {instance}'s ZooKeeper session {session:#x} still holds its membership "
-                               f"after {SESSION_LOSS_DEADLINE:.0f} s")
-        await asyncio.sleep(0.25)
+    async with zk_session(zookeeper, "N1's") as zk:
+        while True:
+            stat = await run_blocking(zk.exists, f"{PROXIES_ROOT}/{instance}")
+            if stat is None or stat.ephemeralOwner != session:
+                return time.monotonic() - started
+            if time.monotonic() - started > SESSION_LOSS_DEADLINE:
+                raise TimeoutError(f"proxy {instance}'s ZooKeeper session {stat.ephemeralOwner:#x} still holds its "
+                                   f"membership after {SESSION_LOSS_DEADLINE:.0f} s")
+            await asyncio.sleep(0.25)
 
 
 class KillProxy(Fault):
