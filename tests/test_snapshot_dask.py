@@ -280,7 +280,9 @@ async def test_a_scheduler_that_does_not_answer_is_one_line_error_before_any_wri
 
 
 def test_a_plan_names_its_scheduler_in_scale_and_a_bad_address_is_refused_with_the_field() -> None:
-    text = readme_plan()
+    readme = readme_plan()
+    assert parse_plan(readme).scale.scheduler == "tcp://10.0.2.5:8786", "the README's plan shows [scale]"
+    text = readme[:readme.index("[scale]")]
     assert parse_plan(text).scale.scheduler is None, "without [scale] the ranges run in process"
     assert parse_plan(text + '\n[scale]\nscheduler = "tcp://10.0.0.9:8786"\n').scale.scheduler == "tcp://10.0.0.9:8786"
     with pytest.raises(PlanError, match=r"scale\.scheduler: '10\.0\.0\.9:8786' is not a Dask scheduler address"):
