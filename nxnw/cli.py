@@ -272,6 +272,8 @@ def _proxy_serve(args: argparse.Namespace) -> int:
                          n2_engine=plan.n2.engine, n1_zookeeper=plan.n1.zookeeper, n2_zookeeper=plan.n2.zookeeper,
                          n1_memcached=plan.n1.memcached, n2_memcached=plan.n2.memcached, http_host=args.host,
                          http_port=args.port, memcache_port=args.memcache_port,
+                         enable_flush_cmd=args.enable_flush_cmd, memcache_fail_limit=args.memcache_fail_limit,
+                         memcache_retry_after=args.memcache_retry_after,
                          shadow_rate=plan.thresholds.shadow_rate, journal_bound=plan.thresholds.journal_bound,
                          admin_token=os.environ.get("NXNW_ADMIN_TOKEN", ""))
 
@@ -434,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--memcache-port", type=int, default=None, help="also speak the memcached protocol here")
+    serve.add_argument("--enable-flush-cmd", action="store_true",
+                       help="serve flush_all on the memcache port (both sides, in the mode's order); refused by default")
+    serve.add_argument("--memcache-fail-limit", type=int, default=3,
+                       help="consecutive failures after which a memcached server is marked down (default 3)")
+    serve.add_argument("--memcache-retry-after", type=float, default=2.0,
+                       help="seconds a memcached server stays marked down before it is tried again (default 2)")
     serve.set_defaults(func=_proxy_serve)
     return parser
 

@@ -56,7 +56,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.client import KazooClient
-from pymemcache.client.base import PooledClient
 
 from datastore import Engine, EngineUnavailable, open_engine
 from dns_handoff import Handoff
@@ -66,7 +65,7 @@ from nxnw.config import Dns, Plan
 from nxnw import migration_metrics as metrics
 from nxnw.error_budget import N2ErrorBudget
 from nxnw.zk import start_zk, stop_zk, zk_session
-from proxy.control import journal_depth, members, switch_mode, wait_journal_empty
+from proxy.control import flush_memcached, journal_depth, members, switch_mode, wait_journal_empty
 from snapshot import LoadStats, copy_app, verify_app
 from sync.aio import run_blocking
 from sync.mirror import TreeMirror, purge_ephemeral_copies
@@ -140,16 +139,6 @@ def dns_provider(dns: Dns) -> DnsProvider:
         return Route53Provider(dns.route53.hosted_zone_id, endpoint_url=dns.route53.endpoint_url,
                                region=dns.route53.region)
     raise ValueError(f"provider {dns.provider!r} needs a [dns.{dns.provider}] table")
-
-
-def _flush_memcached(servers: str) -> None:
-    for server in servers.split(","):
-        host, _, port = server.rpartition(":")
-        client = PooledClient((host, int(port)), connect_timeout=5, timeout=5)
-        try:
-            client.flush_all()
-        finally:
-            client.close()
 
 
 async def preflight(plan: Plan) -> None:
@@ -498,7 +487,7 @@ class Orchestrator:
             raise MigrationFailed("N2's tables must be empty for the plan's apps; " + "; ".join(occupied.values())
                                   + ". Drop them on N2, or set allow_nonempty_n2 = true in the plan if they are "
                                   "an earlier attempt's copies of N1's data")
-        await asyncio.get_running_loop().run_in_executor(None, _flush_memcached, self.plan.n2.memcached)
+        await asyncio.get_running_loop().run_in_executor(None, flush_memcached, self.plan.n2.memcached)
         return {"n2_apps_before": await self.n2.apps(), "n2_cache_flushed": True,
                 "n2_nonempty_allowed": sorted(occupied)}
 
