@@ -306,7 +306,7 @@ class Bench:
         plan = self.work / "plan.toml"
         plan.write_text(self.plan_toml())
         port = free_port()
-        self._start("proxy", [*_nxnw_command(), "proxy", "serve", str(plan), "--instance", "p0", "--node-id", "1",
+        self._start("proxy", [*_nxnw_command(), "proxy", "serve", str(plan), "--instance", "p0",
                               "--host", HOST, "--port", str(port)], f"http://{HOST}:{port}/healthz")
         self.bases["proxy"] = f"http://{HOST}:{port}"
         port = free_port()

@@ -268,7 +268,7 @@ def _proxy_serve(args: argparse.Namespace) -> int:
     from proxy.server import serve
 
     plan = load_plan(args.plan)
-    config = ProxyConfig(instance=args.instance, node_id=args.node_id, n1_engine=plan.n1.engine,
+    config = ProxyConfig(instance=args.instance, n1_engine=plan.n1.engine,
                          n2_engine=plan.n2.engine, n1_zookeeper=plan.n1.zookeeper, n2_zookeeper=plan.n2.zookeeper,
                          n1_memcached=plan.n1.memcached, n2_memcached=plan.n2.memcached, http_host=args.host,
                          http_port=args.port, memcache_port=args.memcache_port,
@@ -432,7 +432,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve = proxy_verbs.add_parser("serve", help="serve the data API until SIGTERM")
     serve.add_argument("plan", help=plan_help)
     serve.add_argument("--instance", required=True, help="this instance's name, unique among the proxies")
-    serve.add_argument("--node-id", type=int, required=True, help="the clock's writer id, 0-15, unique per instance")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--memcache-port", type=int, default=None, help="also speak the memcached protocol here")

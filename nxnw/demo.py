@@ -62,7 +62,7 @@ from nxnw.zk import zk_session
 from snapshot import verify_app
 from sync.aio import run_blocking
 from sync.mode import read_mode
-from sync.state import CheckpointStore, MigrationStateStore
+from sync.state import MigrationStateStore, TaskRecordStore
 from sync.writer_clock import DEFAULT_MAX_OFFSET_MS
 
 N1_ADDRESS = "127.0.0.11"
@@ -473,7 +473,7 @@ async def run_demo(options: DemoOptions) -> tuple[dict[str, Any], bool]:
         await env.stop_workload()
         async with zk_session(env.plan.n1.zookeeper, "N1's") as zk:
             state = await run_blocking(MigrationStateStore(zk).get)
-            tasks = await run_blocking(CheckpointStore(zk).list, f"{env.plan.name}._tasks")
+            tasks = await run_blocking(TaskRecordStore(zk).list, f"{env.plan.name}._tasks")
             mode = await run_blocking(read_mode, zk)
         final_phase = None if state is None else state.phase
         if options.tamper_n2:

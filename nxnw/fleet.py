@@ -56,10 +56,10 @@ class ChildFailed(RuntimeError):
 
 @dataclass
 class ProxyProcess:
-    """One ``nxnw proxy serve`` instance: a name, a writer id, an address and two ports."""
+    """One ``nxnw proxy serve`` instance: a name, an address and two ports (its writer id
+    comes from ZooKeeper)."""
 
     instance: str
-    node_id: int
     host: str
     port: int
     memcache_port: int
@@ -74,7 +74,7 @@ class ProxyProcess:
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "nxnw.cli", "proxy", "serve", str(self.plan_path), "--instance", self.instance,
-                "--node-id", str(self.node_id), "--host", self.host, "--port", str(self.port),
+                "--host", self.host, "--port", str(self.port),
                 "--memcache-port", str(self.memcache_port)]
         env = {**os.environ, "NXNW_ADMIN_TOKEN": self.admin_token, "NXNW_LOG": os.environ.get("NXNW_LOG", "INFO")}
         with open(self.log_path, "ab") as log:
@@ -153,16 +153,13 @@ class ProxyFleet:
     admin_token: str = field(default_factory=lambda: uuid.uuid4().hex)
     current: list[ProxyProcess] = field(default_factory=list)
     retired: list[ProxyProcess] = field(default_factory=list)
-    _next_node_id: int = 1
 
     def _new(self, slot: int) -> ProxyProcess:
         host, port, memcache_port = self.slots[slot]
         generation = sum(1 for p in self.retired if p.host == host and p.port == port)
         name = f"demo-p{slot}" + (f"-r{generation}" if generation else "")
-        proxy = ProxyProcess(name, self._next_node_id, host, port, memcache_port, self.plan_path,
-                             self.workdir / f"{name}.log", self.admin_token)
-        self._next_node_id += 1
-        return proxy
+        return ProxyProcess(name, host, port, memcache_port, self.plan_path, self.workdir / f"{name}.log",
+                            self.admin_token)
 
     async def start(self) -> None:
         self.current = [self._new(slot) for slot in range(len(self.slots))]

@@ -12,14 +12,13 @@ from sync.writer_clock import DEFAULT_MAX_OFFSET_MS
 class ProxyConfig(BaseModel):
     """One instance; several instances on one host differ in ``instance`` and ports.
 
-    The clock's writer id is allocated through N1's ZooKeeper (``sync.writer_clock``);
-    ``node_id`` is accepted from older invocations and not used.
+    The clock's writer id is allocated through N1's ZooKeeper (``sync.writer_clock``), so no
+    instance is given one by hand.
     """
 
     model_config = {"extra": "forbid"}
 
     instance: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    node_id: int | None = Field(default=None, description="not used: writer ids come from ZooKeeper")
     n1_engine: str
     n2_engine: str
     n1_zookeeper: str = Field(description="host:port list of N1's ZooKeeper (mode, journal, locks)")

@@ -290,7 +290,3 @@ class TaskRecordStore:
             self._retry()(self.client.delete, path, recursive=True)
         except NoNodeError:
             pass
-
-
-#: The name this store had, kept only while ``nxnw.demo`` imports it by that name.
-CheckpointStore = TaskRecordStore

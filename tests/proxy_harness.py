@@ -41,8 +41,8 @@ async def zk_namespace() -> AsyncIterator[tuple[str, KazooClient]]:
         admin.close()
 
 
-def proxy_config(instance: str, node_id: int, n1_url: str, n2_url: str, zk_hosts: str, **extra) -> ProxyConfig:
-    return ProxyConfig(instance=instance, node_id=node_id, n1_engine=n1_url, n2_engine=n2_url,
+def proxy_config(instance: str, n1_url: str, n2_url: str, zk_hosts: str, **extra) -> ProxyConfig:
+    return ProxyConfig(instance=instance, n1_engine=n1_url, n2_engine=n2_url,
                        n1_zookeeper=zk_hosts, n2_zookeeper=f"{HOST}:{ZOOKEEPER['n2']}",
                        n1_memcached=f"{HOST}:{MEMCACHED['n1']}", n2_memcached=f"{HOST}:{MEMCACHED['n2']}",
                        http_port=0, admin_token="test-token", **extra)

@@ -102,7 +102,7 @@ async def n2_outage_under_load(tmp_path: Path, app: str, *, bound: int, keys: in
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         server, http = await stack.enter_async_context(
-            running_proxy(proxy_config("p1", 1, n1_url, n2_url, zk_hosts, journal_bound=bound,
+            running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts, journal_bound=bound,
                                        max_clock_offset_ms=2_000)))
         await switch(zk, "cow")
         await server.n2.close()  # N2 goes away: every N2 leg fails, every write is journalled
@@ -210,7 +210,7 @@ async def test_keys_held_while_zookeeper_refuses_are_bounded_too_and_all_reach_n
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         server, http = await stack.enter_async_context(
-            running_proxy(proxy_config("p1", 1, n1_url, n2_url, zk_hosts, journal_bound=10,
+            running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts, journal_bound=10,
                                        max_clock_offset_ms=2_000)))
         await switch(zk, "cow")
         journal = server.modes.journals[0]

@@ -110,7 +110,7 @@ async def test_the_proxy_answers_as_the_spec_says(sqlite_dir: str, app_name: str
     entity = "/v1/apps/{app}/kinds/{kind}/entities/{key}"
     cache = "/v1/cache/{key}"
     async with zk_namespace() as (zk_hosts, _):
-        config = proxy_config("openapi", 1, engine_url("sqlite", "n1", sqlite_dir),
+        config = proxy_config("openapi", engine_url("sqlite", "n1", sqlite_dir),
                               engine_url("sqlite", "n2", sqlite_dir), zk_hosts)
         async with running_proxy(config) as (_, http):
             admin = {"Authorization": "Bearer test-token"}

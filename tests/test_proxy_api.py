@@ -25,7 +25,7 @@ async def deployment(sqlite_dir: str, app_name: str):
     await n1.open()
     await n2.open()
     async with zk_namespace() as (zk_hosts, zk):
-        async with running_proxy(proxy_config("p1", 1, n1_url, n2_url, zk_hosts, shadow_rate=1.0)) as (server, http):
+        async with running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts, shadow_rate=1.0)) as (server, http):
             yield {"server": server, "http": http, "zk": zk, "n1": n1, "n2": n2, "app": app_name}
     for engine in (n1, n2):
         await engine.drop_app(app_name)

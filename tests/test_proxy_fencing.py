@@ -118,7 +118,7 @@ async def test_admin_mode_refuses_transitions_outside_the_table_with_409_and_the
     require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
     n1_url, n2_url = f"sqlite:///{tmp_path}/n1.db", f"sqlite:///{tmp_path}/n2.db"
     async with zk_namespace() as (zk_hosts, zk):
-        async with running_proxy(proxy_config("p1", 1, n1_url, n2_url, zk_hosts)) as (server, http):
+        async with running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)) as (server, http):
             refused = await http.post("/admin/mode", json={"mode": "proxy"}, headers=AUTH)
             body = await refused.json()
             assert refused.status == 409 and body["error"] == "transition refused"
@@ -138,7 +138,7 @@ async def test_a_batch_naming_one_key_twice_is_refused_and_the_sides_stay_identi
     require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2", "cassandra")
     n1_url, n2_url = engine_url("sqlite", "n1", sqlite_dir), engine_url("cassandra", "n2", sqlite_dir)
     async with zk_namespace() as (zk_hosts, zk), engines(n1_url, n2_url) as (n1, n2):
-        async with running_proxy(proxy_config("p1", 1, n1_url, n2_url, zk_hosts)) as (server, http):
+        async with running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)) as (server, http):
             await switch(zk, "cow")
             twice = {"writes": [{"kind": "K", "key": "aw==", "value": "YQ=="},
                                 {"kind": "K", "key": "aw==", "value": "Yg=="}]}
@@ -173,7 +173,7 @@ async def test_switch_to_proxy_returns_only_once_the_journal_of_writes_in_flight
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         n1, n2 = await stack.enter_async_context(engines(n1_url, n2_url))
-        server, http = await stack.enter_async_context(running_proxy(proxy_config("p1", 1, n1_url, n2_url, zk_hosts)))
+        server, http = await stack.enter_async_context(running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)))
         await switch(zk, "cow")
         assert (await http.put(key_path(app_name, "K", b"first"), data=b"0")).status == 200  # creates N2's table
         ref = EntityRef(app_name, "K", b"in-flight")
@@ -207,7 +207,7 @@ async def test_a_client_that_disconnects_mid_dual_write_leaves_both_sides_holdin
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         n1, n2 = await stack.enter_async_context(engines(n1_url, n2_url))
-        server, http = await stack.enter_async_context(running_proxy(proxy_config("p1", 1, n1_url, n2_url, zk_hosts)))
+        server, http = await stack.enter_async_context(running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)))
         await switch(zk, "cow")
         assert (await http.put(key_path(app_name, "K", b"first"), data=b"0")).status == 200
         ref = EntityRef(app_name, "K", b"gone")
@@ -241,7 +241,7 @@ async def test_a_journal_record_zookeeper_refuses_is_answered_503_and_recorded_o
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         n1, n2 = await stack.enter_async_context(engines(n1_url, n2_url))
-        server, http = await stack.enter_async_context(running_proxy(proxy_config("p1", 1, n1_url, n2_url, zk_hosts)))
+        server, http = await stack.enter_async_context(running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)))
         await switch(zk, "cow")
         assert (await http.put(key_path(app_name, "K", b"first"), data=b"0")).status == 200
         ref = EntityRef(app_name, "K", b"unjournalled")
@@ -276,7 +276,7 @@ async def test_a_request_in_flight_when_the_session_expired_does_not_complete_af
         n1, n2 = await stack.enter_async_context(engines(n1_url, n2_url))
         cache = stack.enter_context(private_memcached())
         server, http = await stack.enter_async_context(
-            running_proxy(proxy_config("p1", 1, n1_url, n2_url, zk_hosts).model_copy(update={"n2_memcached": cache})))
+            running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts).model_copy(update={"n2_memcached": cache})))
         await switch(zk, "cow")
         assert (await http.put(key_path(app_name, "K", b"first"), data=b"0")).status == 200
         ref = EntityRef(app_name, "K", b"old-mode")
@@ -333,7 +333,7 @@ key_secret = "c2VjcmV0"
 
 
 @asynccontextmanager
-async def proxy_process(tmp_path: Path, name: str, node_id: int, n1_url: str, n2_url: str, zk_hosts: str,
+async def proxy_process(tmp_path: Path, name: str, n1_url: str, n2_url: str, zk_hosts: str,
                         app: str, n2_memcached: str | None = None) -> AsyncIterator[tuple[subprocess.Popen, str]]:
     """``nxnw proxy serve`` as a child process; yields it and its base URL once it is healthy."""
     port = free_port()
@@ -343,7 +343,7 @@ async def proxy_process(tmp_path: Path, name: str, node_id: int, n1_url: str, n2
                                 port=port))
     log = open(tmp_path / f"{name}.log", "wb")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "nxnw"), "proxy", "serve", str(plan), "--instance", name,
-                             "--node-id", str(node_id), "--port", str(port)],
+                             "--port", str(port)],
                             env={**os.environ, "NXNW_ADMIN_TOKEN": "test-token"}, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -376,7 +376,7 @@ async def test_a_proxy_stopped_past_its_session_timeout_answers_nothing_under_th
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         n1, n2 = await stack.enter_async_context(engines(n1_url, n2_url))
         proc, base = await stack.enter_async_context(
-            proxy_process(tmp_path, "p-stop", 3, n1_url, n2_url, zk_hosts, app_name))
+            proxy_process(tmp_path, "p-stop", n1_url, n2_url, zk_hosts, app_name))
         http = await stack.enter_async_context(aiohttp.ClientSession(base))
         await switch(zk, "cow")
         assert (await http.put(key_path(app_name, "K", b"before"), data=b"0")).status == 200
@@ -419,7 +419,7 @@ async def test_an_instance_that_cannot_adopt_the_mode_refuses_writes_and_retries
     dead_port = free_port()
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
-        config = proxy_config("p1", 1, n1_url, n2_url, zk_hosts).model_copy(
+        config = proxy_config("p1", n1_url, n2_url, zk_hosts).model_copy(
             update={"n2_memcached": f"{HOST}:{dead_port}"})
         server, http = await stack.enter_async_context(running_proxy(config))
         await switch(zk, "cow")
@@ -454,15 +454,15 @@ async def test_n2_cache_is_flushed_before_proxy_when_an_instance_died_in_cow(tmp
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         cache = stack.enter_context(private_memcached())
         survivor, http = await stack.enter_async_context(
-            running_proxy(proxy_config("p1", 1, n1_url, n2_url, zk_hosts).model_copy(update={"n2_memcached": cache})))
+            running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts).model_copy(update={"n2_memcached": cache})))
         victim, _ = await stack.enter_async_context(
-            proxy_process(tmp_path, "p-killed", 2, n1_url, n2_url, zk_hosts, app_name, n2_memcached=cache))
+            proxy_process(tmp_path, "p-killed", n1_url, n2_url, zk_hosts, app_name, n2_memcached=cache))
         await switch(zk, "cow")
         victim.kill()  # kill -9: its mirror queue dies with it
         victim.wait()
         if restarted:
             await stack.enter_async_context(running_proxy(
-                proxy_config("p-killed", 2, n1_url, n2_url, zk_hosts).model_copy(update={"n2_memcached": cache})))
+                proxy_config("p-killed", n1_url, n2_url, zk_hosts).model_copy(update={"n2_memcached": cache})))
         key = f"{app_name}:k".encode()
         Client((HOST, MEMCACHED["n1"])).set(key, b"new", noreply=False)
         host, _, port = cache.rpartition(":")

@@ -23,7 +23,7 @@ async def test_three_instances_switch_cow_to_proxy_and_no_client_reads_back_in_t
     n1_url, n2_url = engine_url("sqlite", "n1", sqlite_dir), engine_url("sqlite", "n2", sqlite_dir)
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
-        proxies = [await stack.enter_async_context(running_proxy(proxy_config(f"p{i}", i, n1_url, n2_url, zk_hosts)))
+        proxies = [await stack.enter_async_context(running_proxy(proxy_config(f"p{i}", n1_url, n2_url, zk_hosts)))
                    for i in range(3)]
         await switch(zk, "cow")
         stop = asyncio.Event()
@@ -67,7 +67,7 @@ async def test_n2_killed_mid_cow_journals_writes_and_drains_after_restart(sqlite
     cassandra = services.service("cassandra")
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
-        server, http = await stack.enter_async_context(running_proxy(proxy_config("p1", 1, n1_url, n2_url, zk_hosts)))
+        server, http = await stack.enter_async_context(running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)))
         await switch(zk, "cow")
         statuses: list[int] = []
         stop = asyncio.Event()

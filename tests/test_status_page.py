@@ -278,7 +278,7 @@ async def live_proxy(sqlite_dir: str) -> AsyncIterator[tuple[str, aiohttp.Client
     """A real proxy instance (sqlite N1 and N2, real ZooKeeper and memcached): its URL and a client."""
     require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
     async with zk_namespace() as (zk_hosts, _):
-        config = proxy_config("watched", 1, engine_url("sqlite", "n1", sqlite_dir),
+        config = proxy_config("watched", engine_url("sqlite", "n1", sqlite_dir),
                               engine_url("sqlite", "n2", sqlite_dir), zk_hosts)
         async with running_proxy(config) as (server, http):
             yield f"http://127.0.0.1:{server.http_port}", http

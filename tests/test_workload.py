@@ -51,8 +51,8 @@ async def fleet(sqlite_dir: str, app_name: str):
     await n1.open()
     await n2.open()
     async with zk_namespace() as (zk_hosts, zk):
-        async with running_proxy(proxy_config("w1", 1, n1_url, n2_url, zk_hosts)) as (p1, _), \
-                running_proxy(proxy_config("w2", 2, n1_url, n2_url, zk_hosts, memcache_port=0)) as (p2, _):
+        async with running_proxy(proxy_config("w1", n1_url, n2_url, zk_hosts)) as (p1, _), \
+                running_proxy(proxy_config("w2", n1_url, n2_url, zk_hosts, memcache_port=0)) as (p2, _):
             assert p2.listener is not None
             yield {"zk": zk, "n1": n1, "n2": n2, "app": app_name,
                    "endpoints": [Endpoint(port=p1.http_port), Endpoint(port=p2.http_port, memcache_port=p2.listener.port)]}
