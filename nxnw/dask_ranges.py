@@ -62,7 +62,8 @@ from datastore import Checksum, Engine, Entity, EntityRef, KeyRange, open_engine
 from datastore.engine import entity_digest
 from nxnw.checkpoints import ZooKeeperRangeCheckpoints
 from nxnw.zk import start_zk, stop_zk, zk_session
-from snapshot import Difference, Loader, LoadStats, VerifyReport, export_chunks, plan_ids, verify_app
+from snapshot import Difference, Loader, LoadStats, VerifyReport, export_chunks, verify_app
+from snapshot.load import range_plan
 from snapshot.verify import BUCKETS, bucket_of
 from sync.aio import run_blocking
 from sync.state import TaskRecordStore
@@ -364,12 +365,7 @@ async def copy_app_distributed(scheduler: str, source: Engine, target: Engine, a
     """
     async with dask_client(scheduler) as client:
         async with _plan_store(zookeeper) as checkpoints:
-            plan = await checkpoints.load_plan(task) if checkpoints is not None else None
-            if plan is None:
-                plan = plan_ids(await source.ranges(app, at_least=at_least))
-                if checkpoints is not None:
-                    await checkpoints.save_plan(task, plan)
-            done = await checkpoints.completed(task) if checkpoints is not None else set()
+            plan, done = await range_plan(source, app, task, checkpoints, at_least)
         stats = LoadStats(ranges_total=len(plan), ranges_skipped=len(done), ranges_done=len(done))
         progress = _Progress(stats)
         topic = _task_key("copy-progress", task)

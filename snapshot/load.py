@@ -132,6 +132,19 @@ class Loader:
         return self.stats
 
 
+async def range_plan(source: Engine, app: str, task: str, checkpoints: CheckpointStore | None,
+                     at_least: int) -> tuple[list[tuple[str, KeyRange]], set[str]]:
+    """The copy's ranges (saved with the checkpoints on a first run, reused on a rerun, so a
+    resumed copy splits the table exactly as the killed one did) and those already done."""
+    plan = await checkpoints.load_plan(task) if checkpoints is not None else None
+    if plan is None:
+        plan = plan_ids(await source.ranges(app, at_least=at_least))
+        if checkpoints is not None:
+            await checkpoints.save_plan(task, plan)
+    done = await checkpoints.completed(task) if checkpoints is not None else set()
+    return plan, done
+
+
 async def copy_app(source: Engine, target: Engine, app: str, *, task: str, checkpoints: CheckpointStore | None = None,
                    at_least: int = 16, export_workers: int = 4, load_workers: int = 8,
                    on_progress: Callable[[LoadStats], None] | None = None) -> LoadStats:
@@ -140,12 +153,7 @@ async def copy_app(source: Engine, target: Engine, app: str, *, task: str, check
     The range plan is saved with the checkpoints on the first run and reused on a rerun,
     so the ranges a killed copy finished are skipped and the others are redone whole.
     """
-    plan = await checkpoints.load_plan(task) if checkpoints is not None else None
-    if plan is None:
-        plan = plan_ids(await source.ranges(app, at_least=at_least))
-        if checkpoints is not None:
-            await checkpoints.save_plan(task, plan)
-    done = await checkpoints.completed(task) if checkpoints is not None else set()
+    plan, done = await range_plan(source, app, task, checkpoints, at_least)
     loader = Loader(target, task=task, checkpoints=checkpoints, workers=load_workers, on_progress=on_progress)
     loader.stats.ranges_total = len(plan)
     loader.stats.ranges_skipped = len(done)
