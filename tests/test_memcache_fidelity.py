@@ -10,42 +10,16 @@ The memcacheds are this test's own processes: ``flush_all`` must not touch the s
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import socket
-import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import ExitStack
 
 import pytest
 
-from nxnw.fleet import free_port
 from nxnw.services.endpoints import HOST
 from proxy.cache import CacheListener, CacheRouter
-
-
-@contextmanager
-def private_memcached(port: int | None = None) -> Iterator[tuple[str, int]]:
-    """A memcached of this test only, on ``port`` or a free loopback port; killed at the end."""
-    port = port or free_port(HOST)
-    args = ["-u", "root"] if os.geteuid() == 0 else []
-    proc = subprocess.Popen(["memcached", *args, "-l", HOST, "-p", str(port), "-U", "0", "-m", "64"])
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection((HOST, port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, f"memcached on {port} exited with {proc.returncode}"
-                assert time.monotonic() < deadline, f"memcached on {port} did not start within 20 s"
-                time.sleep(0.05)
-        yield HOST, port
-    finally:
-        proc.kill()
-        proc.wait(10)
+from tests.memcached_harness import memcached_process
 
 
 async def exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
@@ -167,9 +141,9 @@ FLUSH_CASES = [
 async def servers() -> AsyncIterator[tuple[int, CacheListener]]:
     """(direct memcached's port, listener in passthrough over a second memcached)."""
     with ExitStack() as stack:
-        direct = stack.enter_context(private_memcached())
-        behind = stack.enter_context(private_memcached())
-        other = stack.enter_context(private_memcached())
+        direct = stack.enter_context(memcached_process())
+        behind = stack.enter_context(memcached_process())
+        other = stack.enter_context(memcached_process())
         router = CacheRouter(behind, other, mode="passthrough")
         await router.start()
         listener = CacheListener(router, HOST, 0, enable_flush=True)

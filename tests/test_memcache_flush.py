@@ -15,7 +15,8 @@ from pymemcache.client.base import Client
 
 from nxnw.services.endpoints import HOST
 from proxy.cache import CacheListener, CacheRouter
-from tests.test_memcache_fidelity import exchange, private_memcached
+from tests.memcached_harness import memcached_process
+from tests.test_memcache_fidelity import exchange
 
 
 class RecordingRelay:
@@ -77,8 +78,8 @@ class RecordingRelay:
 @pytest.fixture
 async def sides() -> AsyncIterator[tuple[tuple[str, int], tuple[str, int], RecordingRelay]]:
     with ExitStack() as stack:
-        n1 = stack.enter_context(private_memcached())
-        n2 = stack.enter_context(private_memcached())
+        n1 = stack.enter_context(memcached_process())
+        n2 = stack.enter_context(memcached_process())
         relay = RecordingRelay(n2)
         yield n1, n2, relay
         await relay.close()

@@ -17,7 +17,7 @@ from nxnw.config import Deployment
 from nxnw.services.endpoints import HOST
 from proxy.cache import CacheListener, CacheRouter, Ketama, MemcacheUnavailable, parse_servers
 from proxy.config import ProxyConfig
-from tests.test_memcache_fidelity import private_memcached
+from tests.memcached_harness import memcached_process
 
 
 def spec(*addrs: tuple[str, int]) -> str:
@@ -52,8 +52,8 @@ def test_ketama_spreads_keys_by_weight_and_moves_few_keys_when_a_server_joins() 
 @pytest.fixture
 async def pools() -> AsyncIterator[tuple[list[tuple[str, int]], list[tuple[str, int]], ExitStack]]:
     with ExitStack() as stack:
-        n1 = [stack.enter_context(private_memcached()) for _ in range(2)]
-        n2 = [stack.enter_context(private_memcached()) for _ in range(2)]
+        n1 = [stack.enter_context(memcached_process()) for _ in range(2)]
+        n2 = [stack.enter_context(memcached_process()) for _ in range(2)]
         yield n1, n2, stack
 
 
@@ -113,7 +113,7 @@ async def test_a_killed_server_is_named_marked_down_and_retried_while_the_other_
         for key in keys:
             assert await route.set(key, b"x")
         stack.close()  # every private memcached stops …
-        survivors.enter_context(private_memcached(alive[1]))  # … and the second of N1 comes back (empty)
+        survivors.enter_context(memcached_process(alive[1]))  # … and the second of N1 comes back (empty)
         for _ in range(2):  # the first server's keys fail, naming it
             with pytest.raises(MemcacheUnavailable, match=f"n1 {dead[0]}:{dead[1]}"):
                 await route.get(on_dead[0])
@@ -124,7 +124,7 @@ async def test_a_killed_server_is_named_marked_down_and_retried_while_the_other_
             assert await route.set(key, b"y")
             assert (await route.get(key)).value == b"y"
         # the dead server comes back on its port: after retry_after, its keys are served again
-        survivors.enter_context(private_memcached(dead[1]))
+        survivors.enter_context(memcached_process(dead[1]))
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from proxy.journal import JOURNAL_ROOT
 from sync.mode import load_verified_epoch, mark_load_verified, read_mode
 from sync.state import MigrationStateStore
 from tests.conftest import ENGINE_SERVICES, require
+from tests.memcached_harness import memcached_process
 
 
 @dataclass
@@ -48,12 +47,6 @@ class Setting:
     zk1: KazooClient
     zk2: KazooClient
     make_plan: Callable[..., Plan]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
 
 
 def _plan_text(name: str, app: str, n1_url: str, n2_url: str, chroot: str, memcached_n2: str, **extra: object) -> str:
@@ -74,26 +67,11 @@ def _plan_text(name: str, app: str, n1_url: str, n2_url: str, chroot: str, memca
 
 
 @pytest.fixture
-def private_memcached() -> str:
+def private_memcached() -> Iterator[str]:
     """A memcached of this test's own (``prepare`` flushes N2's)."""
-    require("memcached-n1")
-    port = _free_port()
-    server = subprocess.Popen(["memcached", "-l", HOST, "-p", str(port), "-U", "0", "-u", "root"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:  # until it accepts connections
-            try:
-                socket.create_connection((HOST, port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"memcached on port {port} did not start (exit status {server.poll()})")
-                time.sleep(0.05)
-        yield f"{HOST}:{port}"
-    finally:
-        server.terminate()
-        server.wait(10)
+    require("memcached-n1")  # the memcached binary
+    with memcached_process() as (host, port):
+        yield f"{host}:{port}"
 
 
 @pytest.fixture(params=[("sqlite", "sqlite")], ids=lambda p: f"{p[0]}-to-{p[1]}")

@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,15 +34,11 @@ from snapshot import verify_app
 from sync.aio import run_blocking
 from sync.mode import read_mode
 from tests.conftest import require
+from nxnw.fleet import free_port
+from tests.memcached_harness import memcached_process
 from tests.proxy_harness import key_path, proxy_config, running_proxy, switch, zk_namespace
 
 AUTH = {"Authorization": "Bearer test-token"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -57,27 +52,6 @@ def locked_sqlite(path: str) -> Iterator[sqlite3.Connection]:
     finally:
         conn.execute("ROLLBACK")
         conn.close()
-
-
-@contextmanager
-def private_memcached(port: int | None = None) -> Iterator[str]:
-    """A memcached of this test only (flushing the shared one would disturb other tests)."""
-    port = port or free_port()
-    args = ["-u", "nobody"] if os.geteuid() == 0 else []
-    proc = subprocess.Popen(["memcached", *args, "-l", HOST, "-p", str(port), "-U", "0", "-m", "16"])
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection((HOST, port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, f"memcached on {port} did not start"
-                time.sleep(0.05)
-        yield f"{HOST}:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def wait_for(predicate, what: str, timeout: float = 30.0):
@@ -274,7 +248,7 @@ async def test_a_request_in_flight_when_the_session_expired_does_not_complete_af
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         n1, n2 = await stack.enter_async_context(engines(n1_url, n2_url))
-        cache = stack.enter_context(private_memcached())
+        cache = "%s:%d" % stack.enter_context(memcached_process())
         server, http = await stack.enter_async_context(
             running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts).model_copy(update={"n2_memcached": cache})))
         await switch(zk, "cow")
@@ -336,7 +310,7 @@ key_secret = "c2VjcmV0"
 async def proxy_process(tmp_path: Path, name: str, n1_url: str, n2_url: str, zk_hosts: str,
                         app: str, n2_memcached: str | None = None) -> AsyncIterator[tuple[subprocess.Popen, str]]:
     """``nxnw proxy serve`` as a child process; yields it and its base URL once it is healthy."""
-    port = free_port()
+    port = free_port(HOST)
     plan = tmp_path / f"{name}.toml"
     plan.write_text(PLAN.format(app=app, n1=n1_url, n2=n2_url, zk=zk_hosts, zk2=f"{HOST}:{ZOOKEEPER['n2']}",
                                 mc1=f"{HOST}:{MEMCACHED['n1']}", mc2=n2_memcached or f"{HOST}:{MEMCACHED['n2']}",
@@ -416,7 +390,7 @@ async def test_an_instance_that_cannot_adopt_the_mode_refuses_writes_and_retries
     once that memcached is back the instance adopts the mode by itself."""
     require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
     n1_url, n2_url = f"sqlite:///{tmp_path}/n1.db", f"sqlite:///{tmp_path}/n2.db"
-    dead_port = free_port()
+    dead_port = free_port(HOST)
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         config = proxy_config("p1", n1_url, n2_url, zk_hosts).model_copy(
@@ -433,7 +407,7 @@ async def test_an_instance_that_cannot_adopt_the_mode_refuses_writes_and_retries
         assert "could not adopt mode passthrough" in (await refused.json())["reason"]
         health = await http.get("/healthz")
         assert health.status == 503 and "could not adopt" in (await health.json())["reason"]
-        with private_memcached(dead_port):
+        with memcached_process(dead_port):
             await switch(zk, "passthrough", ack_timeout=30)  # the same mode again: re-acknowledged
             assert server.core.mode == "passthrough"
             assert (await http.put(key_path(app_name, "K", b"k"), data=b"v")).status == 200
@@ -452,7 +426,7 @@ async def test_n2_cache_is_flushed_before_proxy_when_an_instance_died_in_cow(tmp
     n1_url, n2_url = f"sqlite:///{tmp_path}/n1.db", f"sqlite:///{tmp_path}/n2.db"
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
-        cache = stack.enter_context(private_memcached())
+        cache = "%s:%d" % stack.enter_context(memcached_process())
         survivor, http = await stack.enter_async_context(
             running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts).model_copy(update={"n2_memcached": cache})))
         victim, _ = await stack.enter_async_context(
