@@ -66,8 +66,6 @@ DEFAULT_MIX: Mapping[str, float] = {"read": 0.34, "write": 0.26, "delete": 0.06,
                                     "transaction": 0.04, "cache": 0.26}
 OP_CLASSES = tuple(DEFAULT_MIX)
 DEFAULT_CLIENT_TIMEOUT = 10.0
-#: methods aiohttp sends a second time after a dropped connection (see ``_request``)
-IDEMPOTENT_RESENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class WorkloadError(ValueError):
@@ -200,6 +198,12 @@ class _Client:
 
     async def run(self) -> None:
         async with aiohttp.ClientSession() as self.http:
+            # aiohttp resends a GET, PUT or DELETE once on a new connection when a kept-alive one
+            # drops mid-request (RFC 9112 9.3.1); a refused resend would then hide that the first
+            # attempt reached a proxy (one killed while it wrote). Without the resend, a refused
+            # connection always means nothing was sent (failed) and a dropped one is unknown.
+            # The switch is the one aiohttp's own test client turns off.
+            self.http._retry_connection = False
             try:
                 while not self.w._stop.is_set():
                     await self.one_op()
@@ -374,11 +378,7 @@ class _Client:
                 body = await resp.read()
                 got = _Answer(http_outcome(resp.status, body), resp.status, body, dict(resp.headers))
         except aiohttp.ClientConnectorError:
-            # Never connected, so this attempt was not sent; but aiohttp resends a PUT or a
-            # DELETE once on a new connection when the first one drops mid-request (RFC 9112
-            # 9.3.1), so for those the refused connection may follow an attempt that reached
-            # the proxy (one killed while it wrote): only a POST here was surely never sent.
-            got = _Answer("failed" if method not in IDEMPOTENT_RESENT else "unknown")
+            got = _Answer("failed")  # never connected, and never resent (see ``run``): nothing was sent
         except (aiohttp.ClientError, asyncio.TimeoutError):
             got = _Answer("unknown")
         self.w.stats.reached.append((time.time(), address))
