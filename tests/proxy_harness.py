@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import aiohttp
 from kazoo.client import KazooClient
@@ -22,14 +22,14 @@ def key_path(app: str, kind: str, key: bytes) -> str:
     return f"/v1/apps/{app}/kinds/{kind}/entities/{base64.urlsafe_b64encode(key).rstrip(b'=').decode()}"
 
 
-@asynccontextmanager
-async def zk_namespace() -> AsyncIterator[tuple[str, KazooClient]]:
-    """A fresh chroot in N1's ZooKeeper: mode, journal and locks of one test only."""
+@contextmanager
+def zk_chroot(timeout: float = 5) -> Iterator[tuple[str, KazooClient]]:
+    """A fresh chroot in N1's ZooKeeper for one test: (its hosts string, a client in it)."""
     root = f"/nxnw-test-{uuid.uuid4().hex[:10]}"
-    admin = KazooClient(hosts=f"{HOST}:{ZOOKEEPER['n1']}", timeout=5)
+    admin = KazooClient(hosts=f"{HOST}:{ZOOKEEPER['n1']}", timeout=timeout)
     admin.start(10)
     admin.ensure_path(root)
-    scoped = KazooClient(hosts=f"{HOST}:{ZOOKEEPER['n1']}{root}", timeout=5)
+    scoped = KazooClient(hosts=f"{HOST}:{ZOOKEEPER['n1']}{root}", timeout=timeout)
     scoped.start(10)
     try:
         yield f"{HOST}:{ZOOKEEPER['n1']}{root}", scoped
@@ -39,6 +39,13 @@ async def zk_namespace() -> AsyncIterator[tuple[str, KazooClient]]:
         admin.delete(root, recursive=True)
         admin.stop()
         admin.close()
+
+
+@asynccontextmanager
+async def zk_namespace() -> AsyncIterator[tuple[str, KazooClient]]:
+    """``zk_chroot`` for async tests: mode, journal and locks of one test only."""
+    with zk_chroot() as found:
+        yield found
 
 
 def proxy_config(instance: str, n1_url: str, n2_url: str, zk_hosts: str, **extra) -> ProxyConfig:

@@ -16,23 +16,22 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pytest
 from distributed import Client
-from kazoo.client import KazooClient
 
 from datastore import Engine, Entity, EntityRef, open_engine
 from nxnw.config import PlanError, parse_plan
 from nxnw.dask_ranges import RangeCopied, SchedulerUnavailable, copy_app_distributed, verify_app_distributed
-from nxnw.services.endpoints import HOST, ZOOKEEPER, engine_url
+from nxnw.services.endpoints import engine_url
 from snapshot import verify_app
 from sync.state import TaskRecordStore
 from tests.conftest import require
+from tests.proxy_harness import zk_chroot
 from tests.test_config import readme_plan
 
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -149,23 +148,7 @@ async def apply_in_batches(engine: Engine, entities: list[Entity], size: int = 2
         await engine.apply(entities[start:start + size])
 
 
-@contextmanager
-def zk_namespace() -> Iterator[tuple[str, KazooClient]]:
-    """A fresh chroot in N1's ZooKeeper for one test's checkpoints: (hosts, a client in it)."""
-    root = f"/nxnw-test-{uuid.uuid4().hex[:10]}"
-    admin = KazooClient(hosts=f"{HOST}:{ZOOKEEPER['n1']}", timeout=10)
-    admin.start(10)
-    admin.ensure_path(root)
-    scoped = KazooClient(hosts=f"{HOST}:{ZOOKEEPER['n1']}{root}", timeout=10)
-    scoped.start(10)
-    try:
-        yield f"{HOST}:{ZOOKEEPER['n1']}{root}", scoped
-    finally:
-        scoped.stop()
-        scoped.close()
-        admin.delete(root, recursive=True)
-        admin.stop()
-        admin.close()
+zk_namespace = partial(zk_chroot, timeout=10)
 
 
 def free_port() -> int:
