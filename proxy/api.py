@@ -252,7 +252,8 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
 
 
 async def cache_get(request: web.Request) -> web.Response:
-    item = await request.app[CACHE].route.get(_cache_key(request))
+    key = _cache_key(request)
+    item = await request.app[CACHE].route_for(key).get(key)
     if item is None:
         return _json_error(404, "not found", "cache miss")
     return web.Response(body=item.value, content_type="application/octet-stream",
@@ -262,23 +263,26 @@ async def cache_get(request: web.Request) -> web.Response:
 async def cache_set(request: web.Request) -> web.Response:
     key = _cache_key(request)
     value = await read_body(request, MAX_VALUE_BYTES)
-    stored = await request.app[CACHE].route.set(key, value, _int_query(request, "flags", 0), _int_query(request, "ttl", 0))
+    stored = await request.app[CACHE].route_for(key).set(key, value, _int_query(request, "flags", 0), _int_query(request, "ttl", 0))
     return web.json_response({"stored": stored})
 
 
 async def cache_delete(request: web.Request) -> web.Response:
-    return web.json_response({"deleted": await request.app[CACHE].route.delete(_cache_key(request))})
+    key = _cache_key(request)
+    return web.json_response({"deleted": await request.app[CACHE].route_for(key).delete(key)})
 
 
 async def cache_incr(request: web.Request) -> web.Response:
-    value = await request.app[CACHE].route.incr(_cache_key(request), _int_query(request, "by", 1))
+    key = _cache_key(request)
+    value = await request.app[CACHE].route_for(key).incr(key, _int_query(request, "by", 1))
     if value is None:
         return _json_error(404, "not found", "cannot increment a missing key")
     return web.json_response({"value": value})
 
 
 async def cache_touch(request: web.Request) -> web.Response:
-    touched = await request.app[CACHE].route.touch(_cache_key(request), _int_query(request, "ttl", 0))
+    key = _cache_key(request)
+    touched = await request.app[CACHE].route_for(key).touch(key, _int_query(request, "ttl", 0))
     return web.json_response({"touched": touched})
 
 

@@ -3,7 +3,7 @@
 Responsible for: parsing memcached's text commands (get/gets/gat/gats, set/add/replace/
 append/prepend/cas, delete, incr/decr, touch, version, verbosity, flush_all, stats, quit)
 and the meta commands (mg/ms/md/ma/mn) from each connection and sending each one through
-``router.route`` — whatever the current mode is at that moment; answering with the bytes
+``router.route_for(key)`` — whatever the key's mode is at that moment; answering with the bytes
 memcached 1.6 answers, errors included (``tests/test_memcache_fidelity.py`` sends the same
 requests to both); one command at a time per connection, replies in order (a pipelining
 client's requests are read in order and answered in order).
@@ -426,9 +426,9 @@ class _Session(asyncio.Protocol):
         stats.cmd_get += len(keys)
         if touch:
             stats.cmd_touch += len(keys)
-        route = self.listener.router.route
+        router = self.listener.router
         if exptime is None and len(keys) == 1:
-            raw = await route.forward("get", keys[0], line + b"\r\n", REPLY_VALUES)
+            raw = await router.route_for(keys[0]).forward("get", keys[0], line + b"\r\n", REPLY_VALUES)
             if raw is not None:
                 stats.forwarded += 1
                 if raw[:6] == b"VALUE ":
@@ -439,11 +439,11 @@ class _Session(asyncio.Protocol):
                 return
         if exptime is None:
             if len(keys) == 1:
-                items: list[Item | None] = [await route.meta_get(keys[0])]
+                items: list[Item | None] = [await router.route_for(keys[0]).meta_get(keys[0])]
             else:
-                items = await asyncio.gather(*(route.meta_get(k) for k in keys))
+                items = await asyncio.gather(*(router.route_for(k).meta_get(k) for k in keys))
         else:
-            items = await asyncio.gather(*(route.gat(k, exptime) for k in keys))
+            items = await asyncio.gather(*(router.route_for(k).gat(k, exptime) for k in keys))
         out = []
         for key, item in zip(keys, items):
             if item is None:
@@ -491,7 +491,7 @@ class _Session(asyncio.Protocol):
             if noreply:  # memcached keeps quiet about it too
                 return
             raise _BadRequest("bad data chunk")
-        route = self.listener.router.route
+        route = self.listener.router.route_for(key)
         if not noreply:
             op = "store" if name == b"append" or name == b"prepend" else "set"
             raw = await route.forward(op, key, b"%b\r\n%b\r\n" % (line, data), REPLY_LINE)
@@ -512,7 +512,7 @@ class _Session(asyncio.Protocol):
     # --- text others ---------------------------------------------------------------------
 
     async def _forwarded(self, op: str, key: bytes, line: bytes) -> bytes | None:
-        raw = await self.listener.router.route.forward(op, key, line + b"\r\n", REPLY_LINE)
+        raw = await self.listener.router.route_for(key).forward(op, key, line + b"\r\n", REPLY_LINE)
         if raw is not None:
             self.listener.stats.forwarded += 1
         return raw
@@ -535,7 +535,7 @@ class _Session(asyncio.Protocol):
                     stats.delete_misses += 1
                 self._send(raw)
                 return
-        outcome = await self._quiet(noreply, "delete", key, self.listener.router.route.delete_item(key))
+        outcome = await self._quiet(noreply, "delete", key, self.listener.router.route_for(key).delete_item(key))
         if outcome is Outcome.DELETED:
             stats.delete_hits += 1
         elif outcome is not None:
@@ -567,7 +567,7 @@ class _Session(asyncio.Protocol):
                 self._send(raw)
                 return
         value = await self._quiet(noreply, tokens[0].decode(), key,
-                                  self.listener.router.route.arith(key, delta, incr))
+                                  self.listener.router.route_for(key).arith(key, delta, incr))
         if incr:
             stats.incr_hits += value is not None
             stats.incr_misses += value is None
@@ -594,7 +594,7 @@ class _Session(asyncio.Protocol):
                     stats.touch_misses += 1
                 self._send(raw)
                 return
-        found = await self._quiet(noreply, "touch", key, self.listener.router.route.touch(key, exptime))
+        found = await self._quiet(noreply, "touch", key, self.listener.router.route_for(key).touch(key, exptime))
         stats.touch_hits += bool(found)
         stats.touch_misses += found is False
         if not noreply:
@@ -696,7 +696,7 @@ class _Session(asyncio.Protocol):
             raise _Unknown()
         key = _key(tokens[1])
         flags = self._meta_flags(b"mg", tokens[2:], b"vfctksOqTu")
-        route = self.listener.router.route
+        route = self.listener.router.route_for(key)
         stats = self.listener.stats
         stats.cmd_get += 1
         if b"T" in flags:
@@ -744,7 +744,7 @@ class _Session(asyncio.Protocol):
         data = await self._block(size)
         if data is None:
             raise _BadRequest("bad data chunk")
-        reply = await self.listener.router.route.store(mode, key, data, flag_bits, exptime, cas)
+        reply = await self.listener.router.route_for(key).store(mode, key, data, flag_bits, exptime, cas)
         if reply.outcome is Outcome.STORED and b"q" in flags:
             return
         ret = self._meta_return(flags, key, cas=reply.cas)
@@ -756,7 +756,7 @@ class _Session(asyncio.Protocol):
         key = _key(tokens[1])
         flags = self._meta_flags(b"md", tokens[2:], b"CkOq")
         cas = _number(flags[b"C"], "bad token in command line format", 0, MAX_U64) if b"C" in flags else None
-        outcome = await self.listener.router.route.delete_item(key, cas)
+        outcome = await self.listener.router.route_for(key).delete_item(key, cas)
         stats = self.listener.stats
         if outcome is Outcome.DELETED:
             stats.delete_hits += 1
@@ -775,7 +775,7 @@ class _Session(asyncio.Protocol):
         mode = flags.get(b"M", b"I")
         if mode not in (b"I", b"i", b"+", b"D", b"d", b"-"):
             raise _BadRequest("invalid mode for ma M token")
-        value = await self.listener.router.route.arith(key, delta, mode in (b"I", b"i", b"+"))
+        value = await self.listener.router.route_for(key).arith(key, delta, mode in (b"I", b"i", b"+"))
         if value is None:
             self._send(b"NF%b\r\n" % self._meta_return(flags, key))
             return

@@ -245,6 +245,11 @@ class CacheRouter:
             raise RuntimeError("CacheRouter.start() has not been awaited")
         return self._route
 
+    def route_for(self, key: bytes) -> ModeRoute:
+        """The route that serves ``key``: the one seam through which the listener and the
+        HTTP cache API pick a route per key (an app's keys may follow another mode)."""
+        return self.route
+
     @property
     def mode(self) -> str:
         return self.route.mode
