@@ -111,7 +111,6 @@ FinalState = Mapping[str, tuple[Value, int] | None]
 
 KINDS: tuple[str, ...] = get_args(OpKind)
 OUTCOMES: tuple[str, ...] = get_args(Outcome)
-DATA_KINDS = ("write", "delete", "read")
 CACHE_KINDS = ("cache_set", "cache_delete", "cache_get")
 MAX_EXAMPLES = 20
 SEED_CLIENT = "seed"

@@ -25,9 +25,6 @@ SERVICES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "moto": ("nxnw.services.moto", "MotoService", ()),
 }
 
-#: What the embedded-engine demo needs; the engines' servers are started on request.
-DEMO_SERVICES = ["memcached-n1", "memcached-n2", "zookeeper-n1", "zookeeper-n2", "bind"]
-
 
 class ServicesDown(RuntimeError):
     """One or more services failed to start; the message has one section per service."""

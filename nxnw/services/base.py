@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from abc import ABC, abstractmethod
@@ -140,12 +139,6 @@ def maven_classpath(ctx: Context, artifacts: list[str], dest: Path, excludes: st
     run_install(argv, ", ".join(artifacts))
     marker.write_text(wanted)
     return dest
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
