@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import json
 import logging
 import re
@@ -301,7 +302,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _admin(request: web.Request) -> None:
     token = request.app[CORE].admin_token
-    if not token or request.headers.get("Authorization") != f"Bearer {token}":
+    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    if not token or not hmac.compare_digest(given, f"Bearer {token}".encode()):  # constant time: no timing oracle
         raise web.HTTPUnauthorized(text=json.dumps({"error": "unauthorized", "reason": "admin endpoints need the admin bearer token"}),
                                    content_type="application/json")
 
