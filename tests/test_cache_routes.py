@@ -1,4 +1,4 @@
-"""Cache routes, mirror queue and mode switch against the real N1 and N2 memcacheds.
+"""Cache routes, copy queue and mode switch against the real N1 and N2 memcacheds.
 
 Each test uses its own key prefix and flushes nothing. N1/N2 are checked with pymemcache
 (an independent client), never through the code under test.
@@ -18,7 +18,7 @@ from proxy.cache import (
     CacheFencedError, CacheRouter, InvalidKeyError, MemcacheClient, MemcacheTimeout, MemcacheUnavailable, Outcome,
     StoreMode, ValueTooLargeError,
 )
-from proxy.cache.errors import MAX_VALUE_BYTES
+from proxy.cache.errors import MAX_ITEM_BYTES
 from tests.conftest import require
 
 N1 = (HOST, MEMCACHED["n1"])
@@ -233,14 +233,14 @@ async def test_cor_fill_is_undone_when_n1_changed_and_its_mirror_has_not_landed_
     assert n2.get(key) is None  # a miss, never "old"
 
 
-# --- mirror queue: drops and the switch ---------------------------------------------------
+# --- copy queue: drops and the switch ---------------------------------------------------
 
 
 async def test_full_mirror_queue_drops_and_switch_to_proxy_invalidates_dropped_keys_first(
         prefix: bytes, n1: Client, n2: Client) -> None:
     blocker = prefix + b"blocker"
     gate = Gate(blocker)
-    router = await _router("cow", mirror_queue_size=2, mirror_workers=1, before_fill=gate)
+    router = await _router("cow", copy_queue_size=2, copy_workers=1, before_fill=gate)
     try:
         r = router.route
         assert await r.set(prefix + b"k", b"v1")
@@ -269,7 +269,7 @@ async def test_switch_drops_and_invalidates_what_the_drain_timeout_left(prefix: 
                                                                        n2: Client) -> None:
     blocker = prefix + b"blocker"
     gate = Gate(blocker)
-    router = await _router("cow", mirror_workers=1, drain_timeout=0.1, before_fill=gate)
+    router = await _router("cow", copy_workers=1, drain_timeout=0.1, before_fill=gate)
     try:
         r = router.route
         assert await r.set(prefix + b"k", b"v1")
@@ -332,7 +332,7 @@ async def test_requests_during_a_switch_wait_and_are_served_by_the_new_mode(pref
                                                                             n2: Client) -> None:
     blocker = prefix + b"blocker"
     gate = Gate(blocker)
-    router = await _router("cow", mirror_workers=1, before_fill=gate)
+    router = await _router("cow", copy_workers=1, before_fill=gate)
     try:
         n1.set(blocker, b"b", noreply=False)
         await router.route.get(blocker)
@@ -381,11 +381,11 @@ async def test_bad_keys_and_values_raise_value_errors_naming_the_limit(cow: Cach
         await r.get(prefix + b"a\r\nflush_all")
     with pytest.raises(InvalidKeyError, match="bytes"):
         await r.get("text-key")  # type: ignore[arg-type]
-    with pytest.raises(ValueTooLargeError, match=str(MAX_VALUE_BYTES)):
-        await r.set(prefix + b"big", b"x" * (MAX_VALUE_BYTES + 1))
+    with pytest.raises(ValueTooLargeError, match=str(MAX_ITEM_BYTES)):
+        await r.set(prefix + b"big", b"x" * (MAX_ITEM_BYTES + 1))
     with pytest.raises(ValueError, match="flags"):
         await r.set(prefix + b"k", b"v", flags=2**32)
-    assert await r.set(prefix + b"max", b"x" * MAX_VALUE_BYTES) and await r.set(b"k" * 250, b"v")
+    assert await r.set(prefix + b"max", b"x" * MAX_ITEM_BYTES) and await r.set(b"k" * 250, b"v")
     assert not cow.to_n2.dropped
 
 

@@ -87,12 +87,12 @@ async def sides() -> AsyncIterator[tuple[tuple[str, int], tuple[str, int], Recor
 
 async def test_flush_all_in_cow_lets_no_copy_queued_before_it_land_on_n2_after_it(sides) -> None:
     n1, n2, relay = sides
-    router = CacheRouter(n1, await relay.start(), mode="cow", mirror_workers=1)
+    router = CacheRouter(n1, await relay.start(), mode="cow", copy_workers=1)
     await router.start()
     run = uuid.uuid4().hex[:6].encode()
     keys = [b"flush-%s-%d" % (run, i) for i in range(600)]
     try:
-        # many writes at once: their copies queue up behind one mirror worker
+        # many writes at once: their copies queue up behind one copy worker
         assert all(await asyncio.gather(*(router.route.set(k, b"before-" + k) for k in keys)))
         assert router.to_n2.pending > 0, "no copy was still queued: the test would prove nothing"
         await router.flush_all()

@@ -6,20 +6,20 @@ Import from here: ``CacheRouter``, ``CacheListener``, the route classes and the 
 
 from proxy.cache.client import Item, MemcacheClient, Outcome, StoreMode, StoreReply
 from proxy.cache.errors import (
-    MAX_KEY_BYTES, MAX_VALUE_BYTES, CacheError, CacheFencedError, CacheInputError, CacheOutcomeUnknown,
+    MAX_ITEM_BYTES, MAX_KEY_BYTES, CacheError, CacheFencedError, CacheInputError, CacheOutcomeUnknown,
     InvalidKeyError, InvalidNumberError, MemcacheRejected, MemcacheServerError, MemcacheTimeout, MemcacheUnavailable,
     SwitchError, ValueTooLargeError,
 )
+from proxy.cache.copies import CopyQueue
 from proxy.cache.listener import CacheListener
-from proxy.cache.mirror import MirrorQueue
 from proxy.cache.pool import Ketama, MemcachePool, ServerSpec, parse_servers
 from proxy.cache.router import MODES, CacheRouter, ModeRoute
-from proxy.cache.routes import CacheRoute, MemcachedRoute, MirrorWritesRoute, WarmUpRoute
+from proxy.cache.routes import CacheRoute, CopyWritesRoute, MemcachedRoute, WarmUpRoute
 
 __all__ = [
-    "MAX_KEY_BYTES", "MAX_VALUE_BYTES", "MODES", "CacheError", "CacheFencedError", "CacheInputError", "CacheListener",
-    "CacheOutcomeUnknown", "CacheRoute", "CacheRouter", "InvalidKeyError", "InvalidNumberError", "Item", "Ketama",
-    "MemcacheClient", "MemcachePool", "MemcacheRejected", "MemcacheServerError", "MemcacheTimeout", "MemcacheUnavailable",
-    "MemcachedRoute", "MirrorQueue", "MirrorWritesRoute", "ModeRoute", "Outcome", "ServerSpec", "StoreMode",
+    "MAX_ITEM_BYTES", "MAX_KEY_BYTES", "MODES", "CacheError", "CacheFencedError", "CacheInputError", "CacheListener",
+    "CacheOutcomeUnknown", "CacheRoute", "CacheRouter", "CopyQueue", "CopyWritesRoute", "InvalidKeyError",
+    "InvalidNumberError", "Item", "Ketama", "MemcacheClient", "MemcachePool", "MemcacheRejected", "MemcacheServerError",
+    "MemcacheTimeout", "MemcacheUnavailable", "MemcachedRoute", "ModeRoute", "Outcome", "ServerSpec", "StoreMode",
     "StoreReply", "SwitchError", "parse_servers", "ValueTooLargeError", "WarmUpRoute",
 ]

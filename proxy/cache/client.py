@@ -16,11 +16,11 @@ cancellation, an error reply or anything it could not parse (where that connecti
 in the reply stream is unknown, so it is closed).
 
 ``pipeline`` sends several requests in one write and reads their replies in order (the
-mirror workers batch their copies this way).
+copy workers batch their copies this way).
 
 Why meta commands for the parsed path: ``mg`` returns value, client flags, remaining TTL
 and CAS in one round trip (what cache-on-read needs), ``ms`` returns the CAS of what it
-stored (what the mirror's verification needs), and every text storage command is an
+stored (what the copy's verification needs), and every text storage command is an
 ``ms`` mode. Where no reply needs to be understood, ``forward`` relays the app's own text
 request and memcached's own reply bytes.
 """

@@ -16,7 +16,7 @@ MAX_KEY_BYTES = 250
 #: value of exactly 1 MiB is refused by memcached itself ("object too large"). We refuse
 #: it first: 512 bytes of headroom cover the largest key plus the header (measured on
 #: memcached 1.6.18: 1 MiB − 330 B stores with a 250-byte key, 1 MiB − 300 B does not).
-MAX_VALUE_BYTES = 1024 * 1024 - 512
+MAX_ITEM_BYTES = 1024 * 1024 - 512
 MAX_FLAGS = 2**32 - 1
 MAX_U64 = 2**64 - 1
 #: memcached parses exptime as a signed 32-bit number.
@@ -38,7 +38,7 @@ class InvalidKeyError(CacheInputError):
 
 
 class ValueTooLargeError(CacheInputError):
-    """A value over ``MAX_VALUE_BYTES``."""
+    """A value over ``MAX_ITEM_BYTES``."""
 
 
 class InvalidNumberError(CacheInputError):
@@ -116,8 +116,8 @@ def check_key(key: bytes) -> bytes:
 def check_value(value: bytes) -> bytes:
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise CacheInputError(f"a cache value must be bytes, not {type(value).__name__}")
-    if len(value) > MAX_VALUE_BYTES:
-        raise ValueTooLargeError(f"cache value of {len(value)} bytes exceeds the {MAX_VALUE_BYTES}-byte limit "
+    if len(value) > MAX_ITEM_BYTES:
+        raise ValueTooLargeError(f"cache value of {len(value)} bytes exceeds the {MAX_ITEM_BYTES}-byte limit "
                                  "(memcached's 1 MiB item size minus room for the key and item header)")
     return value
 

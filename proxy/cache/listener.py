@@ -14,7 +14,7 @@ incr/decr, touch; without noreply) are parsed only as far as framing and validat
 reply's bytes come back as they are. In every mode, except set/add/replace/cas where a
 side is mirrored (``cow``, ``proxy``: the copy needs the CAS the parsed path's ``ms``
 returns); ``cow`` mirrors the other writes by their reply line and fills N2 after a hit
-by key, the mirror worker reading what it needs itself (``routes.py``). Everything else (meta commands, noreply, multi-key retrievals, gat/gats)
+by key, the copy worker reading what it needs itself (``routes.py``). Everything else (meta commands, noreply, multi-key retrievals, gat/gats)
 takes the parsed path through the route's primitives.
 
 Must never: let bad input reach memcached or stop the listener. A malformed line, an
@@ -38,7 +38,7 @@ What the proxy answers itself, and what it refuses:
 - ``flush_all [delay] [noreply]``: refused by default (``SERVER_ERROR`` with the reason,
   as mcrouter refuses it without ``--enable-flush-cmd``): the memcached behind the proxy
   is shared by every app of the deployment. With ``enable_flush`` it flushes both sides
-  in the mode's order with a barrier in the mirror queue (``CacheRouter.flush_all``).
+  in the mode's order with a barrier in the copy queue (``CacheRouter.flush_all``).
 - ``stats``: the proxy's own counters (``STAT`` lines, ``END``), as mcrouter does; any
   ``stats <sub>`` gets ``ERROR``, memcached's answer to a subcommand it does not know.
 - ``version``: this proxy's version in memcached's format.
@@ -58,7 +58,7 @@ import time
 
 from proxy.cache.client import REPLY_LINE, REPLY_VALUES, Item, Outcome, StoreMode
 from proxy.cache.errors import (
-    MAX_EXPTIME, MAX_FLAGS, MAX_KEY_BYTES, MAX_U64, MAX_VALUE_BYTES, MIN_EXPTIME, CacheError, CacheInputError,
+    MAX_EXPTIME, MAX_FLAGS, MAX_ITEM_BYTES, MAX_KEY_BYTES, MAX_U64, MIN_EXPTIME, CacheError, CacheInputError,
     MemcacheRejected, MemcacheServerReply,
 )
 from proxy.cache.router import CacheRouter
@@ -68,7 +68,7 @@ log = logging.getLogger("nxnw.proxy.cache.listener")
 MAX_LINE = 2048
 MAX_RETRIEVAL_LINE = 64 * 1024
 #: pause reading a connection above this many buffered bytes (a full value fits)
-_HIGH_WATER = MAX_VALUE_BYTES + MAX_RETRIEVAL_LINE + 4096
+_HIGH_WATER = MAX_ITEM_BYTES + MAX_RETRIEVAL_LINE + 4096
 _BAD_KEY_BYTE = re.compile(rb"[\x00-\x20\x7f]")
 _RETRIEVAL_PREFIXES = (b"get ", b"gets ", b"gat ", b"gats ")
 _TEXT_OUTCOME = {Outcome.STORED: b"STORED\r\n", Outcome.NOT_STORED: b"NOT_STORED\r\n",
@@ -481,7 +481,7 @@ class _Session(asyncio.Protocol):
         noreply = len(tokens) == nargs + 1 and tokens[-1] == b"noreply"
         stats = self.listener.stats
         stats.cmd_set += 1
-        if size > MAX_VALUE_BYTES:
+        if size > MAX_ITEM_BYTES:
             await self._swallow(size + 2)  # memcached swallows a refused block too
             if not noreply:
                 self._send(_TOO_LARGE)
@@ -737,7 +737,7 @@ class _Session(asyncio.Protocol):
             await self._swallow(size + 2)  # memcached's meta set skips the value of a refused command
             raise
         self.listener.stats.cmd_set += 1
-        if size > MAX_VALUE_BYTES:
+        if size > MAX_ITEM_BYTES:
             await self._swallow(size + 2)
             self._send(_TOO_LARGE)
             return

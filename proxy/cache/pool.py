@@ -14,7 +14,7 @@ Must never: move a key to another server because its own is down. twemproxy's
 read waiting to happen: when the server comes back it still holds the key's old value,
 which no write since has touched. Here a down server's keys fail fast instead
 (``MemcacheUnavailable`` naming the server and when it is tried again), as mcrouter's
-TKO does; a mirror copy that fails that way is recorded like any failed copy and its key
+TKO does; a copy that fails that way is recorded like any failed copy and its key
 invalidated at the next switch.
 
 Both sides are independent pools: N1 and N2 may have different sizes and weights.

@@ -1,7 +1,7 @@
 """The cache router: which route serves each mode, fencing, and the safe mode switch.
 
 Responsible for: owning the two memcached pools (N1, N2: each one or more servers, keys
-spread by ketama — ``pool.py``), the two mirror queues
+spread by ketama — ``pool.py``), the two copy queues
 (N1→N2 for ``cow``, N2→N1 for ``proxy``), the three mode routes, and ``switch(mode)``,
 which changes the route only after every asynchronous copy of the old mode has landed or
 its key has been invalidated on the side it was meant for (DESIGN invariant 5).
@@ -13,14 +13,14 @@ Fencing: ``fence(write)`` (the proxy's mode machine, ``proxy/modes.py``) returns
 reason this instance may not serve now, or None. Every operation asks it as it starts:
 reads and writes are refused (``CacheFencedError`` with the reason) while it names one;
 deletes are never refused — removing a key from a cache can never make it stale — and go
-to the sides the current mode names (the mirrored delete included). While fenced, the
-mirror queues copy no values either: a queued copy becomes a delete on its destination.
+to the sides the current mode names (the copied delete included). While fenced, the
+copy queues copy no values either: a queued copy becomes a delete on its destination.
 
 A switch, step by step (under one lock; requests arriving meanwhile wait, bounded):
 1. close the gate: new requests wait for the switch to end;
 2. wait until no request runs on the old route (bounded: each request has the client's
    timeout), so no new copy can be queued;
-3. drain both mirror queues (bounded by ``drain_timeout``); jobs still queued then are not
+3. drain both copy queues (bounded by ``drain_timeout``); jobs still queued then are not
    run and their keys join ``dropped``;
 4. delete on each queue's destination every key in its ``dropped`` set — so N2 never
    serves a value N1 has since overwritten or deleted, and after a rollback N1 never
@@ -31,14 +31,14 @@ If step 2, 3 or 4 fails, the switch raises ``SwitchError`` and the old mode stay
 
 ``flush_all(delay)`` runs under the same lock and gate: no request runs while it does. It
 flushes the side the mode reads first (N1 in ``passthrough`` and ``cow``, N2 in ``proxy``),
-then waits for the mirror queue toward the other side to run every copy queued before
+then waits for the copy queue toward the other side to run every copy queued before
 (the barrier: a copy of a pre-flush value can no longer land after the flush), then
 flushes the other side (none in ``passthrough``, which writes only N1). A copy of a value
 written after the first flush that lands before the second is flushed with it: lost
 warmth, never a stale value.
 
 Not guaranteed: that N2 starts ``cow`` empty of this deployment's keys — a value left on
-N2 by an earlier ``cow`` period followed by ``passthrough`` (no mirroring) would survive a
+N2 by an earlier ``cow`` period followed by ``passthrough`` (no copies) would survive a
 fill's ``add``; the orchestrator flushes N2 before ``cow`` begins. That other proxy
 instances have finished their own switch — each instance drains its own queues; the
 orchestrator waits for every instance to acknowledge the mode. Surviving a crash: the
@@ -56,9 +56,9 @@ from collections.abc import Callable
 from proxy.cache import metrics
 from proxy.cache.client import Item, Outcome, StoreMode, StoreReply
 from proxy.cache.errors import CacheFencedError, CacheOutcomeUnknown, SwitchError
-from proxy.cache.mirror import BeforeFill, MirrorQueue
+from proxy.cache.copies import BeforeFill, CopyQueue
 from proxy.cache.pool import MemcachePool, ServerSpec, parse_servers
-from proxy.cache.routes import METRIC_OP, CacheRoute, MemcachedRoute, MirrorWritesRoute, WarmUpRoute
+from proxy.cache.routes import METRIC_OP, CacheRoute, CopyWritesRoute, MemcachedRoute, WarmUpRoute
 from sync.mode import MODES
 
 #: ``fence(write)``: why this instance may not serve a read (write False) or a write now, or None.
@@ -179,14 +179,14 @@ class CacheRouter:
     ``n1``/``n2``: ``(host, port)`` of each deployment's memcached, or a pool spec
     (``"h1:p,h2:p:2"``, see ``pool.py``); a server of a pool is marked down after
     ``fail_limit`` consecutive failures and tried again after ``retry_after`` s.
-    ``mirror_queue_size`` bounds each mirror queue; ``drain_timeout`` bounds step 3 of a
+    ``copy_queue_size`` bounds each copy queue; ``drain_timeout`` bounds step 3 of a
     switch; ``timeout`` is every memcached request's deadline. ``before_fill`` is the COR
-    test seam (see ``MirrorQueue``). ``fence`` is asked by every operation and every copy
+    test seam (see ``CopyQueue``). ``fence`` is asked by every operation and every copy
     (see the module docstring); it may be replaced before ``start``.
     """
 
-    def __init__(self, n1: Address, n2: Address, *, mirror_queue_size: int = 10000, mode: str = "passthrough",
-                 mirror_workers: int = 4, drain_timeout: float = 5.0, timeout: float = 1.0,
+    def __init__(self, n1: Address, n2: Address, *, copy_queue_size: int = 10000, mode: str = "passthrough",
+                 copy_workers: int = 4, drain_timeout: float = 5.0, timeout: float = 1.0,
                  max_connections: int = 16, before_fill: BeforeFill | None = None, instance: str = "",
                  fence: Fence = never_fenced, fail_limit: int = 3, retry_after: float = 2.0) -> None:
         if mode not in MODES:
@@ -196,7 +196,7 @@ class CacheRouter:
         self.instance = instance
         self.drain_timeout = drain_timeout
         self._initial_mode = mode
-        self._options = dict(mirror_queue_size=mirror_queue_size, mirror_workers=mirror_workers, timeout=timeout,
+        self._options = dict(copy_queue_size=copy_queue_size, copy_workers=copy_workers, timeout=timeout,
                              max_connections=max_connections, before_fill=before_fill, fail_limit=fail_limit,
                              retry_after=retry_after)
         self.fence = fence
@@ -214,23 +214,23 @@ class CacheRouter:
         self.n1 = MemcachePool(self.n1_servers, side="n1", **limits)
         self.n2 = MemcachePool(self.n2_servers, side="n2", **limits)
         copying = self._copying
-        self.to_n2 = MirrorQueue(self.n1, self.n2, maxsize=o["mirror_queue_size"], workers=o["mirror_workers"],
-                                 before_fill=o["before_fill"], may_copy=copying)
-        self.to_n1 = MirrorQueue(self.n2, self.n1, maxsize=o["mirror_queue_size"], workers=o["mirror_workers"],
-                                 may_copy=copying)
+        self.to_n2 = CopyQueue(self.n1, self.n2, maxsize=o["copy_queue_size"], workers=o["copy_workers"],
+                               before_fill=o["before_fill"], may_copy=copying)
+        self.to_n1 = CopyQueue(self.n2, self.n1, maxsize=o["copy_queue_size"], workers=o["copy_workers"],
+                               may_copy=copying)
         self.to_n2.start()
         self.to_n1.start()
         self._routes = {
             "passthrough": ModeRoute(self, "passthrough", MemcachedRoute(self.n1, mode="passthrough")),
             "cow": ModeRoute(self, "cow", WarmUpRoute(MemcachedRoute(self.n1, mode="cow"),
                                                       MemcachedRoute(self.n2, mode="cow"), self.to_n2)),
-            "proxy": ModeRoute(self, "proxy", MirrorWritesRoute(MemcachedRoute(self.n2, mode="proxy"), self.to_n1)),
+            "proxy": ModeRoute(self, "proxy", CopyWritesRoute(MemcachedRoute(self.n2, mode="proxy"), self.to_n1)),
         }
         self._route = self._routes[self._initial_mode]
         self._route.retired = False
 
     async def close(self) -> None:
-        """Stop the mirror workers (queued copies are abandoned) and close the connections."""
+        """Stop the copy workers (queued copies are abandoned) and close the connections."""
         for queue in (self.to_n2, self.to_n1):
             await queue.close()
         await self.n1.close()
@@ -269,14 +269,14 @@ class CacheRouter:
             out[f"proxy_{pool.side}_servers"] = len(pool.clients)
             out[f"proxy_{pool.side}_servers_down"] = sum(pool.is_down(i) for i in range(len(pool.clients)))
         for queue in (self.to_n2, self.to_n1):
-            out[f"proxy_mirror_to_{queue.dest.side}_pending"] = queue.pending
-            out[f"proxy_mirror_to_{queue.dest.side}_dropped_keys"] = len(queue.dropped)
+            out[f"proxy_copies_to_{queue.dest.side}_pending"] = queue.pending
+            out[f"proxy_copies_to_{queue.dest.side}_dropped_keys"] = len(queue.dropped)
         return out
 
     # --- flush_all -----------------------------------------------------------------------
 
     async def flush_all(self, delay: int = 0) -> None:
-        """Flush the sides the mode writes, in its order, with a barrier in the mirror queue
+        """Flush the sides the mode writes, in its order, with a barrier in the copy queue
         between them (module docstring); ``CacheFencedError`` while fenced."""
         reason = self.fence(True)
         if reason is not None:
@@ -303,7 +303,7 @@ class CacheRouter:
 
     async def switch(self, mode: str) -> dict[str, int]:
         """Change mode safely (see the module docstring); returns what had to be done:
-        mirror jobs dropped at the drain and keys invalidated, per destination side."""
+        copy jobs dropped at the drain and keys invalidated, per destination side."""
         if mode not in MODES:
             raise ValueError(f"unknown cache mode {mode!r}; the modes are {', '.join(MODES)}")
         async with self._switch_lock:

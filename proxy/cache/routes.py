@@ -6,10 +6,10 @@ Every route implements ``CacheRoute``: six primitives (``meta_get``, ``gat``, ``
 ``incr``/``decr``). A mode switch swaps one composed object (see ``router.py``):
 
     passthrough = MemcachedRoute(N1)
-    cow         = WarmUpRoute(warm=MemcachedRoute(N1), cold=MemcachedRoute(N2), mirror N1→N2)
-    proxy       = MirrorWritesRoute(MemcachedRoute(N2), mirror N2→N1)
+    cow         = WarmUpRoute(warm=MemcachedRoute(N1), cold=MemcachedRoute(N2), copies N1→N2)
+    proxy       = CopyWritesRoute(MemcachedRoute(N2), copies N2→N1)
 
-Keys are ``bytes`` (≤ 250 bytes, no space/control byte), values ≤ ``MAX_VALUE_BYTES``;
+Keys are ``bytes`` (≤ 250 bytes, no space/control byte), values ≤ ``MAX_ITEM_BYTES``;
 anything else raises a ``CacheInputError`` (a ``ValueError``) before memcached sees it.
 CAS tokens (``gets``, ``meta_get``, ``store(...).cas``) belong to the side that served the
 request: after a switch, a ``cas`` with a token from the other side answers EXISTS.
@@ -17,9 +17,9 @@ request: after a switch, a ``cas`` with a token from the other side answers EXIS
 Relaying untouched (the fast path): ``forward(op, key, request, reply_kind)`` sends a text
 request as the app wrote it to the key's server and returns that server's reply bytes.
 ``op`` is one of ``FORWARD_OPS``; a route says which it relays (``forwards``):
-``MemcachedRoute`` all of them; ``MirrorWritesRoute`` and ``WarmUpRoute`` all but ``set``
-(set/add/replace/cas), mirroring a write by its reply line and, in ``cow``, a hit by a
-fill by key (the mirror worker reads the item's CAS and TTL itself, off the client's path).
+``MemcachedRoute`` all of them; ``CopyWritesRoute`` and ``WarmUpRoute`` all but ``set``
+(set/add/replace/cas), copying a write by its reply line and, in ``cow``, a hit by a
+fill by key (the copy worker reads the item's CAS and TTL itself, off the client's path).
 Why not ``set``: a relayed set's reply carries no CAS, so its copy would have to read the
 value back from the source (three round trips and the value twice); the parsed path's
 ``ms … c`` returns the CAS, and the copy is a store and one check.
@@ -35,7 +35,7 @@ from abc import ABC, abstractmethod
 from proxy.cache import metrics
 from proxy.cache.client import Item, Outcome, StoreMode, StoreReply
 from proxy.cache.errors import CacheInputError
-from proxy.cache.mirror import MirrorQueue
+from proxy.cache.copies import CopyQueue
 from proxy.cache.pool import MemcachePool
 
 _OPS = ("get", "gat", "store", "delete", "arith", "touch")
@@ -168,21 +168,21 @@ class MemcachedRoute(CacheRoute):
         return await self.server.touch(key, exptime)
 
 
-class MirrorWritesRoute(CacheRoute):
-    """Serve everything from ``primary``; copy every change to ``mirror.dest`` asynchronously.
+class CopyWritesRoute(CacheRoute):
+    """Serve everything from ``primary``; copy every change to ``copies.dest`` asynchronously.
 
-    This is ``proxy`` mode (primary N2, mirror to N1, so that a rollback to N1 never serves
+    This is ``proxy`` mode (primary N2, copies to N1, so that a rollback to N1 never serves
     a value N2 has since overwritten) and the write half of ``cow``.
 
     get/gets/meta_get: ``primary``, sync. Nothing else.
     set/add/replace/cas: ``primary``, sync; if STORED, the stored value, flags, exptime and
-        the primary's new CAS are queued for ``mirror.dest`` (async, ``set`` there, then
-        verified against the primary — see ``mirror.py``). Not stored → nothing queued.
+        the primary's new CAS are queued for ``copies.dest`` (async, ``set`` there, then
+        verified against the primary — see ``copies.py``). Not stored → nothing queued.
     append/prepend/incr/decr/touch/gat: ``primary``, sync; if the key existed, the key is
         queued and the worker reads the *result* back from the primary (``mg v f t c``)
         and copies that — replaying the op on the other side could double an append or
         an incr, and CAS tokens differ between the sides.
-    delete: ``primary``, sync; a delete is queued for ``mirror.dest`` whatever the reply
+    delete: ``primary``, sync; a delete is queued for ``copies.dest`` whatever the reply
         (unless a CAS-guarded delete answered EXISTS: nothing changed).
     forward (a text request relayed untouched): reads as ``get``; a write's reply line says
         what to copy — ``STORED``, ``TOUCHED`` or a number: the key is queued and the worker
@@ -190,15 +190,15 @@ class MirrorWritesRoute(CacheRoute):
         of a delete, or any error line: a delete is queued; ``NOT_STORED``/``EXISTS``, or
         ``NOT_FOUND`` of a write: nothing changed, nothing queued.
     Any op whose outcome on the primary is unknown (timeout, connection lost, cancelled):
-        a delete is queued for ``mirror.dest`` and the error is raised to the caller.
-    Not guaranteed: that ``mirror.dest`` has the change when the client is answered, or at
-    all — a full queue drops the copy and records the key in ``mirror.dropped`` (the
+        a delete is queued for ``copies.dest`` and the error is raised to the caller.
+    Not guaranteed: that ``copies.dest`` has the change when the client is answered, or at
+    all — a full queue drops the copy and records the key in ``copies.dropped`` (the
     router invalidates those keys before a mode switch).
     """
 
-    def __init__(self, primary: CacheRoute, mirror: MirrorQueue) -> None:
+    def __init__(self, primary: CacheRoute, copies: CopyQueue) -> None:
         self.primary = primary
-        self.mirror = mirror
+        self.copies = copies
         self.forwards = primary.forwards - {"set"}
 
     async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes:
@@ -209,16 +209,16 @@ class MirrorWritesRoute(CacheRoute):
         except CacheInputError:
             raise
         except BaseException:
-            self.mirror.mirror_delete(key)
+            self.copies.copy_delete(key)
             raise
         if reply == b"STORED\r\n" or reply == b"TOUCHED\r\n" or reply[:1].isdigit():
-            self.mirror.mirror_current(key)
+            self.copies.copy_current(key)
         elif op == "delete" or reply[:4] in (b"CLIE", b"SERV", b"ERRO"):
-            self.mirror.mirror_delete(key)
+            self.copies.copy_delete(key)
         return reply
 
     def __repr__(self) -> str:
-        return f"MirrorWritesRoute({self.primary!r} -> {self.mirror.dest.server})"
+        return f"CopyWritesRoute({self.primary!r} -> {self.copies.dest.server})"
 
     async def meta_get(self, key: bytes) -> Item | None:
         return await self.primary.meta_get(key)
@@ -229,10 +229,10 @@ class MirrorWritesRoute(CacheRoute):
         except CacheInputError:
             raise
         except BaseException:
-            self.mirror.mirror_delete(key)
+            self.copies.copy_delete(key)
             raise
         if item is not None:
-            self.mirror.mirror_current(key)
+            self.copies.copy_current(key)
         return item
 
     async def store(self, mode: StoreMode, key: bytes, value: bytes, flags: int = 0, exptime: int = 0,
@@ -242,13 +242,13 @@ class MirrorWritesRoute(CacheRoute):
         except CacheInputError:
             raise
         except BaseException:
-            self.mirror.mirror_delete(key)
+            self.copies.copy_delete(key)
             raise
         if reply.outcome is Outcome.STORED:
             if mode is StoreMode.APPEND or mode is StoreMode.PREPEND:
-                self.mirror.mirror_current(key)
+                self.copies.copy_current(key)
             else:
-                self.mirror.mirror_value(key, value, flags, exptime, reply.cas)
+                self.copies.copy_value(key, value, flags, exptime, reply.cas)
         return reply
 
     async def delete_item(self, key: bytes, cas: int | None = None) -> Outcome:
@@ -257,10 +257,10 @@ class MirrorWritesRoute(CacheRoute):
         except CacheInputError:
             raise
         except BaseException:
-            self.mirror.mirror_delete(key)
+            self.copies.copy_delete(key)
             raise
         if outcome is not Outcome.EXISTS:
-            self.mirror.mirror_delete(key)
+            self.copies.copy_delete(key)
         return outcome
 
     async def arith(self, key: bytes, delta: int, incr: bool = True) -> int | None:
@@ -269,10 +269,10 @@ class MirrorWritesRoute(CacheRoute):
         except CacheInputError:
             raise
         except BaseException:
-            self.mirror.mirror_delete(key)
+            self.copies.copy_delete(key)
             raise
         if value is not None:
-            self.mirror.mirror_current(key)
+            self.copies.copy_current(key)
         return value
 
     async def touch(self, key: bytes, exptime: int) -> bool:
@@ -281,10 +281,10 @@ class MirrorWritesRoute(CacheRoute):
         except CacheInputError:
             raise
         except BaseException:
-            self.mirror.mirror_delete(key)
+            self.copies.copy_delete(key)
             raise
         if found:
-            self.mirror.mirror_current(key)
+            self.copies.copy_current(key)
         return found
 
 
@@ -297,34 +297,34 @@ class WarmUpRoute(CacheRoute):
     get/gets/meta_get: ``warm``, sync. On a hit, a fill of ``cold`` is queued (COR, async)
         unless this same N1 version (CAS) was copied or seen on ``cold`` within the last
         minute; the worker skips it if ``cold`` already has the key, else stores the item with
-        ``add`` semantics (an N2 value written meanwhile by a newer mirror wins) with its
+        ``add`` semantics (an N2 value written meanwhile by a newer copy wins) with its
         flags and remaining TTL, then checks that ``warm`` still holds the version it read
         (same CAS) and otherwise deletes the fill again if ``cold`` still holds exactly it.
         So an overwrite or delete on N1 between the read and the fill — even one whose own
-        mirror reached N2 *before* the fill, or one made through another proxy instance —
-        never leaves the old value on N2 (argument in ``mirror.py``). On a miss: nothing.
+        copy reached N2 *before* the fill, or one made through another proxy instance —
+        never leaves the old value on N2 (argument in ``copies.py``). On a miss: nothing.
     get relayed untouched (the fast path): ``warm``, sync, its reply bytes as they came; on a
         hit a fill *by key* is queued (COR, async): the worker reads the item (value, flags,
         TTL, CAS) from ``warm`` itself and fills ``cold`` as above — so the client's path
         parses nothing. Skipped while ``cold`` was seen holding the key within the last
         minute and nothing was written to it since.
     gat (get-and-touch) and every write, relayed untouched or not: as
-        ``MirrorWritesRoute(warm, mirror)`` — ``warm`` sync, the change copied to ``cold``
+        ``CopyWritesRoute(warm, copies)`` — ``warm`` sync, the change copied to ``cold``
         async (COW).
     Not guaranteed: that ``cold`` is warm — fills are shed first when the queue is half
     full, lost to any race, and skipped for items expiring within a second; that ``cold``
-    holds a key's latest value before the mirror queue is drained (the router drains it
+    holds a key's latest value before the copy queue is drained (the router drains it
     and invalidates dropped keys before switching to ``proxy``).
     """
 
-    def __init__(self, warm: CacheRoute, cold: MemcachedRoute, mirror: MirrorQueue) -> None:
-        if mirror.dest is not cold.server:
-            raise ValueError(f"WarmUpRoute: the mirror writes to {mirror.dest.server}, "
+    def __init__(self, warm: CacheRoute, cold: MemcachedRoute, copies: CopyQueue) -> None:
+        if copies.dest is not cold.server:
+            raise ValueError(f"WarmUpRoute: the copy queue writes to {copies.dest.server}, "
                              f"not to cold {cold.server.server}")
         self.warm = warm
         self.cold = cold
-        self.mirror = mirror
-        self._writes = MirrorWritesRoute(warm, mirror)
+        self.copies = copies
+        self._writes = CopyWritesRoute(warm, copies)
         self.forwards = warm.forwards - {"set"}
 
     async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes:
@@ -332,7 +332,7 @@ class WarmUpRoute(CacheRoute):
             return await self._writes.forward(op, key, request, reply_kind)
         reply = await self.warm.forward(op, key, request, reply_kind)
         if reply[:6] == b"VALUE ":
-            self.mirror.offer_fill_key(key)
+            self.copies.offer_fill_key(key)
         return reply
 
     def __repr__(self) -> str:
@@ -341,7 +341,7 @@ class WarmUpRoute(CacheRoute):
     async def meta_get(self, key: bytes) -> Item | None:
         item = await self.warm.meta_get(key)
         if item is not None:
-            self.mirror.offer_fill(key, item)
+            self.copies.offer_fill(key, item)
         return item
 
     async def gat(self, key: bytes, exptime: int) -> Item | None:

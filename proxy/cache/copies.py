@@ -14,7 +14,7 @@ How a copy stays safe in any order — *write, then verify against the source*
 Every job that puts a value on ``dest`` carries the source's CAS of the version it copies
 (``ms … c`` tells the writer the CAS it stored; ``mg … c`` tells a reader the CAS it read):
 
-1. store the value on ``dest`` (``set`` for a mirror, ``add`` for a fill) and note the CAS
+1. store the value on ``dest`` (``set`` for a write's copy, ``add`` for a fill) and note the CAS
    ``dest`` gave it;
 2. read the key's CAS on the source again (``mg key c``);
 3. if the source no longer holds that version (other CAS, or absent), delete the copy on
@@ -26,14 +26,14 @@ requests go to their keys' servers, each server's share pipelined on its own con
 
 Argument. CAS values are unique per memcached, and every write to an item (set, append,
 incr, delete + re-add, …) gives it a new one; only ``touch`` does not, and a touch's own
-mirror re-copies the item with its new TTL. If step 2 sees the CAS read in step 0, no
+copy re-copies the item with its new TTL. If step 2 sees the CAS read in step 0, no
 write happened on the source between our read and step 2, and step 1 lies in that
 interval: our copy was current when it landed. Any later write W happens after step 2,
 so W's own job reads/stores after W and lands on ``dest`` after our copy — an overwrite
 or delete of W wins. If step 2 sees a change, some write W happened in the window; step 3
 removes our copy unless something already replaced it (then ``md`` answers EX and that
 newer copy, which is verified by its own job, stays). If W's job ran *before* our step 1
-(the dangerous order: "delete mirrored, then the stale fill lands" — mcrouter's
+(the dangerous order: "delete copied, then the stale fill lands" — mcrouter's
 WarmUpRoute hazard), step 3 still removes our copy because W happened before step 2.
 The argument uses only the two servers' state, so it holds across proxy instances and
 for any interleaving of workers; the worst outcome of a race is a miss on ``dest``.
@@ -46,12 +46,12 @@ runs out of time) and jobs dropped because the queue is full record their key in
 
 Not guaranteed: that ``dest`` is warm (any race ends in a miss, never a stale hit); that
 ``dest`` expires an item in the same second as the source (TTLs have one-second
-granularity and a mirrored relative exptime starts when the mirror lands); anything about
+granularity and a copied relative exptime starts when the copy lands); anything about
 keys written to the source by something other than this proxy; anything after a crash —
 the queue and ``dropped`` live in memory; for that, an instance in ``cow`` holds a durable
 "cow cache dirty" marker (``proxy/modes.py``), and ``switch_mode`` flushes N2 before
 ``proxy`` while the marker of an instance that did not drain remains. A source run
-with CAS disabled (``memcached -C``, every CAS 0) cannot be verified: mirrors then only
+with CAS disabled (``memcached -C``, every CAS 0) cannot be verified: write copies then only
 delete on ``dest`` and fills are skipped.
 """
 
@@ -67,7 +67,7 @@ from proxy.cache.client import Item, Outcome, StoreMode
 from proxy.cache.errors import SwitchError
 from proxy.cache.pool import MemcachePool
 
-log = logging.getLogger("nxnw.proxy.cache.mirror")
+log = logging.getLogger("nxnw.proxy.cache.copies")
 
 #: memcached reads an exptime above 30 days as an absolute unix time.
 _RELATIVE_LIMIT = 30 * 24 * 3600
@@ -91,7 +91,7 @@ def exptime_from_ttl(ttl: int | None) -> int | None:
     return ttl
 
 
-class MirrorQueue:
+class CopyQueue:
     """Bounded queue of copies ``source`` → ``dest``, drained by ``workers`` tasks.
 
     ``maxsize`` bounds the jobs waiting. Fills are shed first: one is admitted only while
@@ -114,7 +114,7 @@ class MirrorQueue:
                  fill_share: float = 0.5, max_dropped: int = 1_000_000, linger: float = 0.001, batch_max: int = 64,
                  before_fill: BeforeFill | None = None, may_copy: Callable[[], bool] = lambda: True) -> None:
         if maxsize < 1 or workers < 1:
-            raise ValueError(f"MirrorQueue needs maxsize >= 1 and workers >= 1, got {maxsize} and {workers}")
+            raise ValueError(f"CopyQueue needs maxsize >= 1 and workers >= 1, got {maxsize} and {workers}")
         self.source = source
         self.dest = dest
         self.maxsize = maxsize
@@ -148,9 +148,9 @@ class MirrorQueue:
         self._tasks: list[asyncio.Task] = []
         label = dest.side or dest.server
         self._label = label
-        self._depth = metrics.MIRROR_DEPTH.labels(label)
+        self._depth = metrics.COPY_DEPTH.labels(label)
         self._depth.set_function(lambda: self._waiting)
-        self._dropped_full = metrics.MIRRORS_DROPPED.labels(label, "queue_full")
+        self._dropped_full = metrics.COPIES_DROPPED.labels(label, "queue_full")
         self._fill_shed = metrics.COR_FILLS.labels("shed")
 
     @property
@@ -165,7 +165,7 @@ class MirrorQueue:
 
     def start(self) -> None:
         if not self._tasks:
-            self._tasks = [asyncio.create_task(self._work(shard), name=f"cache-mirror-{self._label}-{i}")
+            self._tasks = [asyncio.create_task(self._work(shard), name=f"cache-copy-{self._label}-{i}")
                            for i, shard in enumerate(self._shards)]
 
     async def close(self) -> None:
@@ -180,19 +180,19 @@ class MirrorQueue:
 
     # --- enqueue (synchronous, never blocks the request) --------------------------------
 
-    def mirror_value(self, key: bytes, value: bytes, flags: int, exptime: int, source_cas: int) -> None:
+    def copy_value(self, key: bytes, value: bytes, flags: int, exptime: int, source_cas: int) -> None:
         """The source now holds ``value`` under CAS ``source_cas`` (set/add/replace/cas)."""
         if exptime < 0:  # stored already expired: on dest that is a delete
-            self.mirror_delete(key)
+            self.copy_delete(key)
         else:
             self._put((_VALUE, key, value, flags, exptime, source_cas))
 
-    def mirror_current(self, key: bytes) -> None:
+    def copy_current(self, key: bytes) -> None:
         """The source changed ``key`` in a way we did not see (append, incr, touch, …): the
         worker reads the result back from the source and copies that."""
         self._put((_CURRENT, key))
 
-    def mirror_delete(self, key: bytes) -> None:
+    def copy_delete(self, key: bytes) -> None:
         """Delete ``key`` on dest (a delete, or a write whose outcome on the source is unknown)."""
         self._put((_DELETE, key))
 
@@ -255,13 +255,13 @@ class MirrorQueue:
         return jobs
 
     def _drop(self, key: bytes, reason: str) -> None:
-        metrics.MIRRORS_DROPPED.labels(self._label, reason).inc()
+        metrics.COPIES_DROPPED.labels(self._label, reason).inc()
         self._record_dropped(key)
 
     def _record_dropped(self, key: bytes) -> None:
         if len(self.dropped) >= self.max_dropped:
             if not self.overflowed:
-                log.error("mirror queue to %s: more than %d dropped keys; only a flush of %s is safe now",
+                log.error("copy queue to %s: more than %d dropped keys; only a flush of %s is safe now",
                           self.dest.server, self.max_dropped, self.dest.server)
             self.overflowed = True
             return
@@ -328,7 +328,7 @@ class MirrorQueue:
             kind, key = job[0], job[1]
             if not copying:
                 if kind not in _FILLS:
-                    metrics.MIRRORS_DROPPED.labels(self._label, "fenced").inc()
+                    metrics.COPIES_DROPPED.labels(self._label, "fenced").inc()
                     writes.append((job, dst.cmd_delete(key), 0))
                 continue
             if kind is _DELETE:
@@ -377,7 +377,7 @@ class MirrorQueue:
             if outcome is Outcome.STORED:
                 stored.append((i, job, source_cas, dest_cas))
             else:
-                results[i] = "lost"  # add found a value on dest: a newer mirror, or an earlier fill
+                results[i] = "lost"  # add found a value on dest: a newer copy, or an earlier fill
         if stored:
             replies = await src.batch([(job[1], src.cmd_peek(job[1])) for _, job, _, _ in stored])
             undo = []
@@ -397,7 +397,7 @@ class MirrorQueue:
             if job[0] in _FILLS:
                 metrics.COR_FILLS.labels({"copied": "done"}.get(results[i], results[i])).inc()
             else:
-                metrics.MIRRORS.labels(self._label, results[i]).inc()
+                metrics.COPIES.labels(self._label, results[i]).inc()
 
     def _known(self, key: bytes, source_cas: int) -> None:
         known = self._on_dest
@@ -409,7 +409,7 @@ class MirrorQueue:
 
     async def drain(self, timeout: float) -> int:
         """Wait up to ``timeout`` s for every job to finish. Jobs still waiting then are not
-        run: mirrors join ``dropped``, fills are discarded. Returns how many were dropped."""
+        run: write copies join ``dropped``, fills are discarded. Returns how many were dropped."""
         if self.pending == 0:
             return 0
         try:
@@ -432,7 +432,7 @@ class MirrorQueue:
             async with asyncio.timeout(bound):
                 await self._idle.wait()
         except TimeoutError:
-            raise SwitchError(f"mirror jobs to {self.dest.server} still running {bound}s "
+            raise SwitchError(f"copy jobs to {self.dest.server} still running {bound}s "
                               "after the drain timeout") from None
         return left
 
@@ -441,7 +441,7 @@ class MirrorQueue:
         (leaving the keys that failed in ``dropped``) if any delete fails, or if ``dropped``
         overflowed (then only a flush of dest is safe: call ``forget_dropped`` after it)."""
         if self.overflowed:
-            raise SwitchError(f"more than {self.max_dropped} cache mirrors to {self.dest.server} were dropped; "
+            raise SwitchError(f"more than {self.max_dropped} cache copies to {self.dest.server} were dropped; "
                               f"flush {self.dest.server} and call forget_dropped() before switching")
         keys = list(self.dropped)
         failures: list[tuple[bytes, BaseException]] = []
