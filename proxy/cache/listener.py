@@ -54,6 +54,7 @@ import asyncio
 import logging
 import os
 import re
+import ssl
 import time
 
 from proxy.cache.client import REPLY_LINE, REPLY_VALUES, Item, Outcome, StoreMode
@@ -163,8 +164,9 @@ class CacheListener:
 
     def __init__(self, router: CacheRouter, host: str = "127.0.0.1", port: int = 0, *,
                  idle_timeout: float = 300.0, command_timeout: float = 5.0, max_connections: int = 1024,
-                 enable_flush: bool = False) -> None:
+                 enable_flush: bool = False, ssl_context: ssl.SSLContext | None = None) -> None:
         self.router = router
+        self.ssl_context = ssl_context  # TLS on the listening socket (the proxy's certificate), None for plain TCP
         self.enable_flush = enable_flush
         self.host = host
         self.port = port
@@ -177,7 +179,8 @@ class CacheListener:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Session(self), self.host, self.port, reuse_address=True)
+        self._server = await loop.create_server(lambda: _Session(self), self.host, self.port, reuse_address=True,
+                                                ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("memcached listener on %s:%d", self.host, self.port)
 
