@@ -4,6 +4,15 @@ URL: ``cassandra://host[,host…][:port]/keyspace[?local_dc=dc1&consistency=LOCA
 The keyspace must exist (its replication is the operator's choice, not ours); tables are
 created on the first write to an app.
 
+Authentication and TLS, also URL parameters, so that every process that opens the engine
+from its URL (proxies, Dask workers) connects the same way: ``username=NAME`` with
+``password_env=VAR`` or ``password_file=/path`` (the driver's PlainTextAuthProvider; a
+``password=`` in the URL is refused, since URLs are logged and handed to workers);
+``tls=true`` verifies the nodes' certificates, hostnames (node addresses) included, against
+``tls_ca=/path.pem`` (the system's CAs without it) and presents ``tls_cert=``/``tls_key=``
+when the cluster requires client certificates. Files and variables are read when the engine
+is built; a missing one is ``EngineUnavailable`` naming it, never the secret.
+
 Table layout, and why deletes are not ``DELETE``::
 
     CREATE TABLE "<keyspace>"."<app>" (rk blob PRIMARY KEY, value blob, deleted boolean)
@@ -52,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import heapq
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +70,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from cassandra import ConsistencyLevel, InvalidRequest, OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
+from cassandra.auth import PlainTextAuthProvider
 from cassandra.connection import ConnectionBusy
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, ResponseFuture, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
@@ -67,6 +78,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statem
 
 from datastore.engine import Engine, EngineUnavailable, KeyRange
 from datastore.model import APP_PATTERN, Entity, EntityRef, check_app
+from datastore.secret import SecretUnavailable, read_secret
 
 T = TypeVar("T")
 
@@ -189,6 +201,46 @@ def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
+def _auth_provider(url: str, query: dict[str, str]) -> PlainTextAuthProvider | None:
+    """The URL's username and the password it names (by variable or file), or None."""
+    if "password" in query:
+        raise EngineUnavailable(f"cassandra URL {url.split('?', 1)[0]!r}: a password does not go in the URL; "
+                                "name it with password_env=VAR or password_file=/path")
+    username = query.get("username")
+    sources = {k.removeprefix("password_"): v for k, v in query.items() if k in ("password_env", "password_file")}
+    if username is None and not sources:
+        return None
+    if username is None or len(sources) != 1:
+        raise EngineUnavailable(f"cassandra URL {url!r}: username= goes with exactly one of password_env= or password_file=")
+    try:
+        return PlainTextAuthProvider(username=username, password=read_secret(**sources))
+    except SecretUnavailable as exc:
+        raise EngineUnavailable(f"cassandra URL {url!r}: password: {exc}") from None
+
+
+def _ssl_context(url: str, query: dict[str, str]) -> ssl.SSLContext | None:
+    """A client TLS context verifying the nodes (``tls=true``, ``tls_ca``, ``tls_cert``/``tls_key``), or None."""
+    tls = query.get("tls", "false").lower()
+    if tls not in ("true", "false"):
+        raise EngineUnavailable(f"cassandra URL {url!r}: tls={tls!r} is not true or false")
+    files = {k: query[k] for k in ("tls_ca", "tls_cert", "tls_key") if k in query}
+    if tls == "false":
+        if files:
+            raise EngineUnavailable(f"cassandra URL {url!r}: {', '.join(files)} need tls=true")
+        return None
+    if ("tls_cert" in files) != ("tls_key" in files):
+        raise EngineUnavailable(f"cassandra URL {url!r}: tls_cert and tls_key go together")
+    context = ssl.create_default_context()
+    try:
+        if "tls_ca" in files:
+            context.load_verify_locations(cafile=files["tls_ca"])
+        if "tls_cert" in files:
+            context.load_cert_chain(files["tls_cert"], files["tls_key"])
+    except (OSError, ssl.SSLError) as exc:
+        raise EngineUnavailable(f"cassandra URL {url!r}: TLS files: {getattr(exc, 'strerror', None) or exc}") from None
+    return context
+
+
 class CassandraEngine(Engine):
     scheme = "cassandra"
 
@@ -211,6 +263,8 @@ class CassandraEngine(Engine):
             raise EngineUnavailable(f"batch_kib {batch_kib!r} in {url!r} is not a whole number of KiB (0 turns batching off)")
         self.batch_bytes = int(batch_kib) * 1024
         self.address = f"{','.join(self.hosts)}:{self.port}/{self.keyspace}"
+        self._auth = _auth_provider(url, query)
+        self._ssl_context = _ssl_context(url, query)
         self._executor: ThreadPoolExecutor | None = None
         self._cluster: Cluster | None = None
         self._session: Session | None = None
@@ -324,7 +378,8 @@ class CassandraEngine(Engine):
         profile = ExecutionProfile(load_balancing_policy=balancing, consistency_level=self.consistency,
                                    request_timeout=30.0, row_factory=tuple_factory)
         cluster = Cluster(contact_points=self.hosts, port=self.port, connect_timeout=5.0,
-                          execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+                          execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+                          auth_provider=self._auth, ssl_context=self._ssl_context)
         try:
             return cluster, cluster.connect()
         except Exception:
