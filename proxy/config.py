@@ -1,12 +1,21 @@
-"""A proxy instance's settings, validated before anything is opened."""
+"""A proxy instance's settings, validated before anything is opened.
+
+Secrets (the admin token, the ZooKeeper digest password) are ``datastore.secret.Secret``
+fields: named by environment variable or file, masked in every repr and dump. TLS files
+are checked here (readable, the key matching the certificate), so a bad setting is an
+error before the proxy opens anything.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from datastore.registry import ENGINES
+from datastore.secret import Secret
 from proxy.cache.pool import parse_servers
+from proxy.tls import server_context
 from sync.writer_clock import DEFAULT_MAX_OFFSET_MS
+from sync.zk_client import ZooKeeperSecurity
 
 
 class ProxyConfig(BaseModel):
@@ -23,6 +32,8 @@ class ProxyConfig(BaseModel):
     n2_engine: str
     n1_zookeeper: str = Field(description="host:port list of N1's ZooKeeper (mode, journal, locks)")
     n2_zookeeper: str = Field(description="host:port list of N2's ZooKeeper (locks in cow mode)")
+    n1_zookeeper_security: ZooKeeperSecurity | None = Field(default=None, description="digest auth / TLS to N1's "
+                                                            "ZooKeeper, as the plan's [n1.zookeeper_security]")
     n1_memcached: str = Field(description="N1's memcached: host:port[:weight][,host:port[:weight]…], keys by ketama")
     n2_memcached: str = Field(description="N2's memcached, as n1_memcached (its own pool, any size)")
     memcache_fail_limit: int = Field(default=3, ge=1, le=1000,
@@ -35,7 +46,11 @@ class ProxyConfig(BaseModel):
     http_port: int = Field(default=8080, ge=0, le=65535)
     memcache_port: int | None = Field(default=None, ge=0, le=65535)
     shadow_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    admin_token: str = ""
+    admin_token: Secret = Field(default=SecretStr(""), description="bearer token of /admin/*; empty refuses them all")
+    tls_cert: str | None = Field(default=None, description="PEM certificate: HTTP and memcache listeners speak TLS")
+    tls_key: str | None = Field(default=None, description="PEM key of tls_cert")
+    tls_client_ca: str | None = Field(default=None, description="PEM CA: clients must present a certificate it "
+                                                               "signed (mutual TLS)")
     lock_timeout: float = Field(default=10.0, gt=0)
     max_clock_offset_ms: float = Field(default=DEFAULT_MAX_OFFSET_MS, gt=0,
                                        description="writes are refused while this host's clock may be further "
@@ -59,3 +74,13 @@ class ProxyConfig(BaseModel):
     def memcached_pool(cls, spec: str) -> str:
         parse_servers(spec)
         return spec
+
+    @model_validator(mode="after")
+    def tls_files(self) -> "ProxyConfig":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        if self.tls_cert is not None and self.tls_key is not None:
+            server_context(self.tls_cert, self.tls_key, self.tls_client_ca)  # raises naming the file and why
+        return self

@@ -5,6 +5,9 @@ reverse order. Mode changes arrive from ``sync.mode``'s watcher thread and go to
 machine (``proxy/modes.py``), which adopts each one — data and cache together, one fence,
 one drain — and acknowledges it in the instance's membership znode in N1's ZooKeeper.
 The lease thread (``proxy/lease.py``) runs for the whole life of the ZooKeeper session.
+With ``tls_cert``/``tls_key`` the HTTP site and the memcache listener serve one TLS context
+(``proxy/tls.py``); the ZooKeeper client comes from ``sync.zk_client`` with the config's
+digest authentication and TLS.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -26,10 +30,12 @@ from proxy.core import ProxyCore
 from proxy.journal import JournalReplayer, RepairJournal
 from proxy.lease import ZooKeeperLease
 from proxy.modes import ModeMachine, data_route
+from proxy.tls import server_context
 from sync.aio import run_blocking
 from sync.lock import GroupLock
 from sync.mode import ModeWatcher, ensure_mode
 from sync.writer_clock import WriterClock
+from sync.zk_client import zk_client
 
 log = logging.getLogger("nxnw.proxy.server")
 
@@ -51,13 +57,16 @@ class ProxyServer:
         self.listener: CacheListener | None = None
         self.extra_cleanups: list[Callable[[], object]] = []
         self.http_port: int | None = None
+        self.ssl_context: ssl.SSLContext | None = None
 
     async def setup(self) -> None:
         cfg = self.config
         self.n1, self.n2 = open_engine(cfg.n1_engine), open_engine(cfg.n2_engine)
         await self.n1.open()
         await self.n2.open()
-        self.zk = KazooClient(hosts=cfg.n1_zookeeper, timeout=cfg.session_timeout)
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            self.ssl_context = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        self.zk = zk_client(cfg.n1_zookeeper, cfg.n1_zookeeper_security, timeout=cfg.session_timeout)
         await run_blocking(self.zk.start, 15)
         # The server may grant a shorter session than asked for: the lease follows the shorter.
         granted = getattr(self.zk, "_session_timeout", 0) / 1000 or cfg.session_timeout
@@ -77,7 +86,7 @@ class ProxyServer:
                                  build_data=functools.partial(data_route, n1=self.n1, n2=self.n2, to_n2=to_n2,
                                                               to_n1=to_n1, shadow_rate=cfg.shadow_rate))
         self.core = ProxyCore(instance=cfg.instance, clock=self.clock, modes=self.modes,
-                              lock=self._group_lock, admin_token=cfg.admin_token)
+                              lock=self._group_lock, admin_token=cfg.admin_token.get_secret_value())
         loop = asyncio.get_running_loop()
         self.modes.start()
         self.watcher.add_callback(lambda state: loop.call_soon_threadsafe(self.modes.offer, state))
@@ -90,17 +99,19 @@ class ProxyServer:
         await self.runner.setup()
         if cfg.memcache_port is not None:
             self.listener = CacheListener(self.cache, cfg.http_host, cfg.memcache_port,
-                                          enable_flush=cfg.enable_flush_cmd)
+                                          enable_flush=cfg.enable_flush_cmd, ssl_context=self.ssl_context)
 
     async def start(self) -> None:
         assert self.runner is not None
-        site = web.TCPSite(self.runner, self.config.http_host, self.config.http_port, reuse_address=True)
+        site = web.TCPSite(self.runner, self.config.http_host, self.config.http_port, reuse_address=True,
+                           ssl_context=self.ssl_context)
         await site.start()
         if self.listener is not None:
             await self.listener.start()
         sockets = site._server.sockets if site._server else []  # the bound port when 0 was asked
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http_port
-        log.info("proxy %s serving HTTP on %s:%s", self.config.instance, self.config.http_host, self.http_port)
+        log.info("proxy %s serving %s on %s:%s", self.config.instance, "HTTPS" if self.ssl_context else "HTTP",
+                 self.config.http_host, self.http_port)
 
     async def cleanup(self) -> None:
         if self.listener is not None:
