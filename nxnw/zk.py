@@ -1,7 +1,9 @@
 """ZooKeeper sessions for nxnw's commands: started off the event loop, always closed.
 
 One place for how a command connects (timeouts, the error an unreachable ensemble gives),
-so every command reports it the same way: ``EngineUnavailable`` naming the ensemble.
+so every command reports it the same way: ``EngineUnavailable`` naming the ensemble. The
+client itself, with the deployment's digest authentication and TLS, comes from
+``sync.zk_client`` (pass the plan's ``zookeeper_security`` of that deployment).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from kazoo.client import KazooClient
 
 from datastore import EngineUnavailable
 from sync.aio import run_blocking
+from sync.zk_client import ZooKeeperSecurity, zk_client
 
 CONNECT_SECONDS = 8.0
 
 
-async def start_zk(hosts: str, what: str) -> KazooClient:
+async def start_zk(hosts: str, what: str, security: ZooKeeperSecurity | None = None) -> KazooClient:
     """A started client; ``what`` names the ensemble in the error ("N1's", "N2's")."""
-    client = KazooClient(hosts=hosts, timeout=6.0)
+    client = zk_client(hosts, security, timeout=6.0)
     try:
         await run_blocking(client.start, CONNECT_SECONDS)
     except Exception as exc:
@@ -35,8 +38,8 @@ async def stop_zk(client: KazooClient) -> None:
 
 
 @asynccontextmanager
-async def zk_session(hosts: str, what: str) -> AsyncIterator[KazooClient]:
-    client = await start_zk(hosts, what)
+async def zk_session(hosts: str, what: str, security: ZooKeeperSecurity | None = None) -> AsyncIterator[KazooClient]:
+    client = await start_zk(hosts, what, security)
     try:
         yield client
     finally:

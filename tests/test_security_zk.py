@@ -1,0 +1,99 @@
+"""ZooKeeper digest authentication against the local ZooKeeper (N1's, port 21811).
+
+nxnw's clients (``sync.zk_client``) add the digest to their session and create every znode
+with an ACL for that identity only; so a client without the digest, or with another
+password, is refused (NoAuthError) on what nxnw created — here by the client directly and
+by a real proxy instance (its mode, membership, journal and clock znodes).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import aiohttp
+import pytest
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+from kazoo.security import OPEN_ACL_UNSAFE
+from pydantic import SecretStr
+
+from nxnw.services.endpoints import HOST, ZOOKEEPER
+from nxnw.zk import zk_session
+from sync.zk_client import ZooKeeperSecurity, zk_client
+from tests.conftest import require
+from tests.proxy_harness import proxy_config, running_proxy
+
+ENSEMBLE = f"{HOST}:{ZOOKEEPER['n1']}"
+
+
+@pytest.fixture
+def security() -> ZooKeeperSecurity:
+    require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
+    return ZooKeeperSecurity(digest_user=f"nxnw-{uuid.uuid4().hex[:6]}", digest_password=SecretStr(uuid.uuid4().hex))
+
+
+@contextmanager
+def digest_chroot(security: ZooKeeperSecurity) -> Iterator[str]:
+    """An open chroot for one test, removed at the end by a client holding the digest."""
+    root = f"/nxnw-test-{uuid.uuid4().hex[:10]}"
+    admin = zk_client(ENSEMBLE, security, timeout=10)
+    admin.start(15)
+    admin.create(root, acl=OPEN_ACL_UNSAFE)  # open: the test's plain clients list it
+    try:
+        yield f"{ENSEMBLE}{root}"
+    finally:
+        admin.delete(root, recursive=True)
+        admin.stop()
+        admin.close()
+
+
+@contextmanager
+def started(client: KazooClient) -> Iterator[KazooClient]:
+    client.start(15)
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_znodes_nxnw_creates_are_refused_to_a_client_without_the_digest_or_with_another_password(security):
+    wrong = security.model_copy(update={"digest_password": SecretStr("not-the-password")})
+    with digest_chroot(security) as hosts:
+        with started(zk_client(hosts, security, timeout=10)) as nxnw:
+            nxnw.create("/state/phase", b"cow", makepath=True)
+            assert nxnw.get("/state/phase")[0] == b"cow"
+            nxnw.set("/state/phase", b"proxy")
+        for other in (KazooClient(hosts=hosts, timeout=10), zk_client(hosts, wrong, timeout=10)):
+            with started(other) as intruder:
+                for attempt in (lambda: intruder.get("/state/phase"), lambda: intruder.set("/state/phase", b"x"),
+                                lambda: intruder.create("/state/other", b""), lambda: intruder.get_children("/state")):
+                    with pytest.raises(NoAuthError):
+                        attempt()
+        with started(zk_client(hosts, security, timeout=10)) as again:  # a new session with the digest
+            assert again.get("/state/phase")[0] == b"proxy"
+
+
+async def test_the_commands_sessions_carry_the_digest(security):
+    with digest_chroot(security) as hosts:
+        async with zk_session(hosts, "N1's", security) as zk:
+            zk.create("/made-by-a-command", b"x")
+        with started(KazooClient(hosts=hosts, timeout=10)) as plain, pytest.raises(NoAuthError):
+            plain.get("/made-by-a-command")
+
+
+async def test_a_proxy_with_the_digest_serves_and_its_znodes_are_refused_to_other_clients(tmp_path, security):
+    with digest_chroot(security) as hosts:
+        config = proxy_config("zk-auth", f"sqlite:///{tmp_path}/n1.db", f"sqlite:///{tmp_path}/n2.db", hosts,
+                              n1_zookeeper_security=security)
+        async with running_proxy(config) as (server, http):
+            async with http.get("/healthz", timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                assert resp.status == 200, await resp.text()
+            with started(KazooClient(hosts=hosts, timeout=10)) as plain:
+                made = plain.get_children("/")  # the chroot itself is the test's, open
+                assert made, "the proxy created nothing under its chroot"
+                for name in made:
+                    with pytest.raises(NoAuthError):
+                        plain.get_children(f"/{name}")
