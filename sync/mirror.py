@@ -106,6 +106,7 @@ from prometheus_client import Gauge
 
 from sync._zk import (CONNECTIVITY_ERRORS, bounded_retry, check_path, check_timeout, decode_name, encode_name,
                       is_under, join, parent_of)
+from sync.zk_client import zk_client
 
 log = logging.getLogger("nxnw.sync.mirror")
 
@@ -293,7 +294,7 @@ class TreeMirror:
 
     def _make_client(self, source: ClientSource, auth: list[tuple[str, str]] | None, side: str) -> KazooClient:
         if isinstance(source, str):
-            return KazooClient(hosts=source, timeout=self.session_timeout, auth_data=auth)
+            return zk_client(source, timeout=self.session_timeout, auth_data=auth)
         client = source()
         if not isinstance(client, KazooClient):
             raise TypeError(f"zk mirror {self.root}: the {side} client factory returned {client!r}, not a KazooClient")
