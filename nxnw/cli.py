@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import KazooException
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -80,7 +81,8 @@ def _migrate(args: argparse.Namespace) -> int:
                 if args.restart:
                     await orchestrator.restart()
                 if plan.status_port is not None:
-                    app = status_app(orchestrator.status, ProxyWatch(plan.n1.proxies, plan.n2.proxies))
+                    watch = ProxyWatch(plan.n1.proxies, plan.n2.proxies, n1_ca=plan.n1.proxy_ca, n2_ca=plan.n2.proxy_ca)
+                    app = status_app(orchestrator.status, watch)
                     mount_metrics(app, orchestrator.read_journal_depths)
                     runner = web.AppRunner(app, access_log=None)
                     await runner.setup()
@@ -115,7 +117,7 @@ async def _dry_run(plan: Plan, until: str | None) -> int:
     if until is not None and until not in PHASES:
         raise ValueError(f"unknown phase {until!r}; the phases are {', '.join(PHASES)}")
     await preflight(plan)
-    async with zk_session(plan.n1.zookeeper, "N1's") as zk:
+    async with zk_session(plan.n1.zookeeper, "N1's", plan.n1.zookeeper_security) as zk:
         state = await run_blocking(MigrationStateStore(zk).get)
         done = await run_blocking(TaskRecordStore(zk).list, f"{plan.name}._tasks")
     graph = [t for t in task_graph(plan) if until is None or PHASES.index(t.phase) <= PHASES.index(until)]
@@ -183,7 +185,7 @@ def _status(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
 
     async def read() -> dict[str, Any]:
-        async with zk_session(plan.n1.zookeeper, "N1's") as zk:
+        async with zk_session(plan.n1.zookeeper, "N1's", plan.n1.zookeeper_security) as zk:
             return await run_blocking(_status_facts, zk, plan.name)
 
     facts = _async(read())
@@ -222,7 +224,7 @@ def _verify(args: argparse.Namespace) -> int:
     async def run() -> int:
         if scheduler:
             await check_scheduler(scheduler)
-        async with zk_session(plan.n1.zookeeper, "N1's") as zk:
+        async with zk_session(plan.n1.zookeeper, "N1's", plan.n1.zookeeper_security) as zk:
             mode = await run_blocking(read_mode, zk)
         # Only in proxy mode are N2's newer copies writes N1 has yet to receive (see snapshot/verify.py).
         n2_primary = mode is not None and mode.mode == "proxy"
@@ -268,14 +270,22 @@ def _proxy_serve(args: argparse.Namespace) -> int:
     from proxy.server import serve
 
     plan = load_plan(args.plan)
-    config = ProxyConfig(instance=args.instance, n1_engine=plan.n1.engine,
-                         n2_engine=plan.n2.engine, n1_zookeeper=plan.n1.zookeeper, n2_zookeeper=plan.n2.zookeeper,
-                         n1_memcached=plan.n1.memcached, n2_memcached=plan.n2.memcached, http_host=args.host,
-                         http_port=args.port, memcache_port=args.memcache_port,
-                         enable_flush_cmd=args.enable_flush_cmd, memcache_fail_limit=args.memcache_fail_limit,
-                         memcache_retry_after=args.memcache_retry_after,
-                         shadow_rate=plan.thresholds.shadow_rate, journal_bound=plan.thresholds.journal_bound,
-                         admin_token=os.environ.get("NXNW_ADMIN_TOKEN", ""))
+    admin_token = ({"file": args.admin_token_file} if args.admin_token_file else
+                   {"env": args.admin_token_env} if args.admin_token_env else os.environ.get("NXNW_ADMIN_TOKEN", ""))
+    try:
+        config = ProxyConfig(instance=args.instance, n1_engine=plan.n1.engine,
+                             n2_engine=plan.n2.engine, n1_zookeeper=plan.n1.zookeeper, n2_zookeeper=plan.n2.zookeeper,
+                             n1_zookeeper_security=plan.n1.zookeeper_security,
+                             n1_memcached=plan.n1.memcached, n2_memcached=plan.n2.memcached, http_host=args.host,
+                             http_port=args.port, memcache_port=args.memcache_port,
+                             enable_flush_cmd=args.enable_flush_cmd, memcache_fail_limit=args.memcache_fail_limit,
+                             memcache_retry_after=args.memcache_retry_after,
+                             shadow_rate=plan.thresholds.shadow_rate, journal_bound=plan.thresholds.journal_bound,
+                             admin_token=admin_token, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                             tls_client_ca=args.tls_client_ca)
+    except ValidationError as exc:  # one line, the settings' reasons only (never an input value: it may be a secret)
+        raise ValueError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+                                   for e in exc.errors())) from None
 
     async def run() -> int:
         stop = asyncio.Event()
@@ -441,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="consecutive failures after which a memcached server is marked down (default 3)")
     serve.add_argument("--memcache-retry-after", type=float, default=2.0,
                        help="seconds a memcached server stays marked down before it is tried again (default 2)")
+    serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTP and memcache with TLS: this certificate (with --tls-key)")
+    serve.add_argument("--tls-key", metavar="PEM", help="the key of --tls-cert")
+    serve.add_argument("--tls-client-ca", metavar="PEM", help="mutual TLS: clients must present a certificate this CA signed")
+    token = serve.add_mutually_exclusive_group()
+    token.add_argument("--admin-token-file", metavar="PATH", help="file holding the /admin bearer token")
+    token.add_argument("--admin-token-env", metavar="NAME", help="environment variable holding the /admin bearer token "
+                       "(default NXNW_ADMIN_TOKEN; unset: /admin is refused)")
     serve.set_defaults(func=_proxy_serve)
     return parser
 

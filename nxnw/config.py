@@ -19,7 +19,9 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_va
 
 from datastore.model import APP_PATTERN
 from datastore.registry import ENGINES
+from datastore.secret import Secret
 from proxy.cache.pool import parse_servers
+from sync.zk_client import ZooKeeperSecurity
 
 _HOST = r"[A-Za-z0-9_.\-\[\]:]+:\d{1,5}"
 HOSTPORT = re.compile(rf"{_HOST}")
@@ -85,6 +87,10 @@ class Deployment(_Strict):
     memcached: MemcachedPool = Field(description="memcached server(s): host:port[:weight][,host:port[:weight]…]")
     proxies: list[str] = Field(default_factory=list, description="the proxy instances' HTTP endpoints: their metrics feed the status "
                                  "page; N2's 5xx rate is the DNS hand-off's error budget")
+    proxy_ca: str | None = Field(default=None, description="PEM file of the CA that signed the proxies' certificates, "
+                                 "for https:// proxies (default: the system's CAs)")
+    zookeeper_security: ZooKeeperSecurity | None = Field(default=None, description="digest authentication (and the "
+                                                         "ACL of the znodes nxnw creates) and TLS for this ZooKeeper")
 
     @field_validator("engine")
     @classmethod
@@ -94,12 +100,22 @@ class Deployment(_Strict):
             raise ValueError(f"engine {url!r} must be a URL whose scheme is one of: {', '.join(sorted(ENGINES))}")
         return url
 
+    @field_validator("proxy_ca")
+    @classmethod
+    def readable_ca(cls, path: str | None) -> str | None:
+        if path is not None:
+            try:
+                Path(path).read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+        return path
+
 
 class Rfc2136(_Strict):
     server: HostPort
     zone: str
     key_name: str
-    key_secret: str
+    key_secret: Secret = Field(description="base64 TSIG secret: {env = NAME}, {file = PATH} or inline")
     key_algorithm: str = "hmac-sha256"
     authoritative: list[HostPort] = Field(default_factory=list)
 

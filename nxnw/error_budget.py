@@ -10,17 +10,19 @@ not a healthy one.
 
 from __future__ import annotations
 
+import ssl
 import time
 import urllib.request
 from collections.abc import Sequence
 
 from dns_handoff.cutover import BudgetVerdict
 from nxnw.proxy_watch import parse_metrics
+from proxy.tls import client_context
 
 
-def _counts(endpoint: str, timeout: float) -> tuple[float, float]:
+def _counts(endpoint: str, timeout: float, context: ssl.SSLContext | None) -> tuple[float, float]:
     """(all requests, 5xx requests) served by one proxy so far."""
-    with urllib.request.urlopen(f"{endpoint.rstrip('/')}/metrics", timeout=timeout) as resp:
+    with urllib.request.urlopen(f"{endpoint.rstrip('/')}/metrics", timeout=timeout, context=context) as resp:
         sample = parse_metrics(resp.read().decode(), time.time())
     return sample.requests, sample.errors
 
@@ -28,8 +30,11 @@ def _counts(endpoint: str, timeout: float) -> tuple[float, float]:
 class N2ErrorBudget:
     """A callable for ``Handoff.switch(error_budget_check=…)``."""
 
-    def __init__(self, endpoints: Sequence[str], max_error_rate: float, timeout: float = 2.0) -> None:
+    def __init__(self, endpoints: Sequence[str], max_error_rate: float, timeout: float = 2.0,
+                 ca: str | None = None) -> None:
+        """``ca``: PEM CA of https:// endpoints (the plan's ``n2.proxy_ca``; default the system's)."""
         self.endpoints = list(endpoints)
+        self._tls = client_context(ca) if ca else None
         self.max_error_rate = max_error_rate
         self.timeout = timeout
         self._last: dict[str, tuple[float, float]] = {}
@@ -37,7 +42,7 @@ class N2ErrorBudget:
     def baseline(self) -> None:
         """Start counting from now."""
         for endpoint in self.endpoints:
-            self._last[endpoint] = _counts(endpoint, self.timeout)
+            self._last[endpoint] = _counts(endpoint, self.timeout, self._tls)
 
     def __call__(self) -> BudgetVerdict:
         if not self.endpoints:
@@ -45,7 +50,7 @@ class N2ErrorBudget:
         total = errors = 0.0
         for endpoint in self.endpoints:
             try:
-                now = _counts(endpoint, self.timeout)
+                now = _counts(endpoint, self.timeout, self._tls)
             except OSError as exc:
                 return BudgetVerdict(False, f"N2 endpoint {endpoint} did not answer: {exc}")
             before = self._last.get(endpoint, (0.0, 0.0))

@@ -47,7 +47,8 @@ def _orphans(n1: KazooClient, n2: KazooClient, roots: list[str]) -> list[str]:
 
 async def find_leftovers(plan: Plan, n2_engine: Engine, *, repair: bool = False) -> Leftovers:
     found = Leftovers()
-    async with zk_session(plan.n1.zookeeper, "N1's") as n1, zk_session(plan.n2.zookeeper, "N2's") as n2:
+    async with zk_session(plan.n1.zookeeper, "N1's", plan.n1.zookeeper_security) as n1, \
+            zk_session(plan.n2.zookeeper, "N2's", plan.n2.zookeeper_security) as n2:
         found.orphan_locks = await run_blocking(_orphans, n1, n2, plan.sync_paths)
         state = await run_blocking(MigrationStateStore(n1).get)
         mirroring = state is not None and state.phase not in ("complete", "rollback")

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -71,6 +72,7 @@ from sync.aio import run_blocking
 from sync.mirror import TreeMirror, purge_ephemeral_copies
 from sync.mode import load_verified_epoch, mark_load_verified, read_mode
 from sync.state import PHASES, ROLLBACK, MigrationState, MigrationStateStore, TaskRecordStore
+from sync.zk_client import zk_client
 
 log = logging.getLogger("nxnw.orchestrator")
 
@@ -132,7 +134,7 @@ def dns_provider(dns: Dns) -> DnsProvider:
     if dns.provider == "rfc2136" and dns.rfc2136 is not None:
         from dns_handoff.rfc2136 import Rfc2136Provider
         cfg = dns.rfc2136
-        return Rfc2136Provider(cfg.zone, cfg.server, cfg.key_name, cfg.key_secret, cfg.key_algorithm,
+        return Rfc2136Provider(cfg.zone, cfg.server, cfg.key_name, cfg.key_secret.get_secret_value(), cfg.key_algorithm,
                                authoritative=cfg.authoritative or None)
     if dns.provider == "route53" and dns.route53 is not None:
         from dns_handoff.route53 import Route53Provider
@@ -147,7 +149,7 @@ async def preflight(plan: Plan) -> None:
     for side in ("n1", "n2"):
         dep = getattr(plan, side)
         try:
-            async with zk_session(dep.zookeeper, side.upper() + "'s"):
+            async with zk_session(dep.zookeeper, side.upper() + "'s", dep.zookeeper_security):
                 pass
         except EngineUnavailable as exc:
             problems.append(f"{side}.zookeeper: {exc}")
@@ -259,7 +261,7 @@ class Orchestrator:
     async def connect(cls, plan: Plan) -> Orchestrator:
         """An orchestrator connected to N1's ZooKeeper and both engines; on a failure,
         whatever was opened is closed again and the error raised."""
-        zk = await start_zk(plan.n1.zookeeper, "N1's")
+        zk = await start_zk(plan.n1.zookeeper, "N1's", plan.n1.zookeeper_security)
         opened: list[Engine] = []
         try:
             for url in (plan.n1.engine, plan.n2.engine):
@@ -495,7 +497,9 @@ class Orchestrator:
         if self.mirrors:
             return
         for root in self.plan.sync_paths:
-            mirror = TreeMirror(self.plan.n1.zookeeper, self.plan.n2.zookeeper, root)
+            n1, n2 = self.plan.n1, self.plan.n2  # clients with each side's digest / TLS settings
+            mirror = TreeMirror(functools.partial(zk_client, n1.zookeeper, n1.zookeeper_security, timeout=10.0),
+                                functools.partial(zk_client, n2.zookeeper, n2.zookeeper_security, timeout=10.0), root)
             await run_blocking(mirror.start)
             self.mirrors.append(mirror)
 
@@ -600,7 +604,7 @@ class Orchestrator:
     async def _switch_dns(self, dns: Dns) -> dict[str, Any]:
         handoff = await self._dns_handoff(dns)
         loop = asyncio.get_running_loop()
-        budget = N2ErrorBudget(self.plan.n2.proxies, self.plan.thresholds.max_error_rate)
+        budget = N2ErrorBudget(self.plan.n2.proxies, self.plan.thresholds.max_error_rate, ca=self.plan.n2.proxy_ca)
         await loop.run_in_executor(None, budget.baseline)
         started = time.time()
         await loop.run_in_executor(None, lambda: handoff.switch(dns.n1_values, dns.n2_values, dns.mode, dns.steps,
@@ -626,7 +630,7 @@ class Orchestrator:
     async def _purge_ephemeral_copies(self) -> int:
         """Remove N2's copies of N1's ephemeral nodes, once mirroring has stopped (they would
         hold N2's locks forever once N1's sessions are gone); returns how many were removed."""
-        async with zk_session(self.plan.n2.zookeeper, "N2's") as n2:
+        async with zk_session(self.plan.n2.zookeeper, "N2's", self.plan.n2.zookeeper_security) as n2:
             removed = 0
             for root in self.plan.sync_paths:
                 removed += len(await run_blocking(purge_ephemeral_copies, n2, root))

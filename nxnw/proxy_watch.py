@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import ssl
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.tls import client_context
 
 #: Samples kept per series: ten minutes at the default one-second interval.
 HISTORY = 600
@@ -110,6 +113,8 @@ class Instance:
 
     url: str
     side: str
+    #: verifies an https:// proxy against the CA the plan names for its side (None: system CAs)
+    ssl_context: ssl.SSLContext | None = None
     up: bool = False
     error: str = ""
     last: ProxySample | None = None
@@ -119,8 +124,13 @@ class Instance:
 class ProxyWatch:
     """Scrapes a fleet of proxies in the background; ``snapshot()`` is what the page draws."""
 
-    def __init__(self, n1: Iterable[str], n2: Iterable[str], *, interval: float = 1.0, timeout: float = 2.0) -> None:
-        self.instances = [Instance(url.rstrip("/"), "n1") for url in n1] + [Instance(url.rstrip("/"), "n2") for url in n2]
+    def __init__(self, n1: Iterable[str], n2: Iterable[str], *, interval: float = 1.0, timeout: float = 2.0,
+                 n1_ca: str | None = None, n2_ca: str | None = None) -> None:
+        """``n1_ca``/``n2_ca``: PEM CA of each side's https:// proxies (the plan's ``proxy_ca``)."""
+        n1_tls = client_context(n1_ca) if n1_ca else None
+        n2_tls = client_context(n2_ca) if n2_ca else None
+        self.instances = ([Instance(url.rstrip("/"), "n1", n1_tls) for url in n1]
+                          + [Instance(url.rstrip("/"), "n2", n2_tls) for url in n2])
         self.interval = interval
         self.timeout = timeout
         self.journal: deque[tuple[float, float, float]] = deque(maxlen=HISTORY)
@@ -151,7 +161,7 @@ class ProxyWatch:
     async def _scrape_one(self, instance: Instance) -> Point | None:
         assert self._http is not None
         try:
-            async with self._http.get(f"{instance.url}/metrics") as resp:
+            async with self._http.get(f"{instance.url}/metrics", ssl=instance.ssl_context or True) as resp:
                 resp.raise_for_status()
                 sample = parse_metrics(await resp.text(), time.time())
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
