@@ -16,7 +16,7 @@ from nxnw.services.endpoints import HOST, MEMCACHED
 from proxy.cache import CacheListener, CacheRouter
 from tests.conftest import require
 from tests.test_cache_routes import Gate
-from tests.test_memcache_fidelity import exchange
+from tests.test_memcache_fidelity import exchange, normalised
 
 N1 = (HOST, MEMCACHED["n1"])
 N2 = (HOST, MEMCACHED["n2"])
@@ -88,7 +88,7 @@ async def test_relayed_writes_in_cow_reach_n2_and_a_delete_removes_the_copy(key:
         got = await exchange(listener.port, b"set %b 3 300 2\r\nv1\r\nappend %b 0 0 1\r\n!\r\nincr %bn 1\r\n"
                                             b"set %bn 0 0 1\r\n7\r\nincr %bn 5\r\ntouch %b 200\r\n" % (key, key, key, key, key, key))
         assert got == b"STORED\r\nSTORED\r\nNOT_FOUND\r\nSTORED\r\n12\r\nTOUCHED\r\n"
-        assert listener.stats.forwarded == 4  # the sets take the parsed path in cow: their copy needs the CAS
+        assert listener.stats.forwarded == 6  # every one relayed; the sets as ``ms … c`` (their copy needs the CAS)
         await router.to_n2.drain(10)
         assert n2.get(key) == b"v1!" and n2.get(key + b"n") == b"12"
         assert 190 <= (await _n2_ttl(key))[1] <= 200
@@ -108,7 +108,7 @@ async def test_proxy_mode_relays_reads_from_n2_and_mirrors_writes_to_n1(key: byt
         assert await exchange(listener.port, b"set %b 0 0 3\r\nnew\r\n" % key) == b"STORED\r\n"
         await router.to_n1.drain(10)
         assert Client(N1).get(key) == b"new"
-        assert listener.stats.forwarded == 1  # the get; the set is parsed (its copy needs the CAS)
+        assert listener.stats.forwarded == 2  # the get, and the set relayed as ``ms … c`` (its copy needs the CAS)
     finally:
         await listener.close()
         await router.close()
@@ -126,3 +126,147 @@ async def test_a_pipelining_client_gets_its_replies_in_order(key: bytes) -> None
     finally:
         await listener.close()
         await router.close()
+
+
+async def test_a_relayed_set_in_cow_copies_its_own_value_flags_and_ttl_to_n2(key: bytes) -> None:
+    """A text set in ``cow`` is relayed as ``ms … c`` (the data block as it came); its copy
+    carries the request's value, flags and exptime and the CAS N1 answered — nothing else
+    touches the key, so only that copy can put it on N2."""
+    router, listener = await _listening("cow")
+    try:
+        assert await exchange(listener.port, b"set %b 9 300 5\r\nhello\r\n" % key) == b"STORED\r\n"
+        assert listener.stats.forwarded == 1
+        await router.to_n2.drain(10)
+        assert Client(N2).get(key) == b"hello"
+        value, ttl = await _n2_ttl(key)
+        assert 290 <= ttl <= 300, ttl
+        assert await exchange(N2[1], b"mg %b f\r\n" % key) == b"HD f9\r\n"
+    finally:
+        await listener.close()
+        await router.close()
+
+
+async def test_a_pipelined_burst_mixing_relayed_and_parsed_commands_is_answered_in_order(key: bytes) -> None:
+    """Relayed commands (answered by callbacks) and parsed ones (meta, multi-key, noreply:
+    served by a task) in one write: each is served after the ones before it, replies in order."""
+    router, listener = await _listening("cow")
+    try:
+        def burst(k: bytes) -> bytes:
+            return (b"set %b1 0 0 1\r\na\r\n" b"mg %b1 v\r\n" b"append %b1 0 0 1\r\nb\r\n" b"get %b1 %b2\r\n"
+                    b"set %b2 0 0 1\r\nc\r\n" b"delete %b1 noreply\r\n" b"get %b1\r\n" b"gets %b2\r\n"
+                    b"incr %b1 1\r\n" b"ms %b3 1\r\nd\r\n" b"get %b3\r\n" % ((k,) * 12))
+
+        def answers(k: bytes) -> bytes:
+            return (b"STORED\r\n" b"VA 1\r\na\r\n" b"STORED\r\n" b"VALUE %b1 0 2\r\nab\r\nEND\r\n" b"STORED\r\n"
+                    b"END\r\n" b"VALUE %b2 0 1 <cas>\r\nc\r\nEND\r\n" b"NOT_FOUND\r\n" b"HD\r\n"
+                    b"VALUE %b3 0 1\r\nd\r\nEND\r\n" % (k, k, k))
+
+        rounds = [key + b"-%d-" % i for i in range(3)]
+        got = normalised(await exchange(listener.port, b"".join(burst(k) for k in rounds)))
+        assert got == b"".join(answers(k) for k in rounds)
+        key = rounds[-1]
+        await router.to_n2.drain(10)
+        n2 = Client(N2)
+        assert n2.get(key + b"1") is None and n2.get(key + b"2") == b"c"
+    finally:
+        await listener.close()
+        await router.close()
+
+
+class HeldUpstream:
+    """A TCP relay to ``upstream`` that holds what clients send until ``release`` is set
+    (a server slow to answer); replies pass straight back."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.release = asyncio.Event()
+        self.arrived = asyncio.Event()
+        self.server: asyncio.base_events.Server | None = None
+        self.handlers: set[asyncio.Task] = set()
+
+    async def start(self) -> tuple[str, int]:
+        self.server = await asyncio.start_server(self._handle, HOST, 0)
+        return HOST, self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+
+        async def down() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+            writer.close()
+
+        pump = asyncio.create_task(down())
+        try:
+            while data := await reader.read(65536):
+                self.arrived.set()
+                await self.release.wait()
+                up_writer.write(data)
+        finally:
+            up_writer.close()
+            pump.cancel()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in self.handlers:
+            task.cancel()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
+
+
+async def test_a_relayed_write_out_when_the_fence_closes_is_answered_outcome_unknown(key: bytes) -> None:
+    """The fence is asked again when a relayed reply comes back, as for the parsed path: a
+    write that ran while the instance lost its session may belong to a mode the fleet has
+    left, so the client is told its outcome is unknown, and the request leaves the count of
+    requests in flight (a switch waits for that count)."""
+    require("memcached-n1", "memcached-n2")
+    held = HeldUpstream(N1)
+    fenced: list[str] = []
+    router = CacheRouter(await held.start(), N2, mode="passthrough", fence=lambda write: fenced[0] if fenced else None)
+    await router.start()
+    listener = CacheListener(router, HOST, 0)
+    await listener.start()
+    try:
+        ask = asyncio.create_task(exchange(listener.port, b"set %b 0 0 1\r\nx\r\nget %b\r\n" % (key, key)))
+        await asyncio.wait_for(held.arrived.wait(), 10)
+        assert router.route.inflight >= 1, "the set was not relayed by the callback path"
+        fenced.append("session lost (test)")
+        held.release.set()
+        got = await ask
+        assert got == (b"SERVER_ERROR cache store not answered: session lost (test); it may have been applied\r\n"
+                       b"SERVER_ERROR cache get not answered: session lost (test)\r\n"), got
+        assert router.route.inflight == 0
+        assert await exchange(listener.port, b"get %b\r\n" % key) == (
+            b"SERVER_ERROR cache get refused: session lost (test); deletes are still served\r\n")
+    finally:
+        await listener.close()
+        await router.close()
+        await held.close()
+
+
+async def test_a_server_that_stops_answering_fails_the_relayed_requests_with_its_name_and_is_reconnected(
+        key: bytes) -> None:
+    """One pipelined connection per server carries every client's relayed requests: a reply
+    that does not come within the timeout fails the requests on it (naming the server) and
+    drops the connection, whose place in the reply stream is lost; the next request gets a
+    fresh one."""
+    require("memcached-n1", "memcached-n2")
+    held = HeldUpstream(N1)
+    upstream = await held.start()
+    router = CacheRouter(upstream, N2, mode="passthrough", timeout=0.3)
+    await router.start()
+    listener = CacheListener(router, HOST, 0)
+    await listener.start()
+    try:
+        got = await exchange(listener.port, b"get %b\r\nget %b\r\n" % (key, key))
+        server = f"n1 {upstream[0]}:{upstream[1]}".encode()
+        assert got == (b"SERVER_ERROR memcached %b: no reply within 0.3s\r\n" % server
+                       + b"SERVER_ERROR memcached %b: connection dropped after a request got no reply within 0.3s\r\n"
+                       % server), got
+        held.release.set()
+        assert await exchange(listener.port, b"get %b\r\n" % key) == b"END\r\n"
+    finally:
+        await listener.close()
+        await router.close()
+        await held.close()

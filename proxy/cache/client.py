@@ -18,6 +18,10 @@ in the reply stream is unknown, so it is closed).
 ``pipeline`` sends several requests in one write and reads their replies in order (the
 copy workers batch their copies this way).
 
+``RelayConnection`` is the listener's callback path: one connection per server shared by
+every client connection, requests pipelined on it, each reply handed to its entry from
+``data_received`` (no coroutine, future or timer per request; see its docstring).
+
 Why meta commands for the parsed path: ``mg`` returns value, client flags, remaining TTL
 and CAS in one round trip (what cache-on-read needs), ``ms`` returns the CAS of what it
 stored (what the copy's verification needs), and every text storage command is an
@@ -29,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from typing import NamedTuple
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
 from proxy.cache.errors import (
     MAX_EXPTIME, MAX_FLAGS, MAX_U64, MIN_EXPTIME, MemcacheProtocolError, MemcacheRejected,
@@ -39,8 +45,12 @@ from proxy.cache.errors import (
 #: A reply header longer than this without CRLF is not memcached talking.
 _MAX_REPLY_LINE = 8192
 
-#: How ``forward`` frames the reply it relays: one line, or text retrieval (VALUE… END).
-REPLY_LINE, REPLY_VALUES = 0, 1
+#: How a relayed reply is framed: one line, a text retrieval of one key (VALUE… END), or
+#: the ``HD c<cas>``/``NS``/``EX``/``NF`` line of an ``ms … c`` answered as text.
+REPLY_LINE, REPLY_VALUES, REPLY_META_STORE = 0, 1, 2
+#: ``ms`` codes -> the text storage reply memcached gives for the same outcome
+_STORED_TEXT = b"STORED\r\n"
+_TEXT_OF_MS = {b"HD": _STORED_TEXT, b"NS": b"NOT_STORED\r\n", b"EX": b"EXISTS\r\n", b"NF": b"NOT_FOUND\r\n"}
 
 
 class Item(NamedTuple):
@@ -209,6 +219,206 @@ class _Connection(asyncio.Protocol):
             head = bytes(buf[:end])
             del buf[:end + 2]
             return head, None
+
+
+class RelayEntry(Protocol):
+    """One request relayed on a ``RelayConnection``: how its reply is framed, when it is
+    due, and where the reply (or the failure) goes."""
+
+    framing: int
+    deadline: float
+
+    def done(self, reply: bytes, cas: int) -> None:
+        """The reply's bytes, CRLF included (for ``REPLY_META_STORE`` the text storage reply,
+        with the stored item's CAS, else 0)."""
+
+    def fail(self, exc: MemcacheServerError) -> None:
+        """No reply: the connection failed or timed out (the outcome of a write is unknown)."""
+
+
+class RelayConnection(asyncio.Protocol):
+    """One connection to one server, shared by every client connection of a listener, its
+    requests pipelined: the listener's callback path (no coroutine, future or timer per
+    request). Requests are answered in the order they were written, as memcached answers a
+    connection; each reply goes to its entry's ``done`` straight from ``data_received``.
+
+    Connected on first use (requests written meanwhile wait in order). One timer, not one
+    per request: it fires at the oldest request's deadline; if that request is still
+    unanswered, the connection is aborted — where it stands in the reply stream is then
+    unknown — and every request on it fails (``MemcacheTimeout`` for the late one,
+    ``MemcacheUnavailable`` for the rest). The same on a lost connection, a reply that
+    cannot be framed, or ``ERROR`` (memcached did not understand what it was sent: the
+    stream may be out of step). ``CLIENT_ERROR``/``SERVER_ERROR`` lines are answers in
+    step (memcached swallows a refused data block) and are relayed.
+
+    ``on_success``/``on_failure`` report the server's health to its pool: one call per
+    reply, one per failed connection (not per request on it).
+    """
+
+    def __init__(self, host: str, port: int, server: str, *, timeout: float, connect_timeout: float,
+                 on_success: Callable[[], None], on_failure: Callable[[], None]) -> None:
+        self.host = host
+        self.port = port
+        self.server = server
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._on_success = on_success
+        self._on_failure = on_failure
+        self.queue: deque[RelayEntry] = deque()
+        self._transport: asyncio.Transport | None = None
+        self._connecting: list[bytes] | None = None
+        self._buf = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def send(self, entry: RelayEntry, payload: bytes) -> None:
+        """Write ``payload`` (one request, as memcached reads it) and queue ``entry`` for its reply."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        entry.deadline = loop.time() + self.timeout
+        self.queue.append(entry)
+        if self._timer is None:
+            self._timer = loop.call_at(entry.deadline, self._check)
+        transport = self._transport
+        if transport is not None:
+            transport.write(payload)
+        elif self._connecting is not None:
+            self._connecting.append(payload)
+        elif self._closed:
+            self._fail_all(MemcacheUnavailable(self.server, "client is closed"))
+        else:
+            self._connecting = [payload]
+            loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await loop.create_connection(lambda: self, self.host, self.port)
+        except TimeoutError:
+            self._connect_failed(MemcacheUnavailable(self.server, f"no connection within {self.connect_timeout}s"))
+        except OSError as exc:
+            self._connect_failed(MemcacheUnavailable(self.server, f"cannot connect: {exc}"))
+
+    def _connect_failed(self, exc: MemcacheServerError) -> None:
+        self._connecting = None
+        self._on_failure()
+        self._fail_all(exc)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        waiting, self._connecting = self._connecting or [], None
+        if self._closed:
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        if waiting:
+            transport.writelines(waiting)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._buf.clear()
+        if self.queue:
+            self._on_failure()
+            detail = f": {exc}" if exc else ""
+            self._fail_all(MemcacheUnavailable(self.server, f"connection closed during a request{detail}"))
+
+    def close(self) -> None:
+        self._closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _abort(self, exc: MemcacheServerError) -> None:
+        """Fail every request and drop the connection (its place in the reply stream is lost)."""
+        transport, self._transport = self._transport, None
+        self._buf.clear()
+        self._on_failure()
+        self._fail_all(exc)
+        if transport is not None:
+            transport.abort()
+
+    def _fail_all(self, exc: MemcacheServerError) -> None:
+        queue = self.queue
+        while queue:
+            queue.popleft().fail(exc)
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self.queue:
+            return
+        head = self.queue[0]
+        if head.deadline <= self._loop.time():  # type: ignore[union-attr]
+            late = head
+            self.queue.popleft()
+            late.fail(MemcacheTimeout(self.server, f"no reply within {self.timeout}s"))
+            self._abort(MemcacheUnavailable(self.server, f"connection dropped after a request got no reply "
+                                                         f"within {self.timeout}s"))
+        else:
+            self._timer = self._loop.call_at(head.deadline, self._check)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        buf: bytes | bytearray
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+        else:
+            buf = data
+        queue = self.queue
+        size = len(buf)
+        pos = 0
+        try:
+            while pos < size:
+                if not queue:
+                    raise MemcacheProtocolError(self.server, f"unsolicited bytes {bytes(buf[pos:pos + 40])!r}")
+                entry = queue[0]
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    if size - pos > _MAX_REPLY_LINE:
+                        raise MemcacheProtocolError(self.server, f"reply line over {_MAX_REPLY_LINE} bytes without CRLF")
+                    break
+                cas = 0
+                if entry.framing == REPLY_VALUES and buf[pos:pos + 6] == b"VALUE ":
+                    try:
+                        length = int(buf[pos:end].split(b" ", 4)[3])
+                    except (IndexError, ValueError):
+                        raise MemcacheProtocolError(self.server, f"malformed VALUE line {bytes(buf[pos:end])[:80]!r}") \
+                            from None
+                    block = end + 2 + length
+                    stop = block + 7
+                    if size < stop:
+                        break
+                    if buf[block:stop] != b"\r\nEND\r\n":
+                        raise MemcacheProtocolError(self.server, "a retrieval of one key not ended by END")
+                    reply = buf if pos == 0 and stop == size and type(buf) is bytes else bytes(buf[pos:stop])
+                elif entry.framing == REPLY_META_STORE and (text := _TEXT_OF_MS.get(bytes(buf[pos:pos + 2]))):
+                    if text is _STORED_TEXT:  # ``HD c<cas>``: the only flag asked for
+                        if buf[pos + 2:pos + 4] != b" c" or not buf[pos + 4:end].isdigit():
+                            raise MemcacheProtocolError(self.server, f"malformed ms reply {bytes(buf[pos:end])!r}")
+                        cas = int(buf[pos + 4:end])
+                    reply = text
+                    stop = end + 2
+                else:
+                    stop = end + 2
+                    reply = buf if pos == 0 and stop == size and type(buf) is bytes else bytes(buf[pos:stop])
+                    if reply == b"ERROR\r\n":
+                        queue.popleft()
+                        entry.done(reply, 0)
+                        raise MemcacheProtocolError(self.server, "answered ERROR to a relayed request")
+                queue.popleft()
+                pos = stop
+                self._on_success()
+                entry.done(reply, cas)
+        except MemcacheProtocolError as exc:
+            self._abort(exc)
+            return
+        if pos >= size:
+            if buf is self._buf:
+                self._buf.clear()
+        elif buf is self._buf:
+            del self._buf[:pos]
+        else:
+            self._buf += memoryview(buf)[pos:]
 
 
 class MemcacheClient:
@@ -499,5 +709,5 @@ def _expire(waiter: asyncio.Future, server: str, timeout: float) -> None:
         waiter.set_exception(MemcacheTimeout(server, f"no reply within {timeout}s"))
 
 
-__all__ = ["REPLY_LINE", "REPLY_VALUES", "Item", "MemcacheClient", "MemcacheServerError", "Outcome", "Peek", "StoreMode",
+__all__ = ["REPLY_LINE", "REPLY_META_STORE", "REPLY_VALUES", "Item", "MemcacheClient", "MemcacheServerError", "Outcome", "Peek", "StoreMode",
            "StoreReply"]

@@ -8,14 +8,24 @@ memcached 1.6 answers, errors included (``tests/test_memcache_fidelity.py`` send
 requests to both); one command at a time per connection, replies in order (a pipelining
 client's requests are read in order and answered in order).
 
-The fast path: the single-key text commands (get/gets, the storage commands, delete,
-incr/decr, touch; without noreply) are parsed only as far as framing and validation need
-(verb, key, numbers, data length) and the request's own bytes go to the key's server; its
-reply's bytes come back as they are. In every mode, except set/add/replace/cas where a
-side is mirrored (``cow``, ``proxy``: the copy needs the CAS the parsed path's ``ms``
-returns); ``cow`` mirrors the other writes by their reply line and fills N2 after a hit
-by key, the copy worker reading what it needs itself (``routes.py``). Everything else (meta commands, noreply, multi-key retrievals, gat/gats)
-takes the parsed path through the route's primitives.
+The fast path, by callbacks: the single-key text commands (get/gets, set/add/replace/
+append/prepend/cas, delete, incr/decr, touch; without noreply), once complete in the
+buffer, are parsed only as far as framing and validation need (verb, key, numbers, data
+length) in ``data_received`` and sent on the key's server's one pipelined connection
+(``RelayConnection``, ``pool.relay_for``): the request's own bytes, except set/add/
+replace/cas where the mode copies writes (``cow``, ``proxy``), whose command line becomes
+``ms … c`` (the data block as it came) so that the copy gets the CAS it is verified by.
+Each reply is written from that connection's ``data_received`` into the client's
+transport, in request order (a FIFO of relayed requests per client connection), and the
+route's ``Relay`` queues what the mode copies (``routes.py``). No task, future, timer or
+coroutine per request. Every route rule still holds: ``router.route_for(key)`` per key;
+the mode route admits the request (``ModeRoute.enter``: no switch under way, the fence
+open) and counts it in flight until its reply, when the fence is asked again
+(``ModeRoute.leave``). Everything else — meta commands, noreply, multi-key retrievals,
+gat/gats, an incomplete or invalid command, a switch under way, a closed fence, a server
+marked down — is served by the awaitable path: a task that waits until the relayed
+requests before it are answered, serves that one command through the route's
+primitives (or ``forward``), and hands the connection back.
 
 Must never: let bad input reach memcached or stop the listener. A malformed line, an
 unknown command, a key over 250 bytes or with a control byte, a negative or unparsable
@@ -26,13 +36,16 @@ block is then read as a command, as memcached does). A value over the limit gets
 not ended by CRLF where its length says gets ``CLIENT_ERROR bad data chunk``; a line over
 2048 bytes without a newline gets ``CLIENT_ERROR line too long`` and is discarded.
 
-Slow or stuck clients: each connection is its own task, so a slow one never delays
-another. A connection that stops halfway through a command (a partial line or data
-block) is closed after ``command_timeout`` s; an idle one after ``idle_timeout`` s
-(long: memcache clients keep pooled connections open); one that does not read its
-replies is closed when ``command_timeout`` passes with the send buffer full. At most
-``max_connections`` at once; beyond that a new connection gets ``SERVER_ERROR`` and is
-closed.
+Slow or stuck clients: no connection waits for another (each has its own buffer and
+FIFO; the server connections are shared, and a server that does not answer within the
+timeout fails the requests on its connection, naming it). A connection that stops
+halfway through a command (a partial line or data block) is closed after
+``command_timeout`` s; an idle one after ``idle_timeout`` s (long: memcache clients keep
+pooled connections open); one that does not read its replies is closed when
+``command_timeout`` passes with the send buffer full (nothing more is read from it
+meanwhile). A client pipelining more than ``_MAX_PIPELINE`` requests is read on as its
+replies go out. At most ``max_connections`` at once; beyond that a new connection gets
+``SERVER_ERROR`` and is closed.
 
 What the proxy answers itself, and what it refuses:
 - ``flush_all [delay] [noreply]``: refused by default (``SERVER_ERROR`` with the reason,
@@ -56,13 +69,15 @@ import os
 import re
 import ssl
 import time
+from collections import deque
 
-from proxy.cache.client import REPLY_LINE, REPLY_VALUES, Item, Outcome, StoreMode
+from proxy.cache.client import REPLY_LINE, REPLY_META_STORE, REPLY_VALUES, Item, Outcome, StoreMode
 from proxy.cache.errors import (
-    MAX_EXPTIME, MAX_FLAGS, MAX_ITEM_BYTES, MAX_KEY_BYTES, MAX_U64, MIN_EXPTIME, CacheError, CacheInputError,
-    MemcacheRejected, MemcacheServerReply,
+    MAX_EXPTIME, MAX_FLAGS, MAX_ITEM_BYTES, MAX_KEY_BYTES, MAX_U64, MIN_EXPTIME, CacheError, CacheFencedError,
+    CacheInputError, CacheOutcomeUnknown, MemcacheRejected, MemcacheServerError, MemcacheServerReply,
 )
-from proxy.cache.router import CacheRouter
+from proxy.cache.router import CacheRouter, ModeRoute
+from proxy.cache.routes import METRIC_OP, Relay
 
 log = logging.getLogger("nxnw.proxy.cache.listener")
 
@@ -216,8 +231,75 @@ class CacheListener:
         return b"".join(b"STAT %s %s\r\n" % (str(k).encode(), str(v).encode()) for k, v in pairs) + b"END\r\n"
 
 
+#: what a relayed reply counts in ``stats``
+_ST_GET, _ST_SET, _ST_DELETE, _ST_INCR, _ST_DECR, _ST_TOUCH = range(6)
+#: relayed requests of one connection waiting for their replies before it reads on
+_MAX_PIPELINE = 256
+_STORED = b"STORED\r\n"
+_MS_MODE = {b"set": b"S", b"add": b"E", b"replace": b"R", b"cas": b"S"}
+
+
+class _Relayed:
+    """One request of a client connection relayed by callbacks: its place in the
+    connection's reply FIFO, what the route does with its reply, and the reply once in.
+    The ``RelayConnection`` entry of ``client.py``."""
+
+    __slots__ = ("session", "route", "relay", "key", "op", "write", "stat", "framing", "deadline", "started",
+                 "reply", "value", "flags", "exptime")
+
+    def __init__(self, session: _Session, route: ModeRoute, relay: Relay, key: bytes, op: str, write: bool | None,
+                 stat: int, framing: int) -> None:
+        self.session = session
+        self.route = route
+        self.relay = relay
+        self.key = key
+        self.op = op
+        self.write = write
+        self.stat = stat
+        self.framing = framing
+        self.started = time.perf_counter()
+        self.reply: bytes | None = None
+
+    def done(self, reply: bytes, cas: int) -> None:
+        relay = self.relay
+        if relay.on_stored is not None and reply == _STORED:
+            relay.on_stored(self.key, self.value, self.flags, self.exptime, cas)
+        elif relay.on_reply is not None:
+            relay.on_reply(self.key, reply)
+        reason = self.route.leave(self.op, self.write, self.started)
+        session = self.session
+        if reason is not None:  # fenced while it ran: the answer may belong to a mode the fleet has left
+            exc = (CacheOutcomeUnknown(f"cache {self.op} not answered: {reason}; it may have been applied")
+                   if self.write else CacheFencedError(f"cache {self.op} not answered: {reason}"))
+            session.listener.stats.errors += 1
+            self.reply = _error_text(exc)
+        else:
+            session.count(self.stat, reply)
+            self.reply = reply
+        session.answered(self)
+
+    def fail(self, exc: MemcacheServerError) -> None:
+        if self.relay.on_error is not None:
+            self.relay.on_error(self.key)
+        self.route.leave(self.op, self.write, self.started)
+        self.session.listener.stats.errors += 1
+        self.reply = _error_text(exc)
+        self.session.answered(self)
+
+
 class _Session(asyncio.Protocol):
-    """One client connection: a buffer fed by the transport, and a task that serves it."""
+    """One client connection.
+
+    The callback path: ``data_received`` reads each complete single-key command it can
+    relay (``_relay``), sends it on the key's server's pipelined connection and queues a
+    ``_Relayed`` in ``pending``; each reply, straight from the server connection's
+    ``data_received``, is written once every earlier one has been (``answered``). No task,
+    future or timer per request. Any other command — and anything incomplete, malformed,
+    refused, or met while a switch runs or the fence is closed — goes to the awaitable
+    path: a task that waits for ``pending`` to empty, serves that one command with the
+    handlers below (which wait for more bytes, time out, answer errors), and hands the
+    connection back. So replies keep the order of requests, whichever path served them.
+    """
 
     def __init__(self, listener: CacheListener) -> None:
         self.listener = listener
@@ -225,10 +307,19 @@ class _Session(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task | None = None
         self.closed = False
+        self.pending: deque[_Relayed] = deque()
         self._eof = False
+        self._parsing = False
         self._reading_paused = False
+        self._writing_paused = False
         self._waiter: asyncio.Future[bool] | None = None
         self._writable: asyncio.Future[None] | None = None
+        self._emptied: asyncio.Future[None] | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: loop time of the last bytes received (the idle timeout counts from it)
+        self._last = 0.0
 
     # --- transport callbacks -------------------------------------------------------------
 
@@ -243,57 +334,309 @@ class _Session(asyncio.Protocol):
             return
         listener.stats.total_connections += 1
         listener._sessions.add(self)
-        self.task = asyncio.get_running_loop().create_task(self._serve())
+        loop = self._loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        self._idle_timer = loop.call_later(listener.idle_timeout, self._idle_check)
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if len(self.buf) > _HIGH_WATER and not self._reading_paused:
-            self.transport.pause_reading()  # type: ignore[union-attr]
-            self._reading_paused = True
-        self._wake(True)
+        self._last = self._loop.time()
+        if self.task is not None or self._writing_paused or self._parsing:
+            self._hold(data)
+            return
+        if self.buf:
+            data = bytes(self.buf) + data
+            self.buf.clear()
+        self._parse(data)
 
     def eof_received(self) -> bool:
         self._eof = True
         self._wake(False)
+        if self.task is None and not self.pending:
+            self.close()
         return True  # keep the transport open to answer what was already received
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.listener._sessions.discard(self)
+        self._cancel_timers()
         self._wake(False)
         writable, self._writable = self._writable, None
         if writable is not None and not writable.done():
             writable.set_result(None)
+        emptied, self._emptied = self._emptied, None
+        if emptied is not None and not emptied.done():
+            emptied.set_result(None)
 
     def pause_writing(self) -> None:
+        """The client does not read its replies: read nothing more from it, and close it if
+        that lasts ``command_timeout``."""
         self._writable = asyncio.get_running_loop().create_future()
+        self._writing_paused = True
+        self._pause_reading()
+        self._write_timer = asyncio.get_running_loop().call_later(self.listener.command_timeout, self.close)
 
     def resume_writing(self) -> None:
         writable, self._writable = self._writable, None
         if writable is not None and not writable.done():
             writable.set_result(None)
+        self._writing_paused = False
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        self._resume_parsing()
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self._cancel_timers()
             self._wake(False)
             if self.transport is not None:
                 self.transport.close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._write_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._write_timer = self._idle_timer = None
+
+    def _idle_check(self) -> None:
+        """Close a connection that sent nothing for ``idle_timeout`` s and waits for nothing."""
+        self._idle_timer = None
+        if self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        timeout = self.listener.idle_timeout
+        if not self.pending and self.task is None and loop.time() - self._last >= timeout:
+            self.close()
+            return
+        self._idle_timer = loop.call_at(max(self._last + timeout, loop.time() + 0.1), self._idle_check)
 
     def _wake(self, value: bool) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(value)
 
-    # --- reading -------------------------------------------------------------------------
+    def _hold(self, data: bytes) -> None:
+        """Keep ``data`` for later (the awaitable path reads it, or parsing resumes)."""
+        self.buf += data
+        if len(self.buf) > _HIGH_WATER:
+            self._pause_reading()
+        self._wake(True)
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and not self.closed:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            self._reading_paused = True
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self.closed:
+            self.transport.resume_reading()  # type: ignore[union-attr]
+            self._reading_paused = False
+
+    # --- the callback path ---------------------------------------------------------------
+
+    def _parse(self, buf: bytes) -> None:
+        """Relay the complete commands at the start of ``buf`` by callbacks, until one needs
+        the awaitable path (started here) or the connection must wait; keep the rest."""
+        pos = 0
+        size = len(buf)
+        self._parsing = True
+        try:
+            while pos < size:
+                if self.closed:
+                    return
+                if self._writing_paused or len(self.pending) >= _MAX_PIPELINE:
+                    break  # ``answered`` or ``resume_writing`` parse on
+                step = self._relay(buf, pos, size)
+                if step < 0:
+                    self.buf += memoryview(buf)[pos:]
+                    self.task = asyncio.get_running_loop().create_task(self._awaitable())
+                    return
+                pos = step
+        finally:
+            self._parsing = False
+        if pos < size:
+            self.buf += memoryview(buf)[pos:]
+            if len(self.buf) > _HIGH_WATER:
+                self._pause_reading()
+        elif self._eof and not self.pending:
+            self.close()
+
+    def _relay(self, buf: bytes, pos: int, size: int) -> int:
+        """Relay the command at ``pos`` by callbacks and return where the next one starts,
+        or -1: the awaitable path must serve it (it is not a relayed command, or not
+        complete, or not valid, or its route cannot take it now)."""
+        nl = buf.find(b"\n", pos, pos + MAX_LINE + 1)
+        if nl < 0:
+            return -1
+        tokens = buf[pos:nl - 1 if buf[nl - 1] == 13 else nl].split(b" ")
+        verb = tokens[0]
+        count = len(tokens)
+        nxt = nl + 1
+        value = flags = exptime = None
+        framing = REPLY_LINE
+        payload = None
+        if verb == b"get" or verb == b"gets":
+            if count != 2:
+                return -1
+            op, write, stat, framing = "get", False, _ST_GET, REPLY_VALUES
+        elif verb in _TEXT_MODES:
+            if count != (6 if verb == b"cas" else 5):
+                return -1
+            flags = _integer(tokens[2])
+            exptime = _integer(tokens[3])
+            length = _integer(tokens[4])
+            cas = _integer(tokens[5]) if count == 6 else 0
+            if (flags is None or exptime is None or length is None or cas is None or not 0 <= flags <= MAX_FLAGS
+                    or not MIN_EXPTIME <= exptime <= MAX_EXPTIME or not 0 <= length <= MAX_ITEM_BYTES
+                    or not 0 <= cas <= MAX_U64):
+                return -1
+            block = nxt + length
+            if size < block + 2 or buf[block:block + 2] != b"\r\n":
+                return -1  # incomplete, or a bad data chunk: the awaitable path waits or answers
+            op = "set" if verb in _MS_MODE else "store"
+            write, stat = True, _ST_SET
+            nxt = block + 2
+        elif verb == b"delete":
+            if count != 2:
+                return -1
+            op, write, stat = "delete", None, _ST_DELETE
+        elif verb == b"incr" or verb == b"decr":
+            delta = _integer(tokens[2]) if count == 3 else None
+            if delta is None or not 0 <= delta <= MAX_U64:
+                return -1
+            op, write, stat = "arith", True, _ST_INCR if verb == b"incr" else _ST_DECR
+        elif verb == b"touch":
+            touch = _integer(tokens[2]) if count == 3 else None
+            if touch is None or not MIN_EXPTIME <= touch <= MAX_EXPTIME:
+                return -1
+            op, write, stat = "touch", True, _ST_TOUCH
+        else:
+            return -1
+        key = tokens[1]
+        if not key or len(key) > MAX_KEY_BYTES or _BAD_KEY_BYTE.search(key):
+            return -1
+        route = self.listener.router.route_for(key)
+        relay = route.inner.relays.get(op)
+        if relay is None:
+            return -1
+        conn = relay.pool.relay_for(key)
+        if conn is None or not route.enter(write):
+            return -1
+        if relay.on_stored is not None:  # the copy needs the CAS: sent as ``ms … c``, the data block as it came
+            framing = REPLY_META_STORE
+            value = buf[nl + 1:nxt - 2]
+            payload = b"ms %b %d M%b F%d T%d%b c\r\n%b\r\n" % (
+                key, len(value), _MS_MODE[verb], flags, exptime, b" C%d" % cas if verb == b"cas" else b"", value)
+        entry = _Relayed(self, route, relay, key, METRIC_OP[op], write, stat, framing)
+        if value is not None:
+            entry.value, entry.flags, entry.exptime = value, flags, exptime
+        stats = self.listener.stats
+        if stat == _ST_GET:
+            stats.cmd_get += 1
+        elif stat == _ST_SET:
+            stats.cmd_set += 1
+        elif stat == _ST_TOUCH:
+            stats.cmd_touch += 1
+        stats.forwarded += 1
+        self.pending.append(entry)
+        relay.count()
+        conn.send(entry, payload if payload is not None else buf[pos:nxt])
+        return nxt
+
+    def count(self, stat: int, reply: bytes) -> None:
+        """A relayed reply in the listener's ``stats``."""
+        stats = self.listener.stats
+        if stat == _ST_GET:
+            if reply[:6] == b"VALUE ":
+                stats.get_hits += 1
+            else:
+                stats.get_misses += 1
+        elif stat == _ST_DELETE:
+            if reply == b"DELETED\r\n":
+                stats.delete_hits += 1
+            else:
+                stats.delete_misses += 1
+        elif stat == _ST_INCR or stat == _ST_DECR:
+            found = reply[:1].isdigit()
+            if stat == _ST_INCR:
+                stats.incr_hits += found
+                stats.incr_misses += not found
+            else:
+                stats.decr_hits += found
+                stats.decr_misses += not found
+        elif stat == _ST_TOUCH:
+            if reply == b"TOUCHED\r\n":
+                stats.touch_hits += 1
+            else:
+                stats.touch_misses += 1
+
+    def answered(self, entry: _Relayed) -> None:
+        """``entry`` has its reply: write every reply at the head of the FIFO that is in."""
+        pending = self.pending
+        if pending[0] is not entry:
+            return  # an earlier request is still out: its reply goes first
+        pending.popleft()
+        transport = self.transport
+        if len(pending) == 0 or pending[0].reply is None:
+            if not self.closed:
+                transport.write(entry.reply)  # type: ignore[union-attr]
+        else:
+            out = [entry.reply]
+            while pending and pending[0].reply is not None:
+                out.append(pending.popleft().reply)
+            if not self.closed:
+                transport.writelines(out)  # type: ignore[union-attr]
+        if not pending:
+            emptied = self._emptied
+            if emptied is not None:
+                self._emptied = None
+                if not emptied.done():
+                    emptied.set_result(None)
+            elif self._eof and self.task is None and not self.closed:
+                self.close()
+                return
+        if self.buf and self.task is None and not self._parsing:
+            self._resume_parsing()
+
+    def _resume_parsing(self) -> None:
+        if self.task is not None or self._parsing or self._writing_paused or self.closed:
+            return
+        if len(self.buf) <= _HIGH_WATER:
+            self._resume_reading()
+        if self.buf and len(self.pending) < _MAX_PIPELINE:
+            data = bytes(self.buf)
+            self.buf.clear()
+            self._parse(data)
+
+    # --- the awaitable path --------------------------------------------------------------
+
+    async def _awaitable(self) -> None:
+        """Serve the command at the start of ``buf`` once every relayed request before it
+        has been answered, then hand the connection back to the callback path."""
+        try:
+            if self.pending:
+                self._emptied = asyncio.get_running_loop().create_future()
+                await self._emptied
+            await self._serve_one()
+        except _Closing:
+            self.close()
+        except Exception:  # noqa: BLE001 — one connection's bug must not reach the others
+            log.exception("cache listener connection failed; closing it")
+            self.close()
+        finally:
+            self.task = None
+        if not self.closed:
+            if self._eof and not self.buf:
+                self.close()
+            else:
+                self._resume_parsing()
 
     async def _more(self, timeout: float) -> None:
         """Wait for more bytes; raise ``_Closing`` on EOF, close or timeout."""
         if self.closed or self._eof:
             raise _Closing()
-        if self._reading_paused:
-            self.transport.resume_reading()  # type: ignore[union-attr]
-            self._reading_paused = False
+        self._resume_reading()
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         timer = loop.call_later(timeout, self._wake, False)
@@ -337,8 +680,6 @@ class _Session(asyncio.Protocol):
             del self.buf[:n]
             size -= n
 
-    # --- writing -------------------------------------------------------------------------
-
     def _send(self, data: bytes) -> None:
         if not self.closed:
             self.transport.write(data)  # type: ignore[union-attr]
@@ -352,37 +693,30 @@ class _Session(asyncio.Protocol):
             except TimeoutError:
                 raise _Closing() from None
 
-    # --- the loop ------------------------------------------------------------------------
-
-    async def _serve(self) -> None:
+    async def _serve_one(self) -> None:
+        """Read one command (waiting for it, bounded) and serve it."""
         listener = self.listener
-        try:
-            while not self.closed:
-                buf = self.buf
-                nl = buf.find(b"\n")
-                if nl < 0:
-                    if len(buf) > MAX_LINE and not self._long_line_allowed(len(buf)):
-                        self._send(b"CLIENT_ERROR line too long\r\n")
-                        await self._skip_line()
-                        continue
-                    await self._more(listener.command_timeout if buf else listener.idle_timeout)
-                    continue
-                if nl > MAX_LINE and not self._long_line_allowed(nl):
-                    del buf[:nl + 1]
+        while True:
+            buf = self.buf
+            nl = buf.find(b"\n")
+            if nl < 0:
+                if len(buf) > MAX_LINE and not self._long_line_allowed(len(buf)):
                     self._send(b"CLIENT_ERROR line too long\r\n")
-                    continue
-                end = nl - 1 if nl and buf[nl - 1] == 13 else nl
-                line = bytes(buf[:end])
+                    await self._skip_line()
+                    return
+                await self._more(listener.command_timeout if buf else listener.idle_timeout)
+                continue
+            if nl > MAX_LINE and not self._long_line_allowed(nl):
                 del buf[:nl + 1]
-                await self._command(line)
-                if self._writable is not None:
-                    await self._drained()
-        except _Closing:
-            pass
-        except Exception:  # noqa: BLE001 — one connection's bug must not reach the others
-            log.exception("cache listener connection failed; closing it")
-        finally:
-            self.close()
+                self._send(b"CLIENT_ERROR line too long\r\n")
+                return
+            end = nl - 1 if nl and buf[nl - 1] == 13 else nl
+            line = bytes(buf[:end])
+            del buf[:nl + 1]
+            await self._command(line)
+            if self._writable is not None:
+                await self._drained()
+            return
 
     def _long_line_allowed(self, length: int) -> bool:
         return length <= MAX_RETRIEVAL_LINE and self.buf.lstrip()[:5].startswith(_RETRIEVAL_PREFIXES)

@@ -29,7 +29,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from proxy.cache.client import MemcacheClient, Reply
+from proxy.cache.client import MemcacheClient, RelayConnection, Reply
 from proxy.cache.errors import MemcacheTimeout, MemcacheUnavailable
 
 POINTS_PER_SERVER = 160
@@ -155,6 +155,10 @@ class MemcachePool:
         self._health = [_Health() for _ in specs]
         self._health_of = {id(c): h for c, h in zip(self.clients, self._health)}
         self._ring = Ketama(specs) if len(specs) > 1 else None
+        #: one pipelined connection per server for the listener's callback path
+        self.relays = [RelayConnection(s.host, s.port, c.server, timeout=timeout, connect_timeout=connect_timeout,
+                                       on_success=lambda c=c: self._ok(c), on_failure=lambda c=c: self._failed(c))
+                       for s, c in zip(specs, self.clients)]
 
     def __repr__(self) -> str:
         return f"MemcachePool({self.server})"
@@ -173,6 +177,15 @@ class MemcachePool:
             raise MemcacheUnavailable(client.server, f"marked down after {health.failures} consecutive failures; "
                                                      f"tried again in {health.down_until - time.monotonic():.1f}s")
         return self.clients[index]
+
+    def relay_for(self, key: bytes) -> RelayConnection | None:
+        """The key's server's pipelined connection (the listener's callback path); None
+        while the server is marked down (the awaitable path then answers with the reason)."""
+        index = 0 if self._ring is None else self._ring.server_of(key)
+        down_until = self._health[index].down_until
+        if down_until and time.monotonic() < down_until:
+            return None
+        return self.relays[index]
 
     def is_down(self, index: int) -> bool:
         return time.monotonic() < self._health[index].down_until
@@ -275,6 +288,8 @@ class MemcachePool:
                 raise result
 
     async def close(self) -> None:
+        for relay in self.relays:
+            relay.close()
         for client in self.clients:
             await client.close()
 

@@ -131,6 +131,26 @@ class ModeRoute(CacheRoute):
             if not self.inflight and self._idle is not None and not self._idle.done():
                 self._idle.set_result(None)
 
+    def enter(self, write: bool | None) -> bool:
+        """The listener's callback path (no coroutine per request) asks before relaying:
+        True, and the request counts as in flight, when this route is current, no switch
+        runs and the fence is open; False: take the awaitable path, which waits for the
+        switch or refuses with the reason. ``write`` as in ``_call``."""
+        router = self._router
+        if router._gate is not None or self.retired or (write is not None and router.fence(write) is not None):
+            return False
+        self.inflight += 1
+        return True
+
+    def leave(self, op: str, write: bool | None, started: float) -> str | None:
+        """A request ``enter`` admitted has its reply (or failed): no longer in flight, timed
+        as ``op``; the fence's reason if it closed meanwhile (the reply must not be given)."""
+        self.inflight -= 1
+        self._latency[op](time.perf_counter() - started)
+        if not self.inflight and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+        return None if write is None else self._router.fence(write)
+
     async def quiesce(self, timeout: float) -> None:
         """Return once no operation runs on this route; SwitchError after ``timeout``."""
         try:

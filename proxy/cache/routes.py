@@ -24,6 +24,11 @@ Why not ``set``: a relayed set's reply carries no CAS, so its copy would have to
 value back from the source (three round trips and the value twice); the parsed path's
 ``ms … c`` returns the CAS, and the copy is a store and one check.
 
+The listener's callback path relays without a coroutine: ``relays`` maps each op a route
+relays that way to a ``Relay`` (the pool, the op counter, and what the route queues for
+the reply) — the same decisions as ``forward``. There a set of a route that copies writes
+is sent as ``ms … c`` with the app's data block, answered as text, and copied with the CAS.
+
 Must never: answer a client from a side the mode does not read from; wait for an
 asynchronous copy before answering.
 """
@@ -31,6 +36,8 @@ asynchronous copy before answering.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import NamedTuple
 
 from proxy.cache import metrics
 from proxy.cache.client import Item, Outcome, StoreMode, StoreReply
@@ -45,11 +52,31 @@ FORWARD_OPS = frozenset(("get", "set", "store", "delete", "arith", "touch"))
 METRIC_OP = {"get": "get", "set": "store", "store": "store", "delete": "delete", "arith": "arith", "touch": "touch"}
 
 
+class Relay(NamedTuple):
+    """How the listener's callback path relays one op of a route (``CacheRoute.relays``):
+    to which pool, and what the route does with the reply — the same as ``forward`` would,
+    without a coroutine. Built once per route and op, never per request."""
+
+    pool: MemcachePool
+    #: the route's operation counter (``nxnw_cache_ops_total``)
+    count: Callable[[], None]
+    #: ``(key, reply bytes)`` once the reply is in: what the route queues for it
+    on_reply: Callable[[bytes, bytes], None] | None = None
+    #: the op's outcome on ``pool`` is unknown (no reply): what the route queues then
+    on_error: Callable[[bytes], None] | None = None
+    #: set/add/replace/cas are sent as ``ms … c`` (their data block untouched) and answered
+    #: as text; a STORED calls this with ``(key, value, flags, exptime, CAS)`` — the copy
+    #: needs the CAS a text set's reply does not carry
+    on_stored: Callable[[bytes, bytes, int, int, int], None] | None = None
+
+
 class CacheRoute(ABC):
     """What a mode does with each memcached operation."""
 
     #: the ops of ``FORWARD_OPS`` that ``forward`` relays untouched
     forwards: frozenset[str] = frozenset()
+    #: the ops the listener relays by callbacks, and how (see ``Relay``)
+    relays: dict[str, Relay] = {}
 
     async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes:
         """Relay one text request for ``key`` and return the reply's bytes; only for the
@@ -132,6 +159,7 @@ class MemcachedRoute(CacheRoute):
         self.server = server
         self.side = server.side
         self._count = {op: metrics.OPS.labels(mode, server.side, op).inc for op in _OPS}
+        self.relays = {op: Relay(server, self._count[METRIC_OP[op]]) for op in FORWARD_OPS}
 
     forwards = FORWARD_OPS
 
@@ -200,6 +228,30 @@ class CopyWritesRoute(CacheRoute):
         self.primary = primary
         self.copies = copies
         self.forwards = primary.forwards - {"set"}
+        self.relays = {op: Relay(r.pool, r.count, on_error=copies.copy_delete,
+                                 on_reply=self._copy_deleted if op == "delete" else self._copy_by_reply)
+                       for op, r in primary.relays.items() if op != "get"}
+        if "get" in primary.relays:
+            self.relays["get"] = primary.relays["get"]
+        if "set" in primary.relays:
+            r = primary.relays["set"]
+            self.relays["set"] = Relay(r.pool, r.count, on_reply=self._copy_deleted_on_error,
+                                       on_error=copies.copy_delete, on_stored=copies.copy_value)
+
+    def _copy_by_reply(self, key: bytes, reply: bytes) -> None:
+        """A relayed write's reply line says what to copy (see the class docstring)."""
+        if reply == b"STORED\r\n" or reply == b"TOUCHED\r\n" or reply[:1].isdigit():
+            self.copies.copy_current(key)
+        elif reply[:4] in (b"CLIE", b"SERV", b"ERRO"):
+            self.copies.copy_delete(key)
+
+    def _copy_deleted(self, key: bytes, reply: bytes) -> None:
+        self.copies.copy_delete(key)
+
+    def _copy_deleted_on_error(self, key: bytes, reply: bytes) -> None:
+        """A set sent as ``ms``: STORED is copied by ``on_stored``; an error line may hide a change."""
+        if reply[:4] in (b"CLIE", b"SERV", b"ERRO"):
+            self.copies.copy_delete(key)
 
     async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes:
         if op == "get":
@@ -211,10 +263,10 @@ class CopyWritesRoute(CacheRoute):
         except BaseException:
             self.copies.copy_delete(key)
             raise
-        if reply == b"STORED\r\n" or reply == b"TOUCHED\r\n" or reply[:1].isdigit():
-            self.copies.copy_current(key)
-        elif op == "delete" or reply[:4] in (b"CLIE", b"SERV", b"ERRO"):
-            self.copies.copy_delete(key)
+        if op == "delete":
+            self._copy_deleted(key, reply)
+        else:
+            self._copy_by_reply(key, reply)
         return reply
 
     def __repr__(self) -> str:
@@ -326,13 +378,20 @@ class WarmUpRoute(CacheRoute):
         self.copies = copies
         self._writes = CopyWritesRoute(warm, copies)
         self.forwards = warm.forwards - {"set"}
+        self.relays = dict(self._writes.relays)
+        if "get" in warm.relays:
+            r = warm.relays["get"]
+            self.relays["get"] = Relay(r.pool, r.count, on_reply=self._fill_on_hit)
+
+    def _fill_on_hit(self, key: bytes, reply: bytes) -> None:
+        if reply[:6] == b"VALUE ":
+            self.copies.offer_fill_key(key)
 
     async def forward(self, op: str, key: bytes, request: bytes, reply_kind: int) -> bytes:
         if op != "get":
             return await self._writes.forward(op, key, request, reply_kind)
         reply = await self.warm.forward(op, key, request, reply_kind)
-        if reply[:6] == b"VALUE ":
-            self.copies.offer_fill_key(key)
+        self._fill_on_hit(key, reply)
         return reply
 
     def __repr__(self) -> str:
