@@ -44,7 +44,7 @@ EXPIRE = 600  # bench keys leave the shared memcacheds on their own
 DIRECT, TWEMPROXY = "memcached N1 direct", "twemproxy (nutcracker)"
 PASS, COW, WARM, COR, PROXY = ("proxy passthrough", "proxy cow (COW)", "proxy cow, N2 warm", "proxy cow, N2 cold (COR)",
                                "proxy proxy (reads N2)")
-CONSTANT = "listener, no memcached"
+FLOOR = "floor: uvloop byte relay"
 
 
 def value_of(size: int) -> bytes:
@@ -53,30 +53,56 @@ def value_of(size: int) -> bytes:
 
 # --- the proxy process -------------------------------------------------------------------
 
+class _FloorClient(asyncio.Protocol):
+    """The floor: a client connection relayed byte for byte to its own N1 connection (no
+    parsing, no routing, no pooling) — what pure Python on uvloop costs per hop here."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.backend: asyncio.Transport | None = None
+        self.early: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        backend, _ = await loop.create_connection(lambda: _FloorBackend(self.transport), *N1)
+        self.backend = backend
+        for data in self.early:
+            backend.write(data)
+        self.early = []
+
+    def data_received(self, data: bytes) -> None:
+        if self.backend is None:
+            self.early.append(data)
+        else:
+            self.backend.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.backend is not None:
+            self.backend.close()
+
+
+class _FloorBackend(asyncio.Protocol):
+    def __init__(self, client: asyncio.Transport) -> None:
+        self.client = client
+
+    def data_received(self, data: bytes) -> None:
+        self.client.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.close()
+
+
 def serve() -> None:
-    """Child process: routers + listeners (passthrough, cow, cow for COR, proxy, and a
-    listener over a constant route); prints their ports as JSON, serves until stdin
-    closes, then prints what the mirrors did."""
+    """Child process: routers + listeners (passthrough, cow, cow for COR, proxy) and the
+    floor relay; prints their ports as JSON, serves until stdin closes, then prints what
+    the copy queues did."""
     import uvloop
 
-    from proxy.cache import CacheListener, CacheRouter, Item, metrics
-    from proxy.cache.routes import CacheRoute
-
-    class ConstantRoute(CacheRoute):
-        """Answers every get with the same 5 KB item, without memcached: the listener alone."""
-
-        item = Item(value_of(5120), 0, -1, 1)
-
-        async def forward(self, op, key, request, reply_kind):
-            return None
-
-        async def meta_get(self, key):
-            return self.item
-
-        gat = store = delete_item = arith = touch = None  # type: ignore[assignment]
-
-    class ConstantRouter:
-        route = ConstantRoute()
+    from proxy.cache import CacheListener, CacheRouter, metrics
 
     async def main() -> None:
         parts = []
@@ -88,9 +114,8 @@ def serve() -> None:
             await listener.start()
             parts.append((router, listener))
             ports[name] = listener.port
-        constant = CacheListener(ConstantRouter(), HOST, 0)  # type: ignore[arg-type]
-        await constant.start()
-        ports["constant"] = constant.port
+        floor = await asyncio.get_running_loop().create_server(_FloorClient, HOST, 0)
+        ports["floor"] = floor.sockets[0].getsockname()[1]
         print(json.dumps(ports), flush=True)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, sys.stdin.read)
@@ -98,7 +123,7 @@ def serve() -> None:
         dropped = {name: len(r.to_n2.dropped) + len(r.to_n1.dropped) for name, (r, _) in zip(ports, parts)}
         fills = {s.labels["result"]: s.value for m in metrics.COR_FILLS.collect() for s in m.samples
                  if s.name.endswith("_total")}
-        await constant.close()
+        floor.close()
         for router, listener in parts:
             await listener.close()
             await router.close()
@@ -197,7 +222,7 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, size: int) -> list[dict]:
+def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, size: int, floor: bool) -> list[dict]:
     """Sets first (each target writes its own keys), then gets of what each target's set
     wrote — in ``cow`` those keys are already on N2 (the warm row), in ``proxy`` they are
     on N2 — plus the COR row: keys written to N1 directly, absent from N2, so every read
@@ -214,6 +239,7 @@ def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, si
         for c in range(clients):
             rows = [(DIRECT, phase, N1, keys(b"direct", c)),
                     (TWEMPROXY, phase, (HOST, twemproxy), keys(b"twem", c)),
+                    *([(FLOOR, phase, at("floor"), keys(b"floor", c))] if floor else []),
                     (PASS, phase, at("passthrough"), keys(b"pass", c)),
                     (COW if phase == "set" else WARM, phase, at("cow"), keys(b"cow", c)),
                     (PROXY, phase, at("proxy"), keys(b"proxy", c))]
@@ -272,6 +298,7 @@ def verdict(results: dict[tuple[str, int], list[dict]]) -> list[str]:
                 f"{size:5} {clients} client(s) {op}: added p50 µs over memcached direct — twemproxy {twem:+.0f}, "
                 f"passthrough {passthrough:+.0f}, {'COW' if op == 'set' else 'COR'} {mirrored:+.0f}, "
                 f"{'cow warm get ' + format(added[WARM], '+.0f') + ', ' if op == 'get' else ''}"
+                f"{'floor ' + format(added[FLOOR], '+.0f') + ', ' if FLOOR in added else ''}"
                 f"proxy {added[PROXY]:+.0f}; passthrough ≤ 1.5× twemproxy ({bound:.0f}): {goal1}; "
                 f"{'COW' if op == 'set' else 'COR'} ≤ passthrough + 15 µs: {goal2} ({mirrored - passthrough:+.0f})")
     return lines
@@ -329,6 +356,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="requests per row (split among clients)")
     parser.add_argument("--clients", type=int, default=4, help="client processes in the concurrent round")
     parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure a minimal uvloop byte relay (one N1 connection per client, no parsing): "
+                             "what pure Python can do for this hop")
     args = parser.parse_args()
     services.up(["memcached-n1", "memcached-n2"])
     workdir = Path(tempfile.mkdtemp(prefix="nxnw-bench-cache-"))
@@ -344,7 +374,7 @@ def main() -> None:
         # the 5 KB one-client table comes first: ``python -m bench`` reads it
         for clients in (1, args.clients):
             for size_name in ("5 KB", "100 B"):
-                rows = bench(ports, twemproxy_port, args.requests, clients, SIZES[size_name])
+                rows = bench(ports, twemproxy_port, args.requests, clients, SIZES[size_name], args.floor)
                 results[(size_name, clients)] = rows
                 who = "one client, sequential" if clients == 1 else f"{clients} client processes at once"
                 print_rows(f"{who}, {size_name} values, {args.requests} requests per row in all", rows)
