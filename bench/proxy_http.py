@@ -319,16 +319,20 @@ class Bench:
         if target == "engine direct":
             return self.bases[target]
         from proxy.control import switch_mode
+        from sync import layout
         from sync.mode import mark_load_verified, read_mode
+        from sync.state import PlanRegistry
 
+        plan = f"bench-http-{self.id}"
+        PlanRegistry(self.zk).register(plan, [self.app])  # the bench app follows this plan's mode
         # The transition table allows passthrough -> cow -> proxy -> passthrough: walk it.
         detour = {("passthrough", "proxy"): ["cow"], ("proxy", "cow"): ["passthrough"]}
-        current = read_mode(self.zk)
+        current = read_mode(self.zk, path=layout.mode(plan))
         for step in [*detour.get((current.mode if current else "passthrough", target), []), target]:
-            state = read_mode(self.zk)
+            state = read_mode(self.zk, path=layout.mode(plan))
             if step == "proxy" and state is not None and state.mode == "cow":
-                mark_load_verified(self.zk, state.epoch)  # both sides were seeded identically
-            switch_mode(self.zk, step, drain_timeout=60, ack_timeout=30)
+                mark_load_verified(self.zk, state.epoch, path=layout.mode(plan))  # both sides were seeded identically
+            switch_mode(self.zk, plan, step, drain_timeout=60, ack_timeout=30)
         return self.bases["proxy"]
 
     def measure(self, target: str, tool: str, method: str) -> dict[str, float]:

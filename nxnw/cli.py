@@ -111,6 +111,7 @@ async def _dry_run(plan: Plan, until: str | None) -> int:
     """
     from nxnw.orchestrator import preflight, task_graph
     from nxnw.zk import zk_session
+    from sync import layout
     from sync.aio import run_blocking
     from sync.state import PHASES, ROLLBACK, MigrationStateStore, TaskRecordStore
 
@@ -118,8 +119,8 @@ async def _dry_run(plan: Plan, until: str | None) -> int:
         raise ValueError(f"unknown phase {until!r}; the phases are {', '.join(PHASES)}")
     await preflight(plan)
     async with zk_session(plan.n1.zookeeper, "N1's", plan.n1.zookeeper_security) as zk:
-        state = await run_blocking(MigrationStateStore(zk).get)
-        done = await run_blocking(TaskRecordStore(zk).list, f"{plan.name}._tasks")
+        state = await run_blocking(MigrationStateStore(zk, path=layout.state(plan.name)).get)
+        done = await run_blocking(TaskRecordStore(zk, root=layout.checkpoints(plan.name)).list, f"{plan.name}._tasks")
     graph = [t for t in task_graph(plan) if until is None or PHASES.index(t.phase) <= PHASES.index(until)]
     print(f"migration {plan.name}: dry run, nothing changed")
     print("preflight: ok (both engines, both ZooKeepers"
@@ -156,22 +157,36 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _status_facts(zk: KazooClient, plan_name: str) -> dict[str, Any]:
-    """What ``nxnw status`` shows, read from N1's ZooKeeper (blocking calls)."""
-    from proxy.control import journal_depth, members
+    """What ``nxnw status`` shows of one plan, read from N1's ZooKeeper (blocking calls);
+    ``other_plans`` lists every other registered plan with its apps and mode."""
+    from proxy.control import acknowledged, journal_depth, members
+    from sync import layout
     from sync.mode import load_verified_epoch, read_mode
-    from sync.state import MigrationStateStore, TaskRecordStore
+    from sync.state import MigrationStateStore, PlanRegistry, TaskRecordStore
 
-    state = MigrationStateStore(zk).get()
-    mode = read_mode(zk)
-    tasks = TaskRecordStore(zk).list(f"{plan_name}._tasks")
+    state = MigrationStateStore(zk, path=layout.state(plan_name)).get()
+    mode = read_mode(zk, path=layout.mode(plan_name))
+    tasks = TaskRecordStore(zk, root=layout.checkpoints(plan_name)).list(f"{plan_name}._tasks")
+    registry = PlanRegistry(zk)
+    registered = registry.get(plan_name)
+    others = {}
+    for name in registry.names():
+        if name != plan_name and (other := registry.get(name)) is not None:
+            other_mode = read_mode(zk, path=layout.mode(name))
+            others[name] = {"apps": list(other.apps), "live": other.live,
+                            "mode": None if other_mode is None else other_mode.mode}
     return {
         "plan": plan_name,
+        "registered": None if registered is None else {"apps": list(registered.apps), "live": registered.live,
+                                                       "key_prefixes": registered.key_prefixes},
         "phase": None if state is None else state.phase,
         "mode": None if mode is None else {"mode": mode.mode, "epoch": mode.epoch},
-        "load_verified_cow_epoch": load_verified_epoch(zk),
-        "proxies": {name: {"mode": proxy.get("mode"), "epoch": proxy.get("epoch")}
+        "load_verified_cow_epoch": load_verified_epoch(zk, path=layout.mode(plan_name)),
+        "proxies": {name: {"mode": acknowledged(proxy, plan_name).get("mode"),
+                           "epoch": acknowledged(proxy, plan_name).get("epoch")}
                     for name, proxy in sorted(members(zk).items())},
-        "journal": {"n2": journal_depth(zk, "n2"), "n1": journal_depth(zk, "n1")},
+        "journal": {"n2": journal_depth(zk, plan_name, "n2"), "n1": journal_depth(zk, plan_name, "n1")},
+        "other_plans": others,
         "tasks_done": [{"task": name, **result}
                        for name, result in sorted(tasks.items(), key=lambda kv: kv[1].get("finished", 0))
                        if not name.startswith("_")],
@@ -200,6 +215,12 @@ def _status(args: argparse.Namespace) -> int:
     for name, proxy in facts["proxies"].items():
         table.add_row(f"proxy {name}", f"mode {proxy['mode']} (epoch {proxy['epoch']})")
     table.add_row("repair journal", f"to N2: {facts['journal']['n2']}, to N1: {facts['journal']['n1']}")
+    registered = facts["registered"]
+    table.add_row("apps", "not registered" if registered is None else
+                  f"{', '.join(registered['apps'])} ({'claimed' if registered['live'] else 'released'})")
+    for name, other in facts["other_plans"].items():
+        table.add_row(f"plan {name}", f"apps {', '.join(other['apps'])}, mode {other['mode']}"
+                      + ("" if other["live"] else " (released)"))
     for result in facts["tasks_done"]:
         detail = ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("task", "phase", "started", "finished"))
         table.add_row(f"done: {result['task']}", detail)
@@ -215,6 +236,7 @@ def _verify(args: argparse.Namespace) -> int:
     from nxnw.leftovers import find_leftovers
     from nxnw.zk import zk_session
     from snapshot import verify_app
+    from sync import layout
     from sync.aio import run_blocking
     from sync.mode import read_mode
 
@@ -225,7 +247,7 @@ def _verify(args: argparse.Namespace) -> int:
         if scheduler:
             await check_scheduler(scheduler)
         async with zk_session(plan.n1.zookeeper, "N1's", plan.n1.zookeeper_security) as zk:
-            mode = await run_blocking(read_mode, zk)
+            mode = await run_blocking(lambda: read_mode(zk, path=layout.mode(plan.name)))
         # Only in proxy mode are N2's newer copies writes N1 has yet to receive (see snapshot/verify.py).
         n2_primary = mode is not None and mode.mode == "proxy"
         n1, n2 = open_engine(plan.n1.engine), open_engine(plan.n2.engine)

@@ -21,6 +21,8 @@ from datastore.model import APP_PATTERN
 from datastore.registry import ENGINES
 from datastore.secret import Secret
 from proxy.cache.pool import parse_servers
+from sync import layout
+from sync.state import default_key_prefixes
 from sync.zk_client import ZooKeeperSecurity
 
 _HOST = r"[A-Za-z0-9_.\-\[\]:]+:\d{1,5}"
@@ -173,7 +175,11 @@ class Plan(_Strict):
     dns: Dns | None = None
     thresholds: Thresholds = Field(default_factory=Thresholds)
     scale: Scale = Field(default_factory=Scale)
-    sync_paths: list[str] = Field(default_factory=lambda: ["/nxnw/locks"],
+    key_prefixes: dict[str, str] = Field(default_factory=dict, description="each app's memcache key prefix (default "
+                                         "\"<app>:\"): a key follows the mode of the app whose prefix it starts "
+                                         "with, the longest prefix winning; a key no plan's prefix matches stays "
+                                         "passthrough")
+    sync_paths: list[str] = Field(default_factory=lambda: [layout.LOCKS],
                                   description="ZooKeeper subtrees mirrored from N1 to N2")
     status_port: int | None = Field(default=None, ge=0, le=65535, description="serve the status page here")
     allow_nonempty_n2: bool = Field(default=False, description="let prepare accept apps whose N2 table holds rows "
@@ -187,6 +193,16 @@ class Plan(_Strict):
         if bad:
             raise ValueError(f"sync paths {bad} must be absolute znode paths like /apps")
         return paths
+
+    @model_validator(mode="after")
+    def prefixes_of_its_apps(self) -> Plan:
+        strangers = sorted(set(self.key_prefixes) - set(self.apps))
+        if strangers:
+            raise ValueError(f"key_prefixes names apps {strangers} that are not in apps")
+        prefixes = default_key_prefixes(self.apps, self.key_prefixes)
+        if len(set(prefixes.values())) != len(prefixes):
+            raise ValueError(f"two apps share a memcache key prefix: {prefixes}")
+        return self
 
     @field_validator("apps")
     @classmethod

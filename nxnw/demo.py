@@ -61,6 +61,7 @@ from nxnw.workload import Endpoint, Workload
 from nxnw.zk import zk_session
 from snapshot import verify_app
 from sync.aio import run_blocking
+from sync import layout
 from sync.mode import read_mode
 from sync.state import MigrationStateStore, TaskRecordStore
 from sync.writer_clock import DEFAULT_MAX_OFFSET_MS
@@ -143,7 +144,7 @@ class DemoEnvironment:
         return {
             "name": f"demo-{self.id}",
             "apps": [self.app],
-            "sync_paths": [f"/apps/{self.app}", "/nxnw/locks"],
+            "sync_paths": [f"/apps/{self.app}", layout.LOCKS],
             "status_port": self.options.status_port,
             "n1": {"engine": engine_url(self.options.source, "n1", sqlite_dir),
                    "zookeeper": f"{HOST}:{ZOOKEEPER['n1']}{self.chroot}",
@@ -395,12 +396,13 @@ class MigrationDriver:
         recording the task is where killing the orchestrator hurts most, as a resume must
         then recognise the switch as its own."""
         assert self.zk is not None
-        state = await run_blocking(MigrationStateStore(self.zk).get)
+        assert self.env.plan is not None
+        state = await run_blocking(MigrationStateStore(self.zk, path=layout.state(self.env.plan.name)).get)
         if state is None or state.phase not in PHASES or PHASES.index(state.phase) < PHASES.index(phase):
             return False
         if state.phase != phase or phase not in MODE_PHASES:
             return True
-        mode = await run_blocking(read_mode, self.zk)
+        mode = await run_blocking(read_mode, self.zk, path=layout.mode(self.env.plan.name))
         return mode is not None and mode.mode == phase
 
     async def _after_exit(self, until: str | None) -> None:
@@ -417,6 +419,21 @@ class MigrationDriver:
         print(f"{reason}; resuming it once the faults in progress are undone ({self.resumes}/{MAX_RESUMES})", flush=True)
         await asyncio.gather(*self.injections)  # a fault still doing harm would fail the resume too
         self._start(until)
+
+
+def dns_switched_at(tasks: dict[str, dict[str, Any]]) -> float | None:
+    """When the DNS switch began (unix seconds): the first ``switch`` step of the hand-off's
+    timeline, which the orchestrator persists (the ``_dns`` record) before each DNS write.
+
+    Not the ``handoff`` task's ``switched_at``: an orchestrator killed after the switch and
+    resumed writes the record set again and records when *that* run began, after the
+    clients had moved, which made the switch-over 0 s. Steps before the last rollback
+    belong to an abandoned hand-off. The task's figure is the answer only when no timeline
+    was kept; None when the name was never switched."""
+    steps = (tasks.get("_dns") or {}).get("steps") or []
+    rolled_back = max((i for i, step in enumerate(steps) if step.get("verb") == "rollback"), default=-1)
+    starts = [step["started_at"] for step in steps[rolled_back + 1:] if step.get("verb") == "switch"]
+    return starts[0] if starts else (tasks.get("handoff") or {}).get("switched_at")
 
 
 def _switch_over(reached: list[tuple[float, str]], switched_at: float) -> tuple[float | None, float | None]:
@@ -472,9 +489,10 @@ async def run_demo(options: DemoOptions) -> tuple[dict[str, Any], bool]:
         assert env.workload is not None and env.plan is not None
         await env.stop_workload()
         async with zk_session(env.plan.n1.zookeeper, "N1's") as zk:
-            state = await run_blocking(MigrationStateStore(zk).get)
-            tasks = await run_blocking(TaskRecordStore(zk).list, f"{env.plan.name}._tasks")
-            mode = await run_blocking(read_mode, zk)
+            state = await run_blocking(MigrationStateStore(zk, path=layout.state(env.plan.name)).get)
+            tasks = await run_blocking(TaskRecordStore(zk, root=layout.checkpoints(env.plan.name)).list,
+                                       f"{env.plan.name}._tasks")
+            mode = await run_blocking(lambda: read_mode(zk, path=layout.mode(env.plan.name)))
         final_phase = None if state is None else state.phase
         if options.tamper_n2:
             keys = await env.tamper_n2(options.tamper_n2)
@@ -490,9 +508,9 @@ async def run_demo(options: DemoOptions) -> tuple[dict[str, Any], bool]:
         report = check(env.history, await env.final_state(serving), cache_unchecked=switches,
                        clock_bound=2 * DEFAULT_MAX_OFFSET_MS / 1000)
         differs = await env.final_verify()
-        handoff = tasks.get("handoff", {})
+        switched_at = dns_switched_at(tasks) or time.time()
         load = tasks.get(f"snapshot+load:{env.app}", {})
-        p99, p100 = _switch_over(env.workload.stats.reached, handoff.get("switched_at", time.time()))
+        p99, p100 = _switch_over(env.workload.stats.reached, switched_at)
         figures: dict[str, Any] = {
             **_checker_figures(report),
             "final verify": "identical" if differs is None else differs,
@@ -501,7 +519,7 @@ async def run_demo(options: DemoOptions) -> tuple[dict[str, Any], bool]:
             "switch-over (seconds)": None if p100 is None else round(p100, 2),
             "dns ttl (seconds)": options.ttl,
             "N2 cache hit ratio after cutover": _ratio(env.workload.stats.cache_hit_ratio(
-                N2_ADDRESS, handoff.get("switched_at", time.time()), options.ttl + 5.0)),
+                N2_ADDRESS, switched_at, options.ttl + 5.0)),
             "load rate (entities/s)": load.get("rate"),
             "entities loaded": load.get("entities"),
             "migration (seconds)": round(migration_seconds, 1),

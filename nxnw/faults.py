@@ -35,7 +35,7 @@ from kazoo.client import KazooClient
 from nxnw import services
 from nxnw.fleet import MemcachedProcess, ProxyFleet
 from nxnw.zk import zk_session
-from proxy.control import PROXIES_ROOT
+from sync import layout
 from sync.aio import run_blocking
 
 #: The phases a fault can be injected in, in the orchestrator's order.
@@ -99,7 +99,7 @@ class Fault(ABC):
 async def _member_session(zookeeper: str, instance: str) -> int | None:
     """The ZooKeeper session that holds ``instance``'s ephemeral membership, or None."""
     async with zk_session(zookeeper, "N1's") as zk:
-        stat = await run_blocking(zk.exists, f"{PROXIES_ROOT}/{instance}")
+        stat = await run_blocking(zk.exists, layout.proxy_member(instance))
     return None if stat is None else stat.ephemeralOwner
 
 
@@ -108,7 +108,7 @@ async def _wait_session_gone(zookeeper: str, instance: str, session: int | None)
     started = time.monotonic()
     async with zk_session(zookeeper, "N1's") as zk:
         while True:
-            stat = await run_blocking(zk.exists, f"{PROXIES_ROOT}/{instance}")
+            stat = await run_blocking(zk.exists, layout.proxy_member(instance))
             if stat is None or stat.ephemeralOwner != session:
                 return time.monotonic() - started
             if time.monotonic() - started > SESSION_LOSS_DEADLINE:

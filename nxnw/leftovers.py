@@ -20,6 +20,7 @@ from datastore import Engine
 from nxnw.config import Plan
 from nxnw.zk import zk_session
 from proxy.control import journal_depth
+from sync import layout
 from sync.aio import run_blocking
 from sync.mirror import ephemeral_copies, purge_ephemeral_copies
 from sync.state import MigrationStateStore
@@ -50,14 +51,14 @@ async def find_leftovers(plan: Plan, n2_engine: Engine, *, repair: bool = False)
     async with zk_session(plan.n1.zookeeper, "N1's", plan.n1.zookeeper_security) as n1, \
             zk_session(plan.n2.zookeeper, "N2's", plan.n2.zookeeper_security) as n2:
         found.orphan_locks = await run_blocking(_orphans, n1, n2, plan.sync_paths)
-        state = await run_blocking(MigrationStateStore(n1).get)
+        state = await run_blocking(MigrationStateStore(n1, path=layout.state(plan.name)).get)
         mirroring = state is not None and state.phase not in ("complete", "rollback")
         if repair and found.orphan_locks and not mirroring:
             for root in plan.sync_paths:
                 found.removed_locks += await run_blocking(purge_ephemeral_copies, n2, root)
             found.orphan_locks = []
         for side in ("n1", "n2"):
-            found.journal[side] = await run_blocking(journal_depth, n1, side)
+            found.journal[side] = await run_blocking(journal_depth, n1, plan.name, side)
         if state is not None:
             started_us = int(state.started_at * 1_000_000)
             for app in plan.apps:

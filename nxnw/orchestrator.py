@@ -1,5 +1,13 @@
 """The orchestrator: a migration's phases as a task graph, its state in N1's ZooKeeper.
 
+A migration belongs to its plan: everything it records — the plan's registration and
+claims, its mode, state, finished tasks, range checkpoints, journals — lives under the
+plan's name (``sync/layout.py``), so plans over disjoint apps run at once, each with its
+own mode, and ``migrate``/``resume``/``rollback``/``status`` of one never touch another.
+``migrate`` first registers the plan: a plan that names an app (or a memcache key prefix)
+another live plan holds is refused (``sync.state.AppClaimed``, naming that plan; exit 2),
+before anything changes. A plan releases its claims once it is complete or rolled back.
+
 Phases (the one vocabulary of the CLI, the znodes, the logs and the status page):
 ``prepare → sync-zk → cow → snapshot+load → verify → proxy → handoff → complete``.
 Each phase is one or more tasks; a task runs once its dependencies are done, independent
@@ -66,12 +74,13 @@ from nxnw.config import Dns, Plan
 from nxnw import migration_metrics as metrics
 from nxnw.error_budget import N2ErrorBudget
 from nxnw.zk import start_zk, stop_zk, zk_session
-from proxy.control import flush_memcached, journal_depth, members, switch_mode, wait_journal_empty
+from proxy.control import acknowledged, flush_memcached, journal_depth, members, switch_mode, wait_journal_empty
 from snapshot import LoadStats, copy_app, verify_app
+from sync import layout
 from sync.aio import run_blocking
 from sync.mirror import TreeMirror, purge_ephemeral_copies
 from sync.mode import load_verified_epoch, mark_load_verified, read_mode
-from sync.state import PHASES, ROLLBACK, MigrationState, MigrationStateStore, TaskRecordStore
+from sync.state import PHASES, ROLLBACK, MigrationState, MigrationStateStore, PlanRegistry, TaskRecordStore
 from sync.zk_client import zk_client
 
 log = logging.getLogger("nxnw.orchestrator")
@@ -220,8 +229,11 @@ class Orchestrator:
         self.plan = plan
         self.progress = Progress()
         self.zk = zk
-        self.store = MigrationStateStore(zk)
-        self.records = TaskRecordStore(zk)
+        self.store = MigrationStateStore(zk, path=layout.state(plan.name))
+        self.records = TaskRecordStore(zk, root=layout.checkpoints(plan.name))
+        self.plans = PlanRegistry(zk)
+        #: the plan's mode znode
+        self.mode_path = layout.mode(plan.name)
         self.state: MigrationState | None = None
         self.n1 = n1
         self.n2 = n2
@@ -291,7 +303,7 @@ class Orchestrator:
 
     async def read_journal_depths(self) -> dict[str, int]:
         """The repair journals' depths now (toward ``n2`` and ``n1``), also set as metrics."""
-        depths = {side: await run_blocking(journal_depth, self.zk, side) for side in ("n2", "n1")}
+        depths = {side: await run_blocking(journal_depth, self.zk, self.plan.name, side) for side in ("n2", "n1")}
         for side, depth in depths.items():
             metrics.JOURNAL_DEPTH.labels(self.plan.name, side).set(depth)
         return depths
@@ -338,11 +350,13 @@ class Orchestrator:
             raise ValueError(f"unknown phase {until!r}; the phases are {', '.join(PHASES)}")
         state = await run_blocking(self.store.get)
         if state is not None and state.phase == "complete":
+            await run_blocking(self.plans.release, self.plan.name)  # if a killed run got no further
             self.progress.event("migration already complete; nothing to do")
             self.state = state
             return state
         if state is not None and state.phase == ROLLBACK:
             raise MigrationFailed("the last migration was rolled back; run `nxnw migrate --restart` to start a new one")
+        await run_blocking(self.plans.register, self.plan.name, self.plan.apps, self.plan.key_prefixes)
         if state is None:
             state = await run_blocking(self.store.create, "prepare", {"plan": self.plan.name})
             self.progress.event(f"migration {self.plan.name} started")
@@ -409,7 +423,7 @@ class Orchestrator:
         allowed = self._expected_modes(task)
         if not allowed:
             return
-        live = await run_blocking(read_mode, self.zk)
+        live = await run_blocking(lambda: read_mode(self.zk, path=self.mode_path))
 
         def matches(mode: str, epoch: int | None) -> bool:
             return live is not None and live.mode == mode and (epoch is None or live.epoch == epoch)
@@ -417,7 +431,8 @@ class Orchestrator:
         if any(matches(mode, epoch) for mode, epoch in allowed[:1]):
             return
         if any(matches(mode, epoch) for mode, epoch in allowed[1:]) and \
-                await run_blocking(load_verified_epoch, self.zk) == self._done["cow"].get("epoch"):
+                await run_blocking(lambda: load_verified_epoch(self.zk, path=self.mode_path)) == \
+                self._done["cow"].get("epoch"):
             return
         mode, epoch = allowed[0]
         now = "no mode znode" if live is None else f"mode {live.mode} (epoch {live.epoch})"
@@ -512,11 +527,13 @@ class Orchestrator:
         return {"roots": self.plan.sync_paths}
 
     async def _switch(self, mode: str) -> dict[str, Any]:
-        state = await run_blocking(switch_mode, self.zk, mode, drain_timeout=self.plan.thresholds.journal_drain_seconds,
+        state = await run_blocking(switch_mode, self.zk, self.plan.name, mode,
+                                   drain_timeout=self.plan.thresholds.journal_drain_seconds,
                                    n2_memcached=self.plan.n2.memcached)
         self.progress.mode = mode
         found = await run_blocking(members, self.zk)
-        return {"mode": mode, "epoch": state.epoch, "proxies": sorted(found)}
+        return {"mode": mode, "epoch": state.epoch,
+                "proxies": sorted(n for n, m in found.items() if acknowledged(m, self.plan.name))}
 
     async def _cow(self) -> dict[str, Any]:
         return await self._switch("cow")
@@ -578,8 +595,8 @@ class Orchestrator:
         machine refuses cow → proxy.
         """
         cow_epoch = self._done["cow"]["epoch"]
-        await run_blocking(mark_load_verified, self.zk, cow_epoch)
-        self.progress.journal_depth = await run_blocking(journal_depth, self.zk, "n2")
+        await run_blocking(lambda: mark_load_verified(self.zk, cow_epoch, path=self.mode_path))
+        self.progress.journal_depth = await run_blocking(journal_depth, self.zk, self.plan.name, "n2")
         return {**await self._switch("proxy"), "verified_cow_epoch": cow_epoch}
 
     async def _dns_handoff(self, dns: Dns) -> Handoff:
@@ -642,9 +659,10 @@ class Orchestrator:
         deadline = time.monotonic() + self.plan.thresholds.journal_drain_seconds
         for side in sides:
             try:
-                await run_blocking(wait_journal_empty, self.zk, side, max(deadline - time.monotonic(), 0.1))
+                await run_blocking(wait_journal_empty, self.zk, self.plan.name, side,
+                                   max(deadline - time.monotonic(), 0.1))
             except RuntimeError as exc:
-                depths = {s: await run_blocking(journal_depth, self.zk, s) for s in ("n1", "n2")}
+                depths = {s: await run_blocking(journal_depth, self.zk, self.plan.name, s) for s in ("n1", "n2")}
                 raise MigrationFailed(f"{exc} (journal toward N1: {depths['n1']}, toward N2: {depths['n2']} key(s)); "
                                       "every write must be on both sides first") from exc
 
@@ -654,6 +672,7 @@ class Orchestrator:
         await self._stop_mirrors(final_sync=True)
         purged = await self._purge_ephemeral_copies()
         await self._set_phase("complete")
+        await run_blocking(self.plans.release, self.plan.name)
         return {"ephemeral_copies_removed": purged}
 
     # -- rollback ----------------------------------------------------------------------------
@@ -671,12 +690,13 @@ class Orchestrator:
         if self.state.phase == "complete":
             raise MigrationFailed("the migration is complete; N2 is live and N1 no longer takes writes")
         if self.state.phase == ROLLBACK:
+            await run_blocking(self.plans.release, self.plan.name)  # if a killed run got no further
             self.progress.event("already rolled back")
             return self.state
         from_phase = self.state.phase
         await self._wait_journals_empty(("n1",))
         await self._switch("passthrough")
-        n2_journal = await run_blocking(journal_depth, self.zk, "n2")
+        n2_journal = await run_blocking(journal_depth, self.zk, self.plan.name, "n2")
         if n2_journal:
             self.progress.event(f"rollback: {n2_journal} key(s) in the repair journal toward N2 will not reach it; "
                                 "N2 no longer matters to this migration")
@@ -686,6 +706,7 @@ class Orchestrator:
             await asyncio.get_running_loop().run_in_executor(None, handoff.rollback)
         self.state = await run_blocking(self.store.update, self.state.version, phase=ROLLBACK,
                                         data={"from": from_phase, "at": time.time(), "n2_journal": n2_journal})
+        await run_blocking(self.plans.release, self.plan.name)
         metrics.set_phase(self.plan.name, ROLLBACK)
         self.progress.event(f"rolled back from phase {from_phase}: proxies in passthrough, N1 serves")
         return self.state

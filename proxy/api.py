@@ -63,6 +63,8 @@ class BadRequest(web.HTTPBadRequest):
 
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+#: a plan's name (``nxnw.config.Plan.name``)
+PLAN_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 def decode_key(text: str) -> bytes:
@@ -190,8 +192,9 @@ def _writes(app: str, items: Any) -> list[tuple[EntityRef, bytes | None]]:
 
 async def batch(request: web.Request) -> web.Response:
     doc = await read_json(request)
-    writes = _writes(request.match_info["app"], doc.get("writes"))
-    ts = await request.app[CORE].write_many(writes)
+    app = request.match_info["app"]
+    writes = _writes(app, doc.get("writes"))
+    ts = await request.app[CORE].write_many(writes, app)
     return web.json_response({"ts": ts, "count": len(writes)})
 
 
@@ -289,10 +292,12 @@ async def cache_touch(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     core = request.app[CORE]
-    writable = core.mode is not None and core.modes.failure is None
-    body = {"mode": core.mode, "writable": writable, "instance": core.instance}
-    if core.modes.failure is not None:
-        body["reason"] = core.modes.failure
+    plans = core.plan_modes()
+    failures = [m.failure for m in core.modes.machines.values() if m.failure is not None]
+    writable = core.mode is not None and None not in plans.values() and not failures
+    body: dict[str, Any] = {"mode": core.mode, "plans": plans, "writable": writable, "instance": core.instance}
+    if failures:
+        body["reason"] = "; ".join(failures)
     return web.json_response(body, status=200 if writable else 503)
 
 
@@ -319,23 +324,26 @@ async def admin_state(request: web.Request) -> web.Response:
 
 
 async def admin_mode(request: web.Request) -> web.Response:
-    """Move every instance to a mode through ``switch_mode`` (the one transition table, the
-    same checks the orchestrator makes); a refused or blocked switch is 409 with the reason."""
+    """Move one plan's apps to a mode on every instance through ``switch_mode`` (the one
+    transition table, the same checks the orchestrator makes); a refused or blocked switch
+    is 409 with the reason."""
     _admin(request)
     doc = await read_json(request)
-    mode = doc.get("mode")
+    plan, mode = doc.get("plan"), doc.get("mode")
+    if not isinstance(plan, str) or not PLAN_NAME.fullmatch(plan):
+        raise InvalidEntity(f"plan {plan!r} must be a plan's name (a-z 0-9 _ -, at most 64 characters)")
     if mode not in MODES:
         raise InvalidEntity(f"mode {mode!r} is not one of: {', '.join(MODES)}")
     drain_timeout = doc.get("drain_timeout", 30)
     if isinstance(drain_timeout, bool) or not isinstance(drain_timeout, (int, float)) or not 0 < drain_timeout <= 3600:
         raise InvalidEntity(f"drain_timeout {drain_timeout!r} must be a number of seconds in (0, 3600]")
     try:
-        state = await run_blocking(switch_mode, request.app[ZOOKEEPER], mode, drain_timeout=float(drain_timeout))
+        state = await run_blocking(switch_mode, request.app[ZOOKEEPER], plan, mode, drain_timeout=float(drain_timeout))
     except TransitionRefused as exc:
         return _json_error(409, "transition refused", str(exc))
     except SwitchBlocked as exc:
         return _json_error(409, "switch blocked", str(exc))
-    return web.json_response({"mode": state.mode, "epoch": state.epoch})
+    return web.json_response({"plan": plan, "mode": state.mode, "epoch": state.epoch})
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,30 +1,37 @@
-"""Changing the mode of every proxy instance together: the one entry point, ``switch_mode``.
+"""Changing one plan's mode on every proxy instance together: the one entry point, ``switch_mode``.
 
 Every caller — the orchestrator, the CLI, ``POST /admin/mode`` — goes through
-``switch_mode``, which asks ``sync.mode.transition`` (the one transition table) whether the
-change is allowed and then, step by step:
+``switch_mode(zk, plan, mode)``, which asks ``sync.mode.transition`` (the one transition
+table) whether the change of that plan's mode is allowed and then, step by step:
 
 1. refuses (``TransitionRefused``, nothing changed) what the table does not allow — e.g.
-   cow → proxy before the load was verified during this cow period;
-2. waits (bounded by ``drain_timeout``) for the journal the transition needs empty, so a
-   switch that cannot finish is refused before anything changes;
-3. for cow → proxy: flushes N2's memcached if an instance that is gone left its "cow cache
-   dirty" marker (it died with cache copies queued: see ``proxy/modes.py``);
-4. sets the mode znode (compare-and-set) and waits until every registered instance
-   acknowledged the new epoch — each acknowledges only after it drained the old mode;
+   cow → proxy before the load was verified during this cow period — and a plan that is
+   not registered;
+2. waits (bounded by ``drain_timeout``) for the plan's journal the transition needs empty,
+   so a switch that cannot finish is refused before anything changes;
+3. for cow → proxy: flushes N2's memcached if an instance that is gone left the plan's
+   "cow cache dirty" marker (it died with cache copies queued: see ``proxy/modes.py``);
+4. sets the plan's mode znode (compare-and-set) and waits until every registered instance
+   acknowledged the plan's new epoch — each acknowledges only after it drained the plan's
+   old mode; an instance that has not learnt of the plan yet has not acknowledged it, so
+   the switch waits for it too (it is never skipped);
 5. waits out the lease of every instance whose membership vanished (its session expired
    or was closed): by then it is fenced by its own lease, and its lease record is removed;
-6. for → proxy: flushes N2's memcached again if a dirty marker of an instance that did not
-   drain remains (it died during the switch);
+6. for → proxy: flushes N2's memcached again if a dirty marker of the plan's instance that
+   did not drain remains (it died during the switch);
 7. *then* waits (bounded by ``drain_timeout``) for that journal to be empty: a journal entry
    of the old mode can no longer appear (``proxy/journal.py``: entries are checked against
    the mode version), so an empty journal now stays empty of acknowledged writes.
    ``SwitchBlocked`` if it does not empty: the mode *has* changed; call again (a same-mode
    call is an idempotent re-acknowledgement that repeats 4–7) or roll back.
 
+N2's memcached is flushed whole (memcached has no per-prefix flush), also the keys of
+other plans' apps. That is harmless to them: a flush never makes a value stale, only
+cold — their next read misses and is filled from the side their own mode reads.
+
 Blocking (kazoo); call it off the event loop. Each wait has a deadline. Must never: change
-the mode outside the transition table; return while an instance that can still act under
-the old mode is not accounted for.
+a mode outside the transition table; return while an instance that can still act under
+the plan's old mode is not accounted for.
 """
 
 from __future__ import annotations
@@ -37,30 +44,21 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoNodeError
 
 from proxy.cache.pool import parse_servers
-from proxy.journal import JOURNAL_ROOT
-from sync.mode import ModeState, TransitionRefused, check_mode, ensure_mode, load_verified_epoch, set_mode, transition
+from sync import layout
+from sync.mode import ModeState, TransitionRefused, check_mode, load_verified_epoch, read_mode, set_mode, transition
 
-__all__ = ["CACHE_DIRTY_ROOT", "LEASES_ROOT", "PROXIES_ROOT", "SwitchBlocked", "TransitionRefused", "journal_depth",
-           "members", "switch_mode"]
-
-#: Each proxy instance's ephemeral membership znode holds the mode epoch it has adopted.
-PROXIES_ROOT = "/nxnw/proxies"
-#: Each instance's persistent lease record ({"lease": seconds}), removed at a clean shutdown.
-LEASES_ROOT = "/nxnw/proxy-leases"
-#: Persistent "cow cache dirty" markers, ``<instance>@<incarnation>``: an instance's run holds
-#: one while it may have cache copies to N2 queued (in cow), and removes it after a clean
-#: drain out of cow.
-CACHE_DIRTY_ROOT = "/nxnw/cache-dirty"
+__all__ = ["SwitchBlocked", "TransitionRefused", "acknowledged", "journal_depth", "members", "switch_mode"]
 
 
 class SwitchBlocked(RuntimeError):
     """The switch cannot complete (yet); the message says what it waited for."""
 
 
-def journal_depth(zk: KazooClient, target: str) -> int:
-    """Entries and range marks in the repair journal toward ``target`` ("n1" or "n2"); 0 means
-    nothing is left to repair (``proxy/journal.py``). One read, however deep the journal."""
-    stat = zk.exists(f"{JOURNAL_ROOT}/{target}")
+def journal_depth(zk: KazooClient, plan: str, target: str) -> int:
+    """Entries and range marks in plan ``plan``'s repair journal toward ``target`` ("n1" or
+    "n2"); 0 means nothing is left to repair (``proxy/journal.py``). One read, however deep
+    the journal."""
+    stat = zk.exists(layout.journal(plan, target))
     return stat.numChildren if stat is not None else 0
 
 
@@ -84,42 +82,53 @@ def _children(zk: KazooClient, root: str) -> dict[str, tuple[dict, int]]:
 
 
 def members(zk: KazooClient) -> dict[str, dict]:
-    """The registered proxy instances and the mode epoch each has adopted."""
-    return {name: doc for name, (doc, _) in _children(zk, PROXIES_ROOT).items()}
+    """The registered proxy instances: each one's membership document, whose ``plans`` names
+    the mode and epoch it acknowledged for each plan it follows."""
+    return {name: doc for name, (doc, _) in _children(zk, layout.PROXIES).items()}
 
 
-def wait_journal_empty(zk: KazooClient, target: str, timeout: float, *, after: str = "") -> None:
+def acknowledged(member: dict, plan: str) -> dict:
+    """What ``member`` acknowledged for ``plan``: ``{"mode", "epoch"}``, or {} (it does not
+    know the plan yet)."""
+    plans = member.get("plans")
+    found = plans.get(plan) if isinstance(plans, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
+def wait_journal_empty(zk: KazooClient, plan: str, target: str, timeout: float, *, after: str = "") -> None:
     deadline = time.monotonic() + timeout
-    while (depth := journal_depth(zk, target)) > 0:
+    while (depth := journal_depth(zk, plan, target)) > 0:
         if time.monotonic() > deadline:
-            raise SwitchBlocked(f"{after}the repair journal toward {target} still holds {depth} key(s) or range(s) after "
-                                f"{timeout:g} s; is {target} reachable?")
+            raise SwitchBlocked(f"{after}plan {plan}'s repair journal toward {target} still holds {depth} key(s) or "
+                                f"range(s) after {timeout:g} s; is {target} reachable?")
         time.sleep(0.1)
 
 
-def wait_acknowledged(zk: KazooClient, state: ModeState, timeout: float) -> dict[str, dict]:
+def wait_acknowledged(zk: KazooClient, plan: str, state: ModeState, timeout: float) -> dict[str, dict]:
     deadline = time.monotonic() + timeout
     while True:
         found = members(zk)
-        behind = {n: m for n, m in found.items() if m.get("epoch") != state.epoch}
+        behind = {n: acknowledged(m, plan) for n, m in found.items() if acknowledged(m, plan).get("epoch") != state.epoch}
         if not behind:
             return found
         if time.monotonic() > deadline:
-            lagging = ", ".join(f"{n} (epoch {m.get('epoch')}, mode {m.get('mode')})" for n, m in sorted(behind.items()))
-            raise SwitchBlocked(f"mode {state.mode} epoch {state.epoch} not acknowledged within {timeout:g} s by: {lagging}")
+            lagging = ", ".join(f"{n} (epoch {a.get('epoch')}, mode {a.get('mode')})" if a else f"{n} (does not know "
+                                f"the plan yet)" for n, a in sorted(behind.items()))
+            raise SwitchBlocked(f"plan {plan}'s mode {state.mode} epoch {state.epoch} not acknowledged within "
+                                f"{timeout:g} s by: {lagging}")
         time.sleep(0.05)
 
 
 def wait_out_vanished_leases(zk: KazooClient, live: dict[str, dict]) -> list[str]:
     """Wait a lease for every instance with a lease record but no membership; remove the records."""
-    vanished = {name: entry for name, entry in _children(zk, LEASES_ROOT).items() if name not in live}
+    vanished = {name: entry for name, entry in _children(zk, layout.LEASES).items() if name not in live}
     if not vanished:
         return []
     longest = max(float(doc.get("lease", 0) or 0) for doc, _ in vanished.values())
     time.sleep(longest)
     for name, (_, version) in vanished.items():
         try:
-            zk.delete(f"{LEASES_ROOT}/{name}", version=version)
+            zk.delete(layout.proxy_lease(name), version=version)
         except (NoNodeError, BadVersionError):
             pass  # re-registered meanwhile: it is live again and counted by the next switch
     return sorted(vanished)
@@ -143,13 +152,15 @@ def flush_memcached(address: str, timeout: float = 5.0) -> None:
             raise SwitchBlocked(f"N2's memcached at {server.name} answered {reply!r} to flush_all")
 
 
-def flush_n2_cache_if_dirty(zk: KazooClient, n2_memcached: str | None, *, during: str) -> list[str]:
-    """Flush N2's memcached if a "cow cache dirty" marker of an instance that is not live
-    remains, then remove those markers (at the version read). Returns their names."""
-    # A marker is settled by its own run only: one whose run is not a live member in cow
-    # (it died, was cut off, or was restarted under the same name) needs the flush.
-    in_cow = {f"{m.get('instance')}@{m.get('incarnation')}" for m in members(zk).values() if m.get("mode") == "cow"}
-    dirty = {name: version for name, (_, version) in _children(zk, CACHE_DIRTY_ROOT).items() if name not in in_cow}
+def flush_n2_cache_if_dirty(zk: KazooClient, plan: str, n2_memcached: str | None, *, during: str) -> list[str]:
+    """Flush N2's memcached if a plan's "cow cache dirty" marker of an instance that is not
+    live remains, then remove those markers (at the version read). Returns their names."""
+    # A marker is settled by its own run only: one whose run is not a live member in the
+    # plan's cow (it died, was cut off, or was restarted under the same name) needs the flush.
+    in_cow = {f"{m.get('instance')}@{m.get('incarnation')}" for m in members(zk).values()
+              if acknowledged(m, plan).get("mode") == "cow"}
+    root = layout.cache_dirty(plan)
+    dirty = {name: version for name, (_, version) in _children(zk, root).items() if name not in in_cow}
     if not dirty:
         return []
     if n2_memcached is None:
@@ -159,38 +170,44 @@ def flush_n2_cache_if_dirty(zk: KazooClient, n2_memcached: str | None, *, during
     flush_memcached(n2_memcached)
     for name, version in dirty.items():
         try:
-            zk.delete(f"{CACHE_DIRTY_ROOT}/{name}", version=version)
+            zk.delete(f"{root}/{name}", version=version)
         except (NoNodeError, BadVersionError):
             pass  # renewed by a live instance meanwhile: it drains, or the next check flushes again
     return sorted(dirty)
 
 
-def switch_mode(zk: KazooClient, mode: str, *, drain_timeout: float = 120.0, ack_timeout: float = 30.0,
+def switch_mode(zk: KazooClient, plan: str, mode: str, *, drain_timeout: float = 120.0, ack_timeout: float = 30.0,
                 n2_memcached: str | None = None) -> ModeState:
-    """Move every proxy to ``mode`` (see the module docstring); returns the new state.
+    """Move plan ``plan``'s apps to ``mode`` on every proxy (see the module docstring);
+    returns the plan's new mode state.
 
-    ``n2_memcached`` (``host:port`` of N2's memcached) is needed for cow → proxy only when
-    an instance died in cow; without it such a switch raises SwitchBlocked saying so.
-    Raises TransitionRefused (nothing changed) or SwitchBlocked (the message says whether
-    the mode changed).
+    The plan must be registered (``sync.state.PlanRegistry.register``: that creates its mode
+    znode). ``n2_memcached`` (N2's memcached pool) is needed for cow → proxy only when an
+    instance died in the plan's cow; without it such a switch raises SwitchBlocked saying
+    so. Raises TransitionRefused (nothing changed) or SwitchBlocked (the message says
+    whether the mode changed).
     """
     check_mode(mode)
-    current = ensure_mode(zk)
-    step = transition(current, mode, load_verified_epoch(zk))
+    mode_path = layout.mode(plan)
+    current = read_mode(zk, path=mode_path)
+    if current is None:
+        raise TransitionRefused(f"plan {plan!r} is not registered (no mode znode {mode_path}); register it first "
+                                "(nxnw migrate does)")
+    step = transition(current, mode, load_verified_epoch(zk, path=mode_path))
     if step.journal_empty:
-        wait_journal_empty(zk, step.journal_empty, drain_timeout, after=f"before {current.mode} -> {mode}: ")
+        wait_journal_empty(zk, plan, step.journal_empty, drain_timeout, after=f"before {current.mode} -> {mode}: ")
     to_proxy = mode == "proxy"
     if to_proxy and current.mode == "cow":
-        flush_n2_cache_if_dirty(zk, n2_memcached, during=f"before {current.mode} -> {mode}")
-    state = current if current.mode == mode else set_mode(zk, mode, current.version)
-    live = wait_acknowledged(zk, state, ack_timeout)
+        flush_n2_cache_if_dirty(zk, plan, n2_memcached, during=f"before {current.mode} -> {mode}")
+    state = current if current.mode == mode else set_mode(zk, mode, current.version, path=mode_path)
+    live = wait_acknowledged(zk, plan, state, ack_timeout)
     wait_out_vanished_leases(zk, live)
-    after = f"mode is now {state.mode} (epoch {state.epoch}), but "
+    after = f"plan {plan}'s mode is now {state.mode} (epoch {state.epoch}), but "
     if to_proxy:
         try:
-            flush_n2_cache_if_dirty(zk, n2_memcached, during=f"after {current.mode} -> {mode}")
+            flush_n2_cache_if_dirty(zk, plan, n2_memcached, during=f"after {current.mode} -> {mode}")
         except SwitchBlocked as exc:
             raise SwitchBlocked(after + str(exc)) from exc
     if step.journal_empty:
-        wait_journal_empty(zk, step.journal_empty, drain_timeout, after=after)
+        wait_journal_empty(zk, plan, step.journal_empty, drain_timeout, after=after)
     return state

@@ -6,6 +6,9 @@ write with the writer clock, floors that clock above every timestamp an engine r
 one key twice (two values at one timestamp would fork the sides: engines cannot agree
 which one wins), and runs each request under an ``Admission`` from the mode machine
 (``proxy/modes.py``), which refuses while the instance is fenced (DESIGN invariant 3).
+Each request is admitted by the machine of its app's plan (``Tenants.for_app``: the app is
+in the URL), or as ``passthrough`` when no plan names the app; a batch or transaction
+names one app.
 
 A write and its journal record run to completion whatever the client does (DESIGN
 invariant 2): the section runs as its own task that the handler awaits through
@@ -27,7 +30,7 @@ from typing import AsyncContextManager, Protocol
 
 from datastore import Entity, EntityRef, InvalidEntity
 from datastore.model import check_app, check_kind
-from proxy.modes import Admission, Fenced, ModeMachine
+from proxy.modes import Admission, Fenced, ModeMachine, Tenants, Unclaimed
 from proxy.routes import OutcomeUnknown
 
 __all__ = ["ClockRefused", "Conflict", "Fenced", "ProxyCore", "WriterClock"]
@@ -75,7 +78,7 @@ def refuse_repeated_keys(writes: Sequence[tuple[EntityRef, bytes | None]]) -> No
 
 
 class ProxyCore:
-    def __init__(self, *, instance: str, clock: WriterClock, modes: ModeMachine, lock: LockFactory,
+    def __init__(self, *, instance: str, clock: WriterClock, modes: Tenants, lock: LockFactory,
                  admin_token: str = "") -> None:
         self.instance = instance
         self.clock = clock
@@ -86,9 +89,23 @@ class ProxyCore:
 
     @property
     def mode(self) -> str | None:
-        """The mode in force, or None while the instance is fenced."""
-        current = self.modes.current
-        return None if current is None or self.modes.fence_reason() is not None else current.name
+        """The mode of the apps no plan names (``passthrough``), or None while the instance
+        is fenced."""
+        return None if self.modes.unclaimed.fence_reason() is not None else "passthrough"
+
+    def plan_mode(self, plan: str) -> str | None:
+        """The mode in force for ``plan``'s apps, or None (fenced, or the plan is not known)."""
+        machine = self.modes.machines.get(plan)
+        current = machine.current if machine is not None else None
+        return None if current is None or machine.fence_reason() is not None else current.name
+
+    def plan_modes(self) -> dict[str, str | None]:
+        return {plan: self.plan_mode(plan) for plan in sorted(self.modes.machines)}
+
+    def machine(self, app: str) -> ModeMachine | Unclaimed:
+        """The mode machine that admits ``app``'s requests."""
+        check_app(app)
+        return self.modes.for_app(app)
 
     def _observe(self, entity: Entity | None) -> Entity | None:
         if entity is not None:
@@ -96,7 +113,7 @@ class ProxyCore:
         return entity
 
     async def read(self, ref: EntityRef) -> Entity | None:
-        admission = await self.modes.admit(write=False)
+        admission = await self.machine(ref.app).admit(write=False)
         try:
             entity = await admission.mode.data.read(ref)
             admission.check()
@@ -108,10 +125,15 @@ class ProxyCore:
         entity = await self.read(ref)
         return None if entity is None or entity.deleted else entity
 
-    async def write_many(self, writes: Sequence[tuple[EntityRef, bytes | None]]) -> int:
-        """Stamp every write with one timestamp and send them through the mode's route."""
+    async def write_many(self, writes: Sequence[tuple[EntityRef, bytes | None]], app: str | None = None) -> int:
+        """Stamp every write with one timestamp and send them through the route of the mode
+        of their app (``app``, which every write must name)."""
         refuse_repeated_keys(writes)
-        admission = await self.modes.admit(write=True)
+        apps = {ref.app for ref, _ in writes} | ({app} if app is not None else set())
+        if len(apps) != 1:
+            raise InvalidEntity(f"one request writes to apps {', '.join(sorted(apps))}; a request names one app "
+                                "(each app follows its own plan's mode)" if apps else "a request names one app")
+        admission = await self.machine(apps.pop()).admit(write=True)
         try:
             ts = self.clock.now()
         except RuntimeError as exc:  # ClockUnsafe: the clock cannot promise LWW order now
@@ -157,7 +179,9 @@ class ProxyCore:
         queue behind the mirrored copy of our own N1 lock and deadlock.
         """
         refuse_repeated_keys(writes)
-        reason = self.modes.fence_reason()
+        if any(ref.app != app for ref, _ in [*writes, *reads]):
+            raise InvalidEntity(f"a transaction of app {app} reads or writes another app's entities")
+        reason = self.machine(app).fence_reason()
         if reason is not None:
             raise Fenced(reason)
         async with self.lock(app, group) as ensure_held:
@@ -168,7 +192,7 @@ class ProxyCore:
                     raise Conflict(f"{ref.kind}/{ref.key!r} in group {group} is at timestamp {seen}, "
                                    f"not {expected} as read; retry the transaction")
             ensure_held()
-            return await self.write_many(writes)
+            return await self.write_many(writes, app)
 
     def scan(self, app: str, kind: str | None) -> AsyncIterator[list[Entity]]:
         """Live entities of ``app`` (optionally one kind) from the side that serves reads."""
@@ -178,7 +202,7 @@ class ProxyCore:
         return self._scan(app, kind)
 
     async def _scan(self, app: str, kind: str | None) -> AsyncIterator[list[Entity]]:
-        admission = await self.modes.admit(write=False)
+        admission = await self.machine(app).admit(write=False)
         try:
             engine = admission.mode.data.reader
             for key_range in await engine.ranges(app):
@@ -189,10 +213,12 @@ class ProxyCore:
             admission.release()
 
     async def describe(self) -> dict[str, object]:
-        to_n2, to_n1 = (j for j in self.modes.journals)
-        return {**self.modes.describe(), "instance": self.instance, "mode": self.mode, "clock": self.clock.last,
-                "journal": {to_n2.target: await to_n2.depth(), to_n1.target: await to_n1.depth()},
-                "journal_held": {to_n2.target: len(to_n2.held), to_n1.target: len(to_n1.held)}}
+        out = {**self.modes.describe(), "instance": self.instance, "mode": self.mode, "clock": self.clock.last}
+        for name, machine in self.modes.machines.items():
+            plan = out["plans"][name]  # type: ignore[index]
+            plan["journal"] = {j.target: await j.depth() for j in machine.journals}
+            plan["journal_held"] = {j.target: len(j.held) for j in machine.journals}
+        return out
 
     async def close(self) -> None:
         """Wait for every shielded write (their clients may be gone), then the mode in force."""

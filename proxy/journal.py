@@ -1,8 +1,10 @@
 """The repair journal: keys whose write reached one side but not the other.
 
-Entries live in N1's ZooKeeper under ``/nxnw/journal/<target>``, so that they survive a
-crash of the proxy that wrote them, every proxy instance sees one journal, and the
-orchestrator can wait for it to be empty before the mode changes (DESIGN invariant 2). An
+Entries live in N1's ZooKeeper under the plan's ``journal/<target>`` (``sync.layout``), so
+that they survive a crash of the proxy that wrote them, every proxy instance sees one
+journal per plan, and the orchestrator can wait for it to be empty before the plan's mode
+changes (DESIGN invariant 2). Each plan has its own two journals: its apps' writes are
+journalled there and checked against its own mode znode. An
 entry names a key, never a value: replay reads the key's current state on the source side
 (tombstone included) and applies it to the target last-write-wins, so a replay can never
 undo a newer write, and replaying twice is harmless.
@@ -88,11 +90,10 @@ from prometheus_client import Counter, Gauge
 from datastore import Engine, Entity, EntityRef
 from proxy.range_repair import READ_CONCURRENCY, bucket_of, repair_buckets
 from sync.aio import run_blocking
-from sync.mode import MODE_PATH
+from sync import layout
 
 log = logging.getLogger("nxnw.proxy.journal")
 
-JOURNAL_ROOT = "/nxnw/journal"
 #: Entries (one per key) the journal holds before new keys are recorded as range marks.
 DEFAULT_BOUND = 10_000
 #: Buckets per app for range marks: at most this many marks per app.
@@ -155,18 +156,20 @@ class RangeMark:
 
 
 class RepairJournal:
-    """A durable, bounded list of keys (and key ranges) that ``target`` ("n1" or "n2")
-    still has to receive."""
+    """A durable, bounded list of keys (and key ranges) of plan ``plan``'s apps that
+    ``target`` ("n1" or "n2") still has to receive."""
 
-    def __init__(self, zk: KazooClient, target: str, *, bound: int = DEFAULT_BOUND) -> None:
+    def __init__(self, zk: KazooClient, target: str, *, plan: str, bound: int = DEFAULT_BOUND) -> None:
         if target not in ("n1", "n2"):
             raise ValueError(f"journal target {target!r} must be 'n1' or 'n2'")
         if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
             raise ValueError(f"journal bound {bound!r} must be a positive number of entries")
         self.zk = zk
         self.target = target
+        self.plan = plan
         self.bound = bound
-        self.path = f"{JOURNAL_ROOT}/{target}"
+        self.path = layout.journal(plan, target)
+        self.mode_path = layout.mode(plan)
         #: keys whose entry ZooKeeper did not take yet (see the module docstring), at most ``bound``
         self.held: dict[EntityRef, str] = {}
         #: past ``bound`` held keys, the (app, bucket) range marks held instead
@@ -219,7 +222,7 @@ class RepairJournal:
         for start in range(0, len(items), TRANSACTION_OPS):
             transaction = self.zk.transaction()
             if mode_version is not None:
-                transaction.check(MODE_PATH, mode_version)
+                transaction.check(self.mode_path, mode_version)
             for path, (data, exists) in items[start:start + TRANSACTION_OPS]:
                 if exists:
                     transaction.set_data(path, data)  # the bump: see the module docstring
@@ -438,7 +441,7 @@ class JournalReplayer:
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"journal-replay-{self.journal.target}")
+        self._task = asyncio.create_task(self._run(), name=f"journal-replay-{self.journal.plan}-{self.journal.target}")
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -63,8 +63,10 @@ remains, so N2 holds no such value at hand-off.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -72,17 +74,19 @@ from dataclasses import dataclass, field
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 from prometheus_client import Counter
 
 from proxy.cache import CacheRoute, CacheRouter
-from proxy.control import CACHE_DIRTY_ROOT, LEASES_ROOT, PROXIES_ROOT
-from proxy.journal import RepairJournal
+from proxy.journal import JournalReplayer, RepairJournal
 from proxy.lease import ZooKeeperLease
 from datastore import Engine
 from proxy.routes import DataRoute, DualWriteRoute, EngineRoute, ShadowReadRoute
+from sync import layout
 from sync._zk import put
 from sync.aio import run_blocking
 from sync.mode import MODES, ModeState, ModeWatcher
+from sync.state import RegisteredPlan, parse_plan
 
 log = logging.getLogger("nxnw.proxy.modes")
 
@@ -166,13 +170,13 @@ class Admission:
 class ModeMachine:
     """Adopts the modes the watcher reports, in order; admits requests under the one in force."""
 
-    def __init__(self, *, instance: str, zk: KazooClient, watcher: ModeWatcher, lease: ZooKeeperLease,
-                 cache: CacheRouter, journals: list[RepairJournal], build_data: Callable[[str], DataRoute],
-                 admit_wait: float = 10.0) -> None:
-        self.instance = instance
-        #: this process's run of the instance: a dirty marker of an earlier run (one that died
-        #: in cow) is told apart from ours even after a restart under the same name
-        self.incarnation = uuid.uuid4().hex[:12]
+    def __init__(self, *, plan: str, membership: Membership, zk: KazooClient, watcher: ModeWatcher,
+                 lease: ZooKeeperLease, cache: CacheRouter, journals: list[RepairJournal],
+                 build_data: Callable[[str], DataRoute], admit_wait: float = 10.0) -> None:
+        self.plan = plan
+        self.membership = membership
+        self.instance = membership.instance
+        self.incarnation = membership.incarnation
         self.zk = zk
         self.watcher = watcher
         self.lease = lease
@@ -190,24 +194,14 @@ class ModeMachine:
         self._task: asyncio.Task | None = None
         cache.fence = self.cache_fence
 
-    # --- paths ---------------------------------------------------------------------------
-
-    @property
-    def member_path(self) -> str:
-        return f"{PROXIES_ROOT}/{self.instance}"
-
-    @property
-    def lease_path(self) -> str:
-        return f"{LEASES_ROOT}/{self.instance}"
-
     @property
     def dirty_path(self) -> str:
-        return f"{CACHE_DIRTY_ROOT}/{self.instance}@{self.incarnation}"
+        return f"{layout.cache_dirty(self.plan)}/{self.instance}@{self.incarnation}"
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._follow(), name=f"mode-machine-{self.instance}")
+        self._task = asyncio.create_task(self._follow(), name=f"mode-machine-{self.instance}-{self.plan}")
 
     def offer(self, state: ModeState | None) -> None:
         """The watcher's latest view (on the event loop); None is ignored: the fence covers it."""
@@ -230,14 +224,6 @@ class ModeMachine:
             await self.current.idle.wait()
             await self.current.data.close()
 
-    def deregister(self) -> None:
-        """Blocking: remove the membership and the lease record (a clean shutdown)."""
-        for path in (self.member_path, self.lease_path):
-            try:
-                self.zk.delete(path)
-            except NoNodeError:
-                pass
-
     # --- the fence -----------------------------------------------------------------------
 
     def fence_reason(self, generation: int | None = None) -> str | None:
@@ -247,8 +233,8 @@ class ModeMachine:
             return f"proxy {self.instance} is fenced: {self.lease.reason()}"
         state, now = self.watcher.view()
         if state is None:
-            return (f"proxy {self.instance} is fenced: no ZooKeeper session or no valid mode, so it does not know "
-                    "the mode all instances agree on; requests are refused until it does")
+            return (f"proxy {self.instance} is fenced for plan {self.plan}: no ZooKeeper session or no valid mode, so "
+                    "it does not know the mode all instances agree on; requests are refused until it does")
         if generation is not None and now != generation:
             return (f"proxy {self.instance} is fenced: its ZooKeeper session was interrupted while the request ran, "
                     "so a mode switch may not have waited for it")
@@ -371,26 +357,13 @@ class ModeMachine:
     # --- ZooKeeper writes (blocking; run off the event loop) -------------------------------
 
     def _register(self, state: ModeState) -> None:
-        put(self.zk, self.lease_path, json.dumps({"instance": self.instance, "lease": self.lease.lease}).encode())
-        session = self.zk.client_id[0] if self.zk.client_id else None
-        doc = json.dumps({"instance": self.instance, "incarnation": self.incarnation, "mode": state.mode,
-                          "epoch": state.epoch, "session": f"{session:x}" if session is not None else None}).encode()
-        try:
-            self.zk.create(self.member_path, doc, ephemeral=True, makepath=True)
-            return
-        except NodeExistsError:
-            pass
-        _, stat = self.zk.get(self.member_path)
-        if stat.ephemeralOwner == session:
-            self.zk.set(self.member_path, doc, version=stat.version)
-        else:  # left by an earlier session of this instance name: it must not speak for us
-            self.zk.delete(self.member_path, version=stat.version)
-            self.zk.create(self.member_path, doc, ephemeral=True, makepath=True)
+        self.membership.put(self.plan, state)
 
     def _mark_cache_dirty(self) -> None:
         # Always a write (never "exists, leave it"): switch_mode deletes a marker only at the
         # version it read, so a marker renewed meanwhile by a live instance survives.
-        put(self.zk, self.dirty_path, json.dumps({"instance": self.instance, "at": time.time()}).encode())
+        put(self.zk, self.dirty_path, json.dumps({"instance": self.instance, "plan": self.plan,
+                                                  "at": time.time()}).encode())
 
     def _clear_cache_dirty(self) -> None:
         try:
@@ -400,7 +373,288 @@ class ModeMachine:
 
     def describe(self) -> dict[str, object]:
         mode = self.current
-        return {"mode": mode.name if mode else None, "epoch": mode.state.epoch if mode else None,
+        return {"plan": self.plan, "mode": mode.name if mode else None, "epoch": mode.state.epoch if mode else None,
                 "routes": {"data": type(mode.data).__name__, "cache": repr(mode.cache)} if mode else None,
                 "adoption_failure": self.failure, "lease_age": round(self.lease.age(), 3),
                 "fenced": self.fence_reason()}
+
+
+class Membership:
+    """The instance's one membership znode (ephemeral) and its lease record.
+
+    The document names, per plan, the mode and epoch this instance acknowledged
+    (``layout.proxy_member``); every plan's machine and ``Tenants`` write it whole, under a
+    lock (blocking calls, off the event loop). ``generation`` changes on every SUSPENDED or
+    LOST of the session; ``ready`` is the generation on which ``Tenants`` wrote the znode and
+    then read the plan list: requests of apps no plan names are admitted on it only.
+    """
+
+    def __init__(self, zk: KazooClient, instance: str, lease: ZooKeeperLease) -> None:
+        self.zk = zk
+        self.instance = instance
+        self.lease = lease
+        #: this process's run of the instance: a dirty marker of an earlier run (one that died
+        #: in cow) is told apart from ours even after a restart under the same name
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.generation = 0
+        self.ready: int | None = None
+        #: called (on kazoo's thread; must not block) each time the session is CONNECTED
+        self.on_connected: Callable[[], None] | None = None
+        self._acks: dict[str, dict[str, object]] = {}
+        self._lock = threading.Lock()
+        zk.add_listener(self._on_session)
+
+    def _on_session(self, state: str) -> None:
+        if state == KazooState.CONNECTED:
+            if self.on_connected is not None:
+                self.on_connected()
+        else:
+            self.generation += 1  # only this (kazoo's) thread writes it
+
+    def put(self, plan: str | None = None, state: ModeState | None = None) -> None:
+        """Blocking: write the lease record and the membership, with ``plan``'s ack updated."""
+        with self._lock:
+            if plan is not None and state is not None:
+                self._acks[plan] = {"mode": state.mode, "epoch": state.epoch}
+            put(self.zk, layout.proxy_lease(self.instance),
+                json.dumps({"instance": self.instance, "lease": self.lease.lease}).encode())
+            session = self.zk.client_id[0] if self.zk.client_id else None
+            doc = json.dumps({"instance": self.instance, "incarnation": self.incarnation,
+                              "session": f"{session:x}" if session is not None else None,
+                              "plans": self._acks}).encode()
+            path = layout.proxy_member(self.instance)
+            try:
+                self.zk.create(path, doc, ephemeral=True, makepath=True)
+                return
+            except NodeExistsError:
+                pass
+            _, stat = self.zk.get(path)
+            if stat.ephemeralOwner == session:
+                self.zk.set(path, doc, version=stat.version)
+            else:  # left by an earlier session of this instance name: it must not speak for us
+                self.zk.delete(path, version=stat.version)
+                self.zk.create(path, doc, ephemeral=True, makepath=True)
+
+    def deregister(self) -> None:
+        """Blocking: remove the membership and the lease record (a clean shutdown)."""
+        self.zk.remove_listener(self._on_session)
+        for path in (layout.proxy_member(self.instance), layout.proxy_lease(self.instance)):
+            try:
+                self.zk.delete(path)
+            except NoNodeError:
+                pass
+
+
+#: The mode of the apps no plan names, for good.
+UNCLAIMED_STATE = ModeState("passthrough", 0, 0, 0.0)
+
+
+class Unclaimed:
+    """The apps and memcache keys no plan names: ``passthrough`` to N1, for good.
+
+    No switch ever changes them, but a plan registered later takes some of them over:
+    ``retire`` hands out a fresh ``Mode`` so that the old one's requests can be waited for
+    (``Tenants``). Fenced by the lease, and until the instance is registered on its current
+    session *and* has read the plan list since (``Membership.ready``): otherwise a plan
+    switched while this instance was not counted could have apps served here in the wrong
+    mode. Cache deletes are never refused (the router's rule).
+    """
+
+    plan: str | None = None
+    failure: str | None = None
+
+    def __init__(self, *, membership: Membership, lease: ZooKeeperLease, n1: Engine, cache: CacheRouter,
+                 admit_wait: float = 10.0) -> None:
+        self.membership = membership
+        self.instance = membership.instance
+        self.lease = lease
+        self.n1 = n1
+        self.cache = cache
+        self.admit_wait = admit_wait
+        self.current = self._mode()
+        cache.fence = self.cache_fence
+
+    def _mode(self) -> Mode:
+        return Mode(UNCLAIMED_STATE, EngineRoute(self.n1), self.cache.route)
+
+    def retire(self) -> Mode:
+        """Admit new requests on a fresh Mode; the old one (returned) drains."""
+        old, self.current = self.current, self._mode()
+        return old
+
+    def fence_reason(self, generation: int | None = None) -> str | None:
+        if not self.lease.valid():
+            return f"proxy {self.instance} is fenced: {self.lease.reason()}"
+        now = self.membership.generation
+        if self.membership.ready != now:
+            return (f"proxy {self.instance} has not registered on its current ZooKeeper session and read the plans "
+                    "since; requests are refused until it has")
+        if generation is not None and generation != now:
+            return (f"proxy {self.instance} is fenced: its ZooKeeper session was interrupted while the request ran, "
+                    "so a plan's mode switch may not have waited for it")
+        return None
+
+    def cache_fence(self, write: bool) -> str | None:
+        return self.fence_reason()
+
+    async def admit(self, *, write: bool) -> Admission:
+        deadline = time.monotonic() + self.admit_wait
+        while (reason := self.fence_reason()) is not None:
+            if time.monotonic() > deadline or not self.lease.valid():
+                raise Fenced(reason)
+            await asyncio.sleep(0.05)
+        return Admission(self, self.current, self.membership.generation)  # type: ignore[arg-type]
+
+    def describe(self) -> dict[str, object]:
+        return {"mode": "passthrough", "fenced": self.fence_reason()}
+
+
+class Tenants:
+    """Which mode machine serves each app: one ``ModeMachine`` per registered plan (its
+    apps, and its memcache key prefixes through a tenant of the cache router), and
+    ``Unclaimed`` for every other app; follows ``layout.PLANS``.
+
+    A plan found (at start, on a change of ``plans/``'s children, after every reconnect):
+    its journals and their replayers, its watcher and machine are built; its apps and key
+    prefixes move to it (the latest registered plan naming an app wins: an app is claimed
+    by one live plan at a time, and a finished plan's apps stay with it until another
+    plan claims them); the requests ``Unclaimed`` had admitted are waited for (data and
+    cache); only then does the machine adopt and acknowledge the plan's mode. Until that
+    acknowledgement, ``switch_mode`` for the plan waits for this instance.
+
+    On session loss: the membership is written again and the plan list read again before
+    ``Unclaimed`` serves (``Membership.ready``); each plan's machine re-acknowledges its own
+    mode through its watcher. Plans are never forgotten while the process runs.
+    """
+
+    def __init__(self, *, zk: KazooClient, membership: Membership, lease: ZooKeeperLease, cache: CacheRouter,
+                 n1: Engine, n2: Engine, shadow_rate: float = 0.0, journal_bound: int | None = None,
+                 admit_wait: float = 10.0) -> None:
+        self.zk = zk
+        self.membership = membership
+        self.lease = lease
+        self.cache = cache
+        self.n1 = n1
+        self.n2 = n2
+        self.shadow_rate = shadow_rate
+        self.journal_bound = journal_bound
+        self.admit_wait = admit_wait
+        self.unclaimed = Unclaimed(membership=membership, lease=lease, n1=n1, cache=cache, admit_wait=admit_wait)
+        self.machines: dict[str, ModeMachine] = {}
+        #: app -> the plan whose mode it follows
+        self.owner: dict[str, str] = {}
+        self._replayers: list[JournalReplayer] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def for_app(self, app: str) -> ModeMachine | Unclaimed:
+        plan = self.owner.get(app)
+        return self.unclaimed if plan is None else self.machines[plan]
+
+    @property
+    def journals(self) -> list[RepairJournal]:
+        return [journal for machine in self.machines.values() for journal in machine.journals]
+
+    async def start(self) -> None:
+        """Register, find the plans, and follow them from now on."""
+        self._loop = asyncio.get_running_loop()
+        self.membership.on_connected = self._wake_soon
+        await self._sync()
+        self._task = asyncio.create_task(self._follow(), name=f"tenants-{self.membership.instance}")
+
+    async def wait_adopted(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            for machine in list(self.machines.values()):
+                await machine.wait_adopted(timeout)
+
+    def _wake_soon(self, *_: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _on_plans(self, event: WatchedEvent) -> None:
+        if event.type != EventType.NONE:  # NONE: the connection dropped; on_connected follows
+            self._wake_soon()
+
+    async def _follow(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 — Unclaimed stays fenced; tried again
+                log.warning("proxy %s could not read the plans (%s: %s); retrying", self.membership.instance,
+                            type(exc).__name__, exc)
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    def _read_plans(self) -> list[tuple[int, RegisteredPlan]]:
+        """Blocking: every plan not followed yet, with its creation zxid (oldest first)."""
+        try:
+            names = self.zk.get_children(layout.PLANS, watch=self._on_plans)
+        except NoNodeError:
+            if self.zk.exists(layout.PLANS, watch=self._on_plans) is not None:
+                self._wake_soon()  # created between the two reads
+            return []
+        found = []
+        for name in names:
+            if name in self.machines:
+                continue
+            data, stat = self.zk.get(layout.plan(name))
+            found.append((stat.czxid, parse_plan(name, data)))
+        return sorted(found, key=lambda item: item[0])
+
+    async def _sync(self) -> None:
+        generation = self.membership.generation
+        await run_blocking(self.membership.put)
+        for _, plan in await run_blocking(self._read_plans):
+            await self._add(plan)
+        if self.membership.generation == generation:
+            self.membership.ready = generation
+
+    async def _add(self, plan: RegisteredPlan) -> None:
+        bound = {} if self.journal_bound is None else {"bound": self.journal_bound}
+        to_n2 = await run_blocking(functools.partial(RepairJournal, self.zk, "n2", plan=plan.name, **bound))
+        to_n1 = await run_blocking(functools.partial(RepairJournal, self.zk, "n1", plan=plan.name, **bound))
+        cache = self.cache.add_tenant([prefix.encode() for prefix in plan.key_prefixes.values()])
+        watcher = ModeWatcher(self.zk, path=layout.mode(plan.name))
+        machine = ModeMachine(plan=plan.name, membership=self.membership, zk=self.zk, watcher=watcher,
+                              lease=self.lease, cache=cache, journals=[to_n2, to_n1],
+                              build_data=functools.partial(data_route, n1=self.n1, n2=self.n2, to_n2=to_n2,
+                                                           to_n1=to_n1, shadow_rate=self.shadow_rate),
+                              admit_wait=self.admit_wait)
+        self.machines[plan.name] = machine
+        for app in plan.apps:
+            self.owner[app] = plan.name
+        old = self.unclaimed.retire()
+        await old.idle.wait()  # data requests of the plan's apps admitted before it was known
+        await self.cache.settle()  # and cache requests of its keys
+        loop = asyncio.get_running_loop()
+        machine.start()
+        watcher.add_callback(lambda state: loop.call_soon_threadsafe(machine.offer, state))
+        machine.offer(watcher.current)  # read before the callback was added
+        self._replayers += [JournalReplayer(to_n2, self.n1, self.n2), JournalReplayer(to_n1, self.n2, self.n1)]
+        for replayer in self._replayers[-2:]:
+            replayer.start()
+        log.info("proxy %s follows plan %s: apps %s, memcache key prefixes %s", self.membership.instance, plan.name,
+                 ", ".join(plan.apps), plan.key_prefixes)
+
+    async def close(self) -> None:
+        """Stop following; wait for every plan's requests; stop the replayers and watchers."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for machine in self.machines.values():
+            await machine.close()
+        await self.unclaimed.current.idle.wait()
+        for replayer in self._replayers:
+            await replayer.stop()
+        for machine in self.machines.values():
+            await run_blocking(machine.watcher.close)
+
+    def describe(self) -> dict[str, object]:
+        return {"plans": {name: machine.describe() for name, machine in sorted(self.machines.items())},
+                "unclaimed": self.unclaimed.describe(), "owners": dict(sorted(self.owner.items())),
+                "lease_age": round(self.lease.age(), 3)}

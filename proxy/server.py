@@ -1,8 +1,9 @@
 """One proxy instance's lifecycle: open everything in ``setup``, serve, close in ``cleanup``.
 
 Modelled on aiohttp's AppRunner: resources are opened and closed in one place, in
-reverse order. Mode changes arrive from ``sync.mode``'s watcher thread and go to the mode
-machine (``proxy/modes.py``), which adopts each one — data and cache together, one fence,
+reverse order. ``Tenants`` (``proxy/modes.py``) follows the registered plans: each plan's
+mode changes arrive from its ``sync.mode`` watcher thread and go to its mode machine, which
+adopts each one — data and cache together, one fence,
 one drain — and acknowledges it in the instance's membership znode in N1's ZooKeeper.
 The lease thread (``proxy/lease.py``) runs for the whole life of the ZooKeeper session.
 With ``tls_cert``/``tls_key`` the HTTP site and the memcache listener serve one TLS context
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -27,13 +27,11 @@ from proxy.api import build_app
 from proxy.cache import CacheListener, CacheRouter
 from proxy.config import ProxyConfig
 from proxy.core import ProxyCore
-from proxy.journal import JournalReplayer, RepairJournal
 from proxy.lease import ZooKeeperLease
-from proxy.modes import ModeMachine, data_route
+from proxy.modes import Membership, Tenants
 from proxy.tls import server_context
 from sync.aio import run_blocking
 from sync.lock import GroupLock
-from sync.mode import ModeWatcher, ensure_mode
 from sync.writer_clock import WriterClock
 from sync.zk_client import zk_client
 
@@ -48,10 +46,9 @@ class ProxyServer:
         self.zk: KazooClient | None = None
         self.lease: ZooKeeperLease | None = None
         self.clock: WriterClock | None = None
-        self.watcher: ModeWatcher | None = None
-        self.modes: ModeMachine | None = None
+        self.membership: Membership | None = None
+        self.modes: Tenants | None = None
         self.core: ProxyCore | None = None
-        self.replayers: list[JournalReplayer] = []
         self.runner: web.AppRunner | None = None
         self.cache: CacheRouter | None = None
         self.listener: CacheListener | None = None
@@ -77,24 +74,13 @@ class ProxyServer:
         self.cache = CacheRouter(cfg.n1_memcached, cfg.n2_memcached, instance=cfg.instance,
                                  fail_limit=cfg.memcache_fail_limit, retry_after=cfg.memcache_retry_after)
         await self.cache.start()
-        to_n2 = await run_blocking(RepairJournal, self.zk, "n2", bound=cfg.journal_bound)
-        to_n1 = await run_blocking(RepairJournal, self.zk, "n1", bound=cfg.journal_bound)
-        await run_blocking(ensure_mode, self.zk)
-        self.watcher = ModeWatcher(self.zk)
-        self.modes = ModeMachine(instance=cfg.instance, zk=self.zk, watcher=self.watcher, lease=self.lease,
-                                 cache=self.cache, journals=[to_n2, to_n1],
-                                 build_data=functools.partial(data_route, n1=self.n1, n2=self.n2, to_n2=to_n2,
-                                                              to_n1=to_n1, shadow_rate=cfg.shadow_rate))
+        self.membership = Membership(self.zk, cfg.instance, self.lease)
+        self.modes = Tenants(zk=self.zk, membership=self.membership, lease=self.lease, cache=self.cache, n1=self.n1,
+                             n2=self.n2, shadow_rate=cfg.shadow_rate, journal_bound=cfg.journal_bound)
         self.core = ProxyCore(instance=cfg.instance, clock=self.clock, modes=self.modes,
                               lock=self._group_lock, admin_token=cfg.admin_token.get_secret_value())
-        loop = asyncio.get_running_loop()
-        self.modes.start()
-        self.watcher.add_callback(lambda state: loop.call_soon_threadsafe(self.modes.offer, state))
-        self.modes.offer(self.watcher.current)  # read before the callback was added
+        await self.modes.start()
         await self.modes.wait_adopted(30.0)
-        self.replayers = [JournalReplayer(to_n2, self.n1, self.n2), JournalReplayer(to_n1, self.n2, self.n1)]
-        for replayer in self.replayers:
-            replayer.start()
         self.runner = web.AppRunner(build_app(self.core, self.cache, self.zk), access_log=None, handler_cancellation=True)
         await self.runner.setup()
         if cfg.memcache_port is not None:
@@ -122,19 +108,15 @@ class ProxyServer:
             await self.core.close()  # shielded writes whose clients left, then the mode in force
         elif self.modes is not None:
             await self.modes.close()
-        for replayer in self.replayers:
-            await replayer.stop()
         for cleanup in reversed(self.extra_cleanups):
             result = cleanup()
             if asyncio.iscoroutine(result):
                 await result
-        if self.watcher is not None:
-            await run_blocking(self.watcher.close)
         if self.cache is not None:
             await self.cache.close()
-        if self.modes is not None:
+        if self.membership is not None:
             with contextlib.suppress(Exception):  # the session may be gone: its ephemerals too
-                await run_blocking(self.modes.deregister)
+                await run_blocking(self.membership.deregister)
         if self.clock is not None:
             await run_blocking(self.clock.stop)
         if self.lease is not None:

@@ -1,4 +1,8 @@
-"""The mode znode: which path the proxy's data takes — ``passthrough``, ``cow`` or ``proxy``.
+"""A plan's mode znode: which path its apps' data takes — ``passthrough``, ``cow`` or ``proxy``.
+
+Every plan has its own mode znode (``sync.layout.mode(plan)``; every function here takes
+its path): the proxies apply it to that plan's apps only, every other app stays in
+``passthrough`` (``proxy/modes.py``).
 
 Error handling
 ==============
@@ -72,7 +76,6 @@ from sync._zk import CONNECTIVITY_ERRORS, bounded_retry, check_path, check_timeo
 log = logging.getLogger("nxnw.sync.mode")
 
 MODES = ("passthrough", "cow", "proxy")
-MODE_PATH = "/nxnw/mode"
 
 
 class ModeConflict(RuntimeError):
@@ -133,11 +136,11 @@ def transition(current: ModeState, target: str, verified_epoch: int | None) -> T
     return found
 
 
-def load_verified_path(mode_path: str = MODE_PATH) -> str:
+def load_verified_path(mode_path: str) -> str:
     return check_path(mode_path, "mode path") + "-load-verified"
 
 
-def mark_load_verified(client: KazooClient, cow_epoch: int, *, path: str = MODE_PATH, deadline: float = 10.0) -> None:
+def mark_load_verified(client: KazooClient, cow_epoch: int, *, path: str, deadline: float = 10.0) -> None:
     """Record that every app's load was verified identical during the cow mode of ``cow_epoch``.
 
     Call it with the epoch of the cow mode that was current while verify ran: a later mode
@@ -150,7 +153,7 @@ def mark_load_verified(client: KazooClient, cow_epoch: int, *, path: str = MODE_
     bounded_retry(deadline, ignore_expire=True)(put, client, target, data)
 
 
-def load_verified_epoch(client: KazooClient, *, path: str = MODE_PATH, deadline: float = 10.0) -> int | None:
+def load_verified_epoch(client: KazooClient, *, path: str, deadline: float = 10.0) -> int | None:
     """The cow epoch the last ``mark_load_verified`` named, or None (never, or unreadable)."""
     try:
         data, _ = bounded_retry(deadline, ignore_expire=True)(client.get, load_verified_path(path))
@@ -198,7 +201,15 @@ def parse_mode(data: bytes, stat: ZnodeStat) -> ModeState:
     return ModeState(mode, epoch, stat.version, float(updated), str(doc.get("write_id", "")))
 
 
-def read_mode(client: KazooClient, *, path: str = MODE_PATH, deadline: float = 10.0) -> ModeState | None:
+def mode_document(mode: str, epoch: int, write_id: str = "") -> bytes:
+    """The bytes of a mode znode (a plan's registration creates its first one in the same
+    ZooKeeper transaction as the plan node and its claims)."""
+    check_mode(mode)
+    return json.dumps({"mode": mode, "epoch": epoch, "updated_at": time.time(), "write_id": write_id or uuid.uuid4().hex},
+                      sort_keys=True).encode()
+
+
+def read_mode(client: KazooClient, *, path: str, deadline: float = 10.0) -> ModeState | None:
     """The mode now (None if the znode does not exist). Raises InvalidModeData."""
     try:
         data, stat = bounded_retry(deadline, ignore_expire=True)(client.get, check_path(path, "mode path"))
@@ -207,7 +218,7 @@ def read_mode(client: KazooClient, *, path: str = MODE_PATH, deadline: float = 1
     return parse_mode(data, stat)
 
 
-def set_mode(client: KazooClient, mode: str, expected_version: int | None, *, path: str = MODE_PATH,
+def set_mode(client: KazooClient, mode: str, expected_version: int | None, *, path: str,
              deadline: float = 10.0) -> ModeState:
     """Compare-and-set the mode.
 
@@ -223,8 +234,7 @@ def set_mode(client: KazooClient, mode: str, expected_version: int | None, *, pa
                          f"got {expected_version!r}")
     write_id = uuid.uuid4().hex
     epoch = 0 if expected_version is None else expected_version + 1
-    data = json.dumps({"mode": mode, "epoch": epoch, "updated_at": time.time(), "write_id": write_id},
-                      sort_keys=True).encode()
+    data = mode_document(mode, epoch, write_id)
     retry = bounded_retry(deadline, ignore_expire=True)
     try:
         if expected_version is None:
@@ -247,7 +257,7 @@ def set_mode(client: KazooClient, mode: str, expected_version: int | None, *, pa
     return ModeState(mode, epoch, version, json.loads(data)["updated_at"], write_id)
 
 
-def ensure_mode(client: KazooClient, default: str = "passthrough", *, path: str = MODE_PATH,
+def ensure_mode(client: KazooClient, default: str = "passthrough", *, path: str,
                 deadline: float = 10.0) -> ModeState:
     """The current mode, creating the znode with ``default`` if it does not exist."""
     check_mode(default)
@@ -271,7 +281,7 @@ class ModeWatcher:
     (a ModeState or None) each time it changes; they must not block for long.
     """
 
-    def __init__(self, client: KazooClient, *, path: str = MODE_PATH, deadline: float = 10.0) -> None:
+    def __init__(self, client: KazooClient, *, path: str, deadline: float = 10.0) -> None:
         self.client = client
         self.path = check_path(path, "mode path")
         self.deadline = check_timeout(deadline, "deadline")

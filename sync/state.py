@@ -1,8 +1,17 @@
-"""Migration state and task records, persisted in N1's ZooKeeper.
+"""Plans, migration state and task records, persisted in N1's ZooKeeper.
 
-Two stores: ``MigrationStateStore`` (the one migration-state znode, compare-and-set) and
-``TaskRecordStore`` (JSON records filed by task: a snapshot loader's range checkpoints,
-the orchestrator's finished tasks, the DNS hand-off's saved copy).
+Three stores: ``PlanRegistry`` (a plan's registration and its claims on its apps and
+memcache key prefixes), ``MigrationStateStore`` (a plan's migration-state znode,
+compare-and-set) and ``TaskRecordStore`` (JSON records filed by task: a snapshot loader's
+range checkpoints, the orchestrator's finished tasks, the DNS hand-off's saved copy).
+Every path comes from ``sync.layout``; a plan's state and records live under its name.
+
+Claims: registering a plan is one ZooKeeper transaction that creates (or, for a plan
+registered before, updates) the plan node, its first mode znode and one claim znode per
+app and per key prefix; a claim another live plan holds fails the whole transaction, so
+two live plans can never hold one app — ``AppClaimed`` names the other plan and the app.
+A plan releases its claims (one transaction again) when it completes or is rolled back;
+its node and mode stay, so the proxies keep following its mode.
 
 Error handling
 ==============
@@ -19,13 +28,13 @@ orchestrator moved the migration on. A retried write whose first attempt had in 
 succeeded (reply lost with the connection) is recognised by the ``write_id`` it carries
 and returned as a success, not reported as a conflict.
 
-Layout:
+Layout (paths: ``sync/layout.py``):
 
-* ``/nxnw/migration/state`` — one JSON document: the current ``phase`` (one of ``STATES``,
+* ``/nxnw/plans/<plan>/state`` — one JSON document: the current ``phase`` (one of ``STATES``,
   the words of the CLI, logs and status page), ``started_at`` (the migration),
   ``phase_started_at``, ``updated_at`` (unix seconds), ``phases`` (per-phase data, a JSON
   object per phase name) and ``write_id``.
-* ``/nxnw/migration/checkpoints/<task>/<record-id>`` — one JSON object per record of a
+* ``/nxnw/plans/<plan>/checkpoints/<task>/<record-id>`` — one JSON object per record of a
   task: for a snapshot/load task, one per finished (or partly finished) range; for the
   orchestrator's ``<plan>._tasks``, one per finished task. Task and record ids are
   url-quoted into znode names, so any non-empty string works (token ranges contain '/'
@@ -45,20 +54,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NoNodeError, NodeExistsError
+from kazoo.exceptions import BadVersionError, NoNodeError, NodeExistsError, RolledBackError, RuntimeInconsistency
 from kazoo.protocol.states import ZnodeStat
 
+from sync import layout
 from sync._zk import bounded_retry, check_path, check_timeout, decode_name, encode_name, join
+from sync.mode import mode_document
 
 #: The phases of a migration in order: the one vocabulary of the CLI, the znodes, the logs
 #: and the status page. ``ROLLBACK`` is not one of them but a state a migration can end in.
 PHASES = ("prepare", "sync-zk", "cow", "snapshot+load", "verify", "proxy", "handoff", "complete")
 ROLLBACK = "rollback"
 STATES = (*PHASES, ROLLBACK)
-STATE_PATH = "/nxnw/migration/state"
-CHECKPOINTS_ROOT = "/nxnw/migration/checkpoints"
 #: ZooKeeper refuses requests near 1 MB (jute.maxbuffer); stay well below.
 MAX_DOCUMENT_BYTES = 512 * 1024
+
+
+class AppClaimed(RuntimeError):
+    """A plan names an app (or a key prefix) another live plan holds; the message names both."""
 
 
 class StateConflict(RuntimeError):
@@ -116,7 +129,7 @@ class MigrationState:
 class MigrationStateStore:
     """The migration-state znode, read and compare-and-set (blocking calls)."""
 
-    def __init__(self, client: KazooClient, *, path: str = STATE_PATH, deadline: float = 10.0) -> None:
+    def __init__(self, client: KazooClient, *, path: str, deadline: float = 10.0) -> None:
         self.client = client
         self.path = check_path(path, "state path")
         self.deadline = check_timeout(deadline, "deadline")
@@ -222,7 +235,7 @@ class TaskRecordStore:
     orchestrator keeps its finished tasks and the DNS hand-off's copy here directly.
     """
 
-    def __init__(self, client: KazooClient, *, root: str = CHECKPOINTS_ROOT, deadline: float = 10.0) -> None:
+    def __init__(self, client: KazooClient, *, root: str = layout.SHARED_CHECKPOINTS, deadline: float = 10.0) -> None:
         self.client = client
         self.root = check_path(root, "task records root")
         self.deadline = check_timeout(deadline, "deadline")
@@ -290,3 +303,139 @@ class TaskRecordStore:
             self._retry()(self.client.delete, path, recursive=True)
         except NoNodeError:
             pass
+
+
+@dataclass(frozen=True)
+class RegisteredPlan:
+    """A plan as registered: its apps and their memcache key prefixes never change."""
+
+    name: str
+    apps: tuple[str, ...]
+    key_prefixes: dict[str, str]
+    live: bool
+
+
+def default_key_prefixes(apps: list[str] | tuple[str, ...], prefixes: dict[str, str] | None = None) -> dict[str, str]:
+    """Each app's memcache key prefix: the plan's setting, else ``"<app>:"``."""
+    return {app: (prefixes or {}).get(app, f"{app}:") for app in apps}
+
+
+class PlanRegistry:
+    """Plan registration and claims (blocking calls; see the module docstring)."""
+
+    def __init__(self, client: KazooClient, *, deadline: float = 10.0) -> None:
+        self.client = client
+        self.deadline = check_timeout(deadline, "deadline")
+
+    def _retry(self):
+        return bounded_retry(self.deadline, ignore_expire=True)
+
+    def get(self, name: str) -> RegisteredPlan | None:
+        try:
+            data, _ = self._retry()(self.client.get, layout.plan(name))
+        except NoNodeError:
+            return None
+        return parse_plan(name, data)
+
+    def names(self) -> list[str]:
+        try:
+            return sorted(self._retry()(self.client.get_children, layout.PLANS))
+        except NoNodeError:
+            return []
+
+    def holder(self, app: str) -> str | None:
+        """The live plan that holds ``app``, or None."""
+        try:
+            data, _ = self._retry()(self.client.get, layout.app_claim(app))
+        except NoNodeError:
+            return None
+        return str(_decode_object(data, layout.app_claim(app)).get("plan"))
+
+    def _claims(self, plan: RegisteredPlan) -> list[tuple[str, bytes, str]]:
+        """(path, data, what) of every claim the plan makes."""
+        out = [(layout.app_claim(app), json.dumps({"plan": plan.name}).encode(), f"app {app}") for app in plan.apps]
+        for app, prefix in plan.key_prefixes.items():
+            out.append((layout.prefix_claim(prefix.encode()),
+                        json.dumps({"plan": plan.name, "app": app, "prefix": prefix}).encode(),
+                        f"memcache key prefix {prefix!r} (app {app})"))
+        return out
+
+    def register(self, name: str, apps: list[str], key_prefixes: dict[str, str] | None = None) -> RegisteredPlan:
+        """Register (or re-register) plan ``name`` over ``apps`` and claim them in one
+        transaction; AppClaimed naming the live plan that holds one; ValueError if the plan
+        was registered before with other apps or prefixes."""
+        wanted = RegisteredPlan(name, tuple(apps), default_key_prefixes(apps, key_prefixes), True)
+        existing = self.get(name)
+        if existing is not None and (set(existing.apps), existing.key_prefixes) != (set(wanted.apps),
+                                                                                    wanted.key_prefixes):
+            raise ValueError(f"plan {name} is registered with apps {', '.join(existing.apps)} and key prefixes "
+                             f"{existing.key_prefixes}; a plan's apps never change: give the new plan another name")
+        if existing is not None and existing.live:
+            return existing
+        for path, _, what in self._claims(wanted):  # a readable refusal before the transaction
+            self._refuse_if_held(path, what, name)
+        doc = _encode({"plan": name, "apps": list(wanted.apps), "key_prefixes": wanted.key_prefixes, "live": True,
+                       "registered_at": time.time()}, f"plan {name}")
+        for root in (layout.PLANS, layout.APP_CLAIMS, layout.PREFIX_CLAIMS):
+            self._retry()(self.client.ensure_path, root)
+        failed: list[Exception] = []
+        for _ in range(3):
+            transaction = self.client.transaction()
+            if existing is None:
+                transaction.create(layout.plan(name), doc)
+                transaction.create(layout.mode(name), mode_document("passthrough", 0))
+            else:
+                transaction.set_data(layout.plan(name), doc)
+            for path, data, _ in self._claims(wanted):
+                transaction.create(path, data)
+            results = self._retry()(transaction.commit)
+            failed = [r for r in results if isinstance(r, Exception)
+                      and not isinstance(r, (RolledBackError, RuntimeInconsistency))]
+            if not failed:
+                return wanted
+            for path, _, what in self._claims(wanted):
+                self._refuse_if_held(path, what, name)
+            now = self.get(name)
+            if now is not None and now.live:
+                return now  # our first attempt had committed; its reply was lost
+            existing = now
+        raise StateConflict(f"plan {name}'s registration kept racing with another writer ({failed[0]!r}); try again")
+
+    def _refuse_if_held(self, path: str, what: str, name: str) -> None:
+        try:
+            data, _ = self._retry()(self.client.get, path)
+        except NoNodeError:
+            return
+        other = _decode_object(data, path).get("plan")
+        if other != name:
+            raise AppClaimed(f"plan {other} holds {what}; plan {name} cannot claim it until {other} completes or "
+                             "is rolled back")
+
+    def release(self, name: str) -> None:
+        """Drop the plan's claims and mark it not live (it completed or was rolled back)."""
+        plan = self.get(name)
+        if plan is None or not plan.live:
+            return
+        transaction = self.client.transaction()
+        data, stat = self._retry()(self.client.get, layout.plan(name))
+        doc = _decode_object(data, layout.plan(name))
+        transaction.set_data(layout.plan(name), _encode({**doc, "live": False}, f"plan {name}"), version=stat.version)
+        for path, _, _ in self._claims(plan):
+            if self._retry()(self.client.exists, path) is not None:
+                transaction.delete(path)
+        results = self._retry()(transaction.commit)
+        failed = [r for r in results if isinstance(r, Exception)
+                  and not isinstance(r, (RolledBackError, RuntimeInconsistency))]
+        if failed and (now := self.get(name)) is not None and now.live:
+            raise StateConflict(f"plan {name}'s claims were not released ({failed[0]!r}); try again")
+
+
+def parse_plan(name: str, data: bytes) -> RegisteredPlan:
+    """The plan node's document; CorruptDocument if it is not one."""
+    path = layout.plan(name)
+    doc = _decode_object(data, path)
+    apps, prefixes = doc.get("apps"), doc.get("key_prefixes")
+    if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps) or not isinstance(prefixes, dict) \
+            or not all(isinstance(p, str) for p in prefixes.values()):
+        raise CorruptDocument(f"{path} is not a plan document: {data[:120]!r}")
+    return RegisteredPlan(name, tuple(apps), dict(prefixes), bool(doc.get("live", True)))

@@ -13,8 +13,10 @@ from kazoo.client import KazooClient
 from proxy.config import ProxyConfig
 from proxy.control import switch_mode
 from proxy.server import ProxyServer
+from sync import layout
 from sync.aio import run_blocking
 from sync.mode import ModeState, mark_load_verified, read_mode
+from sync.state import PlanRegistry
 from nxnw.services.endpoints import HOST, MEMCACHED, ZOOKEEPER
 
 
@@ -67,11 +69,27 @@ async def running_proxy(config: ProxyConfig) -> AsyncIterator[tuple[ProxyServer,
         await server.cleanup()
 
 
-async def switch(zk: KazooClient, mode: str, **kwargs) -> ModeState:
-    """``switch_mode`` as the orchestrator calls it: cow -> proxy after recording that the load
-    was verified during the current cow period (the tests that use this load nothing)."""
+#: The plan the proxy tests register (``switch``'s default).
+TEST_PLAN = "test"
+
+
+def register_plan(zk: KazooClient, apps: list[str], plan: str = TEST_PLAN,
+                  key_prefixes: dict[str, str] | None = None) -> None:
+    """Register ``plan`` over ``apps`` (idempotent). Unless ``key_prefixes`` says otherwise,
+    the first app's memcache prefix is "": the plan takes every memcache key no other plan
+    claims, as the proxy tests' cache clients use keys of every shape."""
+    PlanRegistry(zk).register(plan, apps, {apps[0]: ""} if key_prefixes is None else key_prefixes)
+
+
+async def switch(zk: KazooClient, mode: str, *, plan: str = TEST_PLAN, apps: list[str] | None = None,
+                 **kwargs) -> ModeState:
+    """``switch_mode`` of ``plan`` as the orchestrator calls it: cow -> proxy after recording
+    that the load was verified during the current cow period (the tests that use this load
+    nothing). With ``apps``, the plan is registered over them first (once)."""
+    if apps is not None:
+        await run_blocking(register_plan, zk, apps, plan)
     if mode == "proxy":
-        current = await run_blocking(read_mode, zk)
+        current = await run_blocking(lambda: read_mode(zk, path=layout.mode(plan)))
         if current is not None and current.mode == "cow":
-            await run_blocking(mark_load_verified, zk, current.epoch)
-    return await run_blocking(switch_mode, zk, mode, **{"drain_timeout": 10, "ack_timeout": 10, **kwargs})
+            await run_blocking(lambda: mark_load_verified(zk, current.epoch, path=layout.mode(plan)))
+    return await run_blocking(switch_mode, zk, plan, mode, **{"drain_timeout": 10, "ack_timeout": 10, **kwargs})

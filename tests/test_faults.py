@@ -25,6 +25,7 @@ from nxnw.workload import Endpoint, Workload
 from nxnw.zk import zk_session
 from proxy.control import switch_mode
 from sync.aio import run_blocking
+from sync.state import PlanRegistry
 
 #: fault -> the phase where it bites hardest, and why
 CELLS = {
@@ -103,7 +104,8 @@ async def test_a_write_whose_proxy_died_after_n1_took_it_is_not_recorded_failed(
         await env.setup()
         assert env.plan is not None
         async with zk_session(env.plan.n1.zookeeper, "N1's") as zk:
-            await run_blocking(switch_mode, zk, "cow", drain_timeout=30)
+            await run_blocking(PlanRegistry(zk).register, env.plan.name, env.plan.apps, env.plan.key_prefixes)
+            await run_blocking(switch_mode, zk, env.plan.name, "cow", drain_timeout=30)
         n2_path = str(tmp_path / "n2.db")
         locked, release = threading.Event(), threading.Event()
 

@@ -29,7 +29,8 @@ from proxy.server import ProxyServer
 from snapshot import verify_app
 from sync.aio import run_blocking
 from tests.conftest import require
-from tests.proxy_harness import key_path, proxy_config, running_proxy, switch, zk_namespace
+from sync import layout
+from tests.proxy_harness import TEST_PLAN, key_path, proxy_config, running_proxy, switch, zk_namespace
 
 
 def metric(name: str) -> float:
@@ -47,7 +48,7 @@ async def wait_for(predicate, what: str, timeout: float = 180.0):
 
 
 async def journal_children(zk) -> list[str]:
-    return await run_blocking(zk.get_children, "/nxnw/journal/n2")
+    return await run_blocking(zk.get_children, layout.journal(TEST_PLAN, "n2"))
 
 
 async def write_load(http, app: str, keys: int, rounds: int, *, clients: int, batch: int) -> int:
@@ -104,7 +105,7 @@ async def n2_outage_under_load(tmp_path: Path, app: str, *, bound: int, keys: in
         server, http = await stack.enter_async_context(
             running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts, journal_bound=bound,
                                        max_clock_offset_ms=2_000)))
-        await switch(zk, "cow")
+        await switch(zk, "cow", apps=[app])
         await server.n2.close()  # N2 goes away: every N2 leg fails, every write is journalled
         written = await write_load(http, app, keys, rounds, clients=clients, batch=batch)
         yield Outage(zk, server, n1_url, n2_url, written, await journal_children(zk))
@@ -212,9 +213,9 @@ async def test_keys_held_while_zookeeper_refuses_are_bounded_too_and_all_reach_n
         server, http = await stack.enter_async_context(
             running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts, journal_bound=10,
                                        max_clock_offset_ms=2_000)))
-        await switch(zk, "cow")
+        await switch(zk, "cow", apps=[app_name])
         journal = server.modes.journals[0]
-        await run_blocking(zk.set_acls, "/nxnw/journal/n2", [make_acl("world", "anyone", read=True, admin=True)])
+        await run_blocking(zk.set_acls, layout.journal(TEST_PLAN, "n2"), [make_acl("world", "anyone", read=True, admin=True)])
         try:
             await server.n2.close()
             for i in range(40):
@@ -224,7 +225,7 @@ async def test_keys_held_while_zookeeper_refuses_are_bounded_too_and_all_reach_n
             assert len(journal.held) == 10, f"{len(journal.held)} keys held in memory, the bound is 10"
             assert journal.held_marks, "the keys past the bound are not held as range marks"
         finally:
-            await run_blocking(zk.set_acls, "/nxnw/journal/n2", OPEN_ACL_UNSAFE)
+            await run_blocking(zk.set_acls, layout.journal(TEST_PLAN, "n2"), OPEN_ACL_UNSAFE)
 
         async def flushed() -> bool:
             return not journal.held and not journal.held_marks

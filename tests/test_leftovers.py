@@ -13,6 +13,7 @@ from kazoo.client import KazooClient
 
 from datastore import Entity
 from sync.mirror import TreeMirror
+from sync import layout
 from sync.state import MigrationStateStore
 from tests.test_orchestrator_gates import Setting, nxnw, private_memcached, setting  # noqa: F401 (fixtures)
 
@@ -29,8 +30,8 @@ async def test_verify_lists_orphan_locks_journal_entries_and_old_tombstones(sett
     mirror.stop()
     holder.stop()  # its lock goes; the stopped mirror leaves N2's copy behind
     holder.close()
-    s.zk1.create("/nxnw/journal/n2/e-", b'{"app": "a", "kind": "K", "key": "YQ=="}', sequence=True, makepath=True)
-    store = MigrationStateStore(s.zk1)
+    s.zk1.create(f"{layout.journal(plan.name, 'n2')}/e-", b'{"app": "a", "kind": "K", "key": "YQ=="}', sequence=True, makepath=True)
+    store = MigrationStateStore(s.zk1, path=layout.state(plan.name))
     state = store.create("prepare")
     store.update(state.version, phase="complete")
     await s.n1.apply([Entity(s.app, "K", b"old", None, 1000), Entity(s.app, "K", b"new", None, time.time_ns() // 1000)])

@@ -14,6 +14,7 @@ from nxnw.demo import N1_ADDRESS, DemoEnvironment, DemoOptions, run_demo
 from nxnw.history import check
 from nxnw.orchestrator import Orchestrator
 from nxnw.services.endpoints import BIND_DNS, HOST
+from sync import layout
 from sync.state import MigrationStateStore
 
 
@@ -89,8 +90,10 @@ async def test_a_bad_plan_stops_before_anything_changes_with_one_line_per_proble
         zk = KazooClient(hosts=env.plan.n1.zookeeper, timeout=5)
         zk.start(10)
         try:
-            assert MigrationStateStore(zk).get() is None, "a migration was recorded despite the bad plan"
-            assert zk.exists("/nxnw/mode") is None or zk.get("/nxnw/mode")[0].find(b'"passthrough"') >= 0
+            state = MigrationStateStore(zk, path=layout.state(env.plan.name)).get()
+            assert state is None, "a migration was recorded despite the bad plan"
+            mode = layout.mode(env.plan.name)
+            assert zk.exists(mode) is None or zk.get(mode)[0].find(b'"passthrough"') >= 0
         finally:
             zk.stop()
             zk.close()

@@ -21,7 +21,7 @@ from openapi_spec_validator import validate
 from nxnw.services.endpoints import engine_url
 from proxy.api import add_routes
 from tests.conftest import require
-from tests.proxy_harness import key_path, proxy_config, running_proxy, zk_namespace
+from tests.proxy_harness import TEST_PLAN, key_path, proxy_config, register_plan, running_proxy, zk_namespace
 
 SPEC_PATH = Path(__file__).resolve().parents[1] / "proxy" / "openapi.yaml"
 SPEC: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text())
@@ -109,7 +109,8 @@ async def test_the_proxy_answers_as_the_spec_says(sqlite_dir: str, app_name: str
 
     entity = "/v1/apps/{app}/kinds/{kind}/entities/{key}"
     cache = "/v1/cache/{key}"
-    async with zk_namespace() as (zk_hosts, _):
+    async with zk_namespace() as (zk_hosts, zk):
+        register_plan(zk, [app_name])
         config = proxy_config("openapi", engine_url("sqlite", "n1", sqlite_dir),
                               engine_url("sqlite", "n2", sqlite_dir), zk_hosts)
         async with running_proxy(config) as (_, http):
@@ -149,9 +150,9 @@ async def test_the_proxy_answers_as_the_spec_says(sqlite_dir: str, app_name: str
                 check("GET", "/admin/state", r.status, await r.json())
             async with http.get("/admin/state", headers=admin) as r:
                 check("GET", "/admin/state", r.status, await r.json())
-            async with http.post("/admin/mode", json={"mode": "nonsense"}, headers=admin) as r:
+            async with http.post("/admin/mode", json={"plan": TEST_PLAN, "mode": "nonsense"}, headers=admin) as r:
                 check("POST", "/admin/mode", r.status, await r.json())
-            async with http.post("/admin/mode", json={"mode": "passthrough"}, headers=admin) as r:
+            async with http.post("/admin/mode", json={"plan": TEST_PLAN, "mode": "passthrough"}, headers=admin) as r:
                 assert r.status == 200
                 check("POST", "/admin/mode", r.status, await r.json())
             async with http.delete(path) as r:

@@ -28,7 +28,7 @@ from dns_handoff import RecordSet, Rfc2136Provider, answer
 from nxnw.services.endpoints import (BIND_DNS, BIND_TSIG_ALGORITHM, BIND_TSIG_NAME, BIND_TSIG_SECRET, BIND_ZONE, HOST,
                                      MEMCACHED, ZOOKEEPER, engine_url)
 from proxy.control import switch_mode
-from proxy.journal import JOURNAL_ROOT
+from sync import layout
 from sync.mode import load_verified_epoch, mark_load_verified, read_mode
 from sync.state import MigrationStateStore
 from tests.conftest import ENGINE_SERVICES, require
@@ -126,7 +126,7 @@ async def run_orchestrator(plan: Plan, action: str = "migrate", **kwargs) -> Orc
 
 
 def phase(s: Setting) -> str | None:
-    state = MigrationStateStore(s.zk1).get()
+    state = MigrationStateStore(s.zk1, path=layout.state(s.plan.name)).get()
     return None if state is None else state.phase
 
 
@@ -148,7 +148,8 @@ async def test_prepare_refuses_an_n2_table_that_holds_rows_naming_app_count_and_
     message = str(refused.value)
     assert f"app {s.app}: 2 row(s) on N2" in message and "Item/b'gone'" in message, message
     assert "allow_nonempty_n2" in message
-    assert read_mode(s.zk1) is None, "prepare failed, yet the proxies' mode was set"
+    mode = read_mode(s.zk1, path=layout.mode(s.plan.name))
+    assert (mode.mode, mode.epoch) == ("passthrough", 0), "prepare failed, yet the plan's mode was moved"
 
     # The plan may say these rows are known (an earlier attempt's copies of N1's data).
     await run_orchestrator(s.make_plan(allow_nonempty_n2=True), until="prepare")
@@ -173,9 +174,9 @@ async def test_a_difference_repair_cannot_close_stops_the_migration_before_proxy
         await run_orchestrator(plan)
     assert f"app {s.app}: 1 key(s) differ" in str(stopped.value) and "Item/b'k0007'" in str(stopped.value)
     assert phase(s) == "verify"
-    mode = read_mode(s.zk1)
+    mode = read_mode(s.zk1, path=layout.mode(s.plan.name))
     assert mode is not None and mode.mode == "cow", mode
-    assert load_verified_epoch(s.zk1) is None, "the load was recorded as verified"
+    assert load_verified_epoch(s.zk1, path=layout.mode(s.plan.name)) is None, "the load was recorded as verified"
     assert (await s.n1.get(EntityRef(s.app, "Item", b"k0007"))).value == b"v7"
 
     # The operator's verify says the same, with exit status 1 and the key.
@@ -204,9 +205,9 @@ async def test_resume_after_the_proxies_were_put_back_in_passthrough_stops_inste
     s = setting
     await seed_n1(s)
     await run_orchestrator(s.plan, until="proxy")
-    assert phase(s) == "proxy" and read_mode(s.zk1).mode == "proxy"
+    assert phase(s) == "proxy" and read_mode(s.zk1, path=layout.mode(s.plan.name)).mode == "proxy"
 
-    await asyncio.to_thread(switch_mode, s.zk1, "passthrough")  # a rollback that stopped half-way, or an admin
+    await asyncio.to_thread(switch_mode, s.zk1, s.plan.name, "passthrough")  # a rollback that stopped half-way, or an admin
 
     with pytest.raises(MigrationFailed) as stopped:
         await run_orchestrator(s.plan)
@@ -227,7 +228,7 @@ async def test_resume_never_hands_dns_to_n2_with_the_proxies_back_in_passthrough
         await seed_n1(s)
         plan = s.make_plan(dns_name=name)
         await run_orchestrator(plan, until="proxy")
-        await asyncio.to_thread(switch_mode, s.zk1, "passthrough")
+        await asyncio.to_thread(switch_mode, s.zk1, s.plan.name, "passthrough")
 
         with pytest.raises(MigrationFailed, match="not running handoff"):
             await run_orchestrator(plan)
@@ -241,15 +242,15 @@ async def test_resume_in_a_new_cow_period_stops_before_verifying_a_load_that_mis
     s = setting
     await seed_n1(s)
     await run_orchestrator(s.plan, until="snapshot+load")
-    cow = read_mode(s.zk1)
+    cow = read_mode(s.zk1, path=layout.mode(s.plan.name))
     # cow -> passthrough -> cow: writes made in between never reached N2.
-    await asyncio.to_thread(switch_mode, s.zk1, "passthrough")
-    await asyncio.to_thread(switch_mode, s.zk1, "cow")
+    await asyncio.to_thread(switch_mode, s.zk1, s.plan.name, "passthrough")
+    await asyncio.to_thread(switch_mode, s.zk1, s.plan.name, "cow")
 
     with pytest.raises(MigrationFailed) as stopped:
         await run_orchestrator(s.plan)
     assert f"left them in mode cow (epoch {cow.epoch})" in str(stopped.value)
-    assert load_verified_epoch(s.zk1) is None
+    assert load_verified_epoch(s.zk1, path=layout.mode(s.plan.name)) is None
 
 
 # --- complete and rollback: journals, the last ZooKeeper sync ------------------------------------------------------
@@ -264,7 +265,7 @@ async def test_complete_requires_both_journals_empty_and_syncs_zookeeper_once_mo
         await orchestrator.migrate(until="proxy")
         assert s.zk2.get(f"/apps/{s.app}/config")[0] == b"v1"
 
-        entry = s.zk1.create(f"{JOURNAL_ROOT}/n1/k-", b"{}", makepath=True, sequence=True)
+        entry = s.zk1.create(f"{layout.journal(s.plan.name, 'n1')}/k-", b"{}", makepath=True, sequence=True)
         with pytest.raises(MigrationFailed) as stopped:
             await orchestrator.migrate()
         assert "journal toward N1: 1" in str(stopped.value), stopped.value
@@ -285,18 +286,18 @@ async def test_rollback_requires_the_n1_journal_empty_and_reports_the_n2_one(set
     s = setting
     await seed_n1(s)
     await run_orchestrator(s.plan, until="cow")
-    to_n1 = s.zk1.create(f"{JOURNAL_ROOT}/n1/k-", b"{}", makepath=True, sequence=True)
-    s.zk1.create(f"{JOURNAL_ROOT}/n2/k-", b"{}", makepath=True, sequence=True)
+    to_n1 = s.zk1.create(f"{layout.journal(s.plan.name, 'n1')}/k-", b"{}", makepath=True, sequence=True)
+    s.zk1.create(f"{layout.journal(s.plan.name, 'n2')}/k-", b"{}", makepath=True, sequence=True)
 
     with pytest.raises((MigrationFailed, RuntimeError), match="toward n1"):
         await run_orchestrator(s.plan, "rollback")
-    assert read_mode(s.zk1).mode == "cow" and phase(s) == "cow"
+    assert read_mode(s.zk1, path=layout.mode(s.plan.name)).mode == "cow" and phase(s) == "cow"
 
     s.zk1.delete(to_n1)
     await run_orchestrator(s.plan, "rollback")
-    state = MigrationStateStore(s.zk1).get()
+    state = MigrationStateStore(s.zk1, path=layout.state(s.plan.name)).get()
     assert state.phase == "rollback" and state.data["n2_journal"] == 1
-    assert read_mode(s.zk1).mode == "passthrough"
+    assert read_mode(s.zk1, path=layout.mode(s.plan.name)).mode == "passthrough"
 
 
 async def test_rollback_goes_back_to_n1_even_when_n2s_zookeeper_is_unreachable(setting: Setting) -> None:
@@ -306,7 +307,7 @@ async def test_rollback_goes_back_to_n1_even_when_n2s_zookeeper_is_unreachable(s
     n2_gone = s.plan.model_copy(update={"n2": s.plan.n2.model_copy(update={"zookeeper": f"{HOST}:1/gone"})})
 
     orchestrator = await run_orchestrator(n2_gone, "rollback")
-    assert phase(s) == "rollback" and read_mode(s.zk1).mode == "passthrough"
+    assert phase(s) == "rollback" and read_mode(s.zk1, path=layout.mode(s.plan.name)).mode == "passthrough"
     assert any("`nxnw verify --repair` removes them" in line for line in orchestrator.progress.events)
 
 
@@ -315,10 +316,10 @@ async def test_resume_after_a_kill_between_the_proxy_switch_and_its_record_finis
     s = setting
     await seed_n1(s)
     await run_orchestrator(s.plan, until="verify")
-    cow = read_mode(s.zk1)
+    cow = read_mode(s.zk1, path=layout.mode(s.plan.name))
     # What the proxy task does before it records itself done; then the orchestrator is killed.
-    mark_load_verified(s.zk1, cow.epoch)
-    await asyncio.to_thread(switch_mode, s.zk1, "proxy")
+    mark_load_verified(s.zk1, cow.epoch, path=layout.mode(s.plan.name))
+    await asyncio.to_thread(switch_mode, s.zk1, s.plan.name, "proxy")
 
     await run_orchestrator(s.plan)
     assert phase(s) == "complete"

@@ -22,7 +22,7 @@ from dns_handoff import RecordSet, Rfc2136Provider, answer
 from nxnw.migration_metrics import mount_metrics
 from nxnw.orchestrator import Orchestrator
 from nxnw.services.endpoints import BIND_DNS, BIND_ZONE, HOST
-from proxy.journal import JOURNAL_ROOT
+from sync import layout
 from sync.mode import read_mode
 from sync.state import MigrationStateStore, TaskRecordStore
 from tests.test_orchestrator_gates import (Setting, nxnw, phase, private_memcached, run_orchestrator, seed_n1,
@@ -59,16 +59,16 @@ async def test_dry_run_prints_the_graph_and_the_preflight_and_changes_nothing(se
         assert ["pending", "handoff", "phase", "handoff", "after", "proxy,", "handoff:lower-ttl"] in \
             [line.split() for line in lines]
         # Nothing changed: no state, no task record, no mode, N2's cache not flushed, DNS as it was.
-        assert MigrationStateStore(s.zk1).get() is None
-        assert TaskRecordStore(s.zk1).list(f"{plan.name}._tasks") == {}
-        assert read_mode(s.zk1) is None
+        assert MigrationStateStore(s.zk1, path=layout.state(s.plan.name)).get() is None
+        assert TaskRecordStore(s.zk1, root=layout.checkpoints(s.plan.name)).list(f"{plan.name}._tasks") == {}
+        assert read_mode(s.zk1, path=layout.mode(s.plan.name)) is None
         assert cache.get(b"kept") == b"by the dry run"
         assert answer(f"{HOST}:{BIND_DNS}", name, "A") == ["127.0.0.11"]
         assert not bind_dns.records(f"_nxnw-preflight.{name}", "TXT")
 
         # Resuming: what is done is shown as done, and the live mode stays where it was.
         await run_orchestrator(plan, until="cow")
-        mode = read_mode(s.zk1)
+        mode = read_mode(s.zk1, path=layout.mode(s.plan.name))
         result = await asyncio.to_thread(nxnw, "migrate", str(s.plan_path), "--dry-run", "--until", "verify")
         assert result.returncode == 0, (result.stdout, result.stderr)
         lines = result.stdout.splitlines()
@@ -77,7 +77,7 @@ async def test_dry_run_prints_the_graph_and_the_preflight_and_changes_nothing(se
         assert [line.split()[:2] for line in lines[4:]] == [["done", "prepare"], ["done", "sync-zk"], ["done", "cow"],
                                                             ["pending", f"snapshot+load:{s.app}"],
                                                             ["pending", f"verify:{s.app}"]]
-        assert read_mode(s.zk1) == mode and phase(s) == "cow"
+        assert read_mode(s.zk1, path=layout.mode(s.plan.name)) == mode and phase(s) == "cow"
         assert answer(f"{HOST}:{BIND_DNS}", name, "A") == ["127.0.0.11"]
     finally:
         bind_dns.delete(bind_dns.records(name, "A"))
@@ -150,7 +150,7 @@ async def test_metrics_say_the_phase_the_load_verify_and_the_journals(setting: S
                                          {"plan": plan, "task": "cow", "phase": "cow"}) is not None
 
         # /metrics beside the status page reads the journals from ZooKeeper at each scrape.
-        s.zk1.create(f"{JOURNAL_ROOT}/n2/k-", b"{}", makepath=True, sequence=True)
+        s.zk1.create(f"{layout.journal(s.plan.name, 'n2')}/k-", b"{}", makepath=True, sequence=True)
         app = web.Application()
         mount_metrics(app, orchestrator.read_journal_depths)
         runner = web.AppRunner(app)

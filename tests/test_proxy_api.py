@@ -10,9 +10,10 @@ import pytest
 
 from datastore import EntityRef, open_engine
 from nxnw.services.endpoints import engine_url
+from sync import layout
 from sync.aio import run_blocking
 from tests.conftest import require
-from tests.proxy_harness import key_path, proxy_config, running_proxy, zk_namespace
+from tests.proxy_harness import TEST_PLAN, key_path, proxy_config, register_plan, running_proxy, zk_namespace
 from tests.proxy_harness import switch as harness_switch
 
 
@@ -25,6 +26,7 @@ async def deployment(sqlite_dir: str, app_name: str):
     await n1.open()
     await n2.open()
     async with zk_namespace() as (zk_hosts, zk):
+        await run_blocking(register_plan, zk, [app_name])
         async with running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts, shadow_rate=1.0)) as (server, http):
             yield {"server": server, "http": http, "zk": zk, "n1": n1, "n2": n2, "app": app_name}
     for engine in (n1, n2):
@@ -146,15 +148,15 @@ async def test_a_slow_client_does_not_stop_others_and_times_out(deployment) -> N
 
 async def test_unknown_mode_in_the_znode_fences_writes_until_fixed(deployment) -> None:
     http, app, zk = deployment["http"], deployment["app"], deployment["zk"]
-    data, _ = zk.get("/nxnw/mode")
-    zk.set("/nxnw/mode", json.dumps({"mode": "turbo", "epoch": 9}).encode())
+    data, _ = zk.get(layout.mode(TEST_PLAN))
+    zk.set(layout.mode(TEST_PLAN), json.dumps({"mode": "turbo", "epoch": 9}).encode())
     for _ in range(50):
         resp = await http.put(key_path(app, "K", b"f"), data=b"v")
         if resp.status == 503:
             break
         await asyncio.sleep(0.05)
     assert resp.status == 503 and "refused" in (await resp.json())["reason"]
-    zk.set("/nxnw/mode", data)
+    zk.set(layout.mode(TEST_PLAN), data)
     for _ in range(50):
         resp = await http.put(key_path(app, "K", b"f"), data=b"v")
         if resp.status == 200:
@@ -204,7 +206,7 @@ async def test_healthz_and_metrics(deployment) -> None:
     assert "nxnw_http_requests_total" in metrics
     assert (await http.get("/admin/state")).status == 401
     state = await http.get("/admin/state", headers={"Authorization": "Bearer test-token"})
-    assert (await state.json())["journal"] == {"n1": 0, "n2": 0}
+    assert (await state.json())["plans"][TEST_PLAN]["journal"] == {"n1": 0, "n2": 0}
 
 
 async def test_cache_endpoints_write_n1_and_warm_n2_in_cow(deployment) -> None:
@@ -241,8 +243,8 @@ async def test_n2_error_budget_fails_when_the_proxy_answers_5xx(deployment) -> N
     for i in range(10):
         await http.put(key_path(app, "K", b"ok%d" % i), data=b"v")
     assert (await asyncio.get_running_loop().run_in_executor(None, budget)).ok
-    data, _ = zk.get("/nxnw/mode")
-    zk.set("/nxnw/mode", b"not a mode document")
+    data, _ = zk.get(layout.mode(TEST_PLAN))
+    zk.set(layout.mode(TEST_PLAN), b"not a mode document")
     for _ in range(100):
         if (await http.put(key_path(app, "K", b"fenced"), data=b"v")).status == 503:
             break
@@ -250,18 +252,23 @@ async def test_n2_error_budget_fails_when_the_proxy_answers_5xx(deployment) -> N
     for i in range(10):
         await http.put(key_path(app, "K", b"fenced%d" % i), data=b"v")
     verdict = await asyncio.get_running_loop().run_in_executor(None, budget)
-    zk.set("/nxnw/mode", data)
+    zk.set(layout.mode(TEST_PLAN), data)
     assert not verdict.ok and "5xx" in verdict.reason
 
 
-async def test_admin_mode_switch_needs_the_token_and_a_known_mode(deployment) -> None:
+async def test_admin_mode_switch_needs_the_token_a_plan_and_a_known_mode(deployment) -> None:
     http = deployment["http"]
-    assert (await http.post("/admin/mode", json={"mode": "cow"})).status == 401
+    assert (await http.post("/admin/mode", json={"plan": TEST_PLAN, "mode": "cow"})).status == 401
     auth = {"Authorization": "Bearer test-token"}
-    bad = await http.post("/admin/mode", json={"mode": "turbo"}, headers=auth)
+    bad = await http.post("/admin/mode", json={"plan": TEST_PLAN, "mode": "turbo"}, headers=auth)
     assert bad.status == 400 and "not one of" in (await bad.json())["reason"]
-    bad = await http.post("/admin/mode", json={"mode": "cow", "drain_timeout": "soon"}, headers=auth)
+    bad = await http.post("/admin/mode", json={"plan": TEST_PLAN, "mode": "cow", "drain_timeout": "soon"}, headers=auth)
     assert bad.status == 400
-    ok = await http.post("/admin/mode", json={"mode": "cow"}, headers=auth)
-    assert ok.status == 200 and (await ok.json())["mode"] == "cow"
-    assert (await (await http.get("/healthz")).json())["mode"] == "cow"
+    bad = await http.post("/admin/mode", json={"mode": "cow"}, headers=auth)
+    assert bad.status == 400 and "plan" in (await bad.json())["reason"]
+    unknown = await http.post("/admin/mode", json={"plan": "no-such-plan", "mode": "cow"}, headers=auth)
+    assert unknown.status == 409 and "not registered" in (await unknown.json())["reason"]
+    ok = await http.post("/admin/mode", json={"plan": TEST_PLAN, "mode": "cow"}, headers=auth)
+    assert ok.status == 200 and (await ok.json()) == {"plan": TEST_PLAN, "mode": "cow", "epoch": 1}
+    health = await (await http.get("/healthz")).json()
+    assert health["plans"] == {TEST_PLAN: "cow"} and health["mode"] == "passthrough"

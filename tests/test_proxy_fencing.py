@@ -31,12 +31,13 @@ from datastore import EntityRef, open_engine
 from nxnw.services.endpoints import HOST, MEMCACHED, ZOOKEEPER, engine_url
 from proxy.control import SwitchBlocked, journal_depth, members, switch_mode
 from snapshot import verify_app
+from sync import layout
 from sync.aio import run_blocking
 from sync.mode import read_mode
 from tests.conftest import require
 from nxnw.fleet import free_port
 from tests.memcached_harness import memcached_process
-from tests.proxy_harness import key_path, proxy_config, running_proxy, switch, zk_namespace
+from tests.proxy_harness import TEST_PLAN, key_path, proxy_config, register_plan, running_proxy, switch, zk_namespace
 
 AUTH = {"Authorization": "Bearer test-token"}
 
@@ -66,7 +67,7 @@ async def wait_for(predicate, what: str, timeout: float = 30.0):
 
 async def journal_names(zk, target: str, key: bytes) -> bool:
     def names() -> bool:
-        root = f"/nxnw/journal/{target}"
+        root = layout.journal(TEST_PLAN, target)
         return any(json.loads(zk.get(f"{root}/{n}")[0])["key"] == base64.b64encode(key).decode()
                    for n in zk.get_children(root))
     return await run_blocking(names)
@@ -92,16 +93,17 @@ async def test_admin_mode_refuses_transitions_outside_the_table_with_409_and_the
     require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
     n1_url, n2_url = f"sqlite:///{tmp_path}/n1.db", f"sqlite:///{tmp_path}/n2.db"
     async with zk_namespace() as (zk_hosts, zk):
+        await run_blocking(register_plan, zk, [app_name])
         async with running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)) as (server, http):
-            refused = await http.post("/admin/mode", json={"mode": "proxy"}, headers=AUTH)
+            refused = await http.post("/admin/mode", json={"plan": TEST_PLAN, "mode": "proxy"}, headers=AUTH)
             body = await refused.json()
             assert refused.status == 409 and body["error"] == "transition refused"
             assert "passthrough (epoch 0) cannot change to proxy" in body["reason"]
-            assert (await http.post("/admin/mode", json={"mode": "cow"}, headers=AUTH)).status == 200
-            unverified = await http.post("/admin/mode", json={"mode": "proxy"}, headers=AUTH)
+            assert (await http.post("/admin/mode", json={"plan": TEST_PLAN, "mode": "cow"}, headers=AUTH)).status == 200
+            unverified = await http.post("/admin/mode", json={"plan": TEST_PLAN, "mode": "proxy"}, headers=AUTH)
             assert unverified.status == 409 and "no verification is recorded" in (await unverified.json())["reason"]
-            assert (await run_blocking(read_mode, zk)).mode == "cow"
-            assert server.core.mode == "cow"
+            assert (await run_blocking(read_mode, zk, path=layout.mode(TEST_PLAN))).mode == "cow"
+            assert server.core.plan_mode(TEST_PLAN) == "cow"
 
 
 # --- one key twice (item 2, proxy side) ----------------------------------------------------
@@ -113,7 +115,7 @@ async def test_a_batch_naming_one_key_twice_is_refused_and_the_sides_stay_identi
     n1_url, n2_url = engine_url("sqlite", "n1", sqlite_dir), engine_url("cassandra", "n2", sqlite_dir)
     async with zk_namespace() as (zk_hosts, zk), engines(n1_url, n2_url) as (n1, n2):
         async with running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)) as (server, http):
-            await switch(zk, "cow")
+            await switch(zk, "cow", apps=[app_name])
             twice = {"writes": [{"kind": "K", "key": "aw==", "value": "YQ=="},
                                 {"kind": "K", "key": "aw==", "value": "Yg=="}]}
             resp = await http.post(f"/v1/apps/{app_name}/batch", json=twice)
@@ -148,7 +150,7 @@ async def test_switch_to_proxy_returns_only_once_the_journal_of_writes_in_flight
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         n1, n2 = await stack.enter_async_context(engines(n1_url, n2_url))
         server, http = await stack.enter_async_context(running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)))
-        await switch(zk, "cow")
+        await switch(zk, "cow", apps=[app_name])
         assert (await http.put(key_path(app_name, "K", b"first"), data=b"0")).status == 200  # creates N2's table
         ref = EntityRef(app_name, "K", b"in-flight")
         lock = locked_sqlite(n2_path)
@@ -160,7 +162,7 @@ async def test_switch_to_proxy_returns_only_once_the_journal_of_writes_in_flight
         done, _ = await asyncio.wait([switching], timeout=3)  # the old code returns here
         lock.__exit__(None, None, None)
         await switching
-        assert await run_blocking(journal_depth, zk, "n2") == 0, "switch_mode returned with the journal not empty"
+        assert await run_blocking(journal_depth, zk, TEST_PLAN, "n2") == 0, "switch_mode returned with the journal not empty"
         assert done == set() or (await n2.get(ref)) is not None
         response = await put
         assert response.status in (200, 503)
@@ -182,7 +184,7 @@ async def test_a_client_that_disconnects_mid_dual_write_leaves_both_sides_holdin
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         n1, n2 = await stack.enter_async_context(engines(n1_url, n2_url))
         server, http = await stack.enter_async_context(running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)))
-        await switch(zk, "cow")
+        await switch(zk, "cow", apps=[app_name])
         assert (await http.put(key_path(app_name, "K", b"first"), data=b"0")).status == 200
         ref = EntityRef(app_name, "K", b"gone")
         with locked_sqlite(n2_path):
@@ -216,10 +218,10 @@ async def test_a_journal_record_zookeeper_refuses_is_answered_503_and_recorded_o
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         n1, n2 = await stack.enter_async_context(engines(n1_url, n2_url))
         server, http = await stack.enter_async_context(running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)))
-        await switch(zk, "cow")
+        await switch(zk, "cow", apps=[app_name])
         assert (await http.put(key_path(app_name, "K", b"first"), data=b"0")).status == 200
         ref = EntityRef(app_name, "K", b"unjournalled")
-        await run_blocking(zk.set_acls, "/nxnw/journal/n2", [make_acl("world", "anyone", read=True, admin=True)])
+        await run_blocking(zk.set_acls, layout.journal(TEST_PLAN, "n2"), [make_acl("world", "anyone", read=True, admin=True)])
         try:
             with locked_sqlite(n2_path):
                 response = await http.put(key_path(app_name, "K", b"unjournalled"), data=b"v")
@@ -228,7 +230,7 @@ async def test_a_journal_record_zookeeper_refuses_is_answered_503_and_recorded_o
             assert (await n1.get(ref)).value == b"v"
             assert server.modes.journals[0].held, "the key is not held for the journal"
         finally:
-            await run_blocking(zk.set_acls, "/nxnw/journal/n2", OPEN_ACL_UNSAFE)
+            await run_blocking(zk.set_acls, layout.journal(TEST_PLAN, "n2"), OPEN_ACL_UNSAFE)
 
         async def on_n2() -> bool:
             entity = await n2.get(ref)
@@ -251,7 +253,7 @@ async def test_a_request_in_flight_when_the_session_expired_does_not_complete_af
         cache = "%s:%d" % stack.enter_context(memcached_process())
         server, http = await stack.enter_async_context(
             running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts).model_copy(update={"n2_memcached": cache})))
-        await switch(zk, "cow")
+        await switch(zk, "cow", apps=[app_name])
         assert (await http.put(key_path(app_name, "K", b"first"), data=b"0")).status == 200
         ref = EntityRef(app_name, "K", b"old-mode")
         switched: list[float] = []
@@ -260,10 +262,10 @@ async def test_a_request_in_flight_when_the_session_expired_does_not_complete_af
             await wait_for(lambda: n1.get(ref), "the N1 leg")
 
             def switch_while_the_proxy_has_no_session() -> None:
-                epoch = read_mode(zk).epoch
+                epoch = read_mode(zk, path=layout.mode(TEST_PLAN)).epoch
                 from sync.mode import mark_load_verified
-                mark_load_verified(zk, epoch)
-                switch_mode(zk, "proxy", drain_timeout=30, ack_timeout=30, n2_memcached=cache)
+                mark_load_verified(zk, epoch, path=layout.mode(TEST_PLAN))
+                switch_mode(zk, TEST_PLAN, "proxy", drain_timeout=30, ack_timeout=30, n2_memcached=cache)
                 switched.append(time.monotonic())
 
             await run_blocking(expire_zk_session, server.zk, "n1", switch_while_the_proxy_has_no_session, 60.0)
@@ -271,7 +273,7 @@ async def test_a_request_in_flight_when_the_session_expired_does_not_complete_af
         assert switched, "switch_mode did not return"
         assert response.status == 503, f"a request of the old mode completed after the switch: {response.status}"
         assert (await response.json())["error"] == "unknown outcome"
-        await wait_for(lambda: asyncio.sleep(0, server.core.mode == "proxy"), "the proxy adopting proxy mode")
+        await wait_for(lambda: asyncio.sleep(0, server.core.plan_mode(TEST_PLAN) == "proxy"), "the proxy adopting proxy mode")
 
 
 PLAN = """
@@ -352,7 +354,7 @@ async def test_a_proxy_stopped_past_its_session_timeout_answers_nothing_under_th
         proc, base = await stack.enter_async_context(
             proxy_process(tmp_path, "p-stop", n1_url, n2_url, zk_hosts, app_name))
         http = await stack.enter_async_context(aiohttp.ClientSession(base))
-        await switch(zk, "cow")
+        await switch(zk, "cow", apps=[app_name])
         assert (await http.put(key_path(app_name, "K", b"before"), data=b"0")).status == 200
         assert await n2.get(EntityRef(app_name, "K", b"before")) is not None
         proc.send_signal(signal.SIGSTOP)
@@ -377,7 +379,7 @@ async def test_a_proxy_stopped_past_its_session_timeout_answers_nothing_under_th
 
         async def back_in_passthrough() -> bool:
             return (await http.get("/healthz")).status == 200 and \
-                (await (await http.get("/healthz")).json())["mode"] == "passthrough"
+                (await (await http.get("/healthz")).json())["plans"] == {TEST_PLAN: "passthrough"}
         await wait_for(back_in_passthrough, "the resumed proxy adopting passthrough", timeout=40)
 
 
@@ -396,10 +398,11 @@ async def test_an_instance_that_cannot_adopt_the_mode_refuses_writes_and_retries
         config = proxy_config("p1", n1_url, n2_url, zk_hosts).model_copy(
             update={"n2_memcached": f"{HOST}:{dead_port}"})
         server, http = await stack.enter_async_context(running_proxy(config))
-        await switch(zk, "cow")
+        await switch(zk, "cow", apps=[app_name])
         key = base64.urlsafe_b64encode(f"{app_name}:c".encode()).rstrip(b"=").decode()
         assert (await http.put(f"/v1/cache/{key}", data=b"x")).status == 200  # its copy to N2 fails: dropped
-        await wait_for(lambda: asyncio.sleep(0, bool(server.cache.to_n2.dropped)), "the copy dropped")
+        tenant = server.modes.machines[TEST_PLAN].cache
+        await wait_for(lambda: asyncio.sleep(0, bool(tenant.to_n2.dropped)), "the copy dropped")
         with pytest.raises(SwitchBlocked, match="not acknowledged"):
             await switch(zk, "passthrough", ack_timeout=3)
         refused = await http.put(key_path(app_name, "K", b"k"), data=b"v")
@@ -409,7 +412,7 @@ async def test_an_instance_that_cannot_adopt_the_mode_refuses_writes_and_retries
         assert health.status == 503 and "could not adopt" in (await health.json())["reason"]
         with memcached_process(dead_port):
             await switch(zk, "passthrough", ack_timeout=30)  # the same mode again: re-acknowledged
-            assert server.core.mode == "passthrough"
+            assert server.core.plan_mode(TEST_PLAN) == "passthrough"
             assert (await http.put(key_path(app_name, "K", b"k"), data=b"v")).status == 200
 
 
@@ -431,7 +434,7 @@ async def test_n2_cache_is_flushed_before_proxy_when_an_instance_died_in_cow(tmp
             running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts).model_copy(update={"n2_memcached": cache})))
         victim, _ = await stack.enter_async_context(
             proxy_process(tmp_path, "p-killed", n1_url, n2_url, zk_hosts, app_name, n2_memcached=cache))
-        await switch(zk, "cow")
+        await switch(zk, "cow", apps=[app_name])
         victim.kill()  # kill -9: its mirror queue dies with it
         victim.wait()
         if restarted:

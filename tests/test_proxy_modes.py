@@ -25,7 +25,7 @@ async def test_three_instances_switch_cow_to_proxy_and_no_client_reads_back_in_t
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         proxies = [await stack.enter_async_context(running_proxy(proxy_config(f"p{i}", n1_url, n2_url, zk_hosts)))
                    for i in range(3)]
-        await switch(zk, "cow")
+        await switch(zk, "cow", apps=[app_name])
         stop = asyncio.Event()
         violations: list[str] = []
         acked = 0
@@ -57,7 +57,7 @@ async def test_three_instances_switch_cow_to_proxy_and_no_client_reads_back_in_t
         await asyncio.gather(*clients)
         assert acked > 50
         assert violations == []
-        assert all(server.core.mode == "proxy" for server, _ in proxies)
+        assert all(server.core.plan_mode("test") == "proxy" for server, _ in proxies)
 
 
 async def test_n2_killed_mid_cow_journals_writes_and_drains_after_restart(sqlite_dir: str, app_name: str) -> None:
@@ -68,7 +68,7 @@ async def test_n2_killed_mid_cow_journals_writes_and_drains_after_restart(sqlite
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         server, http = await stack.enter_async_context(running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)))
-        await switch(zk, "cow")
+        await switch(zk, "cow", apps=[app_name])
         statuses: list[int] = []
         stop = asyncio.Event()
 
@@ -85,7 +85,7 @@ async def test_n2_killed_mid_cow_journals_writes_and_drains_after_restart(sqlite
         await asyncio.get_running_loop().run_in_executor(None, cassandra.down)
         assert not cassandra.healthy(), "Cassandra still answers: was it started from another checkout's state dir?"
         await asyncio.sleep(2.0)
-        depth_while_down = await run_blocking(journal_depth, zk, "n2")
+        depth_while_down = await run_blocking(journal_depth, zk, "test", "n2")
         with pytest.raises(SwitchBlocked, match="journal toward n2"):
             await switch(zk, "proxy", drain_timeout=0.5)
         await asyncio.get_running_loop().run_in_executor(None, cassandra.up)
@@ -95,10 +95,10 @@ async def test_n2_killed_mid_cow_journals_writes_and_drains_after_restart(sqlite
         assert set(statuses) == {200}, "a client saw an error while N2 was down"
         assert depth_while_down > 0
         for _ in range(600):
-            if await run_blocking(journal_depth, zk, "n2") == 0:
+            if await run_blocking(journal_depth, zk, "test", "n2") == 0:
                 break
             await asyncio.sleep(0.1)
-        assert await run_blocking(journal_depth, zk, "n2") == 0
+        assert await run_blocking(journal_depth, zk, "test", "n2") == 0
         n1, n2 = open_engine(n1_url), open_engine(n2_url)
         await n1.open()
         await n2.open()

@@ -81,7 +81,7 @@ async def test_every_kind_of_op_through_two_proxies_across_cow_and_proxy_checks_
     seed = [Entity(app, "Item", b"key-%05d" % i, b"seed-%d" % i, time.time_ns() // 1000 - 1_000_000 + i)
             for i in range(0, 40, 2)]
     await n1.apply(seed)
-    await switch(fleet["zk"], "cow")
+    await switch(fleet["zk"], "cow", apps=[fleet["app"]])
     await n2.apply(seed)
     for e in seed:
         history.seed(e.key.decode(), e.value, e.ts)
@@ -158,7 +158,7 @@ async def test_the_checker_sees_a_value_planted_behind_the_proxys_back_on_the_se
     a stale cache read."""
     app, n2 = fleet["app"], fleet["n2"]
     history = History()
-    await switch(fleet["zk"], "cow")
+    await switch(fleet["zk"], "cow", apps=[fleet["app"]])
     await switch(fleet["zk"], "proxy")
     workload = Workload(app, lambda cid: fleet["endpoints"][:1], clients=1, keys=4, history=history,
                         mix={"write": 1, "cache": 1})

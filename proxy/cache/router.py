@@ -1,4 +1,12 @@
-"""The cache router: which route serves each mode, fencing, and the safe mode switch.
+"""The cache router: which route serves each key and each mode, fencing, and the safe mode switch.
+
+Keys and plans: a proxy's router is the cache half of every app. Each registered plan has
+a *tenant* router of its own (``add_tenant``: its own mode routes, copy queues, switch
+lock and fence, on the shared memcached pools) that follows that plan's mode; a key
+belongs to the plan whose configured key prefix it starts with (the plan's
+``key_prefixes``, ``"<app>:"`` by default; the longest matching prefix wins), and
+``route_for(key)`` hands it that tenant's route. A key no plan's prefix matches is served
+by the top router itself, which stays in ``passthrough`` (N1) for good.
 
 Responsible for: owning the two memcached pools (N1, N2: each one or more servers, keys
 spread by ketama — ``pool.py``), the two copy queues
@@ -49,6 +57,7 @@ marker for that, and ``switch_mode`` flushes N2 when an instance died in ``cow``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -72,13 +81,16 @@ def never_fenced(write: bool) -> str | None:
 log = logging.getLogger("nxnw.proxy.cache.router")
 
 
-#: one server as ``(host, port)``, or a pool spec ``"h1:p[:weight],h2:p[:weight],…"``
-Address = tuple[str, int] | str
+#: one server as ``(host, port)``, a pool spec ``"h1:p[:weight],h2:p[:weight],…"``, or
+#: the servers of a pool already parsed
+Address = tuple[str, int] | str | list[ServerSpec]
 
 
 def _servers(addr: Address) -> list[ServerSpec]:
     if isinstance(addr, str):
         return parse_servers(addr)
+    if isinstance(addr, list):
+        return list(addr)
     return [ServerSpec(addr[0], int(addr[1]))]
 
 
@@ -224,6 +236,9 @@ class CacheRouter:
         self._switch_lock = asyncio.Lock()
         self._route: ModeRoute | None = None
         self._routes: dict[str, ModeRoute] = {}
+        #: (prefix, tenant router), longest prefix first
+        self._tenants: list[tuple[bytes, CacheRouter]] = []
+        self._children: list[CacheRouter] = []
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -233,6 +248,10 @@ class CacheRouter:
                       retry_after=o["retry_after"])
         self.n1 = MemcachePool(self.n1_servers, side="n1", **limits)
         self.n2 = MemcachePool(self.n2_servers, side="n2", **limits)
+        self._start_routes()
+
+    def _start_routes(self) -> None:
+        o = self._options
         copying = self._copying
         self.to_n2 = CopyQueue(self.n1, self.n2, maxsize=o["copy_queue_size"], workers=o["copy_workers"],
                                before_fill=o["before_fill"], may_copy=copying)
@@ -249,10 +268,38 @@ class CacheRouter:
         self._route = self._routes[self._initial_mode]
         self._route.retired = False
 
+    def add_tenant(self, prefixes: list[bytes], fence: Fence = never_fenced) -> CacheRouter:
+        """A tenant router (one plan's) on this router's pools, in ``passthrough``, serving
+        every key that starts with one of ``prefixes`` (unless a longer prefix of another
+        tenant matches) from now on; a prefix an earlier tenant had moves to this one (a
+        later plan took the app over). Call ``settle`` afterwards to wait for the requests
+        this router itself had admitted for those keys."""
+        child = CacheRouter(self.n1_servers, self.n2_servers, instance=self.instance, fence=fence,
+                            drain_timeout=self.drain_timeout, **self._options)
+        child.n1, child.n2 = self.n1, self.n2
+        child._start_routes()
+        self._children.append(child)
+        kept = [(prefix, tenant) for prefix, tenant in self._tenants if prefix not in prefixes]
+        self._tenants = sorted(kept + [(prefix, child) for prefix in prefixes], key=lambda t: -len(t[0]))
+        return child
+
+    async def settle(self) -> None:
+        """Wait until no request this router admitted before now still runs (the gate is
+        closed meanwhile): after ``add_tenant``, no request of the old route for the
+        tenant's keys can land after the tenant's first mode is acknowledged."""
+        async with self._switch_lock:
+            gate = self._gate = asyncio.get_running_loop().create_future()
+            try:
+                await self.route.quiesce(3 * max(self.n1.timeout, self.n2.timeout) + 1.0)
+            finally:
+                self._gate = None
+                gate.set_result(None)
+
     async def close(self) -> None:
         """Stop the copy workers (queued copies are abandoned) and close the connections."""
-        for queue in (self.to_n2, self.to_n1):
-            await queue.close()
+        for router in (*self._children, self):
+            for queue in (router.to_n2, router.to_n1):
+                await queue.close()
         await self.n1.close()
         await self.n2.close()
 
@@ -267,7 +314,11 @@ class CacheRouter:
 
     def route_for(self, key: bytes) -> ModeRoute:
         """The route that serves ``key``: the one seam through which the listener and the
-        HTTP cache API pick a route per key (an app's keys may follow another mode)."""
+        HTTP cache API pick a route per key — the route of the plan whose key prefix ``key``
+        starts with (the longest such prefix), else this router's own ``passthrough``."""
+        for prefix, tenant in self._tenants:
+            if key.startswith(prefix):
+                return tenant.route
         return self.route
 
     @property
@@ -297,10 +348,13 @@ class CacheRouter:
 
     async def flush_all(self, delay: int = 0) -> None:
         """Flush the sides the mode writes, in its order, with a barrier in the copy queue
-        between them (module docstring); ``CacheFencedError`` while fenced."""
+        between them (module docstring); ``CacheFencedError`` while fenced. With tenants,
+        ``_flush_tenants``."""
         reason = self.fence(True)
         if reason is not None:
             raise CacheFencedError(f"cache flush_all refused: {reason}")
+        if self._children:
+            return await self._flush_tenants(delay)
         async with self._switch_lock:
             route = self.route
             gate = self._gate = asyncio.get_running_loop().create_future()
@@ -318,6 +372,37 @@ class CacheRouter:
                 self._gate = None
                 gate.set_result(None)
             log.info("cache flush_all (delay %d s) in mode %s", delay, route.mode)
+
+    async def _flush_tenants(self, delay: int) -> None:
+        """flush_all over several modes at once (the pools are shared and memcached flushes
+        a whole server): every router's gate closed and route quiesced, every copy queue
+        drained (the barrier: no copy of a pre-flush value can land after), then N1 and —
+        unless every route is in ``passthrough``, which writes N1 only — N2."""
+        routers = [self, *self._children]
+        for router in self._children:
+            if (reason := router.fence(True)) is not None:
+                raise CacheFencedError(f"cache flush_all refused: {reason}")
+        async with contextlib.AsyncExitStack() as stack:
+            for router in routers:
+                await stack.enter_async_context(router._switch_lock)
+            gate = asyncio.get_running_loop().create_future()
+            try:
+                for router in routers:
+                    router._gate = gate
+                for router in routers:
+                    await router.route.quiesce(3 * max(self.n1.timeout, self.n2.timeout) + 1.0)
+                for router in routers:
+                    for queue in (router.to_n2, router.to_n1):
+                        await queue.drain(self.drain_timeout)
+                await self.n1.flush_all(delay)
+                modes = {router.route.mode for router in routers}
+                if modes != {"passthrough"}:
+                    await self.n2.flush_all(delay)
+            finally:
+                for router in routers:
+                    router._gate = None
+                gate.set_result(None)
+            log.info("cache flush_all (delay %d s) over modes %s", delay, sorted(modes))
 
     # --- the switch ----------------------------------------------------------------------
 
