@@ -1,29 +1,39 @@
-"""ZooKeeper digest authentication against the local ZooKeeper (N1's, port 21811).
+"""ZooKeeper digest authentication against the local ZooKeeper (N1's, port 21811), and TLS.
 
 nxnw's clients (``sync.zk_client``) add the digest to their session and create every znode
 with an ACL for that identity only; so a client without the digest, or with another
 password, is refused (NoAuthError) on what nxnw created — here by the client directly and
 by a real proxy instance (its mode, membership, journal and clock znodes).
+
+TLS: a private ZooKeeper started by the test from the same jars as the shared ones, with
+only a ``secureClientPort`` (Netty) and a PEM certificate signed by a CA the test makes.
 """
 
 from __future__ import annotations
 
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import aiohttp
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
+from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import OPEN_ACL_UNSAFE
 from pydantic import SecretStr
 
+from nxnw import services
+from nxnw.fleet import free_port
 from nxnw.services.endpoints import HOST, ZOOKEEPER
 from nxnw.zk import zk_session
 from sync.zk_client import ZooKeeperSecurity, zk_client
 from tests.conftest import require
 from tests.proxy_harness import proxy_config, running_proxy
+from tests.test_security_tls import TestCA
 
 ENSEMBLE = f"{HOST}:{ZOOKEEPER['n1']}"
 
@@ -97,3 +107,62 @@ async def test_a_proxy_with_the_digest_serves_and_its_znodes_are_refused_to_othe
                 for name in made:
                     with pytest.raises(NoAuthError):
                         plain.get_children(f"/{name}")
+
+
+@pytest.fixture
+def tls_zookeeper(tmp_path: Path) -> Iterator[tuple[str, TestCA, TestCA]]:
+    """A private ZooKeeper answering only TLS: (its hosts string, its CA, an unrelated CA)."""
+    require("zookeeper-n1")  # its jars
+    lib_dir = services.service("zookeeper-n1").lib_dir
+    ca, other = TestCA(tmp_path, "zk-ca"), TestCA(tmp_path, "other-ca")
+    issued = ca.issue("zookeeper")
+    bundle = tmp_path / "zookeeper-bundle.pem"  # ZooKeeper's PEM key store: key and certificate in one file
+    bundle.write_text(Path(issued.key).read_text() + Path(issued.cert).read_text())
+    port = free_port(HOST)
+    (tmp_path / "zoo.cfg").write_text(
+        f"tickTime=2000\ndataDir={tmp_path / 'data'}\nsecureClientPort={port}\nsecureClientPortAddress={HOST}\n"
+        "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n"
+        f"ssl.keyStore.location={bundle}\nssl.keyStore.type=PEM\n"
+        f"ssl.trustStore.location={ca.files.cert}\nssl.trustStore.type=PEM\nssl.clientAuth=none\n"
+        "admin.enableServer=false\n")
+    log = (tmp_path / "zookeeper.log").open("wb")
+    server = subprocess.Popen(["java", "-Xmx128m", "-XX:+UseSerialGC", "-Djava.net.preferIPv4Stack=true",
+                               "-cp", f"{lib_dir}/*", "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+                               str(tmp_path / "zoo.cfg")], stdout=log, stderr=subprocess.STDOUT)
+    hosts = f"{HOST}:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # up once a TLS session opens (a JVM starts slowly on a busy machine)
+            probe = zk_client(hosts, ZooKeeperSecurity(tls=True, tls_ca=ca.files.cert), timeout=5)
+            try:
+                probe.start(5)
+                break
+            except Exception:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the TLS ZooKeeper did not start: {(tmp_path / 'zookeeper.log').read_text()[-2000:]}")
+            finally:
+                probe.stop()
+                probe.close()
+        yield hosts, ca, other
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
+def test_over_tls_a_client_with_the_ca_is_served_and_a_wrong_ca_or_plain_client_is_not(tls_zookeeper):
+    hosts, ca, other = tls_zookeeper
+    secured = ZooKeeperSecurity(tls=True, tls_ca=ca.files.cert, digest_user="nxnw",
+                                digest_password=SecretStr(uuid.uuid4().hex))
+    with started(zk_client(hosts, secured, timeout=10)) as nxnw:
+        nxnw.create("/over-tls", b"v")
+        assert nxnw.get("/over-tls")[0] == b"v"
+    with started(zk_client(hosts, ZooKeeperSecurity(tls=True, tls_ca=ca.files.cert), timeout=10)) as no_digest:
+        with pytest.raises(NoAuthError):  # TLS is not authentication: the digest ACL still holds
+            no_digest.get("/over-tls")
+    for refused in (zk_client(hosts, ZooKeeperSecurity(tls=True, tls_ca=other.files.cert), timeout=5),
+                    KazooClient(hosts=hosts, timeout=5)):
+        with pytest.raises(KazooTimeoutError):  # the handshake fails on every try until the deadline
+            refused.start(5)
+        refused.stop()
+        refused.close()
