@@ -25,6 +25,13 @@ itself so the node never bootstraps. ``-Dcassandra.shutdown_announce_in_ms=0`` m
 ``down`` take ~3 s instead of ~5 s (nobody listens for the shutdown gossip). Measured on 2
 cores: first ``up`` ~9 s with the jars already in Maven's local repository (~12 s when
 Maven downloads them), ``up`` after ``down`` ~5-7 s.
+
+TLS: the native port also accepts TLS clients (``client_encryption_options`` with
+``optional: true``: plain and TLS clients share port 19042, so nothing else changes). The
+node's certificate is signed by a local CA made once with ``openssl`` in ``conf/tls``
+and kept across restarts; a client verifies the node with ``tls_ca`` (``CassandraService.tls_ca``),
+e.g. ``cassandra://127.0.0.1:19042/nxnw_n1?tls=true&tls_ca=.../conf/tls/ca.pem``. A node
+started before this setting existed has no TLS until it is restarted.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import subprocess
 from pathlib import Path
 
 from nxnw.services import endpoints
-from nxnw.services.base import Context, InstallError, Service, maven_classpath
+from nxnw.services.base import Context, InstallError, Service, maven_classpath, run_install
 
 CASSANDRA_VERSION = "5.0.9"
 CASSANDRA_ARTIFACTS = [f"org.apache.cassandra:cassandra-all:{CASSANDRA_VERSION}"]
@@ -135,6 +142,11 @@ class CassandraService(Service):
         self.data_dir = self.dir / "data"
         self.log_dir = self.dir / "logs"
         self.triggers_dir = self.dir / "triggers"
+        self.tls_dir = self.conf_dir / "tls"
+        #: the local CA that signed the node's certificate: what a TLS client verifies against
+        self.tls_ca = self.tls_dir / "ca.pem"
+        #: the node's private key and certificate in one PEM file (Cassandra's PEM key store)
+        self.tls_keystore = self.tls_dir / "node-bundle.pem"
 
     # --- install -----------------------------------------------------------------------
 
@@ -200,6 +212,13 @@ compaction_throughput: 64MiB/s
 user_defined_functions_enabled: false
 materialized_views_enabled: false
 sasi_indexes_enabled: false
+client_encryption_options:
+  enabled: true
+  optional: true
+  require_client_auth: false
+  ssl_context_factory:
+    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory
+  keystore: "{self.tls_keystore}"
 # The engine's bulk writes are unlogged batches of up to 32 KiB / 100 keys (see
 # datastore/engines/cassandra.py): warn only above that; fail at the stock 50 KiB.
 batch_size_warn_threshold: 64KiB
@@ -212,8 +231,27 @@ unlogged_batch_across_partitions_warn_threshold: 200
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.triggers_dir.mkdir(parents=True, exist_ok=True)
+        self._ensure_tls_files()
         (self.conf_dir / "cassandra.yaml").write_text(self.yaml())
         (self.conf_dir / "logback.xml").write_text(LOGBACK_XML)
+
+    def _ensure_tls_files(self) -> None:
+        """The local CA and the node's key and certificate (for 127.0.0.1 and localhost), made
+        once: a restart keeps them, so a client's copy of the CA stays valid."""
+        if self.tls_ca.exists() and self.tls_keystore.exists():
+            return
+        self.tls_dir.mkdir(parents=True, exist_ok=True)
+        d = self.tls_dir
+        run_install(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "ca.key"),
+                     "-out", str(d / "ca.pem"), "-days", "3650", "-subj", "/CN=nxnw local Cassandra CA"],
+                    "Cassandra's local TLS CA")
+        run_install(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "node.key"),
+                     "-out", str(d / "node.csr"), "-subj", f"/CN={endpoints.HOST}"], "Cassandra's TLS key")
+        (d / "node.ext").write_text(f"subjectAltName=IP:{endpoints.HOST},DNS:localhost\n")
+        run_install(["openssl", "x509", "-req", "-in", str(d / "node.csr"), "-CA", str(d / "ca.pem"),
+                     "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-out", str(d / "node.pem"), "-days", "3650",
+                     "-extfile", str(d / "node.ext")], "Cassandra's TLS certificate")
+        self.tls_keystore.write_text((d / "node.key").read_text() + (d / "node.pem").read_text())
 
     def env(self) -> dict[str, str]:
         return {"CASSANDRA_CONF": str(self.conf_dir), "CASSANDRA_HOME": str(self.dir)}
