@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import os
 import ssl
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,3 +174,22 @@ def test_tls_files_are_checked_when_the_settings_are_read(tmp_path, pki):
     for reason, tls in cases.items():
         with pytest.raises(ValidationError, match=reason):
             proxy_config(base["instance"], base["n1_url"], base["n2_url"], base["zk_hosts"], **tls)
+
+
+def test_proxy_serve_refuses_bad_tls_or_token_settings_in_one_line_before_connecting(tmp_path, pki):
+    ca, _ = pki
+    one, two = ca.issue("one"), ca.issue("two")
+    plan = tmp_path / "plan.toml"
+    plan.write_text('name = "p"\napps = ["a"]\n'
+                    '[n1]\nengine = "sqlite:///a"\nzookeeper = "127.0.0.1:1"\nmemcached = "127.0.0.1:2"\n'
+                    '[n2]\nengine = "sqlite:///b"\nzookeeper = "127.0.0.1:3"\nmemcached = "127.0.0.1:4"\n')
+    env = {k: v for k, v in os.environ.items() if k != "NXNW_TEST_UNSET"}
+    for flags, reason in (
+            (["--tls-cert", one.cert], "tls_cert and tls_key go together"),
+            (["--tls-cert", one.cert, "--tls-key", two.key], "the key does not match the certificate"),
+            (["--admin-token-env", "NXNW_TEST_UNSET"], "admin_token: environment variable NXNW_TEST_UNSET is not set")):
+        result = subprocess.run([sys.executable, "-m", "nxnw.cli", "proxy", "serve", str(plan), "--instance", "a",
+                                 "--port", "0", *flags], capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 2, (flags, result.stdout, result.stderr)
+        lines = (result.stdout + result.stderr).strip().splitlines()
+        assert len(lines) == 1 and reason in lines[0], (flags, lines)
