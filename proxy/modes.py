@@ -1,11 +1,19 @@
-"""The proxy's one mode machine: a mode is one object (data route + cache route), adopted in
-one place, with one fence, one drain and one acknowledgement.
+"""The proxy's mode machines: a mode is one object (data route + cache route), adopted in
+one place, with one fence, one drain and one acknowledgement — per plan.
+
+Modes are per app. Every registered plan (``sync.layout``: ``/nxnw/plans/<plan>``, its apps
+and memcache key prefixes fixed at registration) has its own ``ModeMachine``, following
+its own mode znode, with its own journals, cache tenant (``CacheRouter.add_tenant``),
+epoch and drain; ``Tenants`` maps each app to its plan's machine and every other app to
+``Unclaimed`` (``passthrough`` to N1, for good). Several plans over disjoint apps run at
+once, each in its own mode. One ephemeral ``Membership`` znode per instance names, per
+plan, the mode and epoch the instance acknowledged.
 
 Responsible for: building each mode (``Mode``: the mode znode's state and the data route;
 its cache route is the cache router's composition for the same mode), admitting each
 request under the mode in force (``admit`` → ``Admission``), fencing (``fence_reason``),
 and adopting the mode the znode names (``offer`` → ``_adopt``): close the gate, mark N2's
-cache dirty when entering ``cow``, switch the cache half (quiesce, drain the mirror
+cache dirty when entering ``cow``, switch the cache half (quiesce, drain the copy
 queues, invalidate dropped keys), swap the data route and wait until no request of the old
 mode still runs (its shielded write-and-journal tasks included), record every journal
 entry still held in memory, clear the dirty marker after a clean drain out of ``cow``, and
@@ -17,13 +25,21 @@ Must never: admit a request under a mode the instance is not counted for by
 ``switch_mode``; acknowledge a mode while a request of the old one can still complete;
 refuse or drop a cache delete.
 
-Fencing: why no request admitted under an old mode completes after ``switch_mode`` returned
----------------------------------------------------------------------------------------------
-``switch_mode`` sets the mode znode and returns once every *registered* instance (an
-ephemeral membership znode in N1's ZooKeeper) acknowledged the new epoch, and every
-instance that vanished from that set has had the time of its lease to notice. A live,
-registered instance acknowledges only after its drain, so nothing of the old mode runs on
-it afterwards. The danger is an instance that is *not* counted: its session expired (the
+Fencing: why no request admitted under a plan's old mode completes after ``switch_mode`` returned
+--------------------------------------------------------------------------------------------------
+Everything below holds per plan: ``switch_mode(zk, plan, mode)`` sets that plan's mode
+znode and returns once every *registered* instance (an ephemeral membership znode in N1's
+ZooKeeper) acknowledged the plan's new epoch in its membership, and every instance that
+vanished from that set has had the time of its lease to notice. A live, registered
+instance acknowledges only after its drain of that plan's old mode, so nothing of it runs
+there afterwards. An instance that has not learnt of the plan yet names no epoch for it,
+so the switch waits for it too; when it learns of the plan, it moves the plan's apps and
+key prefixes to the plan's machine and waits for every request ``Unclaimed`` had admitted
+(data and cache) before that machine acknowledges its first mode — so no request of a
+plan's app served as ``passthrough`` before can complete after the plan's first switch.
+``Unclaimed`` admits only while the instance is registered on its current session *and*
+has read the plan list since (``Membership.ready``): an instance that was not counted when
+a plan was switched never serves that plan's apps as unclaimed. The danger is an instance that is *not* counted: its session expired (the
 server ended it, or the process was paused — SIGSTOP — past the session timeout) while it
 still believes in the old mode. Three rules close that:
 
@@ -43,9 +59,9 @@ still believes in the old mode. Three rules close that:
    reconnected since and reads a newer mode: its registration on the old session is what
    made ``switch_mode`` wait, and it is gone.
 3. **Journal transaction** (``proxy/journal.py``): a repair-journal entry is created in
-   one ZooKeeper transaction with a check of the mode version the request was admitted
-   under, so a request of the old mode cannot add a checked entry after the switch's
-   journal check; it gets 503 instead.
+   one ZooKeeper transaction with a check of the version of the plan's mode znode the
+   request was admitted under, so a request of the old mode cannot add a checked entry to
+   the plan's journal after the switch's journal check; it gets 503 instead.
 
 Residual window, and why it is harmless: a datastore leg already sent to an engine when
 the instance is fenced lands after the check. It carries the request's timestamp, engines
@@ -53,11 +69,13 @@ apply last-write-wins, and the client is answered 503 (not acknowledged), so the
 is indistinguishable from an unacknowledged write that was slow — it never overwrites a
 write acknowledged after it began (that one has a larger timestamp). A cache copy already
 sent to N2's memcached likewise lands late; every copy is verified against its source
-after it is stored and undone if the source changed (``proxy/cache/mirror.py``), and once
-fenced the mirror queues send deletes only. A copy lost with an instance that died in
-``cow`` is covered by the durable dirty marker: ``switch_mode`` flushes N2's memcached
-before and after the switch to ``proxy`` while a marker of an instance that did not drain
-remains, so N2 holds no such value at hand-off.
+after it is stored and undone if the source changed (``proxy/cache/copies.py``), and once
+fenced the copy queues send deletes only. A copy lost with an instance that died in
+``cow`` is covered by the durable dirty marker (one per plan and run of an instance):
+``switch_mode`` flushes N2's memcached before and after the plan's switch to ``proxy`` while
+a marker of an instance that did not drain remains, so N2 holds no such value at hand-off.
+The flush is of the whole pool (memcached has no per-prefix flush), other plans' keys
+included; that is harmless to them: a flush never makes a value stale, only cold.
 """
 
 from __future__ import annotations
@@ -168,7 +186,8 @@ class Admission:
 
 
 class ModeMachine:
-    """Adopts the modes the watcher reports, in order; admits requests under the one in force."""
+    """One plan's machine: adopts the modes its watcher reports, in order; admits requests
+    of the plan's apps under the one in force."""
 
     def __init__(self, *, plan: str, membership: Membership, zk: KazooClient, watcher: ModeWatcher,
                  lease: ZooKeeperLease, cache: CacheRouter, journals: list[RepairJournal],
@@ -303,7 +322,8 @@ class ModeMachine:
                 raise
             except Exception as exc:  # noqa: BLE001 — reported, refused meanwhile, retried
                 ADOPTION_FAILURES.inc()
-                self.failure = (f"proxy {self.instance} could not adopt mode {state.mode} (epoch {state.epoch}): "
+                self.failure = (f"proxy {self.instance} could not adopt plan {self.plan}'s mode {state.mode} "
+                                f"(epoch {state.epoch}): "
                                 f"{type(exc).__name__}: {exc}; writes are refused while it retries")
                 log.error("%s (retry in %.1f s)", self.failure, backoff)
                 self._notify()

@@ -4,7 +4,8 @@ Responsible for: naming every path (constants for the fleet-wide roots, function
 per-instance, per-plan and per-app ones). Every other module asks this one; none spells a
 path. Must never: hold state or talk to ZooKeeper (it only builds strings).
 
-All of it lives in N1's ZooKeeper (under the chroot of the ``zookeeper`` address, if any).
+All of it lives in N1's ZooKeeper (under the chroot of the ``zookeeper`` address, if any),
+but for the mirror's markers in N2's.
 "mirrored" means the plan's ``sync_paths`` include it by default, so the tree mirror copies
 it to N2; nothing else of nxnw's is mirrored.
 
@@ -52,6 +53,12 @@ it to N2; nothing else of nxnw's is mirrored.
                                     that run without a plan's registration (``nxnw snapshot``,
                                     the Dask copy's workers: their task names begin with the
                                     plan's name)
+
+In N2's ZooKeeper, besides the mirrored subtrees:
+
+  /nxnw-mirror/ephemerals/<path>    persistent  written by the tree mirror (sync/mirror.py): one
+                                    marker per copy of an N1 ephemeral node, so that the copy
+                                    is removed once N1's node is gone
 """
 
 from __future__ import annotations
@@ -65,6 +72,8 @@ PLANS = f"{ROOT}/plans"
 APP_CLAIMS = f"{ROOT}/app-claims"
 PREFIX_CLAIMS = f"{ROOT}/prefix-claims"
 SHARED_CHECKPOINTS = f"{ROOT}/migration/checkpoints"
+#: In N2's ZooKeeper, outside /nxnw (which N2's own proxies will use once N2 serves).
+MIRROR_MARKERS = "/nxnw-mirror/ephemerals"
 
 
 def proxy_member(instance: str) -> str:

@@ -62,12 +62,13 @@ from kazoo.exceptions import KazooException, LockTimeout, NoNodeError
 from kazoo.protocol.states import KazooState
 from kazoo.recipe.lock import Lock
 
+from sync import layout
 from sync._zk import CONNECTIVITY_ERRORS, bounded_retry, check_name, check_path, check_timeout, join
 from sync.aio import zk_executor, zk_wait_executor
 
 log = logging.getLogger("nxnw.sync.lock")
 
-LOCKS_ROOT = "/nxnw/locks"
+LOCKS_ROOT = layout.LOCKS
 
 
 class GroupLockError(RuntimeError):

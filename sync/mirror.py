@@ -104,6 +104,7 @@ from kazoo.exceptions import (KazooException, NoAuthError, NoNodeError, NodeExis
 from kazoo.protocol.states import Callback, EventType, KazooState, WatchedEvent, ZnodeStat
 from prometheus_client import Gauge
 
+from sync import layout
 from sync._zk import (CONNECTIVITY_ERRORS, bounded_retry, check_path, check_timeout, decode_name, encode_name,
                       is_under, join, parent_of)
 from sync.zk_client import zk_client
@@ -113,7 +114,7 @@ log = logging.getLogger("nxnw.sync.mirror")
 MIRROR_LAG = Gauge("nxnw_zk_mirror_lag_seconds",
                    "Age of the oldest N1 ZooKeeper change not yet applied to N2 (0 when caught up)", ["root"])
 
-DEFAULT_MARKER_PATH = "/nxnw-mirror/ephemerals"
+DEFAULT_MARKER_PATH = layout.MIRROR_MARKERS
 #: The throw-away child created and deleted to raise an N2 parent's sequence counter.
 BUMP_CHILD = ".nxnw-seq-bump"
 #: Bytes of create+delete operations per multi; ZooKeeper refuses packets near 1 MB

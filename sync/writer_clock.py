@@ -79,6 +79,7 @@ from kazoo.protocol.states import KazooState, ZnodeStat
 from prometheus_client import Counter, Gauge
 
 from datastore.clock import MAX_NODES, TICK_US, ClockUnsafe, next_timestamp, wall_us
+from sync import layout
 from sync._zk import CONNECTIVITY_ERRORS, bounded_retry, check_name, check_path, check_timeout, join, put
 
 log = logging.getLogger("nxnw.sync.writer_clock")
@@ -86,7 +87,7 @@ log = logging.getLogger("nxnw.sync.writer_clock")
 #: Every znode of the writer clock lives under this root: ``writers/<id>`` (ephemeral, the
 #: holder), ``high-water/<id>`` (persistent, the reservation R), ``instances/<instance>``
 #: (persistent, the id an instance last held).
-CLOCK_ROOT = "/nxnw/clock"
+CLOCK_ROOT = layout.CLOCK
 DEFAULT_MAX_OFFSET_MS = 250.0
 DEFAULT_RESERVATION_S = 2.0
 DEFAULT_TICK_S = 0.5

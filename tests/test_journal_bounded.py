@@ -165,7 +165,7 @@ async def test_a_key_recorded_again_while_its_entry_is_replayed_keeps_the_entry(
     same key recorded in between bumps it, so replay's removal leaves it for the next pass."""
     require("zookeeper-n1")
     async with zk_namespace() as (_, zk):
-        journal = await run_blocking(RepairJournal, zk, "n2", bound=1)
+        journal = await run_blocking(RepairJournal, zk, "n2", plan=TEST_PLAN, bound=1)
         first, second = EntityRef(app_name, "K", b"a"), EntityRef(app_name, "K", b"b")
         await journal.record_late([first], "n2 down")
         await journal.record_late([second], "n2 down")  # past the bound of 1: a range mark

@@ -407,7 +407,7 @@ async def test_an_instance_that_cannot_adopt_the_mode_refuses_writes_and_retries
             await switch(zk, "passthrough", ack_timeout=3)
         refused = await http.put(key_path(app_name, "K", b"k"), data=b"v")
         assert refused.status == 503
-        assert "could not adopt mode passthrough" in (await refused.json())["reason"]
+        assert f"could not adopt plan {TEST_PLAN}'s mode passthrough" in (await refused.json())["reason"]
         health = await http.get("/healthz")
         assert health.status == 503 and "could not adopt" in (await health.json())["reason"]
         with memcached_process(dead_port):
