@@ -16,6 +16,7 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
+from nxnw.error_budget import N2ErrorBudget
+from nxnw.proxy_watch import ProxyWatch
 from proxy.server import ProxyServer
 from proxy.tls import client_context
 from tests.conftest import require
@@ -193,3 +196,31 @@ def test_proxy_serve_refuses_bad_tls_or_token_settings_in_one_line_before_connec
         assert result.returncode == 2, (flags, result.stdout, result.stderr)
         lines = (result.stdout + result.stderr).strip().splitlines()
         assert len(lines) == 1 and reason in lines[0], (flags, lines)
+
+
+async def test_the_status_pages_watch_and_the_error_budget_reach_https_proxies_with_the_plans_ca(tmp_path, pki):
+    ca, other = pki
+    issued = ca.issue("proxy")
+    async with zk_namespace() as (zk_hosts, _):
+        server = await _tls_proxy(tmp_path, zk_hosts, tls_cert=issued.cert, tls_key=issued.key)
+        try:
+            url = f"https://127.0.0.1:{server.http_port}"
+            watches = [ProxyWatch([], [url], n2_ca=ca.files.cert, interval=0.2),
+                       ProxyWatch([], [url], n2_ca=other.files.cert, interval=0.2)]
+            for watch in watches:
+                await watch.start()
+            try:
+                deadline = time.monotonic() + 60
+                while not (watches[0].instances[0].up and watches[1].instances[0].error):
+                    assert time.monotonic() < deadline, [(w.instances[0].up, w.instances[0].error) for w in watches]
+                    await asyncio.sleep(0.1)
+            finally:
+                for watch in watches:
+                    await watch.stop()
+            assert "certificate verify failed" in watches[1].instances[0].error
+            budget = N2ErrorBudget([url], 0.01, ca=ca.files.cert)
+            await asyncio.to_thread(budget.baseline)
+            assert (await asyncio.to_thread(budget)).ok
+            assert not (await asyncio.to_thread(N2ErrorBudget([url], 0.01, ca=other.files.cert))).ok
+        finally:
+            await server.cleanup()
