@@ -270,3 +270,29 @@ async def test_a_server_that_stops_answering_fails_the_relayed_requests_with_its
         await listener.close()
         await router.close()
         await held.close()
+
+
+async def test_relayed_requests_are_counted_and_timed_in_the_cache_metrics(key: bytes) -> None:
+    """The callback path counts and times each request in plain numbers; they reach
+    ``nxnw_cache_ops_total`` and ``nxnw_cache_op_seconds`` within a second (and when the
+    listener closes)."""
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    ops = dict(mode="passthrough", side="n1", op="get")
+    before = sample("nxnw_cache_ops_total", **ops), sample("nxnw_cache_op_seconds_count", mode="passthrough", op="get")
+    router, listener = await _listening("passthrough")
+    try:
+        assert await exchange(listener.port, b"get %b\r\n" % key * 3) == b"END\r\n" * 3
+        assert listener.stats.forwarded == 3
+        deadline = time.monotonic() + 30
+        while sample("nxnw_cache_ops_total", **ops) < before[0] + 3:
+            assert time.monotonic() < deadline, "the relayed gets never reached the metrics"
+            await asyncio.sleep(0.05)
+    finally:
+        await listener.close()
+        await router.close()
+    assert sample("nxnw_cache_ops_total", **ops) == before[0] + 3
+    assert sample("nxnw_cache_op_seconds_count", mode="passthrough", op="get") == before[1] + 3

@@ -71,6 +71,7 @@ import ssl
 import time
 from collections import deque
 
+from proxy.cache import metrics
 from proxy.cache.client import REPLY_LINE, REPLY_META_STORE, REPLY_VALUES, Item, Outcome, StoreMode
 from proxy.cache.errors import (
     MAX_EXPTIME, MAX_FLAGS, MAX_ITEM_BYTES, MAX_KEY_BYTES, MAX_U64, MIN_EXPTIME, CacheError, CacheFencedError,
@@ -190,6 +191,7 @@ class CacheListener:
         self.max_connections = max_connections
         self.stats = ListenerStats()
         self._server: asyncio.base_events.Server | None = None
+        self._flusher: asyncio.TimerHandle | None = None
         self._sessions: set[_Session] = set()
 
     async def start(self) -> None:
@@ -197,9 +199,19 @@ class CacheListener:
         self._server = await loop.create_server(lambda: _Session(self), self.host, self.port, reuse_address=True,
                                                 ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._flusher = loop.call_later(_FLUSH_EVERY, self._flush_metrics)
         log.info("memcached listener on %s:%d", self.host, self.port)
 
+    def _flush_metrics(self) -> None:
+        """The callback path's counts and latencies into the metrics (``metrics.Tally``)."""
+        metrics.flush_tallies()
+        self._flusher = asyncio.get_running_loop().call_later(_FLUSH_EVERY, self._flush_metrics)
+
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+            metrics.flush_tallies()
         if self._server is not None:
             self._server.close()
         sessions = list(self._sessions)
@@ -235,6 +247,8 @@ class CacheListener:
 _ST_GET, _ST_SET, _ST_DELETE, _ST_INCR, _ST_DECR, _ST_TOUCH = range(6)
 #: relayed requests of one connection waiting for their replies before it reads on
 _MAX_PIPELINE = 256
+#: seconds between additions of the callback path's counts into the metrics
+_FLUSH_EVERY = 1.0
 _STORED = b"STORED\r\n"
 _MS_MODE = {b"set": b"S", b"add": b"E", b"replace": b"R", b"cas": b"S"}
 
@@ -266,7 +280,8 @@ class _Relayed:
             relay.on_stored(self.key, self.value, self.flags, self.exptime, cas)
         elif relay.on_reply is not None:
             relay.on_reply(self.key, reply)
-        reason = self.route.leave(self.op, self.write, self.started)
+        relay.tally.add(time.perf_counter() - self.started)
+        reason = self.route.leave(self.write)
         session = self.session
         if reason is not None:  # fenced while it ran: the answer may belong to a mode the fleet has left
             exc = (CacheOutcomeUnknown(f"cache {self.op} not answered: {reason}; it may have been applied")
@@ -281,7 +296,8 @@ class _Relayed:
     def fail(self, exc: MemcacheServerError) -> None:
         if self.relay.on_error is not None:
             self.relay.on_error(self.key)
-        self.route.leave(self.op, self.write, self.started)
+        self.relay.tally.add(time.perf_counter() - self.started)
+        self.route.leave(self.write)
         self.session.listener.stats.errors += 1
         self.reply = _error_text(exc)
         self.session.answered(self)
@@ -540,7 +556,6 @@ class _Session(asyncio.Protocol):
             stats.cmd_touch += 1
         stats.forwarded += 1
         self.pending.append(entry)
-        relay.count()
         conn.send(entry, payload if payload is not None else buf[pos:nxt])
         return nxt
 

@@ -154,11 +154,10 @@ class ModeRoute(CacheRoute):
         self.inflight += 1
         return True
 
-    def leave(self, op: str, write: bool | None, started: float) -> str | None:
-        """A request ``enter`` admitted has its reply (or failed): no longer in flight, timed
-        as ``op``; the fence's reason if it closed meanwhile (the reply must not be given)."""
+    def leave(self, write: bool | None) -> str | None:
+        """A request ``enter`` admitted has its reply (or failed): no longer in flight (the
+        caller times it); the fence's reason if it closed meanwhile (the reply must not be given)."""
         self.inflight -= 1
-        self._latency[op](time.perf_counter() - started)
         if not self.inflight and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
         return None if write is None else self._router.fence(write)

@@ -58,8 +58,8 @@ class Relay(NamedTuple):
     without a coroutine. Built once per route and op, never per request."""
 
     pool: MemcachePool
-    #: the route's operation counter (``nxnw_cache_ops_total``)
-    count: Callable[[], None]
+    #: the op's count and latency (``nxnw_cache_ops_total``, ``nxnw_cache_op_seconds``)
+    tally: metrics.Tally
     #: ``(key, reply bytes)`` once the reply is in: what the route queues for it
     on_reply: Callable[[bytes, bytes], None] | None = None
     #: the op's outcome on ``pool`` is unknown (no reply): what the route queues then
@@ -159,7 +159,9 @@ class MemcachedRoute(CacheRoute):
         self.server = server
         self.side = server.side
         self._count = {op: metrics.OPS.labels(mode, server.side, op).inc for op in _OPS}
-        self.relays = {op: Relay(server, self._count[METRIC_OP[op]]) for op in FORWARD_OPS}
+        self.relays = {op: Relay(server, metrics.Tally(metrics.OPS.labels(mode, server.side, METRIC_OP[op]),
+                                                       metrics.LATENCY.labels(mode, METRIC_OP[op])))
+                       for op in FORWARD_OPS}
 
     forwards = FORWARD_OPS
 
@@ -228,14 +230,14 @@ class CopyWritesRoute(CacheRoute):
         self.primary = primary
         self.copies = copies
         self.forwards = primary.forwards - {"set"}
-        self.relays = {op: Relay(r.pool, r.count, on_error=copies.copy_delete,
+        self.relays = {op: Relay(r.pool, r.tally, on_error=copies.copy_delete,
                                  on_reply=self._copy_deleted if op == "delete" else self._copy_by_reply)
                        for op, r in primary.relays.items() if op != "get"}
         if "get" in primary.relays:
             self.relays["get"] = primary.relays["get"]
         if "set" in primary.relays:
             r = primary.relays["set"]
-            self.relays["set"] = Relay(r.pool, r.count, on_reply=self._copy_deleted_on_error,
+            self.relays["set"] = Relay(r.pool, r.tally, on_reply=self._copy_deleted_on_error,
                                        on_error=copies.copy_delete, on_stored=copies.copy_value)
 
     def _copy_by_reply(self, key: bytes, reply: bytes) -> None:
@@ -381,7 +383,7 @@ class WarmUpRoute(CacheRoute):
         self.relays = dict(self._writes.relays)
         if "get" in warm.relays:
             r = warm.relays["get"]
-            self.relays["get"] = Relay(r.pool, r.count, on_reply=self._fill_on_hit)
+            self.relays["get"] = Relay(r.pool, r.tally, on_reply=self._fill_on_hit)
 
     def _fill_on_hit(self, key: bytes, reply: bytes) -> None:
         if reply[:6] == b"VALUE ":
