@@ -9,16 +9,21 @@ process it did not start, and never stop a shared service.
 
 Failure handling: a process that does not answer before its deadline is reported with
 the tail of its log, and killed, so that a retry starts clean.
+
+With ``ProxyTls`` the instances serve HTTPS and TLS on their memcache ports, and this
+module's own calls to them (``/healthz``, ``/admin/state``) verify them with its CA.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ from pymemcache.exceptions import MemcacheError
 
 from nxnw.services.base import log_tail
 from nxnw.services.endpoints import HOST
+from proxy.tls import client_context
 
 READY_TIMEOUT = 60.0
 
@@ -54,6 +60,15 @@ class ChildFailed(RuntimeError):
     """A child process died or did not answer in time; the message has its log tail."""
 
 
+@dataclass(frozen=True)
+class ProxyTls:
+    """TLS of a fleet's proxies: the certificate and key they serve, the CA that signed it."""
+
+    cert: str
+    key: str
+    ca: str
+
+
 @dataclass
 class ProxyProcess:
     """One ``nxnw proxy serve`` instance: a name, an address and two ports (its writer id
@@ -66,16 +81,24 @@ class ProxyProcess:
     plan_path: Path
     log_path: Path
     admin_token: str
+    tls: ProxyTls | None = None
     popen: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    @functools.cached_property
+    def client_ssl(self) -> ssl.SSLContext | bool:
+        """What a client of this instance passes as aiohttp's ``ssl``: its CA, or the default."""
+        return client_context(self.tls.ca) if self.tls else True
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "nxnw.cli", "proxy", "serve", str(self.plan_path), "--instance", self.instance,
                 "--host", self.host, "--port", str(self.port),
                 "--memcache-port", str(self.memcache_port)]
+        if self.tls:
+            argv += ["--tls-cert", self.tls.cert, "--tls-key", self.tls.key]
         env = {**os.environ, "NXNW_ADMIN_TOKEN": self.admin_token, "NXNW_LOG": os.environ.get("NXNW_LOG", "INFO")}
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -95,7 +118,8 @@ class ProxyProcess:
     async def healthy(self, http: aiohttp.ClientSession) -> bool:
         """True when the instance answers /healthz with a mode (it can take writes)."""
         try:
-            async with http.get(f"{self.url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            async with http.get(f"{self.url}/healthz", timeout=aiohttp.ClientTimeout(total=2),
+                                ssl=self.client_ssl) as resp:
                 return resp.status == 200
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
@@ -118,7 +142,7 @@ class ProxyProcess:
         """The instance's ``/admin/state`` (behind its admin token)."""
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{self.url}/admin/state", headers={"Authorization": f"Bearer {self.admin_token}"},
-                                timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                                timeout=aiohttp.ClientTimeout(total=5), ssl=self.client_ssl) as resp:
                 resp.raise_for_status()
                 return await resp.json()
 
@@ -151,6 +175,7 @@ class ProxyFleet:
     workdir: Path
     slots: list[tuple[str, int, int]]
     admin_token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    tls: ProxyTls | None = None
     current: list[ProxyProcess] = field(default_factory=list)
     retired: list[ProxyProcess] = field(default_factory=list)
 
@@ -159,7 +184,7 @@ class ProxyFleet:
         generation = sum(1 for p in self.retired if p.host == host and p.port == port)
         name = f"demo-p{slot}" + (f"-r{generation}" if generation else "")
         return ProxyProcess(name, host, port, memcache_port, self.plan_path, self.workdir / f"{name}.log",
-                            self.admin_token)
+                            self.admin_token, self.tls)
 
     async def start(self) -> None:
         self.current = [self._new(slot) for slot in range(len(self.slots))]

@@ -29,7 +29,9 @@ from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
 from nxnw.error_budget import N2ErrorBudget
+from nxnw.fleet import ProxyProcess, ProxyTls, free_port
 from nxnw.proxy_watch import ProxyWatch
+from nxnw.services.endpoints import HOST, MEMCACHED, ZOOKEEPER
 from proxy.server import ProxyServer
 from proxy.tls import client_context
 from tests.conftest import require
@@ -224,3 +226,26 @@ async def test_the_status_pages_watch_and_the_error_budget_reach_https_proxies_w
             assert not (await asyncio.to_thread(N2ErrorBudget([url], 0.01, ca=other.files.cert))).ok
         finally:
             await server.cleanup()
+
+
+async def test_a_real_nxnw_proxy_serve_process_over_tls_answers_the_fleets_calls_with_the_ca(tmp_path, pki):
+    ca, _ = pki
+    issued = ca.issue("proxy")
+    async with zk_namespace() as (zk_hosts, _):
+        chroot = zk_hosts[zk_hosts.index("/"):]
+        plan = tmp_path / "plan.toml"
+        plan.write_text(f'name = "tls"\napps = ["a"]\n'
+                        f'[n1]\nengine = "sqlite:///{tmp_path}/n1.db"\nzookeeper = "{zk_hosts}"\n'
+                        f'memcached = "{HOST}:{MEMCACHED["n1"]}"\n'
+                        f'[n2]\nengine = "sqlite:///{tmp_path}/n2.db"\nzookeeper = "{HOST}:{ZOOKEEPER["n2"]}{chroot}"\n'
+                        f'memcached = "{HOST}:{MEMCACHED["n2"]}"\n')
+        proxy = ProxyProcess("tls-p", HOST, free_port(HOST), free_port(HOST), plan, tmp_path / "proxy.log",
+                             admin_token="t0ken", tls=ProxyTls(issued.cert, issued.key, ca.files.cert))
+        proxy.start()
+        try:
+            await proxy.wait_ready(120)
+            assert proxy.url.startswith("https://")
+            assert (await proxy.admin_state())["instance"] == "tls-p"
+            assert (await _memcache_version(proxy.memcache_port, client_context(ca.files.cert))).startswith(b"VERSION ")
+        finally:
+            await proxy.stop()
