@@ -107,18 +107,18 @@ RACE_ATTEMPTS = 8
 ENTRY_PREFIX = "k-"
 MARK_PREFIX = "r-"
 
-JOURNAL_DEPTH = Gauge("nxnw_repair_journal_depth", "Keys and range marks waiting in the repair journal", ["target"])
+JOURNAL_DEPTH = Gauge("nxnw_repair_journal_depth", "Keys and range marks waiting in the repair journal", ["plan", "target"])
 RECORD_FAILURES = Counter("nxnw_journal_record_failures_total",
-                          "Journal records ZooKeeper did not take (keys held in memory until it does)", ["target"])
+                          "Journal records ZooKeeper did not take (keys held in memory until it does)", ["plan", "target"])
 JOURNAL_HELD = Gauge("nxnw_journal_held_keys",
-                     "Keys (and range marks) held in memory until ZooKeeper takes their journal entry", ["target"])
+                     "Keys (and range marks) held in memory until ZooKeeper takes their journal entry", ["plan", "target"])
 KEYS_MARKED = Counter("nxnw_journal_keys_marked_total",
                       "Keys recorded as a range mark (journal at its bound) instead of an entry of their own",
-                      ["target"])
+                      ["plan", "target"])
 RANGE_REPAIRS = Counter("nxnw_journal_range_repairs_total",
-                        "Range marks resolved by a range verify + repair", ["target"])
+                        "Range marks resolved by a range verify + repair", ["plan", "target"])
 RANGE_REPAIRED_KEYS = Counter("nxnw_journal_range_repaired_keys_total",
-                              "Keys a range repair found newer on the source and copied to the target", ["target"])
+                              "Keys a range repair found newer on the source and copied to the target", ["plan", "target"])
 
 
 class ModeChanged(RuntimeError):
@@ -258,7 +258,7 @@ class RepairJournal:
 
     def _note_bound(self, keys_marked: int, depth: int) -> None:
         if keys_marked:
-            KEYS_MARKED.labels(self.target).inc(keys_marked)
+            KEYS_MARKED.labels(self.plan, self.target).inc(keys_marked)
             if not self._at_bound:
                 self._at_bound = True
                 log.warning("the repair journal toward %s holds %d entries, its bound: new keys are recorded as "
@@ -290,7 +290,7 @@ class RepairJournal:
         Bounded like the journal: past ``bound`` held keys, a new key is held as its range
         mark (app, bucket) instead, recorded as such by ``flush_held``.
         """
-        RECORD_FAILURES.labels(self.target).inc()
+        RECORD_FAILURES.labels(self.plan, self.target).inc()
         marked = 0
         for ref in refs:
             if ref in self.held or len(self.held) < self.bound:
@@ -299,8 +299,8 @@ class RepairJournal:
                 self.held_marks[(ref.app, bucket_of(ref.row_key, MARK_BUCKETS))] = reason
                 marked += 1
         if marked:
-            KEYS_MARKED.labels(self.target).inc(marked)
-        JOURNAL_HELD.labels(self.target).set(len(self.held) + len(self.held_marks))
+            KEYS_MARKED.labels(self.plan, self.target).inc(marked)
+        JOURNAL_HELD.labels(self.plan, self.target).set(len(self.held) + len(self.held_marks))
         log.error("could not journal %d key(s) for %s (%s: %s); holding them until ZooKeeper answers%s", len(refs),
                   self.target, type(error).__name__, error,
                   f" ({marked} as range marks: {self.bound} keys are held already)" if marked else "")
@@ -327,7 +327,7 @@ class RepairJournal:
                         if held.get(item) == reason:
                             del held[item]
                     flushed += len(chunk)
-        JOURNAL_HELD.labels(self.target).set(len(self.held) + len(self.held_marks))
+        JOURNAL_HELD.labels(self.plan, self.target).set(len(self.held) + len(self.held_marks))
         return flushed
 
     # --- depth ----------------------------------------------------------------------------
@@ -335,7 +335,7 @@ class RepairJournal:
     def _depth(self) -> int:
         stat = _retry()(self.zk.exists, self.path)
         depth = stat.numChildren if stat is not None else 0
-        JOURNAL_DEPTH.labels(self.target).set(depth)
+        JOURNAL_DEPTH.labels(self.plan, self.target).set(depth)
         return depth
 
     async def depth(self) -> int:
@@ -420,8 +420,8 @@ class RepairJournal:
             report = await repair_buckets(source, target, app, frozenset(m.bucket for m in group), buckets)
             removed = await run_blocking(self._remove, [(m.name, m.version) for m in group])
             resolved += removed
-            RANGE_REPAIRS.labels(self.target).inc(removed)
-            RANGE_REPAIRED_KEYS.labels(self.target).inc(report.copied)
+            RANGE_REPAIRS.labels(self.plan, self.target).inc(removed)
+            RANGE_REPAIRED_KEYS.labels(self.plan, self.target).inc(report.copied)
             log.warning("range repair toward %s: app %s, %d of %d bucket(s) marked dirty; %d key(s) examined on the "
                         "source, %d copied (newer than the target's copy); %d mark(s) resolved, %d marked again "
                         "meanwhile and kept", self.target, app, len(group), buckets, report.examined, report.copied,

@@ -208,6 +208,8 @@ class ModeMachine:
         self.failure: str | None = None
         self._latest: ModeState | None = None
         self._clean_cow_exit = False
+        #: earlier Mode objects of the mode in force, still draining (``retire``)
+        self._retired: list[Mode] = []
         self._wanted = asyncio.Event()
         self._changed = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -234,13 +236,25 @@ class ModeMachine:
                 await self._wait_changed()
         return self.current
 
+    def retire(self) -> Mode | None:
+        """Admit new requests on a fresh Mode of the mode in force (same routes) and return
+        the old one, to be waited for: a later plan took some of this plan's apps over
+        (``Tenants``). The next adoption waits for it too."""
+        old = self.current
+        if old is None:
+            return None
+        self.current = Mode(old.state, old.data, old.cache, generation=old.generation)
+        self._retired.append(old)
+        return old
+
     async def close(self) -> None:
         """Stop following; wait for the requests still running on the mode in force."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self.current is not None:
-            await self.current.idle.wait()
+            for mode in (*self._retired, self.current):
+                await mode.idle.wait()
             await self.current.data.close()
 
     # --- the fence -----------------------------------------------------------------------
@@ -354,7 +368,9 @@ class ModeMachine:
             self.current = new
             self._notify()
             if old is not None:
-                await old.idle.wait()  # the data drain, shielded write-and-journal tasks included
+                for mode in (*self._retired, old):
+                    await mode.idle.wait()  # the data drain, shielded write-and-journal tasks included
+                self._retired.clear()
                 await old.data.close()
                 self._clean_cow_exit = old.name == "cow" and state.mode != "cow"
         for journal in self.journals:
@@ -538,8 +554,9 @@ class Tenants:
     its journals and their replayers, its watcher and machine are built; its apps and key
     prefixes move to it (the latest registered plan naming an app wins: an app is claimed
     by one live plan at a time, and a finished plan's apps stay with it until another
-    plan claims them); the requests ``Unclaimed`` had admitted are waited for (data and
-    cache); only then does the machine adopt and acknowledge the plan's mode. Until that
+    plan claims them); the requests admitted before for those apps (by ``Unclaimed``, or by
+    the finished plan) are waited for, data and cache; only then does the machine adopt
+    and acknowledge the plan's mode. Until that
     acknowledgement, ``switch_mode`` for the plan waits for this instance.
 
     On session loss: the membership is written again and the plan list read again before
@@ -645,12 +662,18 @@ class Tenants:
                               build_data=functools.partial(data_route, n1=self.n1, n2=self.n2, to_n2=to_n2,
                                                            to_n1=to_n1, shadow_rate=self.shadow_rate),
                               admit_wait=self.admit_wait)
+        previous = sorted({self.owner[app] for app in plan.apps if app in self.owner})
         self.machines[plan.name] = machine
         for app in plan.apps:
             self.owner[app] = plan.name
-        old = self.unclaimed.retire()
-        await old.idle.wait()  # data requests of the plan's apps admitted before it was known
-        await self.cache.settle()  # and cache requests of its keys
+        # Data requests of the plan's apps admitted before it was known (as unclaimed, or by
+        # an earlier, finished plan that named them), then cache requests of its keys.
+        retired = [self.unclaimed.retire(), *(self.machines[name].retire() for name in previous)]
+        for mode in retired:
+            if mode is not None:
+                await mode.idle.wait()
+        for cache_router in (self.cache, *(self.machines[name].cache for name in previous)):
+            await cache_router.settle()
         loop = asyncio.get_running_loop()
         machine.start()
         watcher.add_callback(lambda state: loop.call_soon_threadsafe(machine.offer, state))

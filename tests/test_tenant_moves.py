@@ -149,19 +149,32 @@ async def test_app_a_moves_to_proxy_while_app_b_writes_and_reads_through_the_sam
 
 async def test_two_plans_over_disjoint_apps_are_live_at_once_in_different_modes(sqlite_dir: str) -> None:
     from nxnw.services.endpoints import engine_url
-    from proxy.api import encode_key
-    from sync.aio import run_blocking
     from tests.conftest import require
+    from tests.memcached_harness import memcached_process
     from tests.proxy_harness import key_path, proxy_config, register_plan, running_proxy, switch, zk_namespace
 
     require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
     tag = uuid.uuid4().hex[:8]
     a, b, c = f"a_{tag}", f"b_{tag}", f"c_{tag}"
     n1_url, n2_url = engine_url("sqlite", "n1", sqlite_dir), engine_url("sqlite", "n2", sqlite_dir)
-    n1_cache, n2_cache = _memcached(f"{HOST}:{MEMCACHED['n1']}"), _memcached(f"{HOST}:{MEMCACHED['n2']}")
+    # memcacheds of this test's own: another test's prepare may flush the shared N2 one
+    with memcached_process() as (host1, port1), memcached_process() as (host2, port2):
+        n1_cache, n2_cache = _memcached(f"{host1}:{port1}"), _memcached(f"{host2}:{port2}")
+        config = proxy_config("p1", n1_url, n2_url, "").model_copy(
+            update={"n1_memcached": f"{host1}:{port1}", "n2_memcached": f"{host2}:{port2}"})
+        await _two_plans(config, n1_url, n2_url, (a, b, c), n1_cache, n2_cache)
+
+
+async def _two_plans(config, n1_url: str, n2_url: str, apps: tuple[str, str, str], n1_cache: MemcacheClient,
+                     n2_cache: MemcacheClient) -> None:
+    from datastore import open_engine
+    from proxy.api import encode_key
+    from sync.aio import run_blocking
+    from tests.proxy_harness import key_path, register_plan, running_proxy, switch, zk_namespace
+
+    a, b, c = apps
     async with zk_namespace() as (zk_hosts, zk), \
-            running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)) as (server, http):
-        from datastore import open_engine
+            running_proxy(config.model_copy(update={"n1_zookeeper": zk_hosts})) as (server, http):
         n1, n2 = open_engine(n1_url), open_engine(n2_url)
         await n1.open()
         await n2.open()
@@ -294,3 +307,42 @@ async def test_a_second_plan_does_not_resume_the_first_ones_phase(setting: Setti
         for engine in (s.n1, s.n2):
             await engine.drop_app(b)
 
+
+
+async def test_a_later_plan_takes_over_the_apps_of_a_released_one(sqlite_dir: str) -> None:
+    """A rolled-back plan releases its app; a plan registered later over it takes it over on
+    every proxy (after the requests admitted under the first plan ended) and moves it."""
+    from datastore import open_engine
+    from nxnw.services.endpoints import engine_url
+    from sync.aio import run_blocking
+    from sync.state import AppClaimed, PlanRegistry
+    from tests.conftest import require
+    from tests.proxy_harness import key_path, proxy_config, register_plan, running_proxy, switch, zk_namespace
+
+    require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
+    app = f"t_{uuid.uuid4().hex[:8]}"
+    n1_url, n2_url = engine_url("sqlite", "n1", sqlite_dir), engine_url("sqlite", "n2", sqlite_dir)
+    n1, n2 = open_engine(n1_url), open_engine(n2_url)
+    await n1.open()
+    await n2.open()
+    try:
+        async with zk_namespace() as (zk_hosts, zk), \
+                running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)) as (server, http):
+            await run_blocking(register_plan, zk, [app], "first", {})
+            await switch(zk, "cow", plan="first")
+            await switch(zk, "passthrough", plan="first")
+            try:
+                await run_blocking(register_plan, zk, [app], "second", {})
+                raise AssertionError("a second plan claimed an app the first still holds")
+            except AppClaimed as refused:
+                assert "plan first holds app" in str(refused)
+            await run_blocking(PlanRegistry(zk).release, "first")
+            await run_blocking(register_plan, zk, [app], "second", {})
+            await switch(zk, "cow", plan="second")
+            assert server.core.machine(app).plan == "second"
+            assert (await http.put(key_path(app, "K", b"k"), data=b"v")).status == 200
+            assert await n2.get(EntityRef(app, "K", b"k")) is not None, "the app did not follow the second plan"
+    finally:
+        for engine in (n1, n2):
+            await engine.drop_app(app)
+            await engine.close()
