@@ -12,6 +12,7 @@ there: the second plan "resumed" the first one's phase).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from contextlib import AsyncExitStack
@@ -228,8 +229,6 @@ async def _two_plans(config, n1_url: str, n2_url: str, apps: tuple[str, str, str
 async def test_a_switch_waits_for_a_registered_instance_that_has_not_learnt_of_the_plan(sqlite_dir: str) -> None:
     """The membership of an instance that does not know the plan yet names no epoch for it:
     switch_mode waits for it (never skips it) and says so when it gives up."""
-    import json
-
     import pytest
 
     from nxnw.services.endpoints import engine_url
@@ -275,6 +274,10 @@ async def test_a_plan_naming_an_app_another_live_plan_holds_is_refused_naming_th
     assert "Traceback" not in result.stderr
     assert MigrationStateStore(s.zk1, path=layout.state(other)).get() is None
     assert s.zk1.exists(layout.plan(other)) is None, "the refused plan was registered anyway"
+    status = await asyncio.to_thread(nxnw, "status", str(second), "--json")
+    facts = json.loads(status.stdout)
+    assert facts["registered"] is None and facts["phase"] is None
+    assert facts["other_plans"] == {s.plan.name: {"apps": [s.app], "live": True, "mode": "passthrough"}}
 
     # once the first plan is rolled back, its claim is released and the second may start
     await run_orchestrator(s.plan, "rollback")
