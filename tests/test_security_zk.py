@@ -11,7 +11,11 @@ only a ``secureClientPort`` (Netty) and a PEM certificate signed by a CA the tes
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,10 +33,14 @@ from pydantic import SecretStr
 from nxnw import services
 from nxnw.fleet import free_port
 from nxnw.services.endpoints import HOST, ZOOKEEPER
+from nxnw.config import parse_plan
+from nxnw.orchestrator import Orchestrator
 from nxnw.zk import zk_session
+from sync.aio import run_blocking
 from sync.zk_client import ZooKeeperSecurity, zk_client
 from tests.conftest import require
 from tests.proxy_harness import proxy_config, running_proxy
+from tests.test_orchestrator_gates import _plan_text, private_memcached  # noqa: F401 (fixture)
 from tests.test_security_tls import TestCA
 
 ENSEMBLE = f"{HOST}:{ZOOKEEPER['n1']}"
@@ -166,3 +174,57 @@ def test_over_tls_a_client_with_the_ca_is_served_and_a_wrong_ca_or_plain_client_
             refused.start(5)
         refused.stop()
         refused.close()
+
+
+async def test_a_migration_with_digest_credentials_leaves_nothing_readable_without_them(tmp_path, security,
+                                                                                       private_memcached):
+    """The plan's ``zookeeper_security`` reaches every session the orchestrator and the
+    commands open: its state, records and the mirrored tree carry the digest ACL on both
+    sides, and ``nxnw status`` (another process, the password from the environment) reads them."""
+    assert security.digest_password is not None
+    password = security.digest_password.get_secret_value()
+    tag = uuid.uuid4().hex[:10]
+    app, chroot = f"s_{tag}", f"/nxnw-sec-{tag}"
+    sides = {side: f"{HOST}:{ZOOKEEPER[side]}" for side in ("n1", "n2")}
+    admins = {side: zk_client(hosts, security, timeout=10) for side, hosts in sides.items()}
+    for admin in admins.values():
+        admin.start(15)
+        admin.create(chroot, acl=OPEN_ACL_UNSAFE)
+    try:
+        writer = zk_client(f"{sides['n1']}{chroot}", security, timeout=10)
+        with started(writer):
+            writer.create(f"/apps/{app}/config", b"v1", makepath=True)
+        text = (_plan_text(f"sec-{tag}", app, f"sqlite:///{tmp_path}/n1.db", f"sqlite:///{tmp_path}/n2.db", chroot,
+                           private_memcached)
+                + "".join(f'\n[{side}.zookeeper_security]\ndigest_user = "{security.digest_user}"\n'
+                          'digest_password = { env = "NXNW_TEST_ZK_DIGEST" }\n' for side in sides))
+        (tmp_path / "plan.toml").write_text(text)
+        os.environ["NXNW_TEST_ZK_DIGEST"] = password
+        try:
+            plan = parse_plan(text, "plan.toml")
+        finally:
+            del os.environ["NXNW_TEST_ZK_DIGEST"]
+        async with await Orchestrator.connect(plan) as orchestrator:
+            await orchestrator.migrate(until="sync-zk")
+            await run_blocking(orchestrator.mirrors[0].wait_synced, 30)
+        for side, hosts in sides.items():
+            with started(KazooClient(hosts=f"{hosts}{chroot}", timeout=10)) as plain:
+                made = plain.get_children("/")
+                assert made, f"nothing was created on {side}"
+                for name in made:
+                    with pytest.raises(NoAuthError):
+                        plain.get_children(f"/{name}")
+        with started(zk_client(f"{sides['n2']}{chroot}", security, timeout=10)) as n2:
+            assert n2.get(f"/apps/{app}/config")[0] == b"v1"  # mirrored, readable with the digest
+        result = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "nxnw.cli", "status",
+                                                          str(tmp_path / "plan.toml"), "--json"],
+                                         capture_output=True, text=True, timeout=300,
+                                         env={**os.environ, "NXNW_TEST_ZK_DIGEST": password})
+        assert result.returncode == 0, (result.stdout, result.stderr)
+        assert json.loads(result.stdout)["phase"] == "sync-zk"
+        assert password not in result.stdout + result.stderr
+    finally:
+        for admin in admins.values():
+            admin.delete(chroot, recursive=True)
+            admin.stop()
+            admin.close()
