@@ -247,7 +247,7 @@ def _verify(args: argparse.Namespace) -> int:
         if scheduler:
             await check_scheduler(scheduler)
         async with zk_session(plan.n1.zookeeper, "N1's", plan.n1.zookeeper_security) as zk:
-            mode = await run_blocking(lambda: read_mode(zk, path=layout.mode(plan.name)))
+            mode = await run_blocking(read_mode, zk, path=layout.mode(plan.name))
         # Only in proxy mode are N2's newer copies writes N1 has yet to receive (see snapshot/verify.py).
         n2_primary = mode is not None and mode.mode == "proxy"
         n1, n2 = open_engine(plan.n1.engine), open_engine(plan.n2.engine)

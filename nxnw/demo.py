@@ -428,11 +428,13 @@ def dns_switched_at(tasks: dict[str, dict[str, Any]]) -> float | None:
     Not the ``handoff`` task's ``switched_at``: an orchestrator killed after the switch and
     resumed writes the record set again and records when *that* run began, after the
     clients had moved, which made the switch-over 0 s. Steps before the last rollback
-    belong to an abandoned hand-off. The task's figure is the answer only when no timeline
-    was kept; None when the name was never switched."""
+    belong to an abandoned hand-off, and a step that failed changed nothing. The task's
+    figure is the answer only when no timeline was kept; None when the name was never
+    switched."""
     steps = (tasks.get("_dns") or {}).get("steps") or []
     rolled_back = max((i for i, step in enumerate(steps) if step.get("verb") == "rollback"), default=-1)
-    starts = [step["started_at"] for step in steps[rolled_back + 1:] if step.get("verb") == "switch"]
+    starts = [step["started_at"] for step in steps[rolled_back + 1:]
+              if step.get("verb") == "switch" and step.get("outcome") != "failed"]
     return starts[0] if starts else (tasks.get("handoff") or {}).get("switched_at")
 
 
@@ -492,7 +494,7 @@ async def run_demo(options: DemoOptions) -> tuple[dict[str, Any], bool]:
             state = await run_blocking(MigrationStateStore(zk, path=layout.state(env.plan.name)).get)
             tasks = await run_blocking(TaskRecordStore(zk, root=layout.checkpoints(env.plan.name)).list,
                                        f"{env.plan.name}._tasks")
-            mode = await run_blocking(lambda: read_mode(zk, path=layout.mode(env.plan.name)))
+            mode = await run_blocking(read_mode, zk, path=layout.mode(env.plan.name))
         final_phase = None if state is None else state.phase
         if options.tamper_n2:
             keys = await env.tamper_n2(options.tamper_n2)

@@ -423,7 +423,7 @@ class Orchestrator:
         allowed = self._expected_modes(task)
         if not allowed:
             return
-        live = await run_blocking(lambda: read_mode(self.zk, path=self.mode_path))
+        live = await run_blocking(read_mode, self.zk, path=self.mode_path)
 
         def matches(mode: str, epoch: int | None) -> bool:
             return live is not None and live.mode == mode and (epoch is None or live.epoch == epoch)
@@ -431,7 +431,7 @@ class Orchestrator:
         if any(matches(mode, epoch) for mode, epoch in allowed[:1]):
             return
         if any(matches(mode, epoch) for mode, epoch in allowed[1:]) and \
-                await run_blocking(lambda: load_verified_epoch(self.zk, path=self.mode_path)) == \
+                await run_blocking(load_verified_epoch, self.zk, path=self.mode_path) == \
                 self._done["cow"].get("epoch"):
             return
         mode, epoch = allowed[0]
@@ -595,7 +595,7 @@ class Orchestrator:
         machine refuses cow → proxy.
         """
         cow_epoch = self._done["cow"]["epoch"]
-        await run_blocking(lambda: mark_load_verified(self.zk, cow_epoch, path=self.mode_path))
+        await run_blocking(mark_load_verified, self.zk, cow_epoch, path=self.mode_path)
         self.progress.journal_depth = await run_blocking(journal_depth, self.zk, self.plan.name, "n2")
         return {**await self._switch("proxy"), "verified_cow_epoch": cow_epoch}
 

@@ -89,7 +89,7 @@ async def switch(zk: KazooClient, mode: str, *, plan: str = TEST_PLAN, apps: lis
     if apps is not None:
         await run_blocking(register_plan, zk, apps, plan)
     if mode == "proxy":
-        current = await run_blocking(lambda: read_mode(zk, path=layout.mode(plan)))
+        current = await run_blocking(read_mode, zk, path=layout.mode(plan))
         if current is not None and current.mode == "cow":
-            await run_blocking(lambda: mark_load_verified(zk, current.epoch, path=layout.mode(plan)))
+            await run_blocking(mark_load_verified, zk, current.epoch, path=layout.mode(plan))
     return await run_blocking(switch_mode, zk, plan, mode, **{"drain_timeout": 10, "ack_timeout": 10, **kwargs})
