@@ -41,7 +41,7 @@ from sync.zk_client import ZooKeeperSecurity, zk_client
 from tests.conftest import require
 from tests.proxy_harness import proxy_config, running_proxy
 from tests.test_orchestrator_gates import _plan_text, private_memcached  # noqa: F401 (fixture)
-from tests.test_security_tls import TestCA
+from tests.test_security_tls import Issued, TestCA
 
 ENSEMBLE = f"{HOST}:{ZOOKEEPER['n1']}"
 
@@ -118,12 +118,14 @@ async def test_a_proxy_with_the_digest_serves_and_its_znodes_are_refused_to_othe
 
 
 @pytest.fixture
-def tls_zookeeper(tmp_path: Path) -> Iterator[tuple[str, TestCA, TestCA]]:
-    """A private ZooKeeper answering only TLS: (its hosts string, its CA, an unrelated CA)."""
+def tls_zookeeper(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, TestCA, TestCA, Issued]]:
+    """A private ZooKeeper answering only TLS: (its hosts string, its CA, an unrelated CA, a
+    client certificate its CA signed). ``ssl.clientAuth`` is the parameter (default none)."""
+    client_auth = getattr(request, "param", "none")
     require("zookeeper-n1")  # its jars
     lib_dir = services.service("zookeeper-n1").lib_dir
     ca, other = TestCA(tmp_path, "zk-ca"), TestCA(tmp_path, "other-ca")
-    issued = ca.issue("zookeeper")
+    issued, client = ca.issue("zookeeper"), ca.issue("nxnw", client=True)
     bundle = tmp_path / "zookeeper-bundle.pem"  # ZooKeeper's PEM key store: key and certificate in one file
     bundle.write_text(Path(issued.key).read_text() + Path(issued.cert).read_text())
     port = free_port(HOST)
@@ -131,7 +133,7 @@ def tls_zookeeper(tmp_path: Path) -> Iterator[tuple[str, TestCA, TestCA]]:
         f"tickTime=2000\ndataDir={tmp_path / 'data'}\nsecureClientPort={port}\nsecureClientPortAddress={HOST}\n"
         "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n"
         f"ssl.keyStore.location={bundle}\nssl.keyStore.type=PEM\n"
-        f"ssl.trustStore.location={ca.files.cert}\nssl.trustStore.type=PEM\nssl.clientAuth=none\n"
+        f"ssl.trustStore.location={ca.files.cert}\nssl.trustStore.type=PEM\nssl.clientAuth={client_auth}\n"
         "admin.enableServer=false\n")
     log = (tmp_path / "zookeeper.log").open("wb")
     server = subprocess.Popen(["java", "-Xmx128m", "-XX:+UseSerialGC", "-Djava.net.preferIPv4Stack=true",
@@ -141,7 +143,8 @@ def tls_zookeeper(tmp_path: Path) -> Iterator[tuple[str, TestCA, TestCA]]:
     try:
         deadline = time.monotonic() + 120
         while True:  # up once a TLS session opens (a JVM starts slowly on a busy machine)
-            probe = zk_client(hosts, ZooKeeperSecurity(tls=True, tls_ca=ca.files.cert), timeout=5)
+            probe = zk_client(hosts, ZooKeeperSecurity(tls=True, tls_ca=ca.files.cert, tls_cert=client.cert,
+                                                       tls_key=client.key), timeout=5)
             try:
                 probe.start(5)
                 break
@@ -151,7 +154,7 @@ def tls_zookeeper(tmp_path: Path) -> Iterator[tuple[str, TestCA, TestCA]]:
             finally:
                 probe.stop()
                 probe.close()
-        yield hosts, ca, other
+        yield hosts, ca, other, client
     finally:
         server.terminate()
         server.wait(30)
@@ -159,7 +162,7 @@ def tls_zookeeper(tmp_path: Path) -> Iterator[tuple[str, TestCA, TestCA]]:
 
 
 def test_over_tls_a_client_with_the_ca_is_served_and_a_wrong_ca_or_plain_client_is_not(tls_zookeeper):
-    hosts, ca, other = tls_zookeeper
+    hosts, ca, other, _ = tls_zookeeper
     secured = ZooKeeperSecurity(tls=True, tls_ca=ca.files.cert, digest_user="nxnw",
                                 digest_password=SecretStr(uuid.uuid4().hex))
     with started(zk_client(hosts, secured, timeout=10)) as nxnw:
@@ -228,3 +231,16 @@ async def test_a_migration_with_digest_credentials_leaves_nothing_readable_witho
             admin.delete(chroot, recursive=True)
             admin.stop()
             admin.close()
+
+
+@pytest.mark.parametrize("tls_zookeeper", ["need"], indirect=True)
+def test_an_ensemble_that_needs_client_certificates_serves_the_client_that_presents_one(tls_zookeeper):
+    hosts, ca, _, client = tls_zookeeper
+    with_cert = ZooKeeperSecurity(tls=True, tls_ca=ca.files.cert, tls_cert=client.cert, tls_key=client.key)
+    with started(zk_client(hosts, with_cert, timeout=10)) as nxnw:
+        assert "zookeeper" in nxnw.get_children("/")
+    without = zk_client(hosts, ZooKeeperSecurity(tls=True, tls_ca=ca.files.cert), timeout=5)
+    with pytest.raises(KazooTimeoutError):
+        without.start(5)
+    without.stop()
+    without.close()
