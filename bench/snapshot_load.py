@@ -53,6 +53,12 @@ from typing import Any
 from bench._util import fmt, machine, median, write_json
 
 KIND = "E"
+#: Issue 13's goals: load at least this share of the engine's own bulk path, verify at
+#: least this many entities/s (1 KB values, SQLite on both sides).
+LOAD_GOAL = 0.8
+VERIFY_GOAL = 100_000
+#: Ranges of each side verify reads at once (``verify_app``'s workers).
+VERIFY_WORKERS = 4
 SIZES = (100, 1024, 10 * 1024, 100 * 1024)
 DEFAULT_COUNTS = {100: 100_000, 1024: 100_000, 10 * 1024: 20_000, 100 * 1024: 2_000}
 ENGINE_SERVICES = {"sqlite": [], "cassandra": ["cassandra"], "hbase": ["hbase"]}
@@ -181,8 +187,27 @@ async def export_to_file(n1, app: str, path: Path, ranges: int, workers: int) ->
         plan = plan_ids(await n1.ranges(app, at_least=ranges))
         async for chunk in export_chunks(n1, app, plan, workers=workers):
             out.write(encode(chunk))
-            entities += len(chunk.entities)
+            entities += len(chunk.rows)
     return entities, time.perf_counter() - started, path.stat().st_size
+
+
+async def scan_rate(n1, app: str, ranges: int, workers: int) -> float:
+    """Rows per second of N1's scan alone (``Engine.scan_rows`` over the app's ranges,
+    ``workers`` at a time, as one side of verify reads them): the ceiling for verify."""
+    from snapshot.verify import SCAN_PAGE_ROWS
+
+    slots = asyncio.Semaphore(workers)
+    rows = 0
+
+    async def scan(key_range) -> None:
+        nonlocal rows
+        async with slots:
+            async for page in n1.scan_rows(app, key_range, page_size=SCAN_PAGE_ROWS):
+                rows += len(page)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(scan(r) for r in await n1.ranges(app, at_least=ranges)))
+    return rows / (time.perf_counter() - started)
 
 
 async def load_and_verify(n1, target_url: str, app: str, warm, thresholds) -> dict[str, Any]:
@@ -199,7 +224,7 @@ async def load_and_verify(n1, target_url: str, app: str, warm, thresholds) -> di
                                export_workers=thresholds.export_workers, load_workers=thresholds.load_workers)
         load_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        report = await verify_app(n1, target, app, workers=4)
+        report = await verify_app(n1, target, app, workers=VERIFY_WORKERS)
         verify_seconds = time.perf_counter() - started
         return {"entities": stats.entities, "seconds": load_seconds, "rate": stats.entities / load_seconds,
                 "verify_rate": report.n1.count / verify_seconds, "verify_seconds": verify_seconds,
@@ -230,6 +255,7 @@ async def one_size(size: int, count: int, engines: list[str], args: argparse.Nam
                                                              thresholds.export_workers)
         (work / f"{app}.chunks").unlink()
         out["export"] = {"entities": entities, "seconds": seconds, "rate": entities / seconds, "bytes": file_bytes}
+        out["scan"] = {"rate": await scan_rate(n1, app, VERIFY_WORKERS, VERIFY_WORKERS)}
         for engine in engines:
             n = count if engine != "hbase" or not args.hbase_max else min(count, args.hbase_max)
             if n < count:  # HBase gets the first n rows of the same data, on an N1 of its own
@@ -279,6 +305,7 @@ def merge(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     first = rounds[0]
     merged = {"size": first["size"], "count": first["count"],
               "export": {"rate": median(r["export"]["rate"] for r in rounds), "bytes": first["export"]["bytes"]},
+              "scan": {"rate": median(r["scan"]["rate"] for r in rounds)},
               "engines": {}}
     for engine, ours in first["engines"].items():
         runs = [r["engines"][engine] for r in rounds]
@@ -313,6 +340,38 @@ def print_table(results: list[dict[str, Any]], rounds: int) -> None:
     for note in notes:
         print(f"  note — {note}")
     print("  goal: < 0.1 ms per 1 KB entity (>= 10,000/s) and >= cqlsh COPY FROM; the paper: 2.45-3.18 ms per entity")
+    for line in goal_lines(results):
+        print(line)
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def goal_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Issue 13's two snapshot goals (1 KB, SQLite -> SQLite) and the other engines' figures
+    beside theirs, with verdicts; empty when the run had no 1 KB size."""
+    kb = next((res for res in results if res["size"] == 1024), None)
+    if kb is None:
+        return []
+    lines = ["\ngoals (1 KB values; medians of the rounds; every figure of one round measured in one run)"]
+    sqlite = kb["engines"].get("sqlite")
+    if sqlite is not None and sqlite["ratio"] is not None:
+        lines.append(f"  load / sqlite executemany (same rows, one transaction), sqlite -> sqlite: {sqlite['ratio']:.2f}x "
+                     f"({sqlite['rate']:,.0f}/s vs {sqlite['bulk']['rate']:,.0f}/s); goal >= {LOAD_GOAL:.2f}x: "
+                     f"{_verdict(sqlite['ratio'] >= LOAD_GOAL)}")
+    if sqlite is not None:
+        lines.append(f"  verify, sqlite vs sqlite: {sqlite['verify_rate']:,.0f} entities/s (N1's scan alone: "
+                     f"{kb['scan']['rate']:,.0f} rows/s); goal >= {VERIFY_GOAL:,}/s: "
+                     f"{_verdict(sqlite['verify_rate'] >= VERIFY_GOAL)}")
+    for engine, r in kb["engines"].items():
+        if engine == "sqlite":
+            continue
+        bulk = r["bulk"]
+        beside = (f"{r['ratio']:.2f}x {bulk['name']} ({bulk['rate']:,.0f}/s), goal >= 1.0x: {_verdict(r['ratio'] >= 1)}"
+                  if r["ratio"] is not None else f"no bulk path to compare with: {bulk.get('error')}")
+        lines.append(f"  sqlite -> {engine}: load {r['rate']:,.0f}/s, {beside}; verify {r['verify_rate']:,.0f} entities/s")
+    return lines
 
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:

@@ -2,10 +2,10 @@
 
 from datastore.clock import ClockUnsafe, HybridLogicalClock
 from datastore.engine import Checksum, Engine, EngineUnavailable, KeyRange
-from datastore.model import Entity, EntityRef, InvalidEntity
+from datastore.model import Entity, EntityRef, InvalidEntity, Row
 from datastore.registry import UnknownEngine, open_engine
 
 __all__ = [
     "Checksum", "ClockUnsafe", "Engine", "EngineUnavailable", "Entity", "EntityRef", "HybridLogicalClock",
-    "InvalidEntity", "KeyRange", "UnknownEngine", "open_engine",
+    "InvalidEntity", "KeyRange", "Row", "UnknownEngine", "open_engine",
 ]

@@ -21,6 +21,10 @@ Contract every engine keeps (the conformance suite in ``tests/`` checks each one
   ``KeyRange`` is opaque outside the engine that made it (Cassandra token ranges, HBase
   region boundaries, SQLite rowid ranges) but is plain strings, so it can be
   checkpointed in ZooKeeper and handed back to the same engine later.
+* **Rows are entities without the objects.** ``scan_rows`` and ``apply_rows`` are ``scan``
+  (tombstones included) and ``apply`` for one app's ``Row`` tuples, the snapshot's bulk
+  paths; an engine that overrides them (SQLite does) skips an ``Entity`` per row on each
+  side of a copy, and verify digests rows it never turns into entities.
 * **Checksums are engine-independent.** ``checksum`` of equal content is equal on every
   engine, whatever the ranges: it is an order-independent sum of per-entity digests.
 * **The event loop never waits.** A network round trip, a lock wait or large I/O never
@@ -33,12 +37,13 @@ Contract every engine keeps (the conformance suite in ``tests/`` checks each one
 from __future__ import annotations
 
 import hashlib
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from datastore.model import Entity, EntityRef, check_app, check_batch
+from datastore.model import Entity, EntityRef, Row, check_app, check_batch, check_rows
 
 _DIGEST_MOD = 1 << 128
 
@@ -57,19 +62,31 @@ class KeyRange:
         return f"[{self.start or '-inf'}, {self.end or '+inf'})"
 
 
+#: What follows the row key in a digested write: NUL, the timestamp, then ``\x01V`` and the
+#: value's length before the value, or ``\x00D`` for a tombstone.
+_VALUE_HEAD = struct.Struct(">xQ2sI")
+_TOMBSTONE_HEAD = struct.Struct(">xQ2s")
+
+
+def row_digests(app: str, rows: Iterable[Row]) -> list[int]:
+    """The 128-bit digest of each row of ``app``: of everything that makes two copies of a
+    write equal (app, row key, timestamp, value or tombstone).
+
+    One hash call per row over the joined bytes: verify digests every row of both sides,
+    and the Python calls around the hash cost more than hashing a 1 KB value. SHA-256 (cut
+    to 128 bits) because it is the fastest strong hash ``hashlib`` has where the CPU hashes
+    SHA in hardware: 25-30 % less per 1 KB row than BLAKE2b on the test machine."""
+    prefix = app.encode() + b"\x00"
+    sha256, from_bytes, value_head, tombstone_head = hashlib.sha256, int.from_bytes, _VALUE_HEAD.pack, _TOMBSTONE_HEAD.pack
+    return [from_bytes(sha256(b"".join((prefix, row_key, value_head(ts, b"\x01V", len(value)), value))
+                              if value is not None else prefix + row_key + tombstone_head(ts, b"\x00D")
+                              ).digest()[:16], "big")
+            for row_key, value, ts in rows]
+
+
 def entity_digest(entity: Entity) -> int:
-    """A 128-bit digest of everything that makes two copies of an entity equal."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(entity.app.encode())
-    h.update(b"\x00")
-    h.update(entity.row_key)
-    h.update(b"\x00" + entity.ts.to_bytes(8, "big"))
-    if entity.value is None:
-        h.update(b"\x00D")
-    else:
-        h.update(b"\x01V" + len(entity.value).to_bytes(4, "big"))
-        h.update(entity.value)
-    return int.from_bytes(h.digest(), "big")
+    """A 128-bit digest of everything that makes two copies of an entity equal (``row_digests``)."""
+    return row_digests(entity.app, [(entity.row_key, entity.value, entity.ts)])[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +107,10 @@ class Checksum:
             count += 1
             total += entity_digest(entity)
         return cls(count, total % _DIGEST_MOD)
+
+    @classmethod
+    def of_rows(cls, app: str, rows: Sequence[Row]) -> "Checksum":
+        return cls(len(rows), sum(row_digests(app, rows)) % _DIGEST_MOD)
 
     def __str__(self) -> str:
         return f"{self.count} entities, digest {self.digest:032x}"
@@ -132,9 +153,31 @@ class Engine(ABC):
         if entities:
             await self._write_batch(entities)
 
+    def apply_in_place(self, entities: Sequence[Entity]) -> bool:
+        """``apply`` done now, without awaiting, if this engine can do it on the event loop
+        without waiting (see "The event loop never waits" above): True when it is applied,
+        exactly as ``apply`` would have; False when nothing of it was done and ``apply`` must
+        be awaited. Raises what ``apply`` raises. It saves a caller that runs two writes at
+        once (a ``cow`` write) a task for a leg that has nothing to wait for. The default
+        never can."""
+        return False
+
     @abstractmethod
     async def _write_batch(self, entities: Sequence[Entity]) -> None:
         """``apply`` for a non-empty batch that ``check_batch`` has passed."""
+
+    async def apply_rows(self, app: str, rows: Sequence[Row]) -> None:
+        """``apply`` for rows of one app: the bulk path of a snapshot load. Same
+        last-write-wins, same check of the whole batch first (``check_rows``), but no
+        ``Entity`` is built for an engine that takes rows as they are."""
+        check_rows(app, rows)
+        if rows:
+            await self._write_rows(app, rows)
+
+    async def _write_rows(self, app: str, rows: Sequence[Row]) -> None:
+        """``apply_rows`` for a non-empty batch that ``check_rows`` has passed; through
+        ``_write_batch`` unless the engine has a faster way."""
+        await self._write_batch([Entity.from_row(app, *row) for row in rows])
 
     @abstractmethod
     async def read(self, ref: EntityRef) -> Entity | None:
@@ -145,6 +188,12 @@ class Engine(ABC):
                    tombstones: bool = False) -> AsyncIterator[list[Entity]]:
         """Yield the range's entities page by page (order within a range is the engine's)."""
         yield []  # pragma: no cover - the signature of an async generator
+
+    async def scan_rows(self, app: str, key_range: KeyRange, *, page_size: int = 1000) -> AsyncIterator[list[Row]]:
+        """``scan(..., tombstones=True)`` as rows: what export and verify read. Through
+        ``scan`` unless the engine can hand rows over without an ``Entity`` each."""
+        async for page in self.scan(app, key_range, page_size=page_size, tombstones=True):
+            yield [(e.row_key, e.value, e.ts) for e in page]
 
     @abstractmethod
     async def ranges(self, app: str, *, at_least: int = 1) -> list[KeyRange]:
@@ -179,8 +228,8 @@ class Engine(ABC):
         """Checksum of a range, tombstones included (they are content: a delete must match)."""
         check_app(app)
         total = Checksum()
-        async for page in self.scan(app, key_range, tombstones=True):
-            total = total + Checksum.of(page)
+        async for page in self.scan_rows(app, key_range):
+            total = total + Checksum.of_rows(app, page)
         return total
 
     async def table_checksum(self, app: str) -> Checksum:

@@ -96,6 +96,40 @@ def check_batch(entities: Sequence[object]) -> None:
         names.add((entity.app, entity.kind))
 
 
+#: One stored write as the bulk paths carry it (a snapshot's chunks, ``Engine.scan_rows``,
+#: ``Engine.apply_rows``): the row key (kind NUL key), the value or ``None`` for a
+#: tombstone, the timestamp. The app is the batch's.
+Row = tuple[bytes, bytes | None, int]
+
+
+def check_rows(app: str, rows: Sequence[object]) -> None:
+    """``check_batch`` for rows of one app: every row is checked before any is written, and
+    the error names the position of the first bad one. As in ``check_batch``, the loop only
+    filters (each kind is checked once per batch); a row that does not plainly pass goes
+    through ``Entity.from_row``, which says what is wrong. (Checking column by column with
+    ``map`` and ``zip`` was measured slower: it walks the batch once per check.)"""
+    check_app(app)
+    kinds: set[bytes] = set()
+    for i, row in enumerate(rows):
+        if type(row) is tuple and len(row) == 3:
+            row_key, value, ts = row
+            if type(row_key) is bytes:
+                cut = row_key.find(b"\x00")
+                if (cut > 0 and row_key[:cut] in kinds and 0 < len(row_key) - cut - 1 <= MAX_KEY_BYTES
+                        and (value is None or (type(value) is bytes and len(value) <= MAX_VALUE_BYTES))
+                        and type(ts) is int and 0 < ts <= MAX_TIMESTAMP):
+                    continue
+        try:
+            if type(row) is not tuple or len(row) != 3:
+                raise InvalidEntity(f"{type(row).__name__} {row!r:.80} is not a (row key, value, timestamp) row")
+            if type(row[0]) is not bytes:
+                raise InvalidEntity(f"row key must be bytes, not {type(row[0]).__name__}")
+            Entity.from_row(app, *row)
+        except (InvalidEntity, UnicodeDecodeError) as exc:
+            raise InvalidEntity(f"batch row {i}: {exc}; nothing of the batch was written") from None
+        kinds.add(row[0].partition(b"\x00")[0])
+
+
 @dataclass(frozen=True, slots=True)
 class EntityRef:
     """Where an entity lives: app (its table), kind, key."""

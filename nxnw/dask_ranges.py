@@ -58,13 +58,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from datastore import Checksum, Engine, Entity, EntityRef, KeyRange, open_engine
-from datastore.engine import entity_digest
+from datastore import Checksum, Engine, Entity, EntityRef, KeyRange, Row, open_engine
 from nxnw.checkpoints import ZooKeeperRangeCheckpoints
 from nxnw.zk import start_zk, stop_zk, zk_session
 from snapshot import Difference, Loader, LoadStats, VerifyReport, export_chunks, verify_app
 from snapshot.load import range_plan
-from snapshot.verify import BUCKETS, bucket_of
+from snapshot.verify import BUCKETS, SCAN_PAGE_ROWS, add_to_buckets, bucket_checksums, rows_in
 from sync.aio import run_blocking
 from sync.state import TaskRecordStore
 
@@ -233,37 +232,25 @@ def copy_range_task(spec: RangeCopy) -> RangeCopied:
     return _worker_runtime().run(_copy_range(spec, get_worker().address, send))
 
 
-async def _scan(spec: RangeScan, visit: Callable[[Entity], None]) -> None:
+async def _scan(spec: RangeScan, visit: Callable[[list[Row]], None]) -> None:
     engine = await _worker_runtime().engine(spec.url)
-    async for page in engine.scan(spec.app, spec.key_range, tombstones=True):
-        for entity in page:
-            visit(entity)
+    async for page in engine.scan_rows(spec.app, spec.key_range, page_size=SCAN_PAGE_ROWS):
+        visit(page)
 
 
 def bucket_sums_task(spec: RangeScan) -> tuple[list[int], list[int]]:
     """The Dask task of verify's first pass: per hash bucket, the count and digest sum of one range."""
     counts = [0] * BUCKETS
     digests = [0] * BUCKETS
-
-    def add(entity: Entity) -> None:
-        b = bucket_of(entity.row_key)
-        counts[b] += 1
-        digests[b] += entity_digest(entity)
-
-    _worker_runtime().run(_scan(spec, add))
+    _worker_runtime().run(_scan(spec, lambda page: add_to_buckets(spec.app, page, counts, digests)))
     return counts, [d % _DIGEST_MOD for d in digests]
 
 
 def entities_in_task(spec: RangeScan, buckets: frozenset[int]) -> list[Entity]:
     """The Dask task of verify's second pass: one range's entities that fall in ``buckets``."""
-    found: list[Entity] = []
-
-    def keep(entity: Entity) -> None:
-        if bucket_of(entity.row_key) in buckets:
-            found.append(entity)
-
-    _worker_runtime().run(_scan(spec, keep))
-    return found
+    found: list[Row] = []
+    _worker_runtime().run(_scan(spec, lambda page: found.extend(rows_in(page, buckets))))
+    return [Entity.from_row(spec.app, *row) for row in found]
 
 
 # --- client side --------------------------------------------------------------------------
@@ -402,13 +389,8 @@ async def _plan_store(zookeeper: str | None) -> AsyncIterator[ZooKeeperRangeChec
 
 
 def _sums(results: Sequence[tuple[list[int], list[int]]]) -> tuple[list[Checksum], Checksum]:
-    counts = [sum(r[0][b] for r in results) for b in range(BUCKETS)]
-    digests = [sum(r[1][b] for r in results) % _DIGEST_MOD for b in range(BUCKETS)]
-    sums = [Checksum(c, d) for c, d in zip(counts, digests)]
-    total = Checksum()
-    for s in sums:
-        total = total + s
-    return sums, total
+    return bucket_checksums([sum(r[0][b] for r in results) for b in range(BUCKETS)],
+                            [sum(r[1][b] for r in results) for b in range(BUCKETS)])
 
 
 async def _per_range(client: Any, engine: Engine, app: str, ranges: int, fn: Callable[..., T], *args: Any) -> list[T]:

@@ -39,7 +39,8 @@ Record (inside the decompressed payload)::
 
 A chunk whose digest does not match is refused with ``CorruptChunk`` naming its position
 (and, when its header still parses, its app, range and sequence number); nothing from it
-is applied. This module must never hand out an entity that did not pass that check, nor
+is applied; a record that is not a valid row (``check_rows``: the entity checks) is refused
+the same way. This module must never hand out a row that did not pass both checks, nor
 end a stream without saying which announced ranges it lacks.
 """
 
@@ -54,7 +55,8 @@ from typing import BinaryIO
 
 import zstandard
 
-from datastore import Entity, KeyRange
+from datastore import Entity, InvalidEntity, KeyRange, Row
+from datastore.model import check_rows
 
 MAGIC = b"NXC1"
 TOMBSTONE = 0xFFFFFFFF
@@ -81,38 +83,45 @@ class IncompleteStream(CorruptChunk):
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
+    """A slice of one range of one app, as rows (``Row``: row key, value or None, timestamp):
+    the form both engines' bulk paths take, so a copy builds no ``Entity`` per row."""
+
     app: str
     range_id: str
     key_range: KeyRange
     seq: int
-    entities: list[Entity]
+    rows: list[Row]
     final: bool = False
 
     @property
     def name(self) -> str:
         return f"chunk {self.seq} of range {self.range_id} {self.key_range} of app {self.app}"
 
+    @property
+    def entities(self) -> list[Entity]:
+        """The rows as entities (each checked as ``Entity`` checks its fields)."""
+        return [Entity.from_row(self.app, *row) for row in self.rows]
 
-def _records(entities: list[Entity]) -> bytes:
+
+def _records(rows: list[Row]) -> bytes:
     parts: list[bytes] = []
-    for e in entities:
-        rk = e.row_key
+    for rk, value, ts in rows:
         parts.append(_RECORD_HEAD.pack(len(rk)))
         parts.append(rk)
-        if e.value is None:
-            parts.append(_RECORD_TAIL.pack(e.ts, TOMBSTONE))
+        if value is None:
+            parts.append(_RECORD_TAIL.pack(ts, TOMBSTONE))
         else:
-            parts.append(_RECORD_TAIL.pack(e.ts, len(e.value)))
-            parts.append(e.value)
+            parts.append(_RECORD_TAIL.pack(ts, len(value)))
+            parts.append(value)
     return b"".join(parts)
 
 
 def encode(chunk: Chunk, level: int = 1) -> bytes:
-    raw = _records(chunk.entities)
+    raw = _records(chunk.rows)
     payload = zstandard.ZstdCompressor(level=level).compress(raw)
     header = json.dumps({
         "kind": "chunk", "app": chunk.app, "range_id": chunk.range_id, "range": [chunk.key_range.start, chunk.key_range.end],
-        "seq": chunk.seq, "final": chunk.final, "count": len(chunk.entities), "raw_bytes": len(raw), "codec": "zstd",
+        "seq": chunk.seq, "final": chunk.final, "count": len(chunk.rows), "raw_bytes": len(raw), "codec": "zstd",
     }, separators=(",", ":")).encode()
     return _frame(header, payload)
 
@@ -130,8 +139,8 @@ def encode_manifest(app: str, plan: Sequence[tuple[str, KeyRange]]) -> bytes:
     return _frame(header, b"")
 
 
-def _parse_records(app: str, raw: bytes, count: int, where: str) -> list[Entity]:
-    out: list[Entity] = []
+def _parse_records(app: str, raw: bytes, count: int, where: str) -> list[Row]:
+    out: list[Row] = []
     pos = 0
     try:
         for _ in range(count):
@@ -145,12 +154,18 @@ def _parse_records(app: str, raw: bytes, count: int, where: str) -> list[Entity]
                 value = None
             else:
                 value = raw[pos:pos + vlen]
+                if len(value) != vlen:
+                    raise ValueError(f"value of {vlen} bytes cut at {len(value)}")
                 pos += vlen
-            out.append(Entity.from_row(app, rk, value, ts))
+            out.append((rk, value, ts))
     except (struct.error, ValueError) as exc:
         raise CorruptChunk(f"{where}: bad record {len(out)}: {exc}") from exc
     if pos != len(raw):
         raise CorruptChunk(f"{where}: {len(raw) - pos} bytes left over after {count} records")
+    try:
+        check_rows(app, out)
+    except InvalidEntity as exc:
+        raise CorruptChunk(f"{where}: {exc}") from exc
     return out
 
 
@@ -183,8 +198,8 @@ def decode_frame(header: bytes, payload: bytes, digest: bytes, where: str) -> Ch
     except zstandard.ZstdError as exc:
         raise CorruptChunk(f"{where}: payload does not decompress: {exc}") from exc
     name = f"{where} (app {meta['app']}, range {meta['range_id']}, seq {meta['seq']})"
-    entities = _parse_records(meta["app"], raw, meta["count"], name)
-    return Chunk(meta["app"], meta["range_id"], KeyRange(*meta["range"]), meta["seq"], entities, bool(meta["final"]))
+    rows = _parse_records(meta["app"], raw, meta["count"], name)
+    return Chunk(meta["app"], meta["range_id"], KeyRange(*meta["range"]), meta["seq"], rows, bool(meta["final"]))
 
 
 class _CutShort(Exception):

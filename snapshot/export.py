@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from datastore import Engine, Entity, KeyRange
+from datastore import Engine, KeyRange, Row
 from snapshot.chunks import Chunk
 
 DEFAULT_CHUNK_ENTITIES = 2000
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+#: Rows per read of the source: one engine call (a thread hop, a round trip) per page.
+SCAN_PAGE_ROWS = 1000
 
 
 def plan_ids(ranges: Sequence[KeyRange]) -> list[tuple[str, KeyRange]]:
@@ -24,15 +26,25 @@ def plan_ids(ranges: Sequence[KeyRange]) -> list[tuple[str, KeyRange]]:
     return [(f"r{i:05d}", r) for i, r in enumerate(ranges)]
 
 
+def _row_bytes(row: Row) -> int:
+    """What a row weighs in a chunk: key, value and the record's fixed fields."""
+    return len(row[0]) + (len(row[1]) if row[1] is not None else 0) + 24
+
+
 async def _export_range(engine: Engine, app: str, range_id: str, key_range: KeyRange, out: asyncio.Queue,
                         chunk_entities: int, chunk_bytes: int) -> None:
     seq = 0
-    pending: list[Entity] = []
+    pending: list[Row] = []
     size = 0
-    async for page in engine.scan(app, key_range, page_size=min(chunk_entities, 1000), tombstones=True):
-        for entity in page:
-            pending.append(entity)
-            size += len(entity.value or b"") + len(entity.key) + 24
+    async for page in engine.scan_rows(app, key_range, page_size=min(chunk_entities, SCAN_PAGE_ROWS)):
+        page_size = sum(map(_row_bytes, page))
+        if len(pending) + len(page) < chunk_entities and size + page_size < chunk_bytes:
+            pending += page  # the whole page fits: no look at each row
+            size += page_size
+            continue
+        for row in page:
+            pending.append(row)
+            size += _row_bytes(row)
             if len(pending) >= chunk_entities or size >= chunk_bytes:
                 await out.put(Chunk(app, range_id, key_range, seq, pending))
                 seq += 1

@@ -1,6 +1,7 @@
 """Load: apply chunks to N2 in parallel batches, last-write-wins, checkpointing ranges.
 
-Every entity goes through ``Engine.apply``, which is last-write-wins by timestamp with
+Every chunk goes through ``Engine.apply_rows`` (``apply`` for rows, with no ``Entity`` built
+on the way), which is last-write-wins by timestamp with
 tombstones, so a load that runs during or after ``cow`` writes never overwrites a newer
 value and never brings back a deleted key; a chunk applied twice changes nothing. That
 idempotence is what makes resuming simple: a range is checkpointed only once all of its
@@ -89,12 +90,14 @@ class Loader:
             self.stats.ranges_done += 1
 
     async def _apply(self, chunk: Chunk) -> None:
-        await self.engine.apply(chunk.entities)
+        rows = chunk.rows
+        await self.engine.apply_rows(chunk.app, rows)
         self._applied[chunk.range_id] = self._applied.get(chunk.range_id, 0) + 1
-        self._entities[chunk.range_id] = self._entities.get(chunk.range_id, 0) + len(chunk.entities)
-        self.stats.entities += len(chunk.entities)
-        self.stats.tombstones += sum(1 for e in chunk.entities if e.value is None)
-        self.stats.bytes += sum(len(e.value or b"") + len(e.key) for e in chunk.entities)
+        self._entities[chunk.range_id] = self._entities.get(chunk.range_id, 0) + len(rows)
+        self.stats.entities += len(rows)
+        values = [value for _, value, _ in rows if value is not None]
+        self.stats.tombstones += len(rows) - len(values)
+        self.stats.bytes += sum(map(len, values)) + sum(len(row_key) for row_key, _, _ in rows)
         await self._range_may_finish(chunk.range_id)
         if self.on_progress is not None:
             self.on_progress(self.stats)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datastore import Engine, Entity, EntityRef, InvalidEntity
+from datastore import Checksum, Engine, Entity, EntityRef, InvalidEntity
 from datastore.model import MAX_KEY_BYTES, MAX_VALUE_BYTES
 
 KEY_BINARY = b"\xff\xfe\x00\x80 non-utf8 \xc3\x28"
@@ -273,3 +273,41 @@ async def test_bad_input_is_refused_naming_the_limit_and_writes_nothing(engine: 
 def test_the_entity_constructor_refuses_bad_input_naming_the_limit(app_name: str, build, limit: str) -> None:
     with pytest.raises(InvalidEntity, match=limit):
         build(app_name)
+
+
+async def test_rows_in_a_batch_apply_last_write_wins_and_scan_back_as_rows(engine: Engine, app_name: str) -> None:
+    """``apply_rows``/``scan_rows``, the snapshot's bulk paths, keep ``apply``'s rule: an older
+    row after a newer write changes nothing, a tombstone row is a row; 40 rows take an
+    engine's bulk path, not its single-write one."""
+    await engine.apply([Entity(app_name, "K", b"a", b"newer", 900), Entity(app_name, "K", b"gone", None, 900)])
+    rows = [(b"K\x00a", b"older", 800), (b"K\x00gone", b"back", 800), (b"K\x00c", None, 800)]
+    rows += [(b"L\x00n%02d" % i, b"v%d" % i, 700 + i) for i in range(40)]
+    await engine.apply_rows(app_name, rows)
+    scanned = []
+    for key_range in await engine.ranges(app_name, at_least=3):
+        async for page in engine.scan_rows(app_name, key_range, page_size=7):
+            scanned.extend(page)
+    expected = [(b"K\x00a", b"newer", 900), (b"K\x00gone", None, 900), (b"K\x00c", None, 800), *rows[3:]]
+    assert sorted(scanned, key=repr) == sorted(expected, key=repr)
+    assert await engine.table_checksum(app_name) == Checksum.of(await stored(engine, app_name, tombstones=True))
+
+
+@pytest.mark.parametrize(
+    ("bad", "limit"),
+    [
+        ((b"K\x00", b"v", 1), "1 to 1024 bytes"),
+        ((b"\x00k", b"v", 1), "must match"),
+        ((b"no separator", b"v", 1), "no kind separator"),
+        ((b"\xff\x00k", b"v", 1), "can't decode"),
+        ((b"K\x00k", b"v" * (MAX_VALUE_BYTES + 1), 1), f"limit is {MAX_VALUE_BYTES}"),
+        ((b"K\x00k", "text value", 1), "must be bytes"),
+        ((b"K\x00k", b"v", 0), "microseconds"),
+        ((b"K\x00k", b"v", 1, 2), "not a \\(row key, value, timestamp\\) row"),
+    ],
+)
+async def test_a_bad_row_refuses_the_whole_batch_naming_the_limit(engine: Engine, app_name: str, bad, limit: str) -> None:
+    await engine.put(Entity(app_name, "K", b"witness", b"v", 1))
+    good = [(b"K\x00g%02d" % i, b"v", 5) for i in range(20)]  # enough rows for the bulk path
+    with pytest.raises(InvalidEntity, match=rf"batch row 20: .*{limit}"):
+        await engine.apply_rows(app_name, [*good, bad])
+    assert [e.key for e in await stored(engine, app_name, tombstones=True)] == [b"witness"]

@@ -296,3 +296,28 @@ async def test_relayed_requests_are_counted_and_timed_in_the_cache_metrics(key: 
         await router.close()
     assert sample("nxnw_cache_ops_total", **ops) == before[0] + 3
     assert sample("nxnw_cache_op_seconds_count", mode="passthrough", op="get") == before[1] + 3
+
+
+async def test_a_relayed_sets_copy_is_undone_when_n1_changed_before_it_was_verified(key: bytes) -> None:
+    """A relayed set's copy runs by callbacks (store on N2, re-read N1's CAS, undo): N1
+    overwritten elsewhere while the copy is on its way to N2 — a write whose own copy never
+    comes through this proxy — leaves N2 without the key, never with the old value."""
+    require("memcached-n1", "memcached-n2")
+    held = HeldUpstream(N2)
+    router = CacheRouter(N1, await held.start(), mode="cow")
+    await router.start()
+    listener = CacheListener(router, HOST, 0)
+    await listener.start()
+    try:
+        assert await exchange(listener.port, b"set %b 0 300 3\r\nold\r\n" % key) == b"STORED\r\n"
+        await asyncio.wait_for(held.arrived.wait(), 10)  # the copy's store is held on its way to N2
+        assert router.to_n2.pending == 1
+        Client(N1).set(key, b"new", noreply=False)       # written elsewhere meanwhile
+        held.release.set()
+        assert await router.to_n2.drain(10) == 0
+        assert Client(N2).get(key) is None
+        assert Client(N1).get(key) == b"new"
+    finally:
+        await listener.close()
+        await router.close()
+        await held.close()

@@ -114,7 +114,7 @@ def test_a_chunk_with_one_flipped_byte_is_refused_naming_the_chunk() -> None:
 
     entities = [Entity("app", "K", b"k%d" % i, b"value" * 10, 1000 + i) for i in range(20)]
     manifest = encode_manifest("app", [("r00003", KeyRange("", ""))])
-    chunk = encode(Chunk("app", "r00003", KeyRange("", ""), 7, entities, final=True))
+    chunk = encode(Chunk("app", "r00003", KeyRange("", ""), 7, [(e.row_key, e.value, e.ts) for e in entities], final=True))
     data = bytearray(manifest + chunk)
     good = list(read_chunks(io.BytesIO(bytes(data))))
     assert good[0].entities == entities

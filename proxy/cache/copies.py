@@ -40,6 +40,13 @@ for any interleaving of workers; the worst outcome of a race is a miss on ``dest
 
 A delete needs no verification: removing an item from a cache is always safe.
 
+Two ways a copy runs, the same three steps either way: queued jobs are taken by the
+workers in batches (pipelined round trips per batch); a set relayed by the listener's
+callback path is copied at once by a chain of callbacks on the sides' pipelined
+connections (``copy_value_now``, ``_CopyChain``) — no task or coroutine, which is most of
+what a copy costs the proxy's one event loop. The argument above does not depend on
+which way a copy of a key ran, nor on their order.
+
 Jobs that cannot complete (a server error, a timeout between steps 1 and 3, a drain that
 runs out of time) and jobs dropped because the queue is full record their key in
 ``dropped``; ``invalidate_dropped`` deletes those keys on ``dest``.
@@ -63,7 +70,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from proxy.cache import metrics
-from proxy.cache.client import Item, Outcome, StoreMode
+from proxy.cache.client import REPLY_LINE, Item, Outcome, RelayConnection, StoreMode
 from proxy.cache.errors import SwitchError
 from proxy.cache.pool import MemcachePool
 
@@ -190,6 +197,32 @@ class CopyQueue:
             self.copy_delete(key)
         else:
             self._put((_VALUE, key, value, flags, exptime, source_cas))
+
+    def copy_value_now(self, key: bytes, value: bytes, flags: int, exptime: int, source_cas: int) -> None:
+        """``copy_value`` for the listener's callback path: the copy starts at once, as a
+        chain of callbacks on the sides' pipelined connections (``_CopyChain``) — the same
+        three steps as a worker's batch (store on dest, re-read the source's CAS, undo on
+        dest if it changed), without a task, batch or coroutine. It counts as pending
+        (a drain or flush waits for it) and is bounded like the queue: beyond ``maxsize``
+        jobs it is dropped and its key recorded. While fenced, or for a value already
+        expired or stored without CAS, it is a queued delete, as in a batch."""
+        if exptime < 0 or not source_cas or not self.may_copy():
+            self.copy_delete(key)
+            return
+        self._on_dest.pop(key, None)
+        if self._unfinished >= self.maxsize:
+            self._dropped_full.inc()
+            self._record_dropped(key)
+            return
+        src, dst = self.source.relay_for(key), self.dest.relay_for(key)
+        if src is None or dst is None:  # a server marked down: the copy would fail
+            self._drop(key, "failed")
+            return
+        if not self._unfinished:
+            self._idle.clear()
+        self._unfinished += 1
+        chain = _CopyChain(self, key, source_cas, src, dst)
+        dst.send(chain, b"ms %b %d MS F%d T%d c\r\n%b\r\n" % (key, len(value), flags, exptime, value))
 
     def copy_current(self, key: bytes) -> None:
         """The source changed ``key`` in a way we did not see (append, incr, touch, …): the
@@ -407,6 +440,14 @@ class CopyQueue:
         if len(known) > self.known_max:
             del known[next(iter(known))]
 
+    def _chain_ended(self, key: bytes, result: str | None) -> None:
+        """A ``_CopyChain`` is over: ``result`` as a batch counts it, None if it failed."""
+        if result is None:
+            self._drop(key, "failed")
+        else:
+            self._copy_results[result]()
+        self._finished()
+
     # --- at a mode switch ----------------------------------------------------------------
 
     async def drain(self, timeout: float) -> int:
@@ -466,3 +507,58 @@ class CopyQueue:
         """After dest was flushed by the operator: nothing dropped is left on it."""
         self.dropped.clear()
         self.overflowed = False
+
+
+class _CopyChain:
+    """One write's copy run by callbacks (``CopyQueue.copy_value_now``), one step at a
+    time on the sides' pipelined connections (``RelayConnection`` entries): 1. ``ms … c``
+    on dest (its CAS noted); 2. ``mg key c`` on the source; 3. if the source no longer holds
+    ``source_cas``, ``md key C<dest CAS>`` on dest. The module docstring's argument holds
+    as for a batch: it uses only the two servers' state, in any interleaving with other
+    copies of the key. A failed step (no reply, an error line) drops the copy and records
+    its key, as a failed batch does."""
+
+    __slots__ = ("queue", "key", "source_cas", "dest_cas", "step", "src", "dst", "framing", "deadline")
+
+    def __init__(self, queue: CopyQueue, key: bytes, source_cas: int, src: RelayConnection,
+                 dst: RelayConnection) -> None:
+        self.queue = queue
+        self.key = key
+        self.source_cas = source_cas
+        self.dest_cas = 0
+        self.step = 1
+        self.src = src
+        self.dst = dst
+        self.framing = REPLY_LINE
+        self.deadline = 0.0
+
+    def done(self, reply: bytes, cas: int) -> None:
+        step = self.step
+        if step == 1:  # ``HD c<cas>``: stored on dest
+            if reply[:4] != b"HD c" or not reply[4:-2].isdigit():
+                self._failed(f"stored with {reply[:80]!r}")
+                return
+            self.dest_cas = int(reply[4:-2])
+            self.step = 2
+            self.src.send(self, b"mg %b c\r\n" % self.key)
+        elif step == 2:  # the source's CAS now: ``HD c<cas>``, or ``EN`` if gone
+            if reply[:4] == b"HD c" and reply[4:-2].isdigit() and int(reply[4:-2]) == self.source_cas:
+                self.queue._known(self.key, self.source_cas)
+                self.queue._chain_ended(self.key, "copied")
+            elif reply[:2] in (b"HD", b"EN"):
+                self.step = 3
+                self.dst.send(self, b"md %b C%d\r\n" % (self.key, self.dest_cas))
+            else:
+                self._failed(f"re-read of the source answered {reply[:80]!r}")
+        elif reply[:2] in (b"HD", b"NF", b"EX"):  # undone, or dest already holds something else
+            self.queue._chain_ended(self.key, "undone")
+        else:
+            self._failed(f"undo answered {reply[:80]!r}")
+
+    def fail(self, exc: Exception) -> None:
+        self._failed(str(exc))
+
+    def _failed(self, why: str) -> None:
+        log.warning("cache copy of %r to %s failed; it will be invalidated at the next switch: %s", self.key,
+                    self.queue.dest.server, why)
+        self.queue._chain_ended(self.key, None)

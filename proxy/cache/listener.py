@@ -276,10 +276,6 @@ class _Relayed:
 
     def done(self, reply: bytes, cas: int) -> None:
         relay = self.relay
-        if relay.on_stored is not None and reply == _STORED:
-            relay.on_stored(self.key, self.value, self.flags, self.exptime, cas)
-        elif relay.on_reply is not None:
-            relay.on_reply(self.key, reply)
         relay.tally.add(time.perf_counter() - self.started)
         reason = self.route.leave(self.write)
         session = self.session
@@ -292,6 +288,12 @@ class _Relayed:
             session.count(self.stat, reply)
             self.reply = reply
         session.answered(self)
+        # the client is answered first; what the route copies starts right after, in this
+        # same callback (so before a switch waiting for the in-flight count can go on)
+        if relay.on_stored is not None and reply == _STORED:
+            relay.on_stored(self.key, self.value, self.flags, self.exptime, cas)
+        elif relay.on_reply is not None:
+            relay.on_reply(self.key, reply)
 
     def fail(self, exc: MemcacheServerError) -> None:
         if self.relay.on_error is not None:

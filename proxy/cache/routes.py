@@ -238,7 +238,7 @@ class CopyWritesRoute(CacheRoute):
         if "set" in primary.relays:
             r = primary.relays["set"]
             self.relays["set"] = Relay(r.pool, r.tally, on_reply=self._copy_deleted_on_error,
-                                       on_error=copies.copy_delete, on_stored=copies.copy_value)
+                                       on_error=copies.copy_delete, on_stored=copies.copy_value_now)
 
     def _copy_by_reply(self, key: bytes, reply: bytes) -> None:
         """A relayed write's reply line says what to copy (see the class docstring)."""
