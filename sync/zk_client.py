@@ -18,7 +18,8 @@ N1's identity on N2 too: give both deployments the same digest identity, or gran
 N2. Session loss is kazoo's: on reconnect the client sends its digest again by itself.
 
 TLS (``tls = true``): the client verifies the server's certificate against ``tls_ca`` (the
-system's CAs without it) and presents ``tls_cert``/``tls_key`` when the ensemble asks for
+system's CAs without it), hostname included (the host as the connection string names it:
+an IP address needs an IP subject alternative name), and presents ``tls_cert``/``tls_key`` when the ensemble asks for
 client certificates. The ensemble must listen with TLS (``secureClientPort``, Netty).
 
 This module never logs or formats the password; ``ZooKeeperSecurity``'s repr masks it.
@@ -79,8 +80,8 @@ class ZooKeeperSecurity(BaseModel):
             arguments["auth_data"] = [("digest", f"{self.digest_user}:{password}")]
             arguments["default_acl"] = [make_digest_acl(self.digest_user, password, all=True)]
         if self.tls:
-            arguments.update(use_ssl=True, verify_certs=True, ca=self.tls_ca, certfile=self.tls_cert,
-                             keyfile=self.tls_key)
+            arguments.update(use_ssl=True, verify_certs=True, check_hostname=True, ca=self.tls_ca,
+                             certfile=self.tls_cert, keyfile=self.tls_key)
         return arguments
 
 
