@@ -31,11 +31,13 @@ TLS: the native port also accepts TLS clients (``client_encryption_options`` wit
 node's certificate is signed by a local CA made once with ``openssl`` in ``conf/tls``
 and kept across restarts; a client verifies the node with ``tls_ca`` (``CassandraService.tls_ca``),
 e.g. ``cassandra://127.0.0.1:19042/nxnw_n1?tls=true&tls_ca=.../conf/tls/ca.pem``. A node
-started before this setting existed has no TLS until it is restarted.
+started before this setting existed has no TLS until it is restarted. Without ``openssl`` on
+the machine the node starts without TLS (a warning says why): no test but the TLS one needs it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import subprocess
@@ -43,6 +45,8 @@ from pathlib import Path
 
 from nxnw.services import endpoints
 from nxnw.services.base import Context, InstallError, Service, maven_classpath, run_install
+
+log = logging.getLogger("nxnw.services.cassandra")
 
 CASSANDRA_VERSION = "5.0.9"
 CASSANDRA_ARTIFACTS = [f"org.apache.cassandra:cassandra-all:{CASSANDRA_VERSION}"]
@@ -212,14 +216,7 @@ compaction_throughput: 64MiB/s
 user_defined_functions_enabled: false
 materialized_views_enabled: false
 sasi_indexes_enabled: false
-client_encryption_options:
-  enabled: true
-  optional: true
-  require_client_auth: false
-  ssl_context_factory:
-    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory
-  keystore: "{self.tls_keystore}"
-# The engine's bulk writes are unlogged batches of up to 32 KiB / 100 keys (see
+{self.client_encryption()}# The engine's bulk writes are unlogged batches of up to 32 KiB / 100 keys (see
 # datastore/engines/cassandra.py): warn only above that; fail at the stock 50 KiB.
 batch_size_warn_threshold: 64KiB
 unlogged_batch_across_partitions_warn_threshold: 200
@@ -235,10 +232,21 @@ unlogged_batch_across_partitions_warn_threshold: 200
         (self.conf_dir / "cassandra.yaml").write_text(self.yaml())
         (self.conf_dir / "logback.xml").write_text(LOGBACK_XML)
 
+    def client_encryption(self) -> str:
+        """``client_encryption_options`` when the node's TLS files exist, else nothing."""
+        if not self.tls_keystore.exists():
+            return ""
+        return ("client_encryption_options:\n  enabled: true\n  optional: true\n  require_client_auth: false\n"
+                "  ssl_context_factory:\n    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory\n"
+                f'  keystore: "{self.tls_keystore}"\n')
+
     def _ensure_tls_files(self) -> None:
         """The local CA and the node's key and certificate (for 127.0.0.1 and localhost), made
         once: a restart keeps them, so a client's copy of the CA stays valid."""
         if self.tls_ca.exists() and self.tls_keystore.exists():
+            return
+        if shutil.which("openssl") is None:
+            log.warning("no openssl on PATH: Cassandra starts without client TLS")
             return
         self.tls_dir.mkdir(parents=True, exist_ok=True)
         d = self.tls_dir
