@@ -10,7 +10,12 @@ production. Prints p50/p99 per target, p50 and p99 added over memcached direct, 
 verdict against the goals: nxnw ``passthrough`` adds at most 1.5× what twemproxy adds,
 COW and COR at most 15 µs more than ``passthrough``.
 
-Run: ``.venv/bin/python -m bench.cache_overhead [--requests 2000] [--clients 4]``.
+With one client it also prints the CPU the serving process (twemproxy, or the nxnw
+proxy) spent per request, read from Linux's ``schedstat``: a figure the machine's load
+hardly moves, unlike latency. ``--floor`` adds a minimal uvloop byte relay (one N1
+connection per client connection, no parsing): what pure Python on uvloop can do here.
+
+Run: ``.venv/bin/python -m bench.cache_overhead [--requests 2000] [--clients 4] [--floor]``.
 Also prints where a request's time goes inside the proxy (``--no-breakdown`` to skip).
 """
 
@@ -176,13 +181,29 @@ def _client(addr: tuple[str, int]) -> Client:
     return Client(addr, no_delay=True, timeout=5, connect_timeout=5)
 
 
-def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int]) -> dict[str, list[float]]:
+def _cpu_ns(pid: int) -> int:
+    """CPU time a process has run, all threads, in ns (Linux ``schedstat``)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that ended meanwhile
+    return total
+
+
+def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int, dict[str, int]]
+             ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Latency in ms of each row's op on each of its keys, one request at a time. Rows take
-    turns every 100 requests, so a load change on the machine hits every row alike."""
-    rows, size = job
+    turns every 100 requests, so a load change on the machine hits every row alike. For
+    the rows in ``pids`` (label -> pid of the process serving it), also the CPU that
+    process spent per request, in µs (a chunk is followed by a 5 ms pause so that work it
+    left queued — a copy — is counted with it): a figure the machine's load hardly moves."""
+    rows, size, pids = job
     value = value_of(size)
     clients = {label: _client(addr) for label, _, addr, _ in rows}
     out: dict[str, list[float]] = {label: [] for label, *_ in rows}
+    cpu: dict[str, int] = {label: 0 for label in pids}
     clock = time.perf_counter
     chunk = 100
     try:
@@ -193,6 +214,8 @@ def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int
         for start in range(0, max(len(r[3]) for r in rows), chunk):
             for label, op, addr, keys in rows:
                 client, lat = clients[label], out[label]
+                pid = pids.get(label)
+                before = _cpu_ns(pid) if pid else 0
                 for key in keys[start:start + chunk]:
                     begin = clock()
                     if op == "get":
@@ -201,10 +224,13 @@ def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int
                     else:
                         client.set(key, value, expire=EXPIRE, noreply=False)
                     lat.append((clock() - begin) * 1000)
+                if pid:
+                    time.sleep(0.005)
+                    cpu[label] += _cpu_ns(pid) - before
     finally:
         for client in clients.values():
             client.close()
-    return out
+    return out, {label: ns / 1000 / max(len(out[label]), 1) for label, ns in cpu.items()}
 
 
 def seed(addr: tuple[str, int], keys: list[bytes], size: int) -> None:
@@ -222,7 +248,8 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, size: int, floor: bool) -> list[dict]:
+def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, size: int, floor: bool,
+          pids: dict[str, int]) -> list[dict]:
     """Sets first (each target writes its own keys), then gets of what each target's set
     wrote — in ``cow`` those keys are already on N2 (the warm row), in ``proxy`` they are
     on N2 — plus the COR row: keys written to N1 directly, absent from N2, so every read
@@ -245,27 +272,28 @@ def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, si
                     (PROXY, phase, at("proxy"), keys(b"proxy", c))]
             if phase == "get":
                 rows.append((COR, phase, at("cor"), keys(b"cor", c)))
-            per_client.append((rows, size))
+            serving = {label: pids["proxy" if label not in pids else label] for label, *_ in rows if label != DIRECT}
+            per_client.append((rows, size, serving if clients == 1 else {}))
         if clients == 1:
             results = [run_rows(per_client[0])]
         else:
             with multiprocessing.get_context("spawn").Pool(clients) as pool:
                 results = pool.map(run_rows, per_client)
         merged: dict[str, list[float]] = {}
-        for result in results:
+        for result, _ in results:
             for label, lat in result.items():
                 merged.setdefault(label, []).extend(lat)
-        phases.append((phase, merged))
+        phases.append((phase, merged, results[0][1] if clients == 1 else {}))
         time.sleep(0.5)  # let the sets' mirrors land before the gets
     out = []
-    for phase, merged in phases:
+    for phase, merged, cpu in phases:
         direct50, direct99 = pct(merged[DIRECT], 50), pct(merged[DIRECT], 99)
         passthrough = pct(merged[PASS], 50)
         for label, lat in merged.items():
             p50, p99 = pct(lat, 50), pct(lat, 99)
             out.append({"target": label, "op": phase, "n": len(lat), "p50": p50, "p99": p99,
                         "added_vs_memcached": p50 - direct50, "added_vs_passthrough": p50 - passthrough,
-                        "p99_added_vs_memcached": p99 - direct99})
+                        "p99_added_vs_memcached": p99 - direct99, "cpu_us": cpu.get(label)})
     return out
 
 
@@ -278,8 +306,11 @@ def print_rows(title: str, rows: list[dict]) -> None:
     for r in rows:
         print(f"{r['target']:28} {r['op']:4} {r['n']:6d} {r['p50']:8.3f} {r['p99']:8.3f} "
               f"{r['added_vs_memcached']:18.3f} {r['added_vs_passthrough']:20.3f}")
-    print(f"  p99 added over memcached direct (ms): " + ", ".join(
+    print("  p99 added over memcached direct (ms): " + ", ".join(
         f"{r['target']} {r['op']} {r['p99_added_vs_memcached']:+.3f}" for r in rows if r["target"] != DIRECT))
+    if any(r["cpu_us"] is not None for r in rows):
+        print("  CPU of the process serving the hop, µs per request (twemproxy's, else the nxnw proxy's): " + ", ".join(
+            f"{r['target']} {r['op']} {r['cpu_us']:.0f}" for r in rows if r["cpu_us"] is not None))
 
 
 def verdict(results: dict[tuple[str, int], list[dict]]) -> list[str]:
@@ -301,6 +332,14 @@ def verdict(results: dict[tuple[str, int], list[dict]]) -> list[str]:
                 f"{'floor ' + format(added[FLOOR], '+.0f') + ', ' if FLOOR in added else ''}"
                 f"proxy {added[PROXY]:+.0f}; passthrough ≤ 1.5× twemproxy ({bound:.0f}): {goal1}; "
                 f"{'COW' if op == 'set' else 'COR'} ≤ passthrough + 15 µs: {goal2} ({mirrored - passthrough:+.0f})")
+            cpu = {r["target"]: r["cpu_us"] for r in rows if r["op"] == op and r["cpu_us"] is not None}
+            if cpu:
+                mirrored_cpu = cpu[COW] if op == "set" else cpu[COR]
+                lines.append(
+                    f"      CPU µs per request of the serving process — twemproxy {cpu[TWEMPROXY]:.0f}, "
+                    f"{'floor ' + format(cpu[FLOOR], '.0f') + ', ' if FLOOR in cpu else ''}passthrough {cpu[PASS]:.0f} "
+                    f"({cpu[PASS] / max(cpu[TWEMPROXY], 1e-9):.1f}× twemproxy's), "
+                    f"{'COW' if op == 'set' else 'COR'} {mirrored_cpu:.0f}, proxy {cpu[PROXY]:.0f}")
     return lines
 
 
@@ -374,7 +413,8 @@ def main() -> None:
         # the 5 KB one-client table comes first: ``python -m bench`` reads it
         for clients in (1, args.clients):
             for size_name in ("5 KB", "100 B"):
-                rows = bench(ports, twemproxy_port, args.requests, clients, SIZES[size_name], args.floor)
+                rows = bench(ports, twemproxy_port, args.requests, clients, SIZES[size_name], args.floor,
+                             {TWEMPROXY: twemproxy.pid, "proxy": proxy.pid})
                 results[(size_name, clients)] = rows
                 who = "one client, sequential" if clients == 1 else f"{clients} client processes at once"
                 print_rows(f"{who}, {size_name} values, {args.requests} requests per row in all", rows)
