@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from kazoo.client import KazooClient
 
 from dns_handoff.resolve import answer
-from nxnw.demo import N1_ADDRESS, DemoEnvironment, DemoOptions, run_demo
+from nxnw.demo import N1_ADDRESS, N2_ADDRESS, DemoEnvironment, DemoOptions, _switch_over, dns_switched_at, run_demo
 from nxnw.history import check
 from nxnw.orchestrator import Orchestrator
 from nxnw.services.endpoints import BIND_DNS, HOST
@@ -35,6 +38,47 @@ async def test_orchestrator_killed_during_load_and_during_handoff_resumes_and_lo
     assert figures["orchestrator kills"] == 2
     assert figures["lost writes"] == 0
     assert figures["final phase"] == "complete"
+
+
+async def test_switch_over_after_a_resumed_handoff_is_timed_from_the_first_dns_switch() -> None:
+    """The orchestrator is killed after its DNS write and before it records the hand-off;
+    the resumed run writes the record set again once every client has moved. The demo's
+    switch-over is timed from the first write: clients kept reaching N1 for up to a TTL
+    after it, so it is not 0 s (timed from the resume, it was)."""
+    env = DemoEnvironment(DemoOptions(seed_entities=300, clients=2))
+    argv = [sys.executable, "-m", "nxnw.cli", "migrate", str(env.plan_path)]
+    try:
+        await env.setup()
+        env.start_workload()
+        first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = asyncio.get_running_loop().time() + 240
+            while await asyncio.to_thread(answer, f"{HOST}:{BIND_DNS}", env.dns_name, "A") != [N2_ADDRESS]:
+                assert first.poll() is None, "the migration stopped before the DNS switch"
+                assert asyncio.get_running_loop().time() < deadline, "no DNS switch within 240 s"
+                await asyncio.sleep(0.05)
+            os.killpg(first.pid, signal.SIGKILL)  # the hand-off holds the switch for a TTL before it records
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        killed_at = time.time()
+        while not any(t > killed_at + env.options.ttl + 1 and a == N2_ADDRESS for t, a in env.workload.stats.reached):
+            await asyncio.sleep(0.1)  # every client has re-resolved since the switch
+        resumed = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=240)
+        assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+        await env.stop_workload()
+        orchestrator = await Orchestrator.connect(env.plan)
+        try:
+            tasks = await orchestrator._finished_tasks()
+        finally:
+            await orchestrator.close()
+        switched_at = dns_switched_at(tasks)
+        assert switched_at is not None and switched_at < killed_at < tasks["handoff"]["switched_at"]
+        _, full = _switch_over(env.workload.stats.reached, switched_at)
+        assert full is not None and full > 0
+    finally:
+        await env.cleanup()
 
 
 async def test_rollback_from_proxy_mode_leaves_every_write_on_n1() -> None:
