@@ -1,13 +1,15 @@
 """Per-write latency of small writes through ``Engine.apply``, and of two at once (a ``cow`` PUT).
 
 What the proxy asks of an engine per PUT is one ``apply`` of one entity; in ``cow`` it asks
-two engines at once (``asyncio.gather``, as ``DualWriteRoute`` does). This measures both,
+two engines at once (``proxy.routes.dual_apply``, as ``DualWriteRoute`` does: each leg in
+place when the engine can, a leg that waits beside the other). This measures both,
 in-process on uvloop (no HTTP), for 1 and 8 concurrent writers and 100 B and 1 KB values:
 p50 / p99 µs per call and calls per second, and the ratio of the dual write's p50 to the
 single write's — the part of issue 13's "cow ≤ 1.10× passthrough" that the engine decides.
 
 Besides each engine as it is, three other designs for SQLite's small writes are measured
-beside it, so the choice stays visible in one run:
+beside it, so the choice stays visible in one run (none of them can write in place, so
+``dual_apply`` overlaps their two legs as it does a network engine's):
 
 * ``sqlite thread hop`` — every write handed to the engine's thread and back (the engine's
   design before small writes moved onto the event loop);
@@ -39,18 +41,26 @@ from datastore import Engine, Entity, open_engine
 from datastore.engines.sqlite import LOOP_MAX_BYTES, LOOP_MAX_ENTITIES, SqliteEngine, _rows
 from nxnw import services
 from nxnw.services.endpoints import engine_url
+from proxy.routes import dual_apply
 
 KEYS = 1000
 
 
-class ThreadHopSqlite(SqliteEngine):
+class _NeverInPlace(SqliteEngine):
+    """A candidate whose writes all go through its own ``_write_batch``."""
+
+    def apply_in_place(self, entities: Sequence[Entity]) -> bool:
+        return False
+
+
+class ThreadHopSqlite(_NeverInPlace):
     """The candidate "every write on the engine thread"."""
 
     async def _write_batch(self, entities: Sequence[Entity]) -> None:
         await self._run(self._apply_on_thread, entities)
 
 
-class GroupCommitSqlite(SqliteEngine):
+class GroupCommitSqlite(_NeverInPlace):
     """The candidate "group commit": one transaction on the engine thread for every write
     queued while the previous one ran."""
 
@@ -88,7 +98,7 @@ class GroupCommitSqlite(SqliteEngine):
         job.add_done_callback(done)
 
 
-class LoopGroupCommitSqlite(SqliteEngine):
+class LoopGroupCommitSqlite(_NeverInPlace):
     """The candidate "group commit on the loop": the small writes that arrive in one loop
     iteration are committed together on the loop connection at the end of it (one more
     loop iteration per write); a busy lock sends the group to the engine thread."""
@@ -162,7 +172,9 @@ async def _writes(engines: Sequence[Engine], app: str, writers: int, writes: int
             if len(engines) == 1:
                 await engines[0].apply([entity])
             else:
-                await asyncio.gather(*(engine.apply([entity]) for engine in engines))
+                error = await dual_apply(engines[0], engines[1], [entity])
+                if error is not None:
+                    raise error
             latencies.append((time.perf_counter() - t) * 1e6)
 
     start = time.perf_counter()

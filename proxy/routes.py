@@ -5,7 +5,8 @@ Every route answers ``read(ref)`` (the stored entity, tombstone included) and
 clock; ``admission`` is the request's ticket from the mode machine: ``check()`` raises
 while the instance may no longer act on the mode it was admitted under, ``version`` is
 that mode znode's version), and names the engine that serves reads (``reader``) for
-scans. A mode switch swaps one composed route object (``proxy/modes.py``); nothing else
+scans. ``start_write`` is a write's first part: everything done before its first await
+(the check, and the legs the engines apply in place), returning the rest to await. A mode switch swaps one composed route object (``proxy/modes.py``); nothing else
 in the proxy knows which side is which.
 
 ``EngineRoute(engine)``
@@ -14,10 +15,11 @@ in the proxy knows which side is which.
 
 ``DualWriteRoute(primary, secondary, journal, parallel)``
     write: ``admission.check()``, then primary and secondary, both sync, in parallel
-    (``cow``) or primary first (``proxy``); the client is answered after both. A primary
-    failure fails the request. A secondary failure does not: the keys go into the durable
-    repair journal (sync, before the answer, a transaction checked against the mode
-    version the request was admitted under) and the client gets the primary's answer.
+    (``cow``: ``dual_apply``) or primary first (``proxy``); the client is answered after
+    both. A primary failure fails the request. A secondary failure does not: the keys go
+    into the durable repair journal (sync, before the answer, a transaction checked
+    against the mode version the request was admitted under) and the client gets the
+    primary's answer.
     If the mode changed meanwhile, or ZooKeeper does not take the entry, the client gets
     ``OutcomeUnknown`` (503) and the keys are still journalled — late, or held until
     ZooKeeper answers (``proxy/journal.py`` says why that is safe) — so N1 is never ahead
@@ -35,6 +37,20 @@ in the proxy knows which side is which.
     has passed it, absence is expected, and the load copies it anyway.
     write: inner. Bounded: at most ``max_in_flight`` shadow reads at once; beyond that
     samples are skipped, not queued.
+
+How a ``cow`` write's two legs overlap (``dual_apply``)
+---------------------------------------------------------
+A leg that waits (a network round trip, an engine's thread) should wait beside the other,
+so the write costs the slower leg, not the sum. A leg the engine can finish on the event
+loop without waiting (``Engine.apply_in_place``: SQLite's small writes) has nothing to
+overlap: both such legs run on the loop anyway, and starting one as a task would only add
+the task and two loop iterations (measured by ``bench.engine_writes``). So the primary is
+tried in place first, then the secondary; only a leg that must wait is awaited, and the
+secondary becomes a task only when the primary waits too. When both legs were applied in
+place, ``start_write`` returns None: the write is complete before anything was awaited,
+so no caller needs a task to protect it from cancellation. Order between the legs is not
+part of the promise: each carries the request's timestamp, and last-write-wins makes the
+order in which they land irrelevant.
 """
 
 from __future__ import annotations
@@ -83,7 +99,18 @@ class DataRoute(ABC):
     async def read(self, ref: EntityRef) -> Entity | None: ...
 
     @abstractmethod
-    async def write(self, entities: Sequence[Entity], admission: Admission) -> None: ...
+    def start_write(self, entities: Sequence[Entity], admission: Admission) -> Awaitable[None] | None:
+        """Begin a write: ``admission.check()``, then every leg the engines can apply in place
+        (``Engine.apply_in_place``), now, without awaiting; return the rest of the write to
+        await, or None when it is complete. A caller that must not be cancelled between a
+        write's legs (the core's shielded write section) needs a task only for the rest: a
+        write that completed here had no point at which it could be cancelled."""
+
+    async def write(self, entities: Sequence[Entity], admission: Admission) -> None:
+        """``start_write``, then the rest awaited."""
+        rest = self.start_write(entities, admission)
+        if rest is not None:
+            await rest
 
     async def close(self) -> None:
         """Finish background work (shadow reads) before the route is dropped."""
@@ -100,9 +127,9 @@ class EngineRoute(DataRoute):
     async def read(self, ref: EntityRef) -> Entity | None:
         return await self.engine.read(ref)
 
-    async def write(self, entities: Sequence[Entity], admission: Admission) -> None:
+    def start_write(self, entities: Sequence[Entity], admission: Admission) -> Awaitable[None] | None:
         admission.check()
-        await self.engine.apply(entities)
+        return None if self.engine.apply_in_place(entities) else self.engine.apply(entities)
 
 
 class DualWriteRoute(DataRoute):
@@ -119,33 +146,36 @@ class DualWriteRoute(DataRoute):
     async def read(self, ref: EntityRef) -> Entity | None:
         return await self.primary.read(ref)
 
-    async def _secondary(self, entities: Sequence[Entity]) -> BaseException | None:
-        try:
-            await self.secondary.apply(entities)
-        except Exception as exc:  # the secondary's failure is journalled, not raised
-            return exc
-        return None
-
-    async def write(self, entities: Sequence[Entity], admission: Admission) -> None:
+    def start_write(self, entities: Sequence[Entity], admission: Admission) -> Awaitable[None] | None:
         admission.check()
+        if not self.primary.apply_in_place(entities):
+            return self._write_waiting(entities, admission)
+        try:  # the primary holds the write: now the secondary
+            if self.secondary.apply_in_place(entities):
+                return None
+        except Exception as exc:  # journalled, not raised
+            return self._secondary_failed(entities, exc, admission)
+        return self._finish_secondary(entities, admission)
+
+    async def _write_waiting(self, entities: Sequence[Entity], admission: Admission) -> None:
+        """The write when the primary must wait: the legs overlap in ``cow``, run in turn in ``proxy``."""
         if self.parallel:
-            # The secondary leg is a task and the primary runs inline: a leg the engine finishes
-            # in place (SQLite's small writes) then costs no second task, while a leg that waits
-            # on the network still overlaps the other. If the primary fails, the client is told
-            # the write failed once the secondary has finished too; the secondary may hold it
-            # anyway (as after any failed write, its outcome is unknown), and verify settles it.
-            secondary = asyncio.ensure_future(self._secondary(entities))
-            try:
-                await self.primary.apply(entities)
-            finally:
-                secondary_error = await secondary
+            secondary_error = await dual_apply(self.primary, self.secondary, entities)
         else:
             await self.primary.apply(entities)
-            secondary_error = await self._secondary(entities)
+            secondary_error = await _secondary_leg(self.secondary, entities)
         if secondary_error is not None:
-            SECONDARY_FAILURES.labels(self.journal.target).inc()
-            await self._journal([e.ref for e in entities], f"{type(secondary_error).__name__}: {secondary_error}",
-                                admission)
+            await self._secondary_failed(entities, secondary_error, admission)
+
+    async def _finish_secondary(self, entities: Sequence[Entity], admission: Admission) -> None:
+        """The primary holds the write and the secondary must wait."""
+        secondary_error = await _awaited_leg(self.secondary, entities)
+        if secondary_error is not None:
+            await self._secondary_failed(entities, secondary_error, admission)
+
+    async def _secondary_failed(self, entities: Sequence[Entity], error: BaseException, admission: Admission) -> None:
+        SECONDARY_FAILURES.labels(self.journal.target).inc()
+        await self._journal([e.ref for e in entities], f"{type(error).__name__}: {error}", admission)
 
     async def _journal(self, refs: list[EntityRef], reason: str, admission: Admission) -> None:
         journal = self.journal
@@ -169,6 +199,57 @@ class DualWriteRoute(DataRoute):
         return "n1" if self.journal.target == "n2" else "n2"
 
 
+async def dual_apply(primary: Engine, secondary: Engine, entities: Sequence[Entity]) -> BaseException | None:
+    """Apply ``entities`` to both engines, overlapping only the legs that wait (see the
+    module docstring); return the secondary's failure, raise the primary's.
+
+    If the primary fails in place, the secondary is not written. If it fails after waiting,
+    the secondary, started beside it, is awaited first: it may hold the write (its outcome
+    is unknown to the client, as after any failed write) and verify settles it.
+    """
+    if primary.apply_in_place(entities):
+        return await _secondary_leg(secondary, entities)
+    pending = _start_secondary(secondary, entities)
+    try:
+        await primary.apply(entities)
+    finally:
+        secondary_error = await pending
+    return secondary_error
+
+
+async def _secondary_leg(secondary: Engine, entities: Sequence[Entity]) -> BaseException | None:
+    """The secondary leg, in place when the engine can; its failure returned, not raised
+    (the caller journals it)."""
+    try:
+        if secondary.apply_in_place(entities):
+            return None
+    except Exception as exc:
+        return exc
+    return await _awaited_leg(secondary, entities)
+
+
+async def _awaited_leg(secondary: Engine, entities: Sequence[Entity]) -> BaseException | None:
+    try:
+        await secondary.apply(entities)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _start_secondary(secondary: Engine, entities: Sequence[Entity]) -> asyncio.Future[BaseException | None]:
+    """The secondary leg started beside a primary that waits: already done when the engine
+    did it in place, else a task."""
+    try:
+        if not secondary.apply_in_place(entities):
+            return asyncio.ensure_future(_awaited_leg(secondary, entities))
+        outcome: BaseException | None = None
+    except Exception as exc:
+        outcome = exc
+    done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+    done.set_result(outcome)
+    return done
+
+
 class ShadowReadRoute(DataRoute):
     def __init__(self, inner: DataRoute, shadow: Engine, rate: float,
                  on_divergence: Callable[[EntityRef, Entity | None, Entity | None], Awaitable[None]],
@@ -187,8 +268,8 @@ class ShadowReadRoute(DataRoute):
     def reader(self) -> Engine:
         return self.inner.reader
 
-    async def write(self, entities: Sequence[Entity], admission: Admission) -> None:
-        await self.inner.write(entities, admission)
+    def start_write(self, entities: Sequence[Entity], admission: Admission) -> Awaitable[None] | None:
+        return self.inner.start_write(entities, admission)
 
     async def read(self, ref: EntityRef) -> Entity | None:
         answer = await self.inner.read(ref)

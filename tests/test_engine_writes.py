@@ -3,6 +3,8 @@
 Each engine is driven as the proxy drives it: many ``apply`` calls at once on one event
 loop. SQLite's small writes run on the loop and its large ones on the engine's thread
 (datastore/engines/sqlite.py), so the mixes below put both paths on the same keys at once.
+A write the engine can finish without waiting (``Engine.apply_in_place``) is applied at once
+or not at all, and a ``cow`` write (``proxy.routes.dual_apply``) then needs no task for it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from datastore import Engine, Entity, EntityRef, open_engine
+from datastore import Engine, Entity, EntityRef, EngineUnavailable, InvalidEntity, open_engine
 from datastore.engines import sqlite as sqlite_engine
+from proxy.routes import dual_apply
 from tests.conftest import ENGINE_SERVICES, require
 from nxnw.services.endpoints import engine_url
 
@@ -166,3 +169,108 @@ async def test_sqlite_loop_writes_keep_the_wal_checkpointed(tmp_path: Path, app_
         assert wal.stat().st_size < 2 * sqlite_engine.CHECKPOINT_PAGES * frame
     finally:
         await engine.close()
+
+
+# --- writes in place (Engine.apply_in_place) and the cow write's legs (proxy.routes.dual_apply) ---
+
+
+async def test_apply_in_place_applies_now_or_leaves_nothing_written(write_engine: Engine, engine_name: str,
+                                                                   sqlite_dir: str, app_name: str) -> None:
+    await write_engine.apply([Entity(app_name, "K", b"k", b"before", 1)])
+    ref = EntityRef(app_name, "K", b"k")
+    done = write_engine.apply_in_place([Entity(app_name, "K", b"k", b"now", 2)])
+    if engine_name != "sqlite":  # an engine that waits on the network never can
+        assert done is False
+        assert (await write_engine.read(ref)).value == b"before"
+        return
+    assert done is True
+    # Committed before anything was awaited: another connection reads it at once.
+    reader = sqlite3.connect(sqlite_path(sqlite_dir))
+    try:
+        assert reader.execute(f"SELECT value, ts FROM e_{app_name}").fetchall() == [(b"now", 2)]
+    finally:
+        reader.close()
+    # Over the loop's bounds, or while another connection holds the write lock: nothing is written.
+    too_large = Entity(app_name, "K", b"k", b"x" * (sqlite_engine.LOOP_MAX_BYTES + 1), 3)
+    assert write_engine.apply_in_place([too_large]) is False
+    holder = sqlite3.connect(sqlite_path(sqlite_dir), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        assert write_engine.apply_in_place([Entity(app_name, "K", b"k", b"locked out", 4)]) is False
+        holder.execute("COMMIT")
+    finally:
+        holder.close()
+    assert await write_engine.read(ref) == Entity(app_name, "K", b"k", b"now", 2)
+    # An older write is applied in place as apply would: last-write-wins keeps the newer one.
+    assert write_engine.apply_in_place([Entity(app_name, "K", b"k", b"older", 1)]) is True
+    assert (await write_engine.read(ref)).value == b"now"
+    with pytest.raises(InvalidEntity):
+        write_engine.apply_in_place([EntityRef(app_name, "K", b"k")])  # type: ignore[list-item]
+
+
+@pytest.fixture
+async def sqlite_pair(tmp_path: Path, app_name: str):
+    n1, n2 = open_engine(f"sqlite:///{tmp_path}/n1.db"), open_engine(f"sqlite:///{tmp_path}/n2.db")
+    for engine in (n1, n2):
+        await engine.open()
+        await engine.apply([Entity(app_name, "K", b"k", b"0", 1)])  # the table exists
+    yield n1, n2
+    for engine in (n1, n2):
+        await engine.close()
+
+
+def counting_tasks(loop: asyncio.AbstractEventLoop) -> list[asyncio.Task]:
+    created: list[asyncio.Task] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro, **kwargs) -> asyncio.Task:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        created.append(task)
+        return task
+    loop.set_task_factory(factory)
+    return created
+
+
+async def test_a_cow_write_whose_legs_both_apply_in_place_completes_without_a_task(sqlite_pair, app_name: str) -> None:
+    n1, n2 = sqlite_pair
+    loop = asyncio.get_running_loop()
+    created = counting_tasks(loop)
+    try:
+        entity = Entity(app_name, "K", b"k", b"both", 2)
+        assert await dual_apply(n1, n2, [entity]) is None
+    finally:
+        loop.set_task_factory(None)
+    assert created == []
+    assert await n1.read(entity.ref) == entity and await n2.read(entity.ref) == entity
+
+
+async def test_a_cow_write_returns_the_secondary_failure_and_raises_the_primary_one(sqlite_pair, app_name: str) -> None:
+    n1, n2 = sqlite_pair
+    await n2.close()  # N2 fails in place (EngineUnavailable): returned for the journal, N1 holds the write
+    entity = Entity(app_name, "K", b"k", b"n1 only", 2)
+    assert isinstance(await dual_apply(n1, n2, [entity]), EngineUnavailable)
+    assert await n1.read(entity.ref) == entity
+    await n2.open()
+    await n1.close()  # N1 fails in place: the request fails, and N2 is not written
+    with pytest.raises(EngineUnavailable):
+        await dual_apply(n1, n2, [Entity(app_name, "K", b"k", b"neither", 3)])
+    assert (await n2.read(entity.ref)).value == b"0"
+    await n1.open()
+
+
+async def test_a_cow_write_whose_secondary_must_wait_lands_on_both_sides(sqlite_pair, tmp_path: Path,
+                                                                         app_name: str) -> None:
+    """N2's write lock is held by another connection: its leg goes to the engine thread and
+    waits there, N1's is applied in place, and the write completes once the lock is released."""
+    n1, n2 = sqlite_pair
+    entity = Entity(app_name, "K", b"k", b"waited", 2)
+    holder = sqlite3.connect(tmp_path / "n2.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    write = asyncio.ensure_future(dual_apply(n1, n2, [entity]))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not write.done()
+    assert await n1.read(entity.ref) == entity
+    holder.execute("COMMIT")
+    holder.close()
+    assert await write is None
+    assert await n2.read(entity.ref) == entity

@@ -61,7 +61,7 @@ from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
 from datastore.engine import Engine, EngineUnavailable, KeyRange
-from datastore.model import MAX_VALUE_BYTES, Entity, EntityRef, Row, check_app
+from datastore.model import MAX_VALUE_BYTES, Entity, EntityRef, Row, check_app, check_batch
 
 T = TypeVar("T")
 
@@ -230,6 +230,14 @@ class SqliteEngine(Engine):
         return 2 * len(rows) + size // _PAGE_BYTES
 
     def _transaction(self, conn: sqlite3.Connection, rows: _Rows) -> None:
+        if conn is self._loop_conn and len(rows) == 1:
+            ((table, table_rows),) = rows.items()
+            if len(table_rows) == 1 and table in self._tables:
+                # One row of a known table (the proxy's PUT): one statement is its own
+                # transaction, as atomic and durable as BEGIN … COMMIT, two statements fewer.
+                # Busy is answered at once as for BEGIN IMMEDIATE, and nothing is written.
+                conn.execute(_upsert(table), table_rows[0])
+                return
         created: list[str] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -294,22 +302,34 @@ class SqliteEngine(Engine):
             return
         await self._run(self._apply_rows_on_thread, _table(app), rows)
 
-    async def _write_batch(self, entities: Sequence[Entity]) -> None:
+    def apply_in_place(self, entities: Sequence[Entity]) -> bool:
+        """``apply`` on the loop connection, when the batch is within the loop's bounds, no
+        checkpoint runs and no other connection holds the write lock; else False, nothing
+        written (see the module docstring)."""
+        check_batch(entities)
+        return not entities or self._write_in_place(entities)
+
+    def _write_in_place(self, entities: Sequence[Entity]) -> bool:
         conn = self._loop_conn
         if conn is None:
             raise EngineUnavailable(f"sqlite engine {self.path} is not open")
-        if self._checkpoint is None and len(entities) <= LOOP_MAX_ENTITIES:
-            rows, size = _rows(entities)
-            if size <= LOOP_MAX_BYTES:
-                try:
-                    pages = self._apply(conn, rows, size)
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc):
-                        raise
-                else:
-                    self._pages_written(pages)
-                    return
-        await self._run(self._apply_on_thread, entities)
+        if self._checkpoint is not None or len(entities) > LOOP_MAX_ENTITIES:
+            return False
+        rows, size = _rows(entities)
+        if size > LOOP_MAX_BYTES:
+            return False
+        try:
+            pages = self._apply(conn, rows, size)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            return False
+        self._pages_written(pages)
+        return True
+
+    async def _write_batch(self, entities: Sequence[Entity]) -> None:
+        if not self._write_in_place(entities):
+            await self._run(self._apply_on_thread, entities)
 
     # --- reads --------------------------------------------------------------------------------
 
