@@ -124,17 +124,33 @@ async def errors_as_json(request: web.Request, handler: Callable[[web.Request], 
     except Exception as exc:  # an engine failure: the client gets 502, the process keeps serving
         log.exception("request %s %s failed", request.method, request.path)
         response = _json_error(502, "backend failure", f"{type(exc).__name__}: {exc}")
-    REQUESTS.labels(route, str(response.status)).inc()
-    LATENCY.labels(route, core.mode or "fenced").observe(time.perf_counter() - started)
+    _observe(route, response.status, core.mode or "fenced", time.perf_counter() - started)
     return response
+
+
+#: (route, status, mode) -> the request counter's and the latency histogram's children: a
+#: ``labels`` lookup costs more than the update, and the label sets are few (routes,
+#: statuses, modes), so each is looked up once.
+_CHILDREN: dict[tuple[str, int, str], tuple[Any, Any]] = {}
+
+
+def _observe(route: str, status: int, mode: str, seconds: float) -> None:
+    children = _CHILDREN.get((route, status, mode))
+    if children is None:
+        children = _CHILDREN[route, status, mode] = (REQUESTS.labels(route, str(status)), LATENCY.labels(route, mode))
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length,
                                             text=f"the body of {request.content_length} bytes exceeds the limit of {limit} bytes")
-    async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+    if request.content.is_eof():  # the whole body has arrived (a small one comes with the headers)
         body = await request.read()
+    else:
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            body = await request.read()
     if len(body) > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body),
                                             text=f"the body exceeds the limit of {limit} bytes")
@@ -169,12 +185,17 @@ async def put_entity(request: web.Request) -> web.Response:
     ref = _ref(request)
     value = await read_body(request, MAX_VALUE_BYTES)
     ts = await request.app[CORE].put(ref, value)
-    return web.json_response({"ts": ts})
+    return _ts_response(ts)
 
 
 async def delete_entity(request: web.Request) -> web.Response:
     ts = await request.app[CORE].delete(_ref(request))
-    return web.json_response({"ts": ts})
+    return _ts_response(ts)
+
+
+def _ts_response(ts: int) -> web.Response:
+    """``{"ts": ts}``, the answer to every PUT and DELETE, without a JSON encoder."""
+    return web.Response(body=b'{"ts": %d}' % ts, content_type="application/json", charset="utf-8")
 
 
 def _writes(app: str, items: Any) -> list[tuple[EntityRef, bytes | None]]:
