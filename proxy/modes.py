@@ -102,7 +102,7 @@ from datastore import Engine
 from proxy.routes import DataRoute, DualWriteRoute, EngineRoute, ShadowReadRoute
 from sync import layout
 from sync._zk import put
-from sync.aio import run_blocking
+from sync.aio import run_blocking, zk_wait_executor
 from sync.mode import MODES, ModeState, ModeWatcher
 from sync.state import RegisteredPlan, parse_plan
 
@@ -657,6 +657,12 @@ class Tenants:
         to_n1 = await run_blocking(functools.partial(RepairJournal, self.zk, "n1", plan=plan.name, **bound))
         cache = self.cache.add_tenant([prefix.encode() for prefix in plan.key_prefixes.values()])
         watcher = ModeWatcher(self.zk, path=layout.mode(plan.name))
+        try:  # until the watcher's first read, the plan's apps would be refused rather than wait
+            await run_blocking(watcher.wait_until, lambda state: state is not None, self.admit_wait,
+                               executor=zk_wait_executor())
+        except TimeoutError as exc:
+            log.warning("proxy %s: plan %s's mode is not readable yet (%s); its apps are refused until it is",
+                        self.membership.instance, plan.name, exc)
         machine = ModeMachine(plan=plan.name, membership=self.membership, zk=self.zk, watcher=watcher,
                               lease=self.lease, cache=cache, journals=[to_n2, to_n1],
                               build_data=functools.partial(data_route, n1=self.n1, n2=self.n2, to_n2=to_n2,

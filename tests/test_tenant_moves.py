@@ -349,3 +349,50 @@ async def test_a_later_plan_takes_over_the_apps_of_a_released_one(sqlite_dir: st
         for engine in (n1, n2):
             await engine.drop_app(app)
             await engine.close()
+
+
+async def test_requests_of_an_app_whose_plan_is_being_registered_wait_instead_of_being_refused(
+        sqlite_dir: str) -> None:
+    """While a proxy takes a newly registered plan on (its mode watcher's first read, the
+    drain of what was admitted as unclaimed), the app's requests wait; none is refused."""
+    from datastore import open_engine
+    from nxnw.services.endpoints import engine_url
+    from sync.aio import run_blocking
+    from tests.conftest import require
+    from tests.proxy_harness import key_path, proxy_config, register_plan, running_proxy, switch, zk_namespace
+
+    require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
+    n1_url, n2_url = engine_url("sqlite", "n1", sqlite_dir), engine_url("sqlite", "n2", sqlite_dir)
+    apps = [f"r{i}_{uuid.uuid4().hex[:8]}" for i in range(5)]
+    statuses: list[tuple[int, str]] = []
+    try:
+        async with zk_namespace() as (zk_hosts, zk), \
+                running_proxy(proxy_config("p1", n1_url, n2_url, zk_hosts)) as (server, http):
+            stop = asyncio.Event()
+
+            async def client(app: str, cid: int) -> None:
+                i = 0
+                while not stop.is_set():
+                    resp = await http.put(key_path(app, "K", b"c%d-%d" % (cid, i % 20)), data=b"v")
+                    statuses.append((resp.status, await resp.text() if resp.status != 200 else ""))
+                    i += 1
+
+            clients = [asyncio.create_task(client(app, c)) for app in apps for c in range(3)]
+            try:
+                for n, app in enumerate(apps):  # each plan's registration meets requests of its app
+                    await asyncio.sleep(0.2)
+                    await run_blocking(register_plan, zk, [app], f"reg-{n}", {})
+                    await switch(zk, "cow", plan=f"reg-{n}")
+                await asyncio.sleep(0.2)
+            finally:
+                stop.set()
+                await asyncio.gather(*clients)
+        refused = [text for status, text in statuses if status != 200]
+        assert len(statuses) > 100 and refused == [], refused[:3]
+    finally:
+        for url in (n1_url, n2_url):
+            engine = open_engine(url)
+            await engine.open()
+            for app in apps:
+                await engine.drop_app(app)
+            await engine.close()
