@@ -2,7 +2,8 @@
 
 Exit statuses: 0 done; 1 the work failed (a migration task, a rollback that cannot go
 back yet, keys that still differ after ``verify``); 2 bad input or a service that does not
-answer (a bad flag or plan file, an unreachable ZooKeeper or engine, a failed preflight);
+answer (a bad flag or plan file, a plan naming an app another live plan holds, an
+unreachable ZooKeeper or engine, a failed preflight);
 130 interrupted. Every failure ends with a single line saying what and why (a preflight
 lists its problems below it), and no library's warnings above it; a traceback means a bug
 in nxnw. ``--json`` (status, verify) prints one JSON document on stdout with the facts
