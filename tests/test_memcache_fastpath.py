@@ -321,3 +321,29 @@ async def test_a_relayed_sets_copy_is_undone_when_n1_changed_before_it_was_verif
         await listener.close()
         await router.close()
         await held.close()
+
+
+async def test_a_relayed_hits_fill_is_undone_when_n1_changed_before_it_was_verified(key: bytes) -> None:
+    """A relayed get in ``cow`` is sent as ``mg`` (answered as text) and its hit fills N2 by
+    callbacks (``add``, re-read N1's CAS, undo): N1 overwritten elsewhere while the fill is
+    on its way leaves N2 without the key — the COR race mcrouter's WarmUpRoute leaves open."""
+    require("memcached-n1", "memcached-n2")
+    Client(N1).set(key, b"old", expire=300, noreply=False, flags=3)
+    held = HeldUpstream(N2)
+    router = CacheRouter(N1, await held.start(), mode="cow")
+    await router.start()
+    listener = CacheListener(router, HOST, 0)
+    await listener.start()
+    try:
+        got = normalised(await exchange(listener.port, b"get %b\r\ngets %b\r\n" % (key, key)))
+        assert got == b"VALUE %b 3 3\r\nold\r\nEND\r\nVALUE %b 3 3 <cas>\r\nold\r\nEND\r\n" % (key, key)
+        await asyncio.wait_for(held.arrived.wait(), 10)  # the fill's add is held on its way to N2
+        assert router.to_n2.pending == 1                  # one fill for the key, the second hit shed
+        Client(N1).set(key, b"new", noreply=False)       # written elsewhere meanwhile
+        held.release.set()
+        assert await router.to_n2.drain(10) == 0
+        assert Client(N2).get(key) is None
+    finally:
+        await listener.close()
+        await router.close()
+        await held.close()

@@ -45,9 +45,10 @@ from proxy.cache.errors import (
 #: A reply header longer than this without CRLF is not memcached talking.
 _MAX_REPLY_LINE = 8192
 
-#: How a relayed reply is framed: one line, a text retrieval of one key (VALUE… END), or
-#: the ``HD c<cas>``/``NS``/``EX``/``NF`` line of an ``ms … c`` answered as text.
-REPLY_LINE, REPLY_VALUES, REPLY_META_STORE = 0, 1, 2
+#: How a relayed reply is framed: one line, a text retrieval of one key (VALUE… END), the
+#: ``HD c<cas>``/``NS``/``EX``/``NF`` line of an ``ms … c`` answered as text, or an ``mg``'s
+#: reply (a ``VA`` header and its data block, or one line).
+REPLY_LINE, REPLY_VALUES, REPLY_META_STORE, REPLY_META_VALUE = 0, 1, 2, 3
 #: ``ms`` codes -> the text storage reply memcached gives for the same outcome
 _STORED_TEXT = b"STORED\r\n"
 _TEXT_OF_MS = {b"HD": _STORED_TEXT, b"NS": b"NOT_STORED\r\n", b"EX": b"EXISTS\r\n", b"NF": b"NOT_FOUND\r\n"}
@@ -391,6 +392,18 @@ class RelayConnection(asyncio.Protocol):
                     if buf[block:stop] != b"\r\nEND\r\n":
                         raise MemcacheProtocolError(self.server, "a retrieval of one key not ended by END")
                     reply = buf if pos == 0 and stop == size and type(buf) is bytes else bytes(buf[pos:stop])
+                elif entry.framing == REPLY_META_VALUE and buf[pos:pos + 3] == b"VA ":
+                    try:
+                        length = int(buf[pos + 3:end].split(b" ", 1)[0])
+                    except ValueError:
+                        raise MemcacheProtocolError(self.server, f"malformed VA line {bytes(buf[pos:end])[:80]!r}") \
+                            from None
+                    stop = end + 2 + length + 2
+                    if size < stop:
+                        break
+                    if buf[stop - 2:stop] != b"\r\n":
+                        raise MemcacheProtocolError(self.server, f"data block of {length} bytes not followed by CRLF")
+                    reply = buf if pos == 0 and stop == size and type(buf) is bytes else bytes(buf[pos:stop])
                 elif entry.framing == REPLY_META_STORE and (text := _TEXT_OF_MS.get(bytes(buf[pos:pos + 2]))):
                     if text is _STORED_TEXT:  # ``HD c<cas>``: the only flag asked for
                         if buf[pos + 2:pos + 4] != b" c" or not buf[pos + 4:end].isdigit():
@@ -709,5 +722,5 @@ def _expire(waiter: asyncio.Future, server: str, timeout: float) -> None:
         waiter.set_exception(MemcacheTimeout(server, f"no reply within {timeout}s"))
 
 
-__all__ = ["REPLY_LINE", "REPLY_META_STORE", "REPLY_VALUES", "Item", "MemcacheClient", "MemcacheServerError", "Outcome", "Peek", "StoreMode",
+__all__ = ["REPLY_LINE", "REPLY_META_STORE", "REPLY_META_VALUE", "REPLY_VALUES", "Item", "MemcacheClient", "MemcacheServerError", "Outcome", "Peek", "StoreMode",
            "StoreReply"]

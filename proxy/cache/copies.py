@@ -162,7 +162,7 @@ class CopyQueue:
         # each job's result counted without a ``labels`` look-up per job (it takes a lock)
         self._copy_results = {r: metrics.COPIES.labels(label, r).inc for r in ("copied", "deleted", "lost", "undone")}
         self._fill_results = {r: metrics.COR_FILLS.labels({"copied": "done"}.get(r, r)).inc
-                              for r in ("copied", "deleted", "lost", "undone")}
+                              for r in ("copied", "deleted", "lost", "undone", "present", "expiring", "unverifiable")}
 
     @property
     def depth(self) -> int:
@@ -223,6 +223,40 @@ class CopyQueue:
         self._unfinished += 1
         chain = _CopyChain(self, key, source_cas, src, dst)
         dst.send(chain, b"ms %b %d MS F%d T%d c\r\n%b\r\n" % (key, len(value), flags, exptime, value))
+
+    def fill_now(self, key: bytes, item: Item) -> None:
+        """``offer_fill`` for the listener's callback path (COR): the fill starts at once as
+        a ``_CopyChain`` — ``add`` on dest, re-read the source's CAS, undo if it changed —
+        under ``offer_fill``'s rules (skipped while dest is known to hold this version, shed
+        while the key's fill runs or fills fill their share of the queue, never while
+        fenced). With the ``before_fill`` test seam set, it is queued (the seam is awaited)."""
+        if self.before_fill is not None:
+            self.offer_fill(key, item)
+            return
+        known = self._on_dest.get(key)
+        if known is not None and known[0] == item.cas and time.monotonic() - known[1] < self.known_for:
+            return
+        if key in self._pending_fills or self._unfinished >= self._fill_limit:
+            self._fill_shed.inc()
+            return
+        exptime = exptime_from_ttl(item.ttl)
+        if exptime is None:
+            self._fill_results["expiring"]()
+            return
+        if not item.cas:
+            self._fill_results["unverifiable"]()
+            return
+        if not self.may_copy():
+            return
+        src, dst = self.source.relay_for(key), self.dest.relay_for(key)
+        if src is None or dst is None:
+            return
+        self._pending_fills.add(key)
+        if not self._unfinished:
+            self._idle.clear()
+        self._unfinished += 1
+        chain = _CopyChain(self, key, item.cas, src, dst, fill=True)
+        dst.send(chain, b"ms %b %d ME F%d T%d c\r\n%b\r\n" % (key, len(item.value), item.flags, exptime, item.value))
 
     def copy_current(self, key: bytes) -> None:
         """The source changed ``key`` in a way we did not see (append, incr, touch, …): the
@@ -440,12 +474,16 @@ class CopyQueue:
         if len(known) > self.known_max:
             del known[next(iter(known))]
 
-    def _chain_ended(self, key: bytes, result: str | None) -> None:
+    def _chain_ended(self, key: bytes, fill: bool, result: str | None) -> None:
         """A ``_CopyChain`` is over: ``result`` as a batch counts it, None if it failed."""
-        if result is None:
+        if result is None:  # a fill too: its copy may have landed unverified
             self._drop(key, "failed")
+        elif fill:
+            self._fill_results[result]()
         else:
             self._copy_results[result]()
+        if fill:
+            self._pending_fills.discard(key)
         self._finished()
 
     # --- at a mode switch ----------------------------------------------------------------
@@ -518,11 +556,12 @@ class _CopyChain:
     copies of the key. A failed step (no reply, an error line) drops the copy and records
     its key, as a failed batch does."""
 
-    __slots__ = ("queue", "key", "source_cas", "dest_cas", "step", "src", "dst", "framing", "deadline")
+    __slots__ = ("queue", "key", "source_cas", "dest_cas", "step", "src", "dst", "fill", "framing", "deadline")
 
     def __init__(self, queue: CopyQueue, key: bytes, source_cas: int, src: RelayConnection,
-                 dst: RelayConnection) -> None:
+                 dst: RelayConnection, *, fill: bool = False) -> None:
         self.queue = queue
+        self.fill = fill
         self.key = key
         self.source_cas = source_cas
         self.dest_cas = 0
@@ -535,6 +574,10 @@ class _CopyChain:
     def done(self, reply: bytes, cas: int) -> None:
         step = self.step
         if step == 1:  # ``HD c<cas>``: stored on dest
+            if self.fill and reply == b"NS\r\n":  # an ``add``: dest holds the key already
+                self.queue._known(self.key, self.source_cas)
+                self.queue._chain_ended(self.key, True, "present")
+                return
             if reply[:4] != b"HD c" or not reply[4:-2].isdigit():
                 self._failed(f"stored with {reply[:80]!r}")
                 return
@@ -544,14 +587,14 @@ class _CopyChain:
         elif step == 2:  # the source's CAS now: ``HD c<cas>``, or ``EN`` if gone
             if reply[:4] == b"HD c" and reply[4:-2].isdigit() and int(reply[4:-2]) == self.source_cas:
                 self.queue._known(self.key, self.source_cas)
-                self.queue._chain_ended(self.key, "copied")
+                self.queue._chain_ended(self.key, self.fill, "copied")
             elif reply[:2] in (b"HD", b"EN"):
                 self.step = 3
                 self.dst.send(self, b"md %b C%d\r\n" % (self.key, self.dest_cas))
             else:
                 self._failed(f"re-read of the source answered {reply[:80]!r}")
         elif reply[:2] in (b"HD", b"NF", b"EX"):  # undone, or dest already holds something else
-            self.queue._chain_ended(self.key, "undone")
+            self.queue._chain_ended(self.key, self.fill, "undone")
         else:
             self._failed(f"undo answered {reply[:80]!r}")
 
@@ -561,4 +604,4 @@ class _CopyChain:
     def _failed(self, why: str) -> None:
         log.warning("cache copy of %r to %s failed; it will be invalidated at the next switch: %s", self.key,
                     self.queue.dest.server, why)
-        self.queue._chain_ended(self.key, None)
+        self.queue._chain_ended(self.key, self.fill, None)

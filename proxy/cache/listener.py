@@ -72,10 +72,11 @@ import time
 from collections import deque
 
 from proxy.cache import metrics
-from proxy.cache.client import REPLY_LINE, REPLY_META_STORE, REPLY_VALUES, Item, Outcome, StoreMode
+from proxy.cache.client import REPLY_LINE, REPLY_META_STORE, REPLY_META_VALUE, REPLY_VALUES, Item, Outcome, StoreMode
 from proxy.cache.errors import (
     MAX_EXPTIME, MAX_FLAGS, MAX_ITEM_BYTES, MAX_KEY_BYTES, MAX_U64, MIN_EXPTIME, CacheError, CacheFencedError,
-    CacheInputError, CacheOutcomeUnknown, MemcacheRejected, MemcacheServerError, MemcacheServerReply,
+    CacheInputError, CacheOutcomeUnknown, MemcacheProtocolError, MemcacheRejected, MemcacheServerError,
+    MemcacheServerReply,
 )
 from proxy.cache.router import CacheRouter, ModeRoute
 from proxy.cache.routes import METRIC_OP, Relay
@@ -259,7 +260,7 @@ class _Relayed:
     The ``RelayConnection`` entry of ``client.py``."""
 
     __slots__ = ("session", "route", "relay", "key", "op", "write", "stat", "framing", "deadline", "started",
-                 "reply", "value", "flags", "exptime")
+                 "reply", "value", "flags", "exptime", "with_cas")
 
     def __init__(self, session: _Session, route: ModeRoute, relay: Relay, key: bytes, op: str, write: bool | None,
                  stat: int, framing: int) -> None:
@@ -276,6 +277,9 @@ class _Relayed:
 
     def done(self, reply: bytes, cas: int) -> None:
         relay = self.relay
+        item = None
+        if self.framing == REPLY_META_VALUE:
+            reply, item = self._text_of_mg(reply)
         relay.tally.add(time.perf_counter() - self.started)
         reason = self.route.leave(self.write)
         session = self.session
@@ -292,8 +296,30 @@ class _Relayed:
         # same callback (so before a switch waiting for the in-flight count can go on)
         if relay.on_stored is not None and reply == _STORED:
             relay.on_stored(self.key, self.value, self.flags, self.exptime, cas)
+        elif item is not None:
+            relay.on_item(self.key, item)  # type: ignore[misc]
         elif relay.on_reply is not None:
             relay.on_reply(self.key, reply)
+
+    def _text_of_mg(self, reply: bytes) -> tuple[bytes, Item | None]:
+        """``mg key v f t c``'s reply as the text get/gets memcached would have answered,
+        and the item; a miss is ``END``, an error line stays as it came."""
+        if reply[:3] != b"VA ":
+            return (b"END\r\n", None) if reply == b"EN\r\n" else (reply, None)
+        end = reply.find(b"\r\n")
+        fields = {t[:1]: t[1:] for t in reply[3:end].split(b" ")[1:]}
+        try:
+            flags, ttl, cas = int(fields[b"f"]), int(fields[b"t"]), int(fields[b"c"])
+        except (KeyError, ValueError):
+            self.session.listener.stats.errors += 1
+            server = self.relay.pool.server
+            return _error_text(MemcacheProtocolError(server, f"malformed mg reply {reply[:end][:80]!r}")), None
+        value = reply[end + 2:-2]
+        if self.with_cas:
+            head = b"VALUE %b %d %d %d\r\n" % (self.key, flags, len(value), cas)
+        else:
+            head = b"VALUE %b %d %d\r\n" % (self.key, flags, len(value))
+        return head + value + b"\r\nEND\r\n", Item(value, flags, ttl, cas)
 
     def fail(self, exc: MemcacheServerError) -> None:
         if self.relay.on_error is not None:
@@ -541,7 +567,10 @@ class _Session(asyncio.Protocol):
         conn = relay.pool.relay_for(key)
         if conn is None or not route.enter(write):
             return -1
-        if relay.on_stored is not None:  # the copy needs the CAS: sent as ``ms … c``, the data block as it came
+        if relay.on_item is not None:  # a fill needs flags, TTL and CAS: sent as ``mg``, answered as text
+            framing = REPLY_META_VALUE
+            payload = b"mg %b v f t c\r\n" % key
+        elif relay.on_stored is not None:  # the copy needs the CAS: sent as ``ms … c``, the data block as it came
             framing = REPLY_META_STORE
             value = buf[nl + 1:nxt - 2]
             payload = b"ms %b %d M%b F%d T%d%b c\r\n%b\r\n" % (
@@ -549,6 +578,7 @@ class _Session(asyncio.Protocol):
         entry = _Relayed(self, route, relay, key, METRIC_OP[op], write, stat, framing)
         if value is not None:
             entry.value, entry.flags, entry.exptime = value, flags, exptime
+        entry.with_cas = verb == b"gets"
         stats = self.listener.stats
         if stat == _ST_GET:
             stats.cmd_get += 1

@@ -68,6 +68,9 @@ class Relay(NamedTuple):
     #: as text; a STORED calls this with ``(key, value, flags, exptime, CAS)`` — the copy
     #: needs the CAS a text set's reply does not carry
     on_stored: Callable[[bytes, bytes, int, int, int], None] | None = None
+    #: a get/gets is sent as ``mg key v f t c`` and answered as text; a hit calls this with
+    #: the item — flags, remaining TTL and CAS are what a fill needs and a text reply lacks
+    on_item: Callable[[bytes, Item], None] | None = None
 
 
 class CacheRoute(ABC):
@@ -357,11 +360,16 @@ class WarmUpRoute(CacheRoute):
         So an overwrite or delete on N1 between the read and the fill — even one whose own
         copy reached N2 *before* the fill, or one made through another proxy instance —
         never leaves the old value on N2 (argument in ``copies.py``). On a miss: nothing.
-    get relayed untouched (the fast path): ``warm``, sync, its reply bytes as they came; on a
-        hit a fill *by key* is queued (COR, async): the worker reads the item (value, flags,
-        TTL, CAS) from ``warm`` itself and fills ``cold`` as above — so the client's path
-        parses nothing. Skipped while ``cold`` was seen holding the key within the last
-        minute and nothing was written to it since.
+    get relayed by the listener's callbacks (``relays``): ``warm``, sync, sent as ``mg key v
+        f t c`` and answered as the text get/gets; on a hit the fill starts at once (COR,
+        async, ``CopyQueue.fill_now``) with the item read — ``add`` on ``cold``, then the
+        same check of ``warm``'s CAS as above. Skipped while ``cold`` was seen holding this
+        version within the last minute.
+    get relayed untouched (``forward``, the awaitable path): ``warm``, sync, its reply bytes
+        as they came; on a hit a fill *by key* is queued (COR, async): the worker reads the
+        item (value, flags, TTL, CAS) from ``warm`` itself and fills ``cold`` as above.
+        Skipped while ``cold`` was seen holding the key within the last minute and nothing
+        was written to it since.
     gat (get-and-touch) and every write, relayed untouched or not: as
         ``CopyWritesRoute(warm, copies)`` — ``warm`` sync, the change copied to ``cold``
         async (COW).
@@ -383,7 +391,7 @@ class WarmUpRoute(CacheRoute):
         self.relays = dict(self._writes.relays)
         if "get" in warm.relays:
             r = warm.relays["get"]
-            self.relays["get"] = Relay(r.pool, r.tally, on_reply=self._fill_on_hit)
+            self.relays["get"] = Relay(r.pool, r.tally, on_item=copies.fill_now)
 
     def _fill_on_hit(self, key: bytes, reply: bytes) -> None:
         if reply[:6] == b"VALUE ":
