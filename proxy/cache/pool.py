@@ -116,6 +116,12 @@ class _Health:
         self.failures = 0
         self.down_until = 0.0
 
+    def ok(self) -> None:
+        """An answer from the server: it is up."""
+        if self.failures:
+            self.failures = 0
+            self.down_until = 0.0
+
 
 class MemcachePool:
     """The same operations as ``MemcacheClient``, each sent to its key's server.
@@ -157,8 +163,8 @@ class MemcachePool:
         self._ring = Ketama(specs) if len(specs) > 1 else None
         #: one pipelined connection per server for the listener's callback path
         self.relays = [RelayConnection(s.host, s.port, c.server, timeout=timeout, connect_timeout=connect_timeout,
-                                       on_success=lambda c=c: self._ok(c), on_failure=lambda c=c: self._failed(c))
-                       for s, c in zip(specs, self.clients)]
+                                       on_success=h.ok, on_failure=lambda c=c: self._failed(c))
+                       for s, c, h in zip(specs, self.clients, self._health)]
 
     def __repr__(self) -> str:
         return f"MemcachePool({self.server})"
@@ -197,10 +203,7 @@ class MemcachePool:
             health.down_until = time.monotonic() + self.retry_after
 
     def _ok(self, client: MemcacheClient) -> None:
-        health = self._health_of[id(client)]
-        if health.failures:
-            health.failures = 0
-            health.down_until = 0.0
+        self._health_of[id(client)].ok()
 
     async def _on(self, key: bytes, call):
         client = self.client_for(key)
