@@ -347,3 +347,27 @@ async def test_a_relayed_hits_fill_is_undone_when_n1_changed_before_it_was_verif
         await listener.close()
         await router.close()
         await held.close()
+
+
+async def test_a_server_that_refuses_connections_is_named_then_marked_down_through_the_listener(key: bytes) -> None:
+    """The callback path reports each failure to the server's pool: after ``fail_limit`` of
+    them the server is marked down, and its keys are answered at once with the reason."""
+    from nxnw.fleet import free_port
+
+    require("memcached-n2")
+    dead = (HOST, free_port(HOST))
+    router = CacheRouter(dead, N2, mode="passthrough", fail_limit=2, retry_after=60)
+    await router.start()
+    listener = CacheListener(router, HOST, 0)
+    await listener.start()
+    try:
+        server = b"n1 %s:%d" % (dead[0].encode(), dead[1])
+        for _ in range(2):
+            got = await exchange(listener.port, b"get %b\r\n" % key)
+            assert got.startswith(b"SERVER_ERROR memcached %b: cannot connect" % server), got
+        got = await exchange(listener.port, b"get %b\r\n" % key)
+        assert got.startswith(b"SERVER_ERROR memcached %b: marked down after 2 consecutive failures" % server), got
+        assert router.stats()["proxy_n1_servers_down"] == 1
+    finally:
+        await listener.close()
+        await router.close()
