@@ -43,7 +43,9 @@ below Cassandra's default 50 KiB ``batch_size_fail_threshold``); a single write 
 entity larger than the budget goes alone. An unlogged batch is not atomic, which the
 contract does not ask for, and each statement in it keeps its own ``USING TIMESTAMP``, so
 last-write-wins is unchanged. Batching is what lets the Python driver, whose per-request
-cost dominates, load ~10× more entities per second than one request per entity.
+cost dominates, load ~10× more entities per second than one request per entity. A
+snapshot's rows (``apply_rows``, ``scan_rows``) become statement parameters, and scanned
+rows become rows, with no ``Entity`` built on the way.
 
 Ranges are token ranges: the ring's own boundaries (the vnode tokens of every node), cut
 further at midpoints when a snapshot asks for more ranges than the ring has. A
@@ -77,7 +79,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, Statement, tuple_factory
 
 from datastore.engine import Engine, EngineUnavailable, KeyRange
-from datastore.model import APP_PATTERN, Entity, EntityRef, check_app
+from datastore.model import APP_PATTERN, Entity, EntityRef, Row, check_app
 from datastore.secret import SecretUnavailable, read_secret
 
 T = TypeVar("T")
@@ -102,6 +104,8 @@ ENTITY_OVERHEAD_BYTES = 64
 #: Errors after which the engine is, for the caller, not answering (the proxy journals the
 #: write for repair; the loader retries the chunk).
 UNAVAILABLE_ERRORS = (NoHostAvailable, OperationTimedOut, Unavailable, ReadTimeout, WriteTimeout)
+#: One write's parameters to the write statement: ``(rk, value, deleted, timestamp)``.
+_Write = tuple[bytes, bytes | None, bool, int]
 
 
 def _quote(name: str) -> str:
@@ -462,28 +466,27 @@ class CassandraEngine(Engine):
 
     # --- the contract -----------------------------------------------------------------------
 
-    def _replica_groups(self, entities: Sequence[Entity]) -> Iterable[list[Entity]]:
-        """Entities grouped by the replicas that own them, so that a batch's coordinator
+    def _replica_groups(self, writes: Sequence[_Write]) -> Iterable[Sequence[_Write]]:
+        """Writes grouped by the replicas that own their keys, so that a batch's coordinator
         (the token-aware policy picks a replica of its first key) owns every key in it."""
         cluster = self._cluster
         token_map = cluster.metadata.token_map if cluster is not None else None
         if token_map is None or len(cluster.metadata.all_hosts()) < 2:
-            return [list(entities)]
-        groups: dict[tuple, list[Entity]] = {}
-        for entity in entities:
-            replicas = token_map.get_replicas(self.keyspace, token_map.token_class.from_key(entity.row_key))
-            groups.setdefault(tuple(sorted(str(h.endpoint) for h in replicas)), []).append(entity)
+            return [writes]
+        groups: dict[tuple, list[_Write]] = {}
+        for write in writes:
+            replicas = token_map.get_replicas(self.keyspace, token_map.token_class.from_key(write[0]))
+            groups.setdefault(tuple(sorted(str(h.endpoint) for h in replicas)), []).append(write)
         return groups.values()
 
-    def _requests(self, statement: PreparedStatement, entities: Sequence[Entity]) -> Iterator[tuple[Statement, int]]:
-        """The writes for ``entities`` with their size in bytes: unlogged batches under the
-        byte budget, and single statements for a lone entity or one larger than the budget."""
-        for group in self._replica_groups(entities) if len(entities) > 1 and self.batch_bytes else [entities]:
+    def _requests(self, statement: PreparedStatement, writes: Sequence[_Write]) -> Iterator[tuple[Statement, int]]:
+        """The requests for ``writes`` with their size in bytes: unlogged batches under the
+        byte budget, and single statements for a lone write or one larger than the budget."""
+        for group in self._replica_groups(writes) if len(writes) > 1 and self.batch_bytes else [writes]:
             batch: list[tuple] = []
             size = 0
-            for entity in group:
-                row_key, value = entity.row_key, entity.value
-                params = (row_key, value, value is None, entity.ts)
+            for params in group:
+                row_key, value = params[0], params[1]
                 cost = len(row_key) + (len(value) if value is not None else 0) + ENTITY_OVERHEAD_BYTES
                 if cost > self.batch_bytes:
                     yield statement.bind(params), cost
@@ -506,8 +509,8 @@ class CassandraEngine(Engine):
         batch.is_idempotent = True
         return batch
 
-    async def _write_all(self, statement: PreparedStatement, entities: Sequence[Entity]) -> None:
-        """Write every entity, bounded by ``MAX_IN_FLIGHT`` requests and ``MAX_IN_FLIGHT_BYTES``;
+    async def _write_all(self, statement: PreparedStatement, writes: Sequence[_Write]) -> None:
+        """Send every write, bounded by ``MAX_IN_FLIGHT`` requests and ``MAX_IN_FLIGHT_BYTES``;
         on a failure, stop starting new requests, let the ones in flight finish, and raise
         the first error (the others are retrieved, and each names the same address)."""
         pending: dict[asyncio.Future, int] = {}
@@ -522,7 +525,7 @@ class CassandraEngine(Engine):
                 if fut.exception() is not None:
                     errors.append(fut.exception())
 
-        for request, cost in self._requests(statement, entities):
+        for request, cost in self._requests(statement, writes):
             while pending and (len(pending) >= MAX_IN_FLIGHT or in_flight + cost > MAX_IN_FLIGHT_BYTES):
                 await settle(asyncio.FIRST_COMPLETED)
             if errors:
@@ -554,23 +557,33 @@ class CassandraEngine(Engine):
         if len(entities) == 1:
             await self._write_one(entities[0])
             return
-        by_app: dict[str, list[Entity]] = {}
+        by_app: dict[str, list[_Write]] = {}
         for entity in entities:
-            by_app.setdefault(entity.app, []).append(entity)
-        for app, group in by_app.items():
+            by_app.setdefault(entity.app, []).append((entity.row_key, entity.value, entity.value is None, entity.ts))
+        for app, writes in by_app.items():
+            await self._write_app(app, writes)
+
+    async def _write_rows(self, app: str, rows: Sequence[Row]) -> None:
+        """A snapshot's batch: each row becomes its statement's parameters as it is."""
+        if len(rows) == 1:
+            await super()._write_rows(app, rows)
+            return
+        await self._write_app(app, [(row_key, value, value is None, ts) for row_key, value, ts in rows])
+
+    async def _write_app(self, app: str, writes: Sequence[_Write]) -> None:
+        statements = await self._app_statements(app, create=True)
+        assert statements is not None
+        try:
+            await self._write_all(statements.write, writes)
+        except InvalidRequest as exc:
+            if not _is_missing_table(exc):
+                raise
+            # The table was dropped since we prepared (drop_app elsewhere): recreate it
+            # and write again; every write is idempotent by its timestamp.
+            self._forget(app)
             statements = await self._app_statements(app, create=True)
             assert statements is not None
-            try:
-                await self._write_all(statements.write, group)
-            except InvalidRequest as exc:
-                if not _is_missing_table(exc):
-                    raise
-                # The table was dropped since we prepared (drop_app elsewhere): recreate it
-                # and write the group again; every write is idempotent by its timestamp.
-                self._forget(app)
-                statements = await self._app_statements(app, create=True)
-                assert statements is not None
-                await self._write_all(statements.write, group)
+            await self._write_all(statements.write, writes)
 
     def _entity(self, app: str, row_key: bytes, value: bytes | None, deleted: bool | None, ts: int | None) -> Entity:
         if deleted is None or ts is None or (value is None and not deleted):
@@ -595,8 +608,8 @@ class CassandraEngine(Engine):
         value, deleted, ts = rows[0]
         return self._entity(ref.app, ref.row_key, value, deleted, ts)
 
-    async def scan(self, app: str, key_range: KeyRange, *, page_size: int = 1000,
-                   tombstones: bool = False) -> AsyncIterator[list[Entity]]:
+    async def _scan_pages(self, app: str, key_range: KeyRange, page_size: int) -> AsyncIterator[list[tuple]]:
+        """The range's rows as the scan statement returns them: ``(rk, value, deleted, writetime)``."""
         lo, hi = token_bounds(key_range)
         if lo > hi:
             return
@@ -605,14 +618,29 @@ class CassandraEngine(Engine):
             return
         try:
             async for rows in self._pages(statements.scan, (lo, hi), page_size):
-                page = [self._entity(app, rk, value, deleted, ts) for rk, value, deleted, ts in rows
-                        if tombstones or not deleted]
-                if page:
-                    yield page
+                yield rows
         except InvalidRequest as exc:
             if not _is_missing_table(exc):
                 raise
             self._forget(app)
+
+    async def scan(self, app: str, key_range: KeyRange, *, page_size: int = 1000,
+                   tombstones: bool = False) -> AsyncIterator[list[Entity]]:
+        async for rows in self._scan_pages(app, key_range, page_size):
+            page = [self._entity(app, rk, value, deleted, ts) for rk, value, deleted, ts in rows
+                    if tombstones or not deleted]
+            if page:
+                yield page
+
+    async def scan_rows(self, app: str, key_range: KeyRange, *, page_size: int = 1000) -> AsyncIterator[list[Row]]:
+        async for rows in self._scan_pages(app, key_range, page_size):
+            page: list[Row] = []
+            for rk, value, deleted, ts in rows:
+                if deleted is None or ts is None or (value is None and not deleted):
+                    self._entity(app, rk, value, deleted, ts)  # raises, naming the damage
+                page.append((rk, None if deleted else value, ts))
+            if page:
+                yield page
 
     async def _ring_tokens(self) -> list[int]:
         tokens: list[int] = []
