@@ -27,6 +27,7 @@ This module never logs or formats the password; ``ZooKeeperSecurity``'s repr mas
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -36,12 +37,21 @@ from pydantic import BaseModel, Field, model_validator
 from datastore.secret import Secret
 
 
-def _readable(path: str | None, field: str) -> None:
-    if path is None:
-        return
+def _check_tls_files(ca: str | None, cert: str | None, key: str | None) -> None:
+    """Load the files as kazoo will, so that a bad one is a settings error naming it, not a
+    connection that times out on every handshake."""
+    context = ssl.create_default_context()
+    field, path = "tls_ca", ca
     try:
-        with open(path, "rb"):
-            pass
+        if ca is not None:
+            context.load_verify_locations(cafile=ca)
+        if cert is not None and key is not None:
+            field, path = "tls_cert", f"{cert} with tls_key {key}"
+            context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:  # before OSError: it is one
+        reason = "the key does not match the certificate" if "KEY_VALUES_MISMATCH" in str(exc) else \
+            f"not PEM ({exc.reason or exc})"
+        raise ValueError(f"{field}: {path}: {reason}") from None
     except OSError as exc:
         raise ValueError(f"{field}: cannot read {path}: {exc.strerror or exc}") from None
 
@@ -67,8 +77,7 @@ class ZooKeeperSecurity(BaseModel):
             raise ValueError("tls_cert and tls_key go together")
         if not self.tls and (self.tls_ca or self.tls_cert):
             raise ValueError("tls_ca, tls_cert and tls_key need tls = true")
-        for field in ("tls_ca", "tls_cert", "tls_key"):
-            _readable(getattr(self, field), field)
+        _check_tls_files(self.tls_ca, self.tls_cert, self.tls_key)
         return self
 
     def kazoo_arguments(self) -> dict[str, Any]:

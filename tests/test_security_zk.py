@@ -28,7 +28,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import OPEN_ACL_UNSAFE
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from nxnw import services
 from nxnw.fleet import free_port
@@ -244,3 +244,17 @@ def test_an_ensemble_that_needs_client_certificates_serves_the_client_that_prese
         without.start(5)
     without.stop()
     without.close()
+
+
+def test_zookeeper_tls_files_are_checked_when_the_settings_are_read(tmp_path):
+    ca = TestCA(tmp_path, "ca")
+    one, two = ca.issue("one", client=True), ca.issue("two", client=True)
+    for settings, reason in (
+            (dict(tls_ca=str(tmp_path / "missing.pem")), "tls_ca: cannot read"),
+            (dict(tls_ca=one.key), "tls_ca: .* not PEM"),
+            (dict(tls_ca=ca.files.cert, tls_cert=one.cert, tls_key=two.key), "the key does not match the certificate"),
+            (dict(tls_cert=one.cert), "tls_cert and tls_key go together"),
+            (dict(tls=False, tls_ca=ca.files.cert), "need tls = true")):
+        with pytest.raises(ValidationError, match=reason):
+            ZooKeeperSecurity(**{"tls": True, **settings})
+    assert ZooKeeperSecurity(tls=True, tls_ca=ca.files.cert, tls_cert=one.cert, tls_key=one.key).tls
