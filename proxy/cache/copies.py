@@ -224,6 +224,13 @@ class CopyQueue:
         chain = _CopyChain(self, key, source_cas, src, dst)
         dst.send(chain, b"ms %b %d MS F%d T%d c\r\n%b\r\n" % (key, len(value), flags, exptime, value))
 
+    def may_need_fill(self, key: bytes) -> bool:
+        """False while dest was seen holding the key's source version within ``known_for``
+        s and nothing was written to it through this queue since (``offer_fill_key``'s
+        rule): a hit then needs no fill, so the listener need not read the item's CAS."""
+        known = self._on_dest.get(key)
+        return known is None or time.monotonic() - known[1] >= self.known_for
+
     def fill_now(self, key: bytes, item: Item) -> None:
         """``offer_fill`` for the listener's callback path (COR): the fill starts at once as
         a ``_CopyChain`` — ``add`` on dest, re-read the source's CAS, undo if it changed —

@@ -567,7 +567,8 @@ class _Session(asyncio.Protocol):
         conn = relay.pool.relay_for(key)
         if conn is None or not route.enter(write):
             return -1
-        if relay.on_item is not None:  # a fill needs flags, TTL and CAS: sent as ``mg``, answered as text
+        if relay.on_item is not None and relay.wants_item(key):  # type: ignore[misc]
+            # a fill needs flags, TTL and CAS: sent as ``mg``, answered as text
             framing = REPLY_META_VALUE
             payload = b"mg %b v f t c\r\n" % key
         elif relay.on_stored is not None:  # the copy needs the CAS: sent as ``ms … c``, the data block as it came

@@ -71,6 +71,9 @@ class Relay(NamedTuple):
     #: a get/gets is sent as ``mg key v f t c`` and answered as text; a hit calls this with
     #: the item — flags, remaining TTL and CAS are what a fill needs and a text reply lacks
     on_item: Callable[[bytes, Item], None] | None = None
+    #: with ``on_item``: whether a hit of this key could need a fill at all (False while the
+    #: other side is known to hold it: then the get goes as it came, with no fill)
+    wants_item: Callable[[bytes], bool] | None = None
 
 
 class CacheRoute(ABC):
@@ -391,7 +394,7 @@ class WarmUpRoute(CacheRoute):
         self.relays = dict(self._writes.relays)
         if "get" in warm.relays:
             r = warm.relays["get"]
-            self.relays["get"] = Relay(r.pool, r.tally, on_item=copies.fill_now)
+            self.relays["get"] = Relay(r.pool, r.tally, on_item=copies.fill_now, wants_item=copies.may_need_fill)
 
     def _fill_on_hit(self, key: bytes, reply: bytes) -> None:
         if reply[:6] == b"VALUE ":
