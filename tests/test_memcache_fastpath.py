@@ -371,3 +371,31 @@ async def test_a_server_that_refuses_connections_is_named_then_marked_down_throu
     finally:
         await listener.close()
         await router.close()
+
+
+async def test_in_cow_only_a_get_that_may_need_a_fill_is_sent_as_mg(key: bytes) -> None:
+    """A get whose hit could need a fill of N2 is sent to N1 as ``mg`` (the fill needs the
+    item's flags, TTL and CAS); a get of a key N2 is known to hold — its copy just landed —
+    goes as the app wrote it."""
+    from tests.test_memcache_flush import RecordingRelay
+
+    require("memcached-n1", "memcached-n2")
+    Client(N1).set(key + b"-cold", b"c", noreply=False)
+    relay = RecordingRelay(N1)
+    router = CacheRouter(await relay.start(), N2, mode="cow")
+    await router.start()
+    listener = CacheListener(router, HOST, 0)
+    await listener.start()
+    try:
+        assert await exchange(listener.port, b"set %b 0 0 1\r\nw\r\n" % key) == b"STORED\r\n"
+        await router.to_n2.drain(10)
+        got = await exchange(listener.port, b"get %b\r\nget %b-cold\r\n" % (key, key))
+        assert got == b"VALUE %b 0 1\r\nw\r\nEND\r\nVALUE %b-cold 0 1\r\nc\r\nEND\r\n" % (key, key)
+        await router.to_n2.drain(10)
+        sent = [line for line in relay.lines  # what the clients' gets became, the copies' re-reads left out
+                if key in line and not (line.startswith(b"mg ") and line.count(b" ") == 2 and line.endswith(b" c"))]
+        assert sent[-2:] == [b"get %b" % key, b"mg %b-cold v f t c" % key], sent
+    finally:
+        await listener.close()
+        await router.close()
+        await relay.close()

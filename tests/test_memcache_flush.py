@@ -30,12 +30,14 @@ class RecordingRelay:
         self.slow_stores = slow_stores
         self.lines: list[bytes] = []
         self.server: asyncio.base_events.Server | None = None
+        self.handlers: set[asyncio.Task] = set()
 
     async def start(self) -> tuple[str, int]:
         self.server = await asyncio.start_server(self._handle, HOST, 0)
         return HOST, self.server.sockets[0].getsockname()[1]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.handlers.add(asyncio.current_task())  # type: ignore[arg-type]
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
 
         async def down() -> None:
@@ -73,6 +75,9 @@ class RecordingRelay:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        for task in self.handlers:
+            task.cancel()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
 
 
 @pytest.fixture
