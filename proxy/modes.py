@@ -684,6 +684,13 @@ class Tenants:
         machine.start()
         watcher.add_callback(lambda state: loop.call_soon_threadsafe(machine.offer, state))
         machine.offer(watcher.current)  # read before the callback was added
+        try:  # the tenant's cache requests wait (gate closed) rather than be refused meanwhile
+            await machine.wait_adopted(self.admit_wait)
+        except TimeoutError:
+            log.warning("proxy %s has not adopted plan %s's mode within %g s: its apps are refused until it has",
+                        self.membership.instance, plan.name, self.admit_wait)
+        finally:
+            cache.open()
         self._replayers += [JournalReplayer(to_n2, self.n1, self.n2), JournalReplayer(to_n1, self.n2, self.n1)]
         for replayer in self._replayers[-2:]:
             replayer.start()

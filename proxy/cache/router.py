@@ -238,6 +238,8 @@ class CacheRouter:
         #: (prefix, tenant router), longest prefix first
         self._tenants: list[tuple[bytes, CacheRouter]] = []
         self._children: list[CacheRouter] = []
+        #: a tenant's gate until its plan's first mode is adopted (``add_tenant``, ``open``)
+        self._first_gate: asyncio.Future[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -272,15 +274,32 @@ class CacheRouter:
         every key that starts with one of ``prefixes`` (unless a longer prefix of another
         tenant matches) from now on; a prefix an earlier tenant had moves to this one (a
         later plan took the app over). Call ``settle`` afterwards to wait for the requests
-        this router itself had admitted for those keys."""
+        this router itself had admitted for those keys. The tenant starts with its gate
+        closed: its requests wait (as during a switch) until ``open``, once its plan's first
+        mode is adopted."""
         child = CacheRouter(self.n1_servers, self.n2_servers, instance=self.instance, fence=fence,
                             drain_timeout=self.drain_timeout, **self._options)
         child.n1, child.n2 = self.n1, self.n2
         child._start_routes()
+        child._gate = child._first_gate = asyncio.get_running_loop().create_future()
         self._children.append(child)
         kept = [(prefix, tenant) for prefix, tenant in self._tenants if prefix not in prefixes]
         self._tenants = sorted(kept + [(prefix, child) for prefix in prefixes], key=lambda t: -len(t[0]))
         return child
+
+    def open(self) -> None:
+        """Open the gate a tenant starts with (``add_tenant``); the requests waiting go on."""
+        first = self._first_gate
+        if first is not None and not first.done():
+            first.set_result(None)
+        if self._gate is first:
+            self._gate = None
+
+    def _reclose(self) -> None:
+        """The end of a switch, flush or settle: the gate opens — unless the tenant's first
+        gate is still closed (its plan's first mode is adopted by a switch, then acknowledged)."""
+        first = self._first_gate
+        self._gate = first if first is not None and not first.done() else None
 
     async def settle(self) -> None:
         """Wait until no request this router admitted before now still runs (the gate is
@@ -291,7 +310,7 @@ class CacheRouter:
             try:
                 await self.route.quiesce(3 * max(self.n1.timeout, self.n2.timeout) + 1.0)
             finally:
-                self._gate = None
+                self._reclose()
                 gate.set_result(None)
 
     async def close(self) -> None:
@@ -368,7 +387,7 @@ class CacheRouter:
                     await queue.drain(self.drain_timeout)
                     await second.flush_all(delay)
             finally:
-                self._gate = None
+                self._reclose()
                 gate.set_result(None)
             log.info("cache flush_all (delay %d s) in mode %s", delay, route.mode)
 
@@ -399,7 +418,7 @@ class CacheRouter:
                     await self.n2.flush_all(delay)
             finally:
                 for router in routers:
-                    router._gate = None
+                    router._reclose()
                 gate.set_result(None)
             log.info("cache flush_all (delay %d s) over modes %s", delay, sorted(modes))
 
@@ -426,7 +445,7 @@ class CacheRouter:
             except BaseException as exc:
                 metrics.SWITCHES.labels(mode, "failed").inc()
                 log.error("cache switch %s -> %s failed, staying in %s: %s", old.mode, mode, old.mode, exc)
-                self._gate = None
+                self._reclose()
                 gate.set_result(None)
                 if isinstance(exc, SwitchError) or not isinstance(exc, Exception):
                     raise
@@ -435,7 +454,7 @@ class CacheRouter:
             new.retired = False
             old.retired = True
             self._route = new
-            self._gate = None
+            self._reclose()
             gate.set_result(None)
             metrics.SWITCHES.labels(mode, "done").inc()
             log.info("cache mode %s -> %s (%s)", old.mode, mode, report)
