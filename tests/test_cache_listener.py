@@ -4,6 +4,8 @@ and slow clients, against a router in ``cow`` mode over the real N1 and N2 memca
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -333,3 +335,25 @@ async def test_garbage_never_stops_the_listener(listener: CacheListener, garbage
         assert await fresh.ask(b"version\r\n") == b"VERSION 1.6.18-nxnw-proxy\r\n"
     finally:
         fresh.close()
+
+
+async def test_a_client_that_does_not_read_its_replies_is_dropped_and_others_are_served(
+        listener: CacheListener, prefix: str) -> None:
+    key = prefix.encode() + b"big"
+    Client(N1).set(key, b"v" * 500_000, noreply=False)
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect((HOST, listener.port))
+    stuck.setblocking(False)
+    other = await Raw.open(listener)
+    try:
+        with contextlib.suppress(BlockingIOError):
+            stuck.send(b"get %b\r\n" % key * 200)  # 100 MB of replies it will never read
+        deadline = time.monotonic() + 30
+        while listener.connections > 1:
+            assert time.monotonic() < deadline, "the client that reads nothing was never dropped"
+            await asyncio.sleep(0.05)
+        assert await other.ask(b"get %bnone\r\n" % prefix.encode()) == b"END\r\n"
+    finally:
+        stuck.close()
+        other.close()

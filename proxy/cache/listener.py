@@ -417,7 +417,7 @@ class _Session(asyncio.Protocol):
         self._writable = asyncio.get_running_loop().create_future()
         self._writing_paused = True
         self._pause_reading()
-        self._write_timer = asyncio.get_running_loop().call_later(self.listener.command_timeout, self.close)
+        self._write_timer = asyncio.get_running_loop().call_later(self.listener.command_timeout, self._stuck)
 
     def resume_writing(self) -> None:
         writable, self._writable = self._writable, None
@@ -436,6 +436,14 @@ class _Session(asyncio.Protocol):
             self._wake(False)
             if self.transport is not None:
                 self.transport.close()
+
+    def _stuck(self) -> None:
+        """The client has not read its replies for ``command_timeout``: drop the connection
+        (aborted: a close would wait for the client to read what is buffered)."""
+        self._write_timer = None
+        if not self.closed:
+            self.close()
+            self.transport.abort()  # type: ignore[union-attr]
 
     def _cancel_timers(self) -> None:
         for timer in (self._write_timer, self._idle_timer):
