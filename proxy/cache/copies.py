@@ -42,10 +42,11 @@ A delete needs no verification: removing an item from a cache is always safe.
 
 Two ways a copy runs, the same three steps either way: queued jobs are taken by the
 workers in batches (pipelined round trips per batch); a set relayed by the listener's
-callback path is copied at once by a chain of callbacks on the sides' pipelined
-connections (``copy_value_now``, ``_CopyChain``) — no task or coroutine, which is most of
-what a copy costs the proxy's one event loop. The argument above does not depend on
-which way a copy of a key ran, nor on their order.
+callback path, and the fill after a hit it relayed, are copied at once by a chain of
+callbacks on the sides' pipelined connections (``copy_value_now``, ``fill_now``,
+``_CopyChain``) — no task or coroutine, which is most of what a copy costs the proxy's one
+event loop. The argument above does not depend on which way a copy of a key ran, nor on
+their order.
 
 Jobs that cannot complete (a server error, a timeout between steps 1 and 3, a drain that
 runs out of time) and jobs dropped because the queue is full record their key in
