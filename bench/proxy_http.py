@@ -8,7 +8,10 @@ own). A round is four runs — ``ab`` GET, ``wrk`` GET, ``ab`` PUT, ``wrk`` PUT 
 is made against every target (the three modes and the baseline) one right after the
 other, in an order that rotates from round to round, so a change in the machine's load
 hits every target alike. ``ab`` (1 connection, keep-alive, one key) gives the
-per-request latency with no queueing: the figure the ≤ 10 % goal is about. ``wrk``
+per-request latency with no queueing: the figure the ≤ 10 % goal is about; beside it, the
+CPU the serving process spent per ``ab`` request (Linux ``schedstat``, all its threads, so
+an engine's background work such as SQLite's checkpoints counts), which the machine's
+load hardly moves. ``wrk``
 (1 thread, 8 connections, random keys among the seeded ones, PUT bodies from
 ``bench/wrk_entities.lua``) gives throughput, and latency under concurrency, where p50 is
 mostly queueing behind the proxy's one busy core. Figures are medians over the rounds;
@@ -51,7 +54,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench._util import fmt, free_port, machine, median, write_json
+from bench._util import cpu_ns, fmt, free_port, machine, median, write_json
 
 HOST = "127.0.0.1"
 LUA = Path(__file__).with_name("wrk_entities.lua")
@@ -275,6 +278,8 @@ class Bench:
         self.zk = None
         self.prefix = f"/v1/apps/{self.app}/kinds/{KIND}/entities/"
         self.bases: dict[str, str] = {}
+        #: the process serving each target ("engine direct", "proxy"), for its CPU per request
+        self.pids: dict[str, int] = {}
         self.body = work / "body.bin"
         self.body.write_bytes(os.urandom(args.value_bytes // 2 + 1).hex().encode()[:args.value_bytes])
 
@@ -313,10 +318,12 @@ class Bench:
         self._start("proxy", [*_nxnw_command(), "proxy", "serve", str(plan), "--instance", "p0",
                               "--host", HOST, "--port", str(port)], f"http://{HOST}:{port}/healthz")
         self.bases["proxy"] = f"http://{HOST}:{port}"
+        self.pids["proxy"] = self.children[-1].pid
         port = free_port()
         self._start("baseline", [sys.executable, "-m", "bench.proxy_http", "--serve-baseline", self.n1_url, str(port)],
                     f"http://{HOST}:{port}{self.prefix}{key_segment(0)}", stdin=True)
         self.bases["engine direct"] = f"http://{HOST}:{port}"
+        self.pids["engine direct"] = self.children[-1].pid
 
     def use(self, target: str) -> str:
         """Make ``target`` live (switch the proxy's mode if it is one) and return its base URL."""
@@ -346,7 +353,10 @@ class Bench:
         run_ab(one, "GET", 100, self.body, self.work)  # warm the route (a switch builds a new one) and paths
         if tool == "wrk":
             return run_wrk(base, method, self.prefix, a.keys, a.value_bytes, a.seconds, a.connections, a.threads)
-        return run_ab(one, method, a.ab_requests, self.body, self.work)
+        pid = self.pids["engine direct" if target == "engine direct" else "proxy"]
+        before = cpu_ns(pid)
+        result = run_ab(one, method, a.ab_requests, self.body, self.work)
+        return result | {"cpu_us": (cpu_ns(pid) - before) / 1000 / max(1, result["requests"])}
 
     def cleanup(self) -> None:
         for child in reversed(self.children):
@@ -385,7 +395,7 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             for op in ("GET", "PUT"):
                 runs = [r[target][tool][op] for r in rounds]
                 table.setdefault(target, {}).setdefault(tool, {})[op] = {
-                    k: median(run[k] for run in runs) for k in ("rps", "p50", "p99")} | {
+                    k: median(run.get(k) for run in runs) for k in ("rps", "p50", "p99", "cpu_us")} | {
                     "errors": sum(run["errors"] for run in runs), "requests": sum(run["requests"] for run in runs)}
     ratios: dict[str, Any] = {}
     for num, den in (("cow", "passthrough"), ("passthrough", "engine direct"), ("proxy", "passthrough")):
@@ -393,6 +403,10 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             for op in ("GET", "PUT"):
                 ratios[f"{num}/{den} p50 {tool} {op}"] = median(
                     r[num][tool][op]["p50"] / r[den][tool][op]["p50"] for r in rounds)
+    for num, den in (("cow", "passthrough"), ("passthrough", "engine direct")):
+        for op in ("GET", "PUT"):
+            ratios[f"{num}/{den} cpu ab {op}"] = median(
+                r[num]["ab"][op]["cpu_us"] / r[den]["ab"][op]["cpu_us"] for r in rounds)
     # Issue 13's two goals, each ratio with its verdict: a cow PUT costs at most 10 % more than
     # a passthrough PUT, and passthrough at most 10 % more than the engine-direct server.
     goals = {"cow PUT / passthrough PUT, p50 <= 1.10": [("ab", "PUT", "cow", "passthrough"),
@@ -410,18 +424,21 @@ def print_summary(title: str, summary: dict[str, Any], args: argparse.Namespace)
     print(f"  wrk: {args.threads} thread, {args.connections} connections, {args.seconds:g} s per run; "
           f"ab: 1 keep-alive connection, {args.ab_requests} requests per run; medians of {args.rounds} rounds")
     print(f"  {'target':14} {'op':4} | {'wrk req/s':>9} {'p50 ms':>7} {'p99 ms':>7} | "
-          f"{'ab req/s':>8} {'p50 ms':>7} {'p99 ms':>7} | errors")
+          f"{'ab req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'cpu µs':>7} | errors")
     for target in TARGETS:
         for op in ("GET", "PUT"):
             w = summary["table"][target]["wrk"][op]
             b = summary["table"][target]["ab"][op]
             print(f"  {target:14} {op:4} | {fmt(w['rps']):>9} {w['p50']:7.3f} {w['p99']:7.3f} | "
-                  f"{fmt(b['rps']):>8} {b['p50']:7.3f} {b['p99']:7.3f} | {w['errors'] + b['errors']}")
+                  f"{fmt(b['rps']):>8} {b['p50']:7.3f} {b['p99']:7.3f} {b['cpu_us']:7.0f} | {w['errors'] + b['errors']}")
     r = summary["ratios"]
     for num, den in (("cow", "passthrough"), ("passthrough", "engine direct"), ("proxy", "passthrough")):
         parts = ", ".join(f"{tool} {op} {r[f'{num}/{den} p50 {tool} {op}']:.2f}"
                           for tool in ("ab", "wrk") for op in ("GET", "PUT"))
         print(f"  {num}/{den} at p50: {parts}")
+    print("  CPU the serving process spent per ab request, ratios: "
+          + ", ".join(f"{num}/{den} {op} {r[f'{num}/{den} cpu ab {op}']:.2f}"
+                      for num, den in (("cow", "passthrough"), ("passthrough", "engine direct")) for op in ("GET", "PUT")))
     for goal, verdicts in summary["goals"].items():
         print(f"  goal {goal}: " + ", ".join(f"{what} {ratio:.2f} {'met' if ok else 'missed'}"
                                             for what, (ratio, ok) in verdicts.items()))
