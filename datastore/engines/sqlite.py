@@ -76,8 +76,9 @@ CHECKPOINT_PAGES = 1000
 #: commit keeps SQLite's default of 1000. A checkpoint syncs the WAL and the database file
 #: (an fsync took 4-13 ms on the test machine), so a load of 100 MB paid ~27 checkpoints at
 #: the default and pays 3 or 4 here, as SQLite's own bulk path (one transaction) pays one.
-#: Measured, 60,000 rows of 1 KB, sqlite -> sqlite, medians of 4 rounds beside
-#: ``executemany`` on a loaded machine: load / bulk 0.66x at 1000 pages, 0.89x at 8192.
+#: Measured, sqlite -> sqlite, 1 KB rows beside ``executemany`` on a loaded machine, medians
+#: of 4 rounds in each of two runs: load / bulk 0.66x and 0.79x at 1000 pages, 0.89x and
+#: 0.96x at 8192 (``bench/README.md``).
 LOAD_CHECKPOINT_PAGES = 8192
 _DEFAULT_CHECKPOINT_PAGES = 1000
 #: How long the engine thread waits for another connection's write lock.
