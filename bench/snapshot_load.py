@@ -21,9 +21,13 @@ benchmark seeds an app on an embedded N1 (SQLite) and then, in one run:
   through the Thrift gateway that nxnw uses, so no figure is printed rather than a made-up
   one (the gateway's batched ``mutateRowsTsEach`` is nxnw's own load path, measured as such).
 * **verify** — ``snapshot.verify_app`` of N1 against the loaded N2: N1's entities compared
-  per second (both sides are scanned and digested).
+  per second (both sides are scanned and digested), beside **N1's scan alone**
+  (``Engine.scan_rows`` over the same ranges, as many at once as verify reads): the
+  ceiling of one side of verify.
 
-Prints entities/s and ms per entity amortised (wall time / entities). The DESIGN goal is
+Prints entities/s and ms per entity amortised (wall time / entities), then issue 13's two
+goals with a verdict each (1 KB, SQLite on both sides: load ÷ ``executemany`` ≥ 0.8×,
+verify ≥ 100,000 entities/s) and the other engines' 1 KB figures beside their bulk paths. The DESIGN goal is
 < 0.1 ms per 1 KB entity (≥ 10,000/s) and at least the rate of ``cqlsh COPY FROM``; the
 AppScale paper's loader took 2.45–3.18 ms per entity. Default counts: 100,000 entities of
 100 B and of 1 KB, 20,000 of 10 KB, 2,000 of 100 KB; ``--quick`` takes a tenth.
