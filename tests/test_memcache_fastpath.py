@@ -14,6 +14,7 @@ from pymemcache.client.base import Client
 
 from nxnw.services.endpoints import HOST, MEMCACHED
 from proxy.cache import CacheListener, CacheRouter
+from proxy.cache.client import REPLY_VALUES, RelayConnection
 from tests.conftest import require
 from tests.test_cache_routes import Gate
 from tests.test_memcache_fidelity import exchange, normalised
@@ -399,3 +400,40 @@ async def test_in_cow_only_a_get_that_may_need_a_fill_is_sent_as_mg(key: bytes) 
         await listener.close()
         await router.close()
         await relay.close()
+
+
+class _Probe:
+    """A ``RelayConnection`` entry that records what it got; ``then`` runs on a failure."""
+
+    def __init__(self, then=None) -> None:
+        self.framing = REPLY_VALUES
+        self.deadline = 0.0
+        self.got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.then = then
+
+    def done(self, reply: bytes, cas: int) -> None:
+        self.got.set_result(reply)
+
+    def fail(self, exc: Exception) -> None:
+        self.got.set_result(b"failed: %s" % str(exc).encode())
+        if self.then is not None:
+            self.then()
+
+
+async def test_a_request_sent_right_after_a_timed_out_connection_goes_on_a_new_one(key: bytes) -> None:
+    """The connection a timeout dropped reports its loss later; by then a request may wait
+    for the next connection, and that request must not be failed with the old one."""
+    require("memcached-n1")
+    held = HeldUpstream(N1)
+    upstream = await held.start()
+    relay = RelayConnection(*upstream, "n1 test", timeout=0.3, connect_timeout=5,
+                            on_success=lambda: None, on_failure=lambda: None)
+    try:
+        second = _Probe()
+        first = _Probe(then=lambda: (relay.send(second, b"get %b\r\n" % key), held.release.set()))
+        relay.send(first, b"get %b\r\n" % key)
+        assert (await asyncio.wait_for(first.got, 30)).startswith(b"failed: memcached n1 test: no reply within")
+        assert await asyncio.wait_for(second.got, 30) == b"END\r\n"
+    finally:
+        relay.close()
+        await held.close()

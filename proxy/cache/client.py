@@ -237,7 +237,27 @@ class RelayEntry(Protocol):
         """No reply: the connection failed or timed out (the outcome of a write is unknown)."""
 
 
-class RelayConnection(asyncio.Protocol):
+class _Wire(asyncio.Protocol):
+    """One TCP connection of a ``RelayConnection``. Its callbacks reach the relay only while
+    it is the relay's current connection: an aborted connection's late ``connection_lost``
+    must not fail the requests already waiting for the next one."""
+
+    def __init__(self, relay: RelayConnection) -> None:
+        self.relay = relay
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.relay._made(self, transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        if self.relay._wire is self:
+            self.relay.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.relay._wire is self:
+            self.relay._lost(exc)
+
+
+class RelayConnection:
     """One connection to one server, shared by every client connection of a listener, its
     requests pipelined: the listener's callback path (no coroutine, future or timer per
     request). Requests are answered in the order they were written, as memcached answers a
@@ -267,6 +287,7 @@ class RelayConnection(asyncio.Protocol):
         self._on_failure = on_failure
         self.queue: deque[RelayEntry] = deque()
         self._transport: asyncio.Transport | None = None
+        self._wire: _Wire | None = None
         self._connecting: list[bytes] | None = None
         self._buf = bytearray()
         self._timer: asyncio.TimerHandle | None = None
@@ -297,7 +318,7 @@ class RelayConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await loop.create_connection(lambda: self, self.host, self.port)
+                await loop.create_connection(lambda: _Wire(self), self.host, self.port)
         except TimeoutError:
             self._connect_failed(MemcacheUnavailable(self.server, f"no connection within {self.connect_timeout}s"))
         except OSError as exc:
@@ -308,16 +329,19 @@ class RelayConnection(asyncio.Protocol):
         self._on_failure()
         self._fail_all(exc)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+    def _made(self, wire: _Wire, transport: asyncio.Transport) -> None:
         waiting, self._connecting = self._connecting or [], None
         if self._closed:
-            transport.abort()  # type: ignore[attr-defined]
+            transport.abort()
+            self._fail_all(MemcacheUnavailable(self.server, "client is closed"))
             return
+        self._wire = wire
+        self._transport = transport
         if waiting:
-            transport.writelines(waiting)  # type: ignore[attr-defined]
+            transport.writelines(waiting)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _lost(self, exc: Exception | None) -> None:
+        self._wire = None
         self._transport = None
         self._buf.clear()
         if self.queue:
@@ -330,19 +354,25 @@ class RelayConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _abort(self, exc: MemcacheServerError) -> None:
-        """Fail every request and drop the connection (its place in the reply stream is lost)."""
+    def _abort(self, exc: MemcacheServerError, late: RelayEntry | None = None) -> None:
+        """Drop the connection (its place in the reply stream is lost) and fail every request."""
         transport, self._transport = self._transport, None
+        self._wire = None  # its late callbacks are not this relay's any more
         self._buf.clear()
-        self._on_failure()
-        self._fail_all(exc)
         if transport is not None:
             transport.abort()
+        self._on_failure()
+        self._fail_all(exc, late)
 
-    def _fail_all(self, exc: MemcacheServerError) -> None:
-        queue = self.queue
-        while queue:
-            queue.popleft().fail(exc)
+    def _fail_all(self, exc: MemcacheServerError, late: RelayEntry | None = None) -> None:
+        """Fail every queued request (``late`` with a timeout first). The connection is
+        already detached: a request a failure callback sends goes on a new one."""
+        entries = list(self.queue)
+        self.queue.clear()
+        if late is not None:
+            late.fail(MemcacheTimeout(self.server, f"no reply within {self.timeout}s"))
+        for entry in entries:
+            entry.fail(exc)
 
     def _check(self) -> None:
         self._timer = None
@@ -350,11 +380,9 @@ class RelayConnection(asyncio.Protocol):
             return
         head = self.queue[0]
         if head.deadline <= self._loop.time():  # type: ignore[union-attr]
-            late = head
             self.queue.popleft()
-            late.fail(MemcacheTimeout(self.server, f"no reply within {self.timeout}s"))
             self._abort(MemcacheUnavailable(self.server, f"connection dropped after a request got no reply "
-                                                         f"within {self.timeout}s"))
+                                                         f"within {self.timeout}s"), late=head)
         else:
             self._timer = self._loop.call_at(head.deadline, self._check)  # type: ignore[union-attr]
 
@@ -414,10 +442,11 @@ class RelayConnection(asyncio.Protocol):
                 else:
                     stop = end + 2
                     reply = buf if pos == 0 and stop == size and type(buf) is bytes else bytes(buf[pos:stop])
-                    if reply == b"ERROR\r\n":
+                    if reply == b"ERROR\r\n":  # relayed as it came, then the connection is dropped
                         queue.popleft()
+                        self._abort(MemcacheProtocolError(self.server, "answered ERROR to a relayed request"))
                         entry.done(reply, 0)
-                        raise MemcacheProtocolError(self.server, "answered ERROR to a relayed request")
+                        return
                 queue.popleft()
                 pos = stop
                 self._on_success()
