@@ -96,6 +96,7 @@ from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 from prometheus_client import Counter
 
 from proxy.cache import CacheRoute, CacheRouter
+from proxy.cache.errors import SwitchError
 from proxy.journal import JournalReplayer, RepairJournal
 from proxy.lease import ZooKeeperLease
 from datastore import Engine
@@ -556,8 +557,9 @@ class Tenants:
     by one live plan at a time, and a finished plan's apps stay with it until another
     plan claims them); the requests admitted before for those apps (by ``Unclaimed``, or by
     the finished plan) are waited for, data and cache; only then does the machine adopt
-    and acknowledge the plan's mode. Until that
-    acknowledgement, ``switch_mode`` for the plan waits for this instance.
+    and acknowledge the plan's mode. Until that acknowledgement ``switch_mode`` for the plan
+    waits for this instance, and the plan's requests wait too (data: ``admit``; cache: the
+    tenant's first gate), bounded by ``admit_wait``.
 
     On session loss: the membership is written again and the plan list read again before
     ``Unclaimed`` serves (``Membership.ready``); each plan's machine re-acknowledges its own
@@ -679,7 +681,13 @@ class Tenants:
             if mode is not None:
                 await mode.idle.wait()
         for cache_router in (self.cache, *(self.machines[name].cache for name in previous)):
-            await cache_router.settle()
+            while True:  # the plan is followed already: its machine must start, after the drain
+                try:
+                    await cache_router.settle()
+                    break
+                except SwitchError as exc:
+                    log.warning("proxy %s: cache requests of plan %s's keys still run (%s); waiting again",
+                                self.membership.instance, plan.name, exc)
         loop = asyncio.get_running_loop()
         machine.start()
         watcher.add_callback(lambda state: loop.call_soon_threadsafe(machine.offer, state))

@@ -202,6 +202,7 @@ async def _two_plans(config, n1_url: str, n2_url: str, apps: tuple[str, str, str
             await run_blocking(register_plan, zk, [a], "move-a", {})
             await run_blocking(register_plan, zk, [b], "move-b", {})
             await switch(zk, "cow", plan="move-a")
+            await switch(zk, "passthrough", plan="move-b")  # the same mode: returns once acknowledged
             assert (server.core.plan_mode("move-a"), server.core.plan_mode("move-b")) == ("cow", "passthrough")
             for app in (a, b, c):
                 assert (await http.put(key_path(app, "K", b"k1"), data=b"1")).status == 200
