@@ -437,3 +437,29 @@ async def test_a_request_sent_right_after_a_timed_out_connection_goes_on_a_new_o
     finally:
         relay.close()
         await held.close()
+
+
+async def test_a_switch_waits_for_a_relayed_sets_copy_still_on_its_way(key: bytes) -> None:
+    """A copy run by callbacks counts as pending in its queue: a switch out of ``cow``
+    drains it like a queued one, so it cannot land on N2 after the switch."""
+    require("memcached-n1", "memcached-n2")
+    held = HeldUpstream(N2)
+    router = CacheRouter(N1, await held.start(), mode="cow", timeout=30, drain_timeout=30)
+    await router.start()
+    listener = CacheListener(router, HOST, 0)
+    await listener.start()
+    try:
+        assert await exchange(listener.port, b"set %b 0 0 2\r\nv1\r\n" % key) == b"STORED\r\n"
+        await asyncio.wait_for(held.arrived.wait(), 10)  # the copy's store is held on its way to N2
+        switch = asyncio.create_task(router.switch("proxy"))
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert not switch.done() and router.mode == "cow", "the switch did not wait for the copy"
+        held.release.set()
+        report = await asyncio.wait_for(switch, 60)
+        assert router.mode == "proxy" and report["dropped_at_drain_n2"] == 0
+        assert Client(N2).get(key) == b"v1"
+    finally:
+        await listener.close()
+        await router.close()
+        await held.close()
