@@ -5,7 +5,9 @@ brackets); placing each server on a ketama continuum the way twemproxy and libme
 do (160 points per server scaled by its weight, four points per MD5 digest of
 ``"<host:port>-<i>"``, a key's point the first 4 bytes of its MD5, little-endian), so a
 key lands on the same server as behind twemproxy with ``hash: md5, distribution: ketama``;
-sending each request to its key's server; marking a server down after ``fail_limit``
+sending each request to its key's server (through that server's ``MemcacheClient``, or
+for the listener's callback path its one pipelined ``RelayConnection``, ``relay_for``);
+marking a server down after ``fail_limit``
 consecutive failures (no connection, no reply in time) and letting one request try it
 again after ``retry_after`` seconds.
 
