@@ -107,10 +107,10 @@ async def test_a_call_the_server_does_not_know_is_engine_unavailable_naming_it(s
 def test_stock_calls_are_one_per_distinct_timestamp_for_writes_and_one_per_marker_timestamp() -> None:
     entities = [Entity("a", "K", b"k%d" % i, b"v", ts) for i, ts in enumerate([50, 50, 90, 50, 90, 120])]
     entities.append(Entity("a", "K", b"gone", None, 120))
-    writes, markers = stock_calls(entities)
+    writes, markers = stock_calls([(e.row_key, e.value, e.ts) for e in entities])
     assert sorted((c.ts, len(c.rows)) for c in writes) == [(50, 3), (90, 2), (120, 2)]
     assert sorted((c.ts, len(c.rows)) for c in markers) == [(49, 3), (89, 2), (119, 2)]
-    many = [Entity("a", "K", b"k%d" % i, b"v", 7) for i in range(BATCH_ROWS + 1)]
+    many = [(b"K\x00k%d" % i, b"v", 7) for i in range(BATCH_ROWS + 1)]
     writes, markers = stock_calls(many)
     assert [len(c.rows) for c in writes] == [BATCH_ROWS, 1] and [c.ts for c in writes] == [7, 7]
 

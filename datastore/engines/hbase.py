@@ -76,7 +76,7 @@ import logging
 import re
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,18 +194,18 @@ def _row_from(row: Any) -> Row | None:
 _SUPERSEDE = [Mutation(isDelete=True, column=FAMILY)]
 
 
-def _cell(entity: Entity) -> Any:
-    """The entity's one cell: a tombstone in ``e:d``, or the value in its own column."""
-    if entity.deleted:
+def _cell(value: bytes | None) -> Any:
+    """A write's one cell: a tombstone (``None``) in ``e:d``, or the value in its own column."""
+    if value is None:
         return Mutation(isDelete=False, column=TOMBSTONE_COLUMN, value=b"")
-    return Mutation(isDelete=False, column=value_column(entity.value), value=entity.value)
+    return Mutation(isDelete=False, column=value_column(value), value=value)
 
 
-def _rows(entity: Entity) -> list[Any]:
-    """The entity as rows of a ``mutateRowsTsEach`` call: its cell at its timestamp, and the
+def _rows(row_key: bytes, value: bytes | None, ts: int) -> list[Any]:
+    """A write as rows of a ``mutateRowsTsEach`` call: its cell at its timestamp, and the
     family marker one below, which masks everything it supersedes."""
-    return [BatchMutationTs(row=entity.row_key, mutations=[_cell(entity)], timestamp=entity.ts),
-            BatchMutationTs(row=entity.row_key, mutations=_SUPERSEDE, timestamp=entity.ts - 1)]
+    return [BatchMutationTs(row=row_key, mutations=[_cell(value)], timestamp=ts),
+            BatchMutationTs(row=row_key, mutations=_SUPERSEDE, timestamp=ts - 1)]
 
 
 @dataclass
@@ -225,17 +225,16 @@ def _add(calls: dict[int, list[TsCall]], ts: int, row: Any, size: int) -> None:
     group[-1].size += size
 
 
-def stock_calls(entities: Sequence[Entity]) -> tuple[list[TsCall], list[TsCall]]:
-    """The ``mutateRowsTs`` calls that write ``entities`` through stock Thrift1: the writes, one
+def stock_calls(rows: Sequence[Row]) -> tuple[list[TsCall], list[TsCall]]:
+    """The ``mutateRowsTs`` calls that write ``rows`` through stock Thrift1: the writes, one
     call per distinct timestamp, and the markers, one call per distinct timestamp minus one
     (each cut at ``BATCH_ROWS`` rows or ``BATCH_BYTES``). The markers must go only after every
     write has succeeded (see the module docstring)."""
     writes: dict[int, list[TsCall]] = defaultdict(list)
     markers: dict[int, list[TsCall]] = defaultdict(list)
-    for entity in entities:
-        _add(writes, entity.ts, BatchMutation(row=entity.row_key, mutations=[_cell(entity)]),
-             len(entity.row_key) + len(entity.value or b""))
-        _add(markers, entity.ts - 1, BatchMutation(row=entity.row_key, mutations=_SUPERSEDE), len(entity.row_key))
+    for row_key, value, ts in rows:
+        _add(writes, ts, BatchMutation(row=row_key, mutations=[_cell(value)]), len(row_key) + len(value or b""))
+        _add(markers, ts - 1, BatchMutation(row=row_key, mutations=_SUPERSEDE), len(row_key))
     return ([call for group in writes.values() for call in group],
             [call for group in markers.values() for call in group])
 
@@ -460,9 +459,16 @@ class HBaseEngine(Engine):
             await self._run(what, fn, table, payload)
 
     async def _write_batch(self, entities: Sequence[Entity]) -> None:
-        by_app: dict[str, list[Entity]] = defaultdict(list)
+        by_app: dict[str, list[Row]] = defaultdict(list)
         for entity in entities:
-            by_app[entity.app].append(entity)
+            by_app[entity.app].append((entity.row_key, entity.value, entity.ts))
+        await self._write_apps(by_app)
+
+    async def _write_rows(self, app: str, rows: Sequence[Row]) -> None:
+        """A snapshot's batch: the rows become mutations as they are, with no ``Entity`` each."""
+        await self._write_apps({app: rows})
+
+    async def _write_apps(self, by_app: Mapping[str, Sequence[Row]]) -> None:
         for app in by_app:
             await self._ensure_table(app)
         if self.extension:
@@ -470,15 +476,15 @@ class HBaseEngine(Engine):
         else:
             await self._write_stock(by_app)
 
-    async def _write_each(self, by_app: dict[str, list[Entity]]) -> None:
+    async def _write_each(self, by_app: Mapping[str, Sequence[Row]]) -> None:
         # Every row carries its own timestamp: group by app only, then cut by size.
         calls = []
         for app, members in by_app.items():
             rows: list[Any] = []
             size = 0
-            for entity in members:
-                rows.extend(_rows(entity))
-                size += len(entity.row_key) + len(entity.value or b"")
+            for row_key, value, ts in members:
+                rows.extend(_rows(row_key, value, ts))
+                size += len(row_key) + len(value or b"")
                 if len(rows) >= 2 * BATCH_ROWS or size >= BATCH_BYTES:
                     calls.append(self._write(app, f"writing {len(rows)} rows", self._mutate_each, rows))
                     rows, size = [], 0
@@ -489,7 +495,7 @@ class HBaseEngine(Engine):
         else:
             await asyncio.gather(*calls)
 
-    async def _write_stock(self, by_app: dict[str, list[Entity]]) -> None:
+    async def _write_stock(self, by_app: Mapping[str, Sequence[Row]]) -> None:
         planned = {app: stock_calls(members) for app, members in by_app.items()}
         for phase, purpose in ((0, "writes"), (1, "supersede markers")):
             jobs = []
