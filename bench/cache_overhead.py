@@ -37,6 +37,7 @@ from pathlib import Path
 
 from pymemcache.client.base import Client
 
+from bench._util import cpu_ns
 from nxnw import services
 from nxnw.fleet import free_port
 from nxnw.services.base import apt_install
@@ -181,17 +182,6 @@ def _client(addr: tuple[str, int]) -> Client:
     return Client(addr, no_delay=True, timeout=5, connect_timeout=5)
 
 
-def _cpu_ns(pid: int) -> int:
-    """CPU time a process has run, all threads, in ns (Linux ``schedstat``)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # a thread that ended meanwhile
-    return total
-
-
 def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int, dict[str, int]]
              ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Latency in ms of each row's op on each of its keys, one request at a time. Rows take
@@ -215,7 +205,7 @@ def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int
             for label, op, addr, keys in rows:
                 client, lat = clients[label], out[label]
                 pid = pids.get(label)
-                before = _cpu_ns(pid) if pid else 0
+                before = cpu_ns(pid) if pid else 0
                 for key in keys[start:start + chunk]:
                     begin = clock()
                     if op == "get":
@@ -226,7 +216,7 @@ def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int
                     lat.append((clock() - begin) * 1000)
                 if pid:
                     time.sleep(0.005)
-                    cpu[label] += _cpu_ns(pid) - before
+                    cpu[label] += cpu_ns(pid) - before
     finally:
         for client in clients.values():
             client.close()
