@@ -1,9 +1,9 @@
 """Load: apply chunks to N2 in parallel batches, last-write-wins, checkpointing ranges.
 
 Every chunk goes through ``Engine.apply_rows`` (``apply`` for rows, with no ``Entity`` built
-on the way), which is last-write-wins by timestamp with
-tombstones, so a load that runs during or after ``cow`` writes never overwrites a newer
-value and never brings back a deleted key; a chunk applied twice changes nothing. That
+on the way), which is last-write-wins by timestamp with tombstones, so a load that runs
+during or after ``cow`` writes never overwrites a newer value and never brings back a
+deleted key; a chunk applied twice changes nothing. That
 idempotence is what makes resuming simple: a range is checkpointed only once all of its
 chunks are applied, and a rerun redoes whole ranges that were not.
 

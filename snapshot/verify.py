@@ -41,8 +41,6 @@ from datastore.engine import entity_digest, row_digests
 
 BUCKET_BITS = 10
 BUCKETS = 1 << BUCKET_BITS
-
-
 #: Rows per read of each side (one engine call per page).
 SCAN_PAGE_ROWS = 2000
 _DIGEST_MOD = 1 << 128
