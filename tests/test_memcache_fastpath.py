@@ -463,3 +463,18 @@ async def test_a_switch_waits_for_a_relayed_sets_copy_still_on_its_way(key: byte
         await listener.close()
         await router.close()
         await held.close()
+
+
+async def test_relayed_requests_are_counted_in_the_listeners_stats(key: bytes) -> None:
+    router, listener = await _listening("passthrough")
+    try:
+        got = await exchange(listener.port, b"set %b 0 0 1\r\n5\r\nget %b\r\nget %bx\r\nincr %b 1\r\n"
+                                            b"decr %bx 1\r\ntouch %b 0\r\ndelete %b\r\ndelete %b\r\n" % ((key,) * 8))
+        assert got == b"STORED\r\nVALUE %b 0 1\r\n5\r\nEND\r\nEND\r\n6\r\nNOT_FOUND\r\nTOUCHED\r\nDELETED\r\nNOT_FOUND\r\n" % key
+        st = listener.stats
+        assert (st.forwarded, st.cmd_set, st.cmd_get, st.get_hits, st.get_misses) == (8, 1, 2, 1, 1)
+        assert (st.incr_hits, st.decr_misses, st.cmd_touch, st.touch_hits, st.delete_hits, st.delete_misses) == (
+            1, 1, 1, 1, 1, 1)
+    finally:
+        await listener.close()
+        await router.close()

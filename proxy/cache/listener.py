@@ -14,7 +14,9 @@ buffer, are parsed only as far as framing and validation need (verb, key, number
 length) in ``data_received`` and sent on the key's server's one pipelined connection
 (``RelayConnection``, ``pool.relay_for``): the request's own bytes, except set/add/
 replace/cas where the mode copies writes (``cow``, ``proxy``), whose command line becomes
-``ms … c`` (the data block as it came) so that the copy gets the CAS it is verified by.
+``ms … c`` (the data block as it came) so that the copy gets the CAS it is verified by,
+and a ``cow`` get/gets whose hit may need a fill of N2, sent as ``mg key v f t c`` (the
+fill needs flags, TTL and CAS) and answered as the text reply memcached gives.
 Each reply is written from that connection's ``data_received`` into the client's
 transport, in request order (a FIFO of relayed requests per client connection), and the
 route's ``Relay`` queues what the mode copies (``routes.py``). No task, future, timer or
