@@ -399,7 +399,9 @@ class _Session(asyncio.Protocol):
         self._wake(False)
         if self.task is None and not self.pending:
             self.close()
-        return True  # keep the transport open to answer what was already received
+        # keep a plain TCP transport open to answer what was already received; TLS has no
+        # half-close (asyncio ignores True there and warns), so it closes as the client did
+        return self.listener.ssl_context is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
