@@ -34,7 +34,7 @@ from tests.proxy_harness import TEST_PLAN, key_path, proxy_config, running_proxy
 
 
 def metric(name: str) -> float:
-    return REGISTRY.get_sample_value(name, {"target": "n2"}) or 0.0
+    return REGISTRY.get_sample_value(name, {"plan": TEST_PLAN, "target": "n2"}) or 0.0
 
 
 async def wait_for(predicate, what: str, timeout: float = 180.0):
