@@ -61,8 +61,6 @@ KIND = "E"
 #: least this many entities/s (1 KB values, SQLite on both sides).
 LOAD_GOAL = 0.8
 VERIFY_GOAL = 100_000
-#: Ranges of each side verify reads at once (``verify_app``'s workers).
-VERIFY_WORKERS = 4
 SIZES = (100, 1024, 10 * 1024, 100 * 1024)
 DEFAULT_COUNTS = {100: 100_000, 1024: 100_000, 10 * 1024: 20_000, 100 * 1024: 2_000}
 ENGINE_SERVICES = {"sqlite": [], "cassandra": ["cassandra"], "hbase": ["hbase"]}
@@ -195,12 +193,12 @@ async def export_to_file(n1, app: str, path: Path, ranges: int, workers: int) ->
     return entities, time.perf_counter() - started, path.stat().st_size
 
 
-async def scan_rate(n1, app: str, ranges: int, workers: int) -> float:
-    """Rows per second of N1's scan alone (``Engine.scan_rows`` over the app's ranges,
-    ``workers`` at a time, as one side of verify reads them): the ceiling for verify."""
-    from snapshot.verify import SCAN_PAGE_ROWS
+async def scan_rate(n1, app: str) -> float:
+    """Rows per second of N1's scan alone (``Engine.scan_rows`` over the app's ranges, as
+    many at once as one side of verify reads them): the ceiling for verify."""
+    from snapshot.verify import SCAN_PAGE_ROWS, VERIFY_WORKERS
 
-    slots = asyncio.Semaphore(workers)
+    slots = asyncio.Semaphore(VERIFY_WORKERS)
     rows = 0
 
     async def scan(key_range) -> None:
@@ -210,7 +208,7 @@ async def scan_rate(n1, app: str, ranges: int, workers: int) -> float:
                 rows += len(page)
 
     started = time.perf_counter()
-    await asyncio.gather(*(scan(r) for r in await n1.ranges(app, at_least=ranges)))
+    await asyncio.gather(*(scan(r) for r in await n1.ranges(app, at_least=VERIFY_WORKERS)))
     return rows / (time.perf_counter() - started)
 
 
@@ -228,7 +226,7 @@ async def load_and_verify(n1, target_url: str, app: str, warm, thresholds) -> di
                                export_workers=thresholds.export_workers, load_workers=thresholds.load_workers)
         load_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        report = await verify_app(n1, target, app, workers=VERIFY_WORKERS)
+        report = await verify_app(n1, target, app)
         verify_seconds = time.perf_counter() - started
         return {"entities": stats.entities, "seconds": load_seconds, "rate": stats.entities / load_seconds,
                 "verify_rate": report.n1.count / verify_seconds, "verify_seconds": verify_seconds,
@@ -259,7 +257,7 @@ async def one_size(size: int, count: int, engines: list[str], args: argparse.Nam
                                                              thresholds.export_workers)
         (work / f"{app}.chunks").unlink()
         out["export"] = {"entities": entities, "seconds": seconds, "rate": entities / seconds, "bytes": file_bytes}
-        out["scan"] = {"rate": await scan_rate(n1, app, VERIFY_WORKERS, VERIFY_WORKERS)}
+        out["scan"] = {"rate": await scan_rate(n1, app)}
         for engine in engines:
             n = count if engine != "hbase" or not args.hbase_max else min(count, args.hbase_max)
             if n < count:  # HBase gets the first n rows of the same data, on an N1 of its own

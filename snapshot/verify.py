@@ -43,6 +43,10 @@ BUCKET_BITS = 10
 BUCKETS = 1 << BUCKET_BITS
 #: Rows per read of each side (one engine call per page).
 SCAN_PAGE_ROWS = 2000
+#: Ranges of each side read at once. The event loop digests every row, and with more pages
+#: in flight it waits less for the next one: 50,000 x 1 KB, sqlite vs sqlite, three pairs
+#: back to back on the loaded test machine, 43,850-49,555 entities/s at 4, 49,565-60,447 at 8.
+VERIFY_WORKERS = 8
 _DIGEST_MOD = 1 << 128
 
 
@@ -243,7 +247,8 @@ async def _still_differing(n1: Engine, n2: Engine, diffs: list[Difference], work
 
 
 async def verify_app(n1: Engine, n2: Engine, app: str, *, repair: bool = False, n2_primary: bool = False,
-                     workers: int = 4, on_difference: Callable[[Difference], None] | None = None) -> VerifyReport:
+                     workers: int = VERIFY_WORKERS,
+                     on_difference: Callable[[Difference], None] | None = None) -> VerifyReport:
     """Compare ``app`` on N1 and N2; with ``repair``, copy what N1 wrote (see the module
     docstring; ``n2_primary`` when the proxies serve from N2) and look again.
 
