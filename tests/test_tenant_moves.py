@@ -214,6 +214,8 @@ async def _two_plans(config, n1_url: str, n2_url: str, apps: tuple[str, str, str
             await switch(zk, "proxy", plan="move-a")  # move-b stays in cow
             health = await (await http.get("/healthz")).json()
             assert health["plans"] == {"move-a": "proxy", "move-b": "cow"} and health["mode"] == "passthrough"
+            stats = server.cache.stats()  # the memcache listener's `stats`
+            assert (stats["proxy_mode"], stats["proxy_plans_proxy"], stats["proxy_plans_cow"]) == ("passthrough", 1, 1)
             await n2.apply([Entity(app, "K", b"n2-only", b"n2", 2**60) for app in (a, b, c)])
             for app, served_from_n2 in ((a, True), (b, False), (c, False)):
                 got = await http.get(key_path(app, "K", b"n2-only"))

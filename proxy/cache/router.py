@@ -352,14 +352,20 @@ class CacheRouter:
         return self.route
 
     def stats(self) -> dict[str, object]:
-        """The cache half's figures for the listener's ``stats``."""
+        """The cache half's figures for the listener's ``stats``: ``proxy_mode`` is the mode of
+        the keys no plan names; the plans' tenants are counted by mode, and the copy queues
+        summed over every tenant."""
         out: dict[str, object] = {"proxy_mode": self.mode}
+        for mode in MODES:
+            out[f"proxy_plans_{mode}"] = sum(tenant.mode == mode for tenant in self._children)
         for pool in (self.n1, self.n2):
             out[f"proxy_{pool.side}_servers"] = len(pool.clients)
             out[f"proxy_{pool.side}_servers_down"] = sum(pool.is_down(i) for i in range(len(pool.clients)))
-        for queue in (self.to_n2, self.to_n1):
-            out[f"proxy_copies_to_{queue.dest.side}_pending"] = queue.pending
-            out[f"proxy_copies_to_{queue.dest.side}_dropped_keys"] = len(queue.dropped)
+        routers = (self, *self._children)
+        for side in ("n2", "n1"):
+            queues = [getattr(router, f"to_{side}") for router in routers]
+            out[f"proxy_copies_to_{side}_pending"] = sum(queue.pending for queue in queues)
+            out[f"proxy_copies_to_{side}_dropped_keys"] = sum(len(queue.dropped) for queue in queues)
         return out
 
     # --- flush_all -----------------------------------------------------------------------
