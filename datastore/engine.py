@@ -36,12 +36,13 @@ Contract every engine keeps (the conformance suite in ``tests/`` checks each one
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
+
+from xxhash import xxh3_128_intdigest
 
 from datastore.model import Entity, EntityRef, Row, check_app, check_batch, check_rows
 
@@ -72,15 +73,15 @@ def row_digests(app: str, rows: Iterable[Row]) -> list[int]:
     """The 128-bit digest of each row of ``app``: of everything that makes two copies of a
     write equal (app, row key, timestamp, value or tombstone).
 
-    One hash call per row over the joined bytes: verify digests every row of both sides,
-    and the Python calls around the hash cost more than hashing a 1 KB value. SHA-256 (cut
-    to 128 bits) because it is the fastest strong hash ``hashlib`` has where the CPU hashes
-    SHA in hardware: 25-30 % less per 1 KB row than BLAKE2b on the test machine."""
+    One hash call per row over the joined bytes: verify digests every row of both sides on
+    its event loop, so the hash is most of verify's cost per row. XXH3-128: the digest must
+    tell accidental differences apart (a lost or stale write), not resist an adversary who
+    would write colliding values, and for a 1 KB row it costs 0.17 µs against SHA-256's
+    1.4 µs and BLAKE2b's 1.9 µs on the test machine."""
     prefix = app.encode() + b"\x00"
-    sha256, from_bytes, value_head, tombstone_head = hashlib.sha256, int.from_bytes, _VALUE_HEAD.pack, _TOMBSTONE_HEAD.pack
-    return [from_bytes(sha256(b"".join((prefix, row_key, value_head(ts, b"\x01V", len(value)), value))
-                              if value is not None else prefix + row_key + tombstone_head(ts, b"\x00D")
-                              ).digest()[:16], "big")
+    digest, value_head, tombstone_head = xxh3_128_intdigest, _VALUE_HEAD.pack, _TOMBSTONE_HEAD.pack
+    return [digest(b"".join((prefix, row_key, value_head(ts, b"\x01V", len(value)), value))
+                   if value is not None else prefix + row_key + tombstone_head(ts, b"\x00D"))
             for row_key, value, ts in rows]
 
 
