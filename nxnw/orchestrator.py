@@ -552,7 +552,8 @@ class Orchestrator:
         if self.plan.scale.scheduler:
             from nxnw.dask_ranges import copy_app_distributed
             stats = await copy_app_distributed(self.plan.scale.scheduler, self.n1, self.n2, app, task=task,
-                                               zookeeper=self.plan.n1.zookeeper, at_least=th.ranges_per_app,
+                                               zookeeper=self.plan.n1.zookeeper, checkpoints_root=self.records.root,
+                                               at_least=th.ranges_per_app,
                                                on_progress=on_progress)
         else:
             stats = await copy_app(self.n1, self.n2, app, task=task, checkpoints=ZooKeeperRangeCheckpoints(self.records),

@@ -49,10 +49,10 @@ it to N2; nothing else of nxnw's is mirrored.
       └── checkpoints/<task>/<id>   persistent  task records: the loader's range checkpoints,
                                     the orchestrator's finished tasks (<plan>._tasks)
 
-  /nxnw/migration/checkpoints/<task>/<id>   persistent  the range checkpoints of the tools
-                                    that run without a plan's registration (``nxnw snapshot``,
-                                    the Dask copy's workers: their task names begin with the
-                                    plan's name)
+  /nxnw/migration/checkpoints/<task>/<id>   persistent  the range checkpoints of the tool
+                                    that runs without a plan (``nxnw snapshot``, in process or
+                                    on Dask); a plan's Dask copy keeps its checkpoints under
+                                    the plan, beside the in-process copy's
 
 In N2's ZooKeeper, besides the mirrored subtrees:
 

@@ -27,8 +27,10 @@ from distributed import Client
 from datastore import Engine, Entity, EntityRef, open_engine
 from nxnw.config import PlanError, parse_plan
 from nxnw.dask_ranges import RangeCopied, SchedulerUnavailable, copy_app_distributed, verify_app_distributed
-from nxnw.services.endpoints import engine_url
+from nxnw.orchestrator import Orchestrator
+from nxnw.services.endpoints import HOST, ZOOKEEPER, engine_url
 from snapshot import verify_app
+from sync import layout
 from sync.state import TaskRecordStore
 from tests.conftest import require
 from tests.proxy_harness import zk_chroot
@@ -286,3 +288,42 @@ async def test_a_scheduler_without_workers_is_refused_before_any_write(open_pair
                                                             zookeeper=zk_hosts), 120)
             assert not zk.exists("/nxnw/migration/checkpoints"), "the copy wrote its plan with no worker to run it"
     assert app_name not in await n2.apps()
+
+
+def _orchestrator_for(plan_name: str, app: str, n1: Engine, n2: Engine, zk_hosts: str, zk,
+                      scheduler: str | None) -> Orchestrator:
+    """An orchestrator of a plan whose N1 ZooKeeper is ``zk_hosts``, with or without [scale]."""
+    text = (f'name = "{plan_name}"\napps = ["{app}"]\n\n'
+            f'[n1]\nengine = "{n1.url}"\nzookeeper = "{zk_hosts}"\nmemcached = "127.0.0.1:1"\n\n'
+            f'[n2]\nengine = "{n2.url}"\nzookeeper = "{HOST}:{ZOOKEEPER["n2"]}"\nmemcached = "127.0.0.1:2"\n\n'
+            '[thresholds]\nranges_per_app = 8\n'
+            + (f'\n[scale]\nscheduler = "{scheduler}"\n' if scheduler else ""))
+    return Orchestrator(parse_plan(text, "plan.toml"), zk, n1, n2)
+
+
+async def test_the_dask_copy_keeps_its_checkpoints_under_the_plan_and_either_path_resumes_the_other(
+        dask_cluster: DaskCluster, open_pair, app_name: str) -> None:
+    require("zookeeper-n1")
+    n1, n2 = await open_pair("sqlite", "sqlite")
+    await apply_in_batches(n1, seed(app_name, 4_000))
+    plan_name = "dask-plan"
+    task = f"{plan_name}.{app_name}"
+    with zk_namespace() as (zk_hosts, zk):
+        plan_store = TaskRecordStore(zk, root=layout.checkpoints(plan_name))
+        dask = _orchestrator_for(plan_name, app_name, n1, n2, zk_hosts, zk, dask_cluster.address)
+        first = await dask._load(app_name)
+        assert first["entities"] == 4_000 and first["ranges_resumed"] == 0
+        done = {rid for rid, doc in plan_store.list(task).items() if rid != "_plan" and doc["done"]}
+        assert len(done) == first["ranges"], "the Dask workers' checkpoints are not under the plan"
+        assert not zk.exists(layout.SHARED_CHECKPOINTS), "a plan's Dask copy wrote to the shared root"
+
+        in_process = _orchestrator_for(plan_name, app_name, n1, n2, zk_hosts, zk, None)
+        assert (await in_process._load(app_name))["ranges_resumed"] == first["ranges"], \
+            "the in-process copy did not resume the Dask copy's ranges"
+
+        redo = sorted(done)[:2]
+        for rid in redo:
+            plan_store.clear(task, rid)
+        assert (await in_process._load(app_name))["ranges_resumed"] == first["ranges"] - len(redo)
+        assert (await dask._load(app_name))["ranges_resumed"] == first["ranges"], \
+            "the Dask copy redid ranges the in-process copy had done"
