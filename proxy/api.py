@@ -57,11 +57,6 @@ CACHE: web.AppKey[CacheRouter] = web.AppKey("cache", CacheRouter)
 ZOOKEEPER: web.AppKey[KazooClient] = web.AppKey("zookeeper", KazooClient)
 
 
-class BadRequest(web.HTTPBadRequest):
-    def __init__(self, reason: str) -> None:
-        super().__init__(text=json.dumps({"error": "bad request", "reason": reason}), content_type="application/json")
-
-
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 #: a plan's name (``nxnw.config.Plan.name``)
 PLAN_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -124,8 +119,15 @@ async def errors_as_json(request: web.Request, handler: Callable[[web.Request], 
     except Exception as exc:  # an engine failure: the client gets 502, the process keeps serving
         log.exception("request %s %s failed", request.method, request.path)
         response = _json_error(502, "backend failure", f"{type(exc).__name__}: {exc}")
-    _observe(route, response.status, core.mode or "fenced", time.perf_counter() - started)
+    _observe(route, response.status, _mode_label(core, request), time.perf_counter() - started)
     return response
+
+
+def _mode_label(core: ProxyCore, request: web.Request) -> str:
+    """The mode the request's app is served in (each app follows its plan's), "fenced" while
+    the instance may not serve it; the unclaimed apps' mode for a route that names no app."""
+    app = request.match_info.get("app")
+    return (core.mode if app is None else core.app_mode(app)) or "fenced"
 
 
 #: (route, status, mode) -> the request counter's and the latency histogram's children: a

@@ -11,10 +11,13 @@ in the URL), or as ``passthrough`` when no plan names the app; a batch or transa
 names one app.
 
 A write and its journal record run to completion whatever the client does (DESIGN
-invariant 2): the section runs as its own task that the handler awaits through
-``asyncio.shield``, so a client disconnect (aiohttp cancels the handler) never stops it
-between its legs or before its journal record. The task holds the request's admission,
-so a mode switch's drain waits for it, and ``close`` waits for every such task.
+invariant 2). The route begins the write without awaiting (``DataRoute.start_write``:
+every leg an engine can apply in place goes in now); what is left to await, if anything,
+runs as its own task that the handler awaits through ``asyncio.shield``, so a client
+disconnect (aiohttp cancels the handler) never stops it between its legs or before its
+journal record. A write that went in place whole had no await to be cut at, and pays
+for no task. The task holds the request's admission, so a mode switch's drain waits for
+it, and ``close`` waits for every such task.
 
 Must never: let a cancelled handler cancel a write halfway; answer a request whose
 admission no longer holds (``Admission.check`` runs before every answer).
@@ -25,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import AsyncContextManager, Protocol
 
 from datastore import Entity, EntityRef, InvalidEntity
@@ -102,6 +105,12 @@ class ProxyCore:
     def plan_modes(self) -> dict[str, str | None]:
         return {plan: self.plan_mode(plan) for plan in sorted(self.modes.machines)}
 
+    def app_mode(self, app: str) -> str | None:
+        """The mode ``app``'s requests are served in, or None while the instance is fenced for it."""
+        machine = self.modes.for_app(app)
+        current = machine.current
+        return None if current is None or machine.fence_reason() is not None else current.name
+
     def machine(self, app: str) -> ModeMachine | Unclaimed:
         """The mode machine that admits ``app``'s requests."""
         check_app(app)
@@ -140,10 +149,18 @@ class ProxyCore:
             admission.release()
             raise ClockRefused(f"proxy {self.instance} refuses writes: {exc}") from exc
         entities = [Entity(ref.app, ref.kind, ref.key, value, ts) for ref, value in writes]
-        task = asyncio.create_task(self._write(admission, entities))
-        self._writes.add(task)
-        task.add_done_callback(self._finished)
-        await asyncio.shield(task)
+        try:
+            rest = admission.mode.data.start_write(entities, admission)
+        except BaseException:
+            admission.release()
+            raise
+        if rest is None:  # every leg went in place: there was no await a disconnect could cut
+            admission.release()
+        else:
+            task = asyncio.create_task(self._write(admission, rest))
+            self._writes.add(task)
+            task.add_done_callback(self._finished)
+            await asyncio.shield(task)
         try:
             admission.check()  # the write is done; answer only if the admission still holds
         except Fenced as exc:
@@ -157,9 +174,10 @@ class ProxyCore:
             log.info("write of %s ended with %s (its client may have left)", task.get_name(), task.exception())
 
     @staticmethod
-    async def _write(admission: Admission, entities: list[Entity]) -> None:
+    async def _write(admission: Admission, rest: Awaitable[None]) -> None:
+        """The rest of a write that ``start_write`` began: its legs still waiting, its journal."""
         try:
-            await admission.mode.data.write(entities, admission)
+            await rest
         finally:
             admission.release()
 

@@ -209,6 +209,31 @@ async def test_healthz_and_metrics(deployment) -> None:
     assert (await state.json())["plans"][TEST_PLAN]["journal"] == {"n1": 0, "n2": 0}
 
 
+def _latency_count(metrics: str, mode: str) -> float:
+    """The PUT route's request count in the latency histogram under ``mode``."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if (line.startswith("nxnw_http_request_seconds_count{") and f'mode="{mode}"' in line
+                and "/v1/apps/{app}/kinds/{kind}/entities/{key}" in line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_latency_is_labelled_with_the_mode_of_the_requests_app(deployment) -> None:
+    """Each app follows its own plan's mode: the plan's app in cow is labelled cow, an app
+    no plan names passthrough, in the same instance at the same time."""
+    http, app = deployment["http"], deployment["app"]
+    await switch(deployment, "cow")
+    before = await (await http.get("/metrics")).text()
+    for i in range(3):
+        assert (await http.put(key_path(app, "K", b"%d" % i), data=b"v")).status == 200
+    assert (await http.put(key_path(app + "_other", "K", b"x"), data=b"v")).status == 200
+    after = await (await http.get("/metrics")).text()
+    assert _latency_count(after, "cow") - _latency_count(before, "cow") == 3
+    assert _latency_count(after, "passthrough") - _latency_count(before, "passthrough") == 1
+    await deployment["n1"].drop_app(app + "_other")
+
+
 async def test_cache_endpoints_write_n1_and_warm_n2_in_cow(deployment) -> None:
     from pymemcache.client.base import Client
 
