@@ -135,6 +135,10 @@ def table(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]
             g, p = ratios[f"cow/passthrough p50 {tool} GET"], ratios[f"cow/passthrough p50 {tool} PUT"]
             rows.append((f"datastore COW over passthrough, HTTP p50 ({what}), {pair.replace(':', ' -> ')}", "-",
                          "<= 1.10x", f"GET {g:.2f}x, PUT {p:.2f}x{verdict(max(g, p) <= 1.10)}"))
+            g, p = ratios[f"passthrough/engine direct p50 {tool} GET"], ratios[f"passthrough/engine direct p50 {tool} PUT"]
+            rows.append((f"datastore passthrough over an engine-direct aiohttp server, HTTP p50 ({what}), "
+                         f"{pair.replace(':', ' -> ')}", "-", "<= 1.10x",
+                         f"GET {g:.2f}x, PUT {p:.2f}x{verdict(max(g, p) <= 1.10)}"))
     if why or not figures:
         rows.append(("datastore COW over passthrough, HTTP p50", "-", "<= 1.10x", why or "no figures"))
 
