@@ -34,13 +34,14 @@ proxy takes the group's lock on both sides (invariant 4), N1 first, then N2.
 asyncio
 =======
 
-kazoo has no asyncio handler, so ``acquire_async``/``release_async`` (and ``async with``)
-run the blocking calls on the bounded executors of ``sync.aio`` — never on the event loop.
+kazoo has no asyncio handler, so ``acquire_async`` (and ``async with``) run the blocking
+calls on the bounded executors of ``sync.aio``, by its policy — never on the event loop.
 A waiting acquire occupies one thread of the wait pool (``zk_wait_executor``, or the
 ``wait_executor`` given) for up to its timeout; the timeout counts time spent queued for a
-thread. Releases run on the short-call pool, so they never queue behind waiters.
-Cancelling the awaiting task cancels the acquire; if the thread had already got the lock by
-then, it is released.
+thread. Releases run on the short-call pool (``run_blocking(lock.release)`` outside
+``async with``), so they never queue behind waiters. Cancelling the awaiting task cancels
+the acquire; if the thread had already got the lock by then, it is released — which is
+why ``acquire_async`` submits to the pool itself instead of calling ``run_blocking``.
 
 Must never: report a lock as held when its session may be gone; wait without a deadline;
 let a lock object be acquired twice (the recipe is not re-entrant).
@@ -64,7 +65,7 @@ from kazoo.recipe.lock import Lock
 
 from sync import layout
 from sync._zk import CONNECTIVITY_ERRORS, bounded_retry, check_name, check_path, check_timeout, join
-from sync.aio import zk_executor, zk_wait_executor
+from sync.aio import run_blocking, zk_wait_executor
 
 log = logging.getLogger("nxnw.sync.lock")
 
@@ -276,14 +277,9 @@ class GroupLock:
 
         future.add_done_callback(release_if_acquired)
 
-    async def release_async(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(zk_executor(), self.release)
-
     async def __aenter__(self) -> GroupLock:
         await self.acquire_async()
         return self
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(zk_executor(), self._release_on_exit, exc is not None)
+        await run_blocking(self._release_on_exit, exc is not None)

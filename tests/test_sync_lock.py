@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from sync.aio import run_blocking
 from sync.lock import GroupLock, GroupLockError, GroupLockLost, GroupLockTimeout
 from sync.mirror import TreeMirror
 
@@ -58,9 +59,9 @@ async def test_cancelled_async_acquire_leaves_no_contender_behind(zk_connect, zk
     while len(holder.client.get_children(holder.path)) != 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     assert len(holder.client.get_children(holder.path)) == 1
-    await holder.release_async()
+    await run_blocking(holder.release)
     await waiter.acquire_async(timeout=2)  # the cancelled object is usable again
-    await waiter.release_async()
+    await run_blocking(waiter.release)
 
 
 def test_lock_lost_with_its_session_is_reported_and_free_for_others(zk_connect, zk_root, expire_zk_session):
@@ -133,12 +134,12 @@ async def test_release_is_not_starved_by_waiters_filling_the_wait_pool(zk_connec
     await asyncio.sleep(0.3)  # both wait-pool threads are now blocked waiting
 
     started = time.monotonic()
-    await holder.release_async()
+    await run_blocking(holder.release)
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     assert time.monotonic() - started < 2
     first = next(w for w, t in zip(waiters, tasks) if t in done)
-    await first.release_async()
+    await run_blocking(first.release)
     await asyncio.gather(*tasks)
     for w in waiters:
-        await w.release_async()
+        await run_blocking(w.release)
     wait_pool.shutdown()
