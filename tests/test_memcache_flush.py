@@ -14,7 +14,7 @@ import pytest
 from pymemcache.client.base import Client
 
 from nxnw.services.endpoints import HOST
-from proxy.cache import CacheListener, CacheRouter
+from proxy.cache import CacheListener, CacheRouter, SwitchError
 from tests.memcached_harness import memcached_process
 from tests.test_memcache_fidelity import exchange
 
@@ -142,4 +142,24 @@ async def test_flush_all_is_refused_unless_enabled_and_then_answers_like_memcach
     finally:
         await refusing.close()
         await serving.close()
+        await router.close()
+
+
+async def test_a_flush_through_the_proxy_clears_an_overflowed_copy_queue_so_the_switch_can_go_on(sides) -> None:
+    n1, n2, relay = sides
+    router = CacheRouter(n1, await relay.start(), mode="cow", copy_queue_size=1, copy_workers=1)
+    await router.start()
+    router.to_n2.max_dropped = 3
+    run = uuid.uuid4().hex[:6].encode()
+    try:
+        # many writes at once behind a queue of one: most copies are dropped, past max_dropped
+        await asyncio.gather(*(router.route.set(b"over-%s-%d" % (run, i), b"v") for i in range(200)))
+        assert router.to_n2.overflowed, "no copy queue overflowed: the test would prove nothing"
+        with pytest.raises(SwitchError, match="flush_all"):
+            await router.switch("proxy")  # keys were lost: only a flush of N2 is safe now
+        await router.flush_all()
+        assert not router.to_n2.overflowed and not router.to_n2.dropped
+        assert await router.switch("proxy") == {"dropped_at_drain_n2": 0, "dropped_at_drain_n1": 0,
+                                                "invalidated_n2": 0, "invalidated_n1": 0}
+    finally:
         await router.close()

@@ -528,10 +528,12 @@ class CopyQueue:
     async def invalidate_dropped(self, *, parallel: int = 32) -> int:
         """Delete on dest every key in ``dropped``; returns how many. Raises ``SwitchError``
         (leaving the keys that failed in ``dropped``) if any delete fails, or if ``dropped``
-        overflowed (then only a flush of dest is safe: call ``forget_dropped`` after it)."""
+        overflowed (then only a flush of dest is safe: the router's ``flush_all`` calls
+        ``forget_dropped`` after it)."""
         if self.overflowed:
             raise SwitchError(f"more than {self.max_dropped} cache copies to {self.dest.server} were dropped; "
-                              f"flush {self.dest.server} and call forget_dropped() before switching")
+                              "only a flush is safe now: send flush_all (no delay) to this proxy's memcache "
+                              "listener, started with --enable-flush-cmd, then switch again")
         keys = list(self.dropped)
         failures: list[tuple[bytes, BaseException]] = []
         for start in range(0, len(keys), parallel):
@@ -550,7 +552,8 @@ class CopyQueue:
         return len(keys)
 
     def forget_dropped(self) -> None:
-        """After dest was flushed by the operator: nothing dropped is left on it."""
+        """After dest was flushed at once (``CacheRouter.flush_all``, once this queue was
+        drained): no key whose copy was dropped has a value left on dest."""
         self.dropped.clear()
         self.overflowed = False
 

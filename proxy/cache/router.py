@@ -387,11 +387,15 @@ class CacheRouter:
                 first, queue, second = {"passthrough": (self.n1, None, None), "cow": (self.n1, self.to_n2, self.n2),
                                         "proxy": (self.n2, self.to_n1, self.n1)}[route.mode]
                 await first.flush_all(delay)
+                flushed = [first]
                 if queue is not None and second is not None:
                     # jobs still queued after the drain timeout are not run: their keys join
                     # ``dropped`` and are invalidated at the next switch
                     await queue.drain(self.drain_timeout)
                     await second.flush_all(delay)
+                    flushed.append(second)
+                if delay == 0:
+                    self._forget_dropped([self], flushed)
             finally:
                 self._reclose()
                 gate.set_result(None)
@@ -419,14 +423,29 @@ class CacheRouter:
                     for queue in (router.to_n2, router.to_n1):
                         await queue.drain(self.drain_timeout)
                 await self.n1.flush_all(delay)
+                flushed = [self.n1]
                 modes = {router.route.mode for router in routers}
                 if modes != {"passthrough"}:
                     await self.n2.flush_all(delay)
+                    flushed.append(self.n2)
+                if delay == 0:
+                    self._forget_dropped(routers, flushed)
             finally:
                 for router in routers:
                     router._reclose()
                 gate.set_result(None)
             log.info("cache flush_all (delay %d s) over modes %s", delay, sorted(modes))
+
+    @staticmethod
+    def _forget_dropped(routers: list[CacheRouter], flushed: list[MemcachePool]) -> None:
+        """A side flushed at once (no delay) holds no value of a key whose copy to it was
+        dropped, so its queues forget them; an overflowed queue, which refuses the next
+        switch, is cleared only this way. A delayed flush leaves them: until it takes
+        effect the stale values are still served."""
+        for router in routers:
+            for queue in (router.to_n2, router.to_n1):
+                if queue.dest in flushed:
+                    queue.forget_dropped()
 
     # --- the switch ----------------------------------------------------------------------
 
