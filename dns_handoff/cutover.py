@@ -22,7 +22,8 @@ A :class:`Handoff` records every step with wall-clock timestamps and its outcome
 orchestrator's status page and timeline, and serialises (``to_dict``/``from_dict``) so
 that the saved copy survives a crash of the process that made the change.
 
-Every call blocks (sleeps, provider calls): an asyncio caller runs it in its executor.
+Every call blocks (sleeps, provider calls): an asyncio caller runs it off the loop (nxnw's
+orchestrator: on ``sync.aio.io_executor``, never beside its ZooKeeper calls).
 Errors other than a failed error budget (a provider refusal, a change not in sync by
 its deadline) are raised without an automatic rollback: what DNS holds is then uncertain,
 and the orchestrator decides, with :meth:`Handoff.rollback` one call away.

@@ -60,7 +60,7 @@ from nxnw.services.endpoints import (BIND_DNS, BIND_TSIG_ALGORITHM, BIND_TSIG_NA
 from nxnw.workload import Endpoint, Workload
 from nxnw.zk import zk_session
 from snapshot import verify_app
-from sync.aio import run_blocking
+from sync.aio import io_executor, run_blocking
 from sync import layout
 from sync.mode import read_mode
 from sync.state import MigrationStateStore, TaskRecordStore
@@ -165,7 +165,7 @@ class DemoEnvironment:
         return Rfc2136Provider(BIND_ZONE, f"{HOST}:{BIND_DNS}", BIND_TSIG_NAME, BIND_TSIG_SECRET, BIND_TSIG_ALGORITHM)
 
     async def setup(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, services.up, self.needed_services())
+        await run_blocking(services.up, self.needed_services(), executor=io_executor())
         await self.memcached_n2.start()
         text = _toml(self.plan_dict())
         self.plan_path.write_text(text)
@@ -180,7 +180,8 @@ class DemoEnvironment:
                         await run_blocking(zk.create, f"{self.chroot}/apps/{self.app}/txn-", b"", sequence=True)
         provider = self.dns()
         record = RecordSet(self.dns_name, "A", self.options.ttl * 2, (N1_ADDRESS,))
-        await asyncio.get_running_loop().run_in_executor(None, lambda: provider.wait_in_sync(provider.upsert([record]), 30))
+        change = await run_blocking(provider.upsert, [record], executor=io_executor())
+        await run_blocking(provider.wait_in_sync, change, 30, executor=io_executor())
         await self._seed()
         await self.fleet.start()
 
@@ -331,7 +332,7 @@ class MigrationDriver:
         self.killed = True
         os.killpg(self.child.pid, signal.SIGKILL)
         self.kills += 1
-        await run_blocking(self.child.wait)
+        await run_blocking(self.child.wait, executor=io_executor())
         return f"killed the orchestrator (pid {self.child.pid}) with SIGKILL; it is started again"
 
     def target(self) -> FaultTarget:
@@ -385,7 +386,7 @@ class MigrationDriver:
             await asyncio.gather(*self._start_faults(while_running, until))
         while True:
             assert self.child is not None
-            code = await run_blocking(self.child.wait)
+            code = await run_blocking(self.child.wait, executor=io_executor())
             if code == 0:
                 return
             await self._after_exit(until)

@@ -36,7 +36,7 @@ from nxnw import services
 from nxnw.fleet import MemcachedProcess, ProxyFleet
 from nxnw.zk import zk_session
 from sync import layout
-from sync.aio import run_blocking
+from sync.aio import io_executor, run_blocking
 
 #: The phases a fault can be injected in, in the orchestrator's order.
 FAULT_PHASES = ("cow", "snapshot+load", "verify", "proxy", "handoff")
@@ -126,7 +126,7 @@ class KillProxy(Fault):
         victim = t.fleet.current[slot]
         victim.signal(signal.SIGKILL)
         assert victim.popen is not None
-        await run_blocking(victim.popen.wait)
+        await run_blocking(victim.popen.wait, executor=io_executor())
         self.say(t, phase, f"killed proxy {victim.instance} (pid {victim.pid}) with SIGKILL")
         new = await t.fleet.replace(slot)
         self.say(t, phase, f"replacement proxy {new.instance} serves {new.url}")
@@ -212,12 +212,12 @@ class N2EngineDown(Fault):
             finally:
                 conn.close()
 
-        await asyncio.get_running_loop().run_in_executor(None, hold_lock)
+        await run_blocking(hold_lock, executor=io_executor())
         self.say(t, phase, "N2's sqlite file unlocked")
 
     async def _stop_service(self, t: FaultTarget, phase: str) -> None:
         name = t.target
-        await asyncio.get_running_loop().run_in_executor(None, services.down, [name])
+        await run_blocking(services.down, [name], executor=io_executor())
         self.say(t, phase, f"stopped N2's {name}")
         try:
             await asyncio.sleep(OUTAGE_SECONDS)
@@ -232,7 +232,7 @@ class N2EngineDown(Fault):
         so a retry starts clean."""
         for attempt in range(1, SERVICE_STARTS + 1):
             try:
-                took = await asyncio.get_running_loop().run_in_executor(None, services.up, [name])
+                took = await run_blocking(services.up, [name], executor=io_executor())
             except services.ServicesDown as exc:
                 self.say(t, phase, f"{name} did not come back (start {attempt} of {SERVICE_STARTS}): "
                          f"{str(exc).splitlines()[0]}")

@@ -36,6 +36,7 @@ from pymemcache.exceptions import MemcacheError
 from nxnw.services.base import log_tail
 from nxnw.services.endpoints import HOST
 from proxy.tls import client_context
+from sync.aio import io_executor, run_blocking
 
 READY_TIMEOUT = 60.0
 
@@ -232,7 +233,7 @@ class MemcachedProcess:
         while time.monotonic() < deadline:
             if not self.alive():
                 raise ChildFailed(f"memcached on {self.address} exited before answering\n{log_tail(self.log_path)}")
-            if await asyncio.get_running_loop().run_in_executor(None, self._answers):
+            if await run_blocking(self._answers, executor=io_executor()):
                 return
             await asyncio.sleep(0.1)
         await self.stop()
@@ -252,4 +253,4 @@ class MemcachedProcess:
             return
         if self.popen.poll() is None:
             self.popen.kill()
-        await asyncio.get_running_loop().run_in_executor(None, self.popen.wait)
+        await run_blocking(self.popen.wait, executor=io_executor())

@@ -77,7 +77,7 @@ from nxnw.zk import start_zk, stop_zk, zk_session
 from proxy.control import acknowledged, flush_memcached, journal_depth, members, switch_mode, wait_journal_empty
 from snapshot import LoadStats, copy_app, verify_app
 from sync import layout
-from sync.aio import run_blocking
+from sync.aio import io_executor, run_blocking, zk_wait_executor
 from sync.mirror import TreeMirror, purge_ephemeral_copies
 from sync.mode import load_verified_epoch, mark_load_verified, read_mode
 from sync.state import PHASES, ROLLBACK, MigrationState, MigrationStateStore, PlanRegistry, TaskRecordStore
@@ -179,8 +179,7 @@ async def preflight(plan: Plan) -> None:
             problems.append(f"scale.scheduler: {exc}")
     if plan.dns is not None:
         try:
-            await asyncio.get_running_loop().run_in_executor(None, _check_dns_rights, dns_provider(plan.dns),
-                                                             plan.dns)
+            await run_blocking(_check_dns_rights, dns_provider(plan.dns), plan.dns, executor=io_executor())
         except Exception as exc:
             problems.append(f"dns: {exc}")
     if problems:
@@ -295,7 +294,7 @@ class Orchestrator:
 
     async def close(self) -> None:
         for mirror in self.mirrors:
-            await run_blocking(mirror.stop)
+            await run_blocking(mirror.stop, executor=zk_wait_executor())
         self.mirrors = []
         for engine in (self.n1, self.n2):
             await engine.close()
@@ -504,7 +503,7 @@ class Orchestrator:
             raise MigrationFailed("N2's tables must be empty for the plan's apps; " + "; ".join(occupied.values())
                                   + ". Drop them on N2, or set allow_nonempty_n2 = true in the plan if they are "
                                   "an earlier attempt's copies of N1's data")
-        await asyncio.get_running_loop().run_in_executor(None, flush_memcached, self.plan.n2.memcached)
+        await run_blocking(flush_memcached, self.plan.n2.memcached, executor=io_executor())
         return {"n2_apps_before": await self.n2.apps(), "n2_cache_flushed": True,
                 "n2_nonempty_allowed": sorted(occupied)}
 
@@ -523,13 +522,13 @@ class Orchestrator:
             await run_blocking(self.zk.ensure_path, root)
         await self._start_mirrors()
         for mirror in self.mirrors:
-            await run_blocking(mirror.wait_synced, 120)
+            await run_blocking(mirror.wait_synced, 120, executor=zk_wait_executor())
         return {"roots": self.plan.sync_paths}
 
     async def _switch(self, mode: str) -> dict[str, Any]:
         state = await run_blocking(switch_mode, self.zk, self.plan.name, mode,
                                    drain_timeout=self.plan.thresholds.journal_drain_seconds,
-                                   n2_memcached=self.plan.n2.memcached)
+                                   n2_memcached=self.plan.n2.memcached, executor=zk_wait_executor())
         self.progress.mode = mode
         found = await run_blocking(members, self.zk)
         return {"mode": mode, "epoch": state.epoch,
@@ -607,7 +606,7 @@ class Orchestrator:
             saved = await self._saved_handoff()
             store, key = self.records, self._tasks_key
 
-            def persist(doc: dict[str, Any]) -> None:  # runs on the executor thread doing the DNS work
+            def persist(doc: dict[str, Any]) -> None:  # runs on the io_executor thread doing the DNS work
                 store.put(key, "_dns", doc)
 
             self.handoff = (Handoff.from_dict(provider, saved, persist) if saved
@@ -616,20 +615,19 @@ class Orchestrator:
 
     async def _lower_ttl(self, dns: Dns) -> dict[str, Any]:
         handoff = await self._dns_handoff(dns)
-        waited = await asyncio.get_running_loop().run_in_executor(None, handoff.lower_ttl, dns.ttl)
+        waited = await run_blocking(handoff.lower_ttl, dns.ttl, executor=io_executor())
         return {"waited_old_ttl": round(waited, 3)}
 
     async def _switch_dns(self, dns: Dns) -> dict[str, Any]:
         handoff = await self._dns_handoff(dns)
-        loop = asyncio.get_running_loop()
         budget = N2ErrorBudget(self.plan.n2.proxies, self.plan.thresholds.max_error_rate, ca=self.plan.n2.proxy_ca)
-        await loop.run_in_executor(None, budget.baseline)
+        await run_blocking(budget.baseline, executor=io_executor())
         started = time.time()
-        await loop.run_in_executor(None, lambda: handoff.switch(dns.n1_values, dns.n2_values, dns.mode, dns.steps,
-                                                                error_budget_check=budget, hold_seconds=dns.ttl))
+        await run_blocking(handoff.switch, dns.n1_values, dns.n2_values, dns.mode, dns.steps,
+                           error_budget_check=budget, hold_seconds=dns.ttl, executor=io_executor())
         resolver = dns.resolver or (dns.rfc2136.server if dns.rfc2136 else None)
         if resolver:
-            await loop.run_in_executor(None, handoff.verify, resolver, dns.n2_values, 10.0)
+            await run_blocking(handoff.verify, resolver, dns.n2_values, 10.0, executor=io_executor())
         return {"switched_at": started, "in_sync_after": round(time.time() - started, 3)}
 
     async def _stop_mirrors(self, *, final_sync: bool) -> None:
@@ -640,9 +638,9 @@ class Orchestrator:
         timeout = self.plan.thresholds.journal_drain_seconds
         for mirror in list(self.mirrors):
             if final_sync:
-                await run_blocking(mirror.finish, timeout)
+                await run_blocking(mirror.finish, timeout, executor=zk_wait_executor())
             else:
-                await run_blocking(mirror.stop)
+                await run_blocking(mirror.stop, executor=zk_wait_executor())
             self.mirrors.remove(mirror)
 
     async def _purge_ephemeral_copies(self) -> int:
@@ -661,7 +659,7 @@ class Orchestrator:
         for side in sides:
             try:
                 await run_blocking(wait_journal_empty, self.zk, self.plan.name, side,
-                                   max(deadline - time.monotonic(), 0.1))
+                                   max(deadline - time.monotonic(), 0.1), executor=zk_wait_executor())
             except RuntimeError as exc:
                 depths = {s: await run_blocking(journal_depth, self.zk, self.plan.name, s) for s in ("n1", "n2")}
                 raise MigrationFailed(f"{exc} (journal toward N1: {depths['n1']}, toward N2: {depths['n2']} key(s)); "
@@ -704,7 +702,7 @@ class Orchestrator:
         await self._stop_mirrors_after_rollback()
         if self.plan.dns is not None and await self._saved_handoff():
             handoff = await self._dns_handoff(self.plan.dns)
-            await asyncio.get_running_loop().run_in_executor(None, handoff.rollback)
+            await run_blocking(handoff.rollback, executor=io_executor())
         self.state = await run_blocking(self.store.update, self.state.version, phase=ROLLBACK,
                                         data={"from": from_phase, "at": time.time(), "n2_journal": n2_journal})
         await run_blocking(self.plans.release, self.plan.name)

@@ -58,6 +58,7 @@ import aiohttp
 from dns_handoff.resolve import answer
 from nxnw.history import History, Part, PendingOp
 from proxy.api import encode_key
+from sync.aio import io_executor, run_blocking
 
 #: the JSON ``error`` of a 503 with which the proxy says: refused before any engine or
 #: memcached call, so the op definitely did not happen
@@ -91,8 +92,7 @@ class Endpoint:
     async def current(self) -> str:
         if self.dns_server and self.dns_name and time.monotonic() - self._resolved_at >= self.ttl:
             try:
-                addresses = await asyncio.get_running_loop().run_in_executor(
-                    None, answer, self.dns_server, self.dns_name, "A")
+                addresses = await run_blocking(answer, self.dns_server, self.dns_name, "A", executor=io_executor())
             except Exception:  # noqa: BLE001 — a failed lookup keeps the last answer, as a resolver cache does
                 addresses = []
             if addresses:
