@@ -29,9 +29,12 @@ Contract every engine keeps (the conformance suite in ``tests/`` checks each one
   engine, whatever the ranges: it is an order-independent sum of per-entity digests.
 * **The event loop never waits.** A network round trip, a lock wait or large I/O never
   runs on the event loop: a driver's own asynchronous API, or a thread the engine owns,
-  does it. Work that is small and bounded may run on the loop when handing it to a thread
-  would cost more than doing it — SQLite's small writes and point reads, whose bounds and
-  fallback its module states.
+  does it. An engine's blocking calls leave the loop through one method, its ``_run``, on
+  the engine's own bounded executor (not nxnw's pools of ``sync.aio``: ``datastore/``
+  imports nothing of nxnw's, and a connection may belong to the thread that made it, as
+  SQLite's does). Work that is small and bounded may run on the loop when handing it to a
+  thread would cost more than doing it — SQLite's small writes and point reads, whose
+  bounds and fallback its module states.
 """
 
 from __future__ import annotations

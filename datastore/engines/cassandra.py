@@ -291,7 +291,7 @@ class CassandraEngine(Engine):
 
     # --- plumbing: the driver's threads and the event loop --------------------------------
 
-    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise EngineUnavailable(f"cassandra engine {self.address} is not open")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -393,7 +393,7 @@ class CassandraEngine(Engine):
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"cassandra-{self.keyspace}")
         try:
-            self._cluster, self._session = await self._blocking(self._connect)
+            self._cluster, self._session = await self._run(self._connect)
         except Exception as exc:
             self._executor.shutdown(wait=False)
             self._executor = None
@@ -407,7 +407,7 @@ class CassandraEngine(Engine):
         if self._executor is None:
             return
         if self._cluster is not None:
-            await self._blocking(self._cluster.shutdown)
+            await self._run(self._cluster.shutdown)
         self._executor.shutdown(wait=True)
         self._executor = None
         self._cluster = None
@@ -453,7 +453,7 @@ class CassandraEngine(Engine):
             elif not await self._table_exists(app):
                 return None
             try:
-                statements = await self._blocking(self._prepare, app)
+                statements = await self._run(self._prepare, app)
             except InvalidRequest as exc:
                 if _is_missing_table(exc) and not create:
                     return None
