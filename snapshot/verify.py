@@ -109,7 +109,6 @@ class VerifyReport:
     app: str
     n1: Checksum = field(default_factory=Checksum)
     n2: Checksum = field(default_factory=Checksum)
-    buckets_differing: int = 0
     differences: list[Difference] = field(default_factory=list)
     repaired: int = 0
     #: keys that differed between the scans but agreed on a second look (writes in flight)
@@ -256,7 +255,6 @@ async def verify_app(n1: Engine, n2: Engine, app: str, *, repair: bool = False, 
     (sums1, total1), (sums2, total2) = await asyncio.gather(_bucket_sums(n1, app, workers), _bucket_sums(n2, app, workers))
     report = VerifyReport(app, total1, total2)
     differing = {b for b in range(BUCKETS) if sums1[b] != sums2[b]}
-    report.buckets_differing = len(differing)
     if not differing:
         return report
     side1, side2 = await asyncio.gather(_entities_in(n1, app, differing, workers), _entities_in(n2, app, differing, workers))

@@ -41,6 +41,7 @@ it to N2; nothing else of nxnw's is mirrored.
       │                             created with the plan (passthrough, epoch 0); set only by
       │                             switch_mode (proxy/control.py)
       ├── mode-load-verified        persistent  {"cow_epoch"}: the orchestrator's verify gate
+      │                             (sync/mode.py names it after the mode znode)
       ├── cache-dirty/<inst>@<run>  persistent  "cow cache dirty" marker of one run of an
       │                             instance in the plan's cow (proxy/modes.py)
       ├── journal/<target>/…        persistent  the plan's repair journals toward n1 and n2
@@ -90,10 +91,6 @@ def plan(name: str) -> str:
 
 def mode(plan_name: str) -> str:
     return f"{plan(plan_name)}/mode"
-
-
-def load_verified(plan_name: str) -> str:
-    return f"{mode(plan_name)}-load-verified"
 
 
 def cache_dirty(plan_name: str) -> str:

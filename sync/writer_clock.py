@@ -14,7 +14,7 @@ layout) that are
 * **ordered in real time beyond the bound**: ``now()`` refuses (``ClockUnsafe``) whenever a
   timestamp could be more than ``max_offset_ms`` away from ZooKeeper's clock. Two instances
   that both keep that bound issue timestamps within ``2 * max_offset_ms`` of each other, so
-  a write invoked more than ``ordering_bound_ms`` (= 2 × ``max_offset_ms``) after another
+  a write invoked more than 2 × ``max_offset_ms`` (the ordering bound) after another
   write was acknowledged — on any instance — gets a larger timestamp and wins.
 
 Why the bound holds. Let e be the host's true offset (wall − ZooKeeper). A timestamp issued
@@ -219,11 +219,6 @@ class WriterClock:
     @property
     def max_offset_ms(self) -> float:
         return self.max_offset_us / 1000
-
-    @property
-    def ordering_bound_ms(self) -> float:
-        """Writes further apart than this (on any instances that keep the same bound) are ordered."""
-        return 2 * self.max_offset_us / 1000
 
     def now(self) -> int:
         """The next timestamp; ``ClockUnsafe`` (nothing issued) when it could break a promise."""
