@@ -18,15 +18,17 @@ Separate pools, because each kind would starve the others: enough waiters on a b
 group would occupy every thread and the holder's release would queue behind them until
 their timeouts expired; a DNS hand-off holding threads for its TTL must not delay the
 ZooKeeper calls that keep a migration's state. Each pool's size bounds the calls of its
-kind in progress at once; further calls queue, and a deadline counts the time queued.
-Pass arguments as arguments (``run_blocking(fn, a, timeout=t)``), not wrapped in a lambda.
+kind in progress at once; further calls queue (a lock acquire counts the time queued
+against its timeout). Pass arguments as arguments (``run_blocking(fn, a, timeout=t)``),
+not wrapped in a lambda; ``executor`` is the one keyword ``run_blocking`` keeps for itself.
 
 Two exceptions, each for a reason:
 
 * **Engines** keep their own executor, and within ``datastore/`` each engine's ``_run``
   is the one way out of the loop: ``datastore/`` imports nothing of nxnw's, and an
-  engine's connection belongs to its thread (SQLite's one writer thread, the Cassandra
-  driver's and happybase's connections), so it cannot share these pools.
+  engine sizes its executor for its connections (SQLite's one thread owns its
+  connection; each HBase thread keeps its own Thrift connection), so it cannot share
+  these pools.
 * ``GroupLock.acquire_async`` (sync/lock.py) submits to the wait pool itself: it must hold
   the ``concurrent.futures`` future to release a lock whose acquire completed after the
   awaiting task was cancelled.
