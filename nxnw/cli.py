@@ -297,7 +297,7 @@ def _proxy_serve(args: argparse.Namespace) -> int:
                    {"env": args.admin_token_env} if args.admin_token_env else os.environ.get("NXNW_ADMIN_TOKEN", ""))
     try:
         config = ProxyConfig(instance=args.instance, n1_engine=plan.n1.engine,
-                             n2_engine=plan.n2.engine, n1_zookeeper=plan.n1.zookeeper, n2_zookeeper=plan.n2.zookeeper,
+                             n2_engine=plan.n2.engine, n1_zookeeper=plan.n1.zookeeper,
                              n1_zookeeper_security=plan.n1.zookeeper_security,
                              n1_memcached=plan.n1.memcached, n2_memcached=plan.n2.memcached, http_host=args.host,
                              http_port=args.port, memcache_port=args.memcache_port,

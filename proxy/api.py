@@ -39,7 +39,7 @@ from proxy.cache.errors import CacheError, CacheOutcomeUnknown, SwitchError
 from proxy.control import SwitchBlocked, TransitionRefused, switch_mode
 from proxy.core import ClockRefused, Conflict, Fenced, ProxyCore
 from proxy.routes import OutcomeUnknown
-from sync.aio import run_blocking
+from sync.aio import run_blocking, zk_wait_executor
 from sync.mode import MODES
 from sync.lock import GroupLockError
 
@@ -361,7 +361,8 @@ async def admin_mode(request: web.Request) -> web.Response:
     if isinstance(drain_timeout, bool) or not isinstance(drain_timeout, (int, float)) or not 0 < drain_timeout <= 3600:
         raise InvalidEntity(f"drain_timeout {drain_timeout!r} must be a number of seconds in (0, 3600]")
     try:
-        state = await run_blocking(switch_mode, request.app[ZOOKEEPER], plan, mode, drain_timeout=float(drain_timeout))
+        state = await run_blocking(switch_mode, request.app[ZOOKEEPER], plan, mode, drain_timeout=float(drain_timeout),
+                                   executor=zk_wait_executor())
     except TransitionRefused as exc:
         return _json_error(409, "transition refused", str(exc))
     except SwitchBlocked as exc:

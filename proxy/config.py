@@ -31,7 +31,6 @@ class ProxyConfig(BaseModel):
     n1_engine: str
     n2_engine: str
     n1_zookeeper: str = Field(description="host:port list of N1's ZooKeeper (mode, journal, locks)")
-    n2_zookeeper: str = Field(description="host:port list of N2's ZooKeeper (locks in cow mode)")
     n1_zookeeper_security: ZooKeeperSecurity | None = Field(default=None, description="digest auth / TLS to N1's "
                                                             "ZooKeeper, as the plan's [n1.zookeeper_security]")
     n1_memcached: str = Field(description="N1's memcached: host:port[:weight][,host:port[:weight]…], keys by ketama")

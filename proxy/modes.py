@@ -655,8 +655,8 @@ class Tenants:
 
     async def _add(self, plan: RegisteredPlan) -> None:
         bound = {} if self.journal_bound is None else {"bound": self.journal_bound}
-        to_n2 = await run_blocking(functools.partial(RepairJournal, self.zk, "n2", plan=plan.name, **bound))
-        to_n1 = await run_blocking(functools.partial(RepairJournal, self.zk, "n1", plan=plan.name, **bound))
+        to_n2 = await run_blocking(RepairJournal, self.zk, "n2", plan=plan.name, **bound)
+        to_n1 = await run_blocking(RepairJournal, self.zk, "n1", plan=plan.name, **bound)
         cache = self.cache.add_tenant([prefix.encode() for prefix in plan.key_prefixes.values()])
         watcher = ModeWatcher(self.zk, path=layout.mode(plan.name))
         try:  # until the watcher's first read, the plan's apps would be refused rather than wait

@@ -52,7 +52,7 @@ async def zk_namespace() -> AsyncIterator[tuple[str, KazooClient]]:
 
 def proxy_config(instance: str, n1_url: str, n2_url: str, zk_hosts: str, **extra) -> ProxyConfig:
     return ProxyConfig(instance=instance, n1_engine=n1_url, n2_engine=n2_url,
-                       n1_zookeeper=zk_hosts, n2_zookeeper=f"{HOST}:{ZOOKEEPER['n2']}",
+                       n1_zookeeper=zk_hosts,
                        n1_memcached=f"{HOST}:{MEMCACHED['n1']}", n2_memcached=f"{HOST}:{MEMCACHED['n2']}",
                        http_port=0, admin_token="test-token", **extra)
 

@@ -33,7 +33,7 @@ def test_a_list_of_servers_is_a_pool_in_the_plan_and_the_proxy_config() -> None:
             Deployment(engine="sqlite:///x.db", zookeeper="127.0.0.1:2181", memcached=bad)
         with pytest.raises(ValueError, match=reason):
             ProxyConfig(instance="p", n1_engine="sqlite:///a", n2_engine="sqlite:///b", n1_zookeeper="z:1",
-                        n2_zookeeper="z:2", n1_memcached=bad, n2_memcached="h:1")
+                        n1_memcached=bad, n2_memcached="h:1")
 
 
 def test_ketama_spreads_keys_by_weight_and_moves_few_keys_when_a_server_joins() -> None:
