@@ -3,6 +3,7 @@ the shared ones would disturb every other test."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -36,3 +37,48 @@ def memcached_process(port: int | None = None) -> Iterator[tuple[str, int]]:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+class TcpRelay:
+    """A TCP relay to ``upstream`` on a loopback port of its own: replies pass straight
+    back; what clients send goes up through ``send_up``, which a test's relay overrides to
+    hold, slow or record it."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.server: asyncio.base_events.Server | None = None
+        self.handlers: set[asyncio.Task] = set()
+
+    async def start(self) -> tuple[str, int]:
+        self.server = await asyncio.start_server(self._handle, HOST, 0)
+        return HOST, self.server.sockets[0].getsockname()[1]
+
+    async def send_up(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
+        """Pass on what one client connection sends until it closes."""
+        while data := await reader.read(65536):
+            up_writer.write(data)
+            await up_writer.drain()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+
+        async def down() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        pump = asyncio.create_task(down())
+        try:
+            await self.send_up(reader, up_writer)
+        finally:
+            up_writer.close()
+            pump.cancel()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in self.handlers:
+            task.cancel()
+        await asyncio.gather(*self.handlers, return_exceptions=True)

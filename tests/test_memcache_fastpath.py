@@ -16,6 +16,7 @@ from nxnw.services.endpoints import HOST, MEMCACHED
 from proxy.cache import CacheListener, CacheRouter
 from proxy.cache.client import REPLY_VALUES, RelayConnection
 from tests.conftest import require
+from tests.memcached_harness import TcpRelay
 from tests.test_cache_routes import Gate
 from tests.test_memcache_fidelity import exchange, normalised
 
@@ -174,46 +175,20 @@ async def test_a_pipelined_burst_mixing_relayed_and_parsed_commands_is_answered_
         await router.close()
 
 
-class HeldUpstream:
-    """A TCP relay to ``upstream`` that holds what clients send until ``release`` is set
-    (a server slow to answer); replies pass straight back."""
+class HeldUpstream(TcpRelay):
+    """A relay that holds what clients send until ``release`` is set (a server slow to
+    answer); replies pass straight back."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
+        super().__init__(upstream)
         self.release = asyncio.Event()
         self.arrived = asyncio.Event()
-        self.server: asyncio.base_events.Server | None = None
-        self.handlers: set[asyncio.Task] = set()
 
-    async def start(self) -> tuple[str, int]:
-        self.server = await asyncio.start_server(self._handle, HOST, 0)
-        return HOST, self.server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.handlers.add(asyncio.current_task())  # type: ignore[arg-type]
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-
-        async def down() -> None:
-            while data := await up_reader.read(65536):
-                writer.write(data)
-            writer.close()
-
-        pump = asyncio.create_task(down())
-        try:
-            while data := await reader.read(65536):
-                self.arrived.set()
-                await self.release.wait()
-                up_writer.write(data)
-        finally:
-            up_writer.close()
-            pump.cancel()
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for task in self.handlers:
-            task.cancel()
-        await asyncio.gather(*self.handlers, return_exceptions=True)
+    async def send_up(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            self.arrived.set()
+            await self.release.wait()
+            up_writer.write(data)
 
 
 async def test_a_relayed_write_out_when_the_fence_closes_is_answered_outcome_unknown(key: bytes) -> None:

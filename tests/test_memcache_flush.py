@@ -15,69 +15,42 @@ from pymemcache.client.base import Client
 
 from nxnw.services.endpoints import HOST
 from proxy.cache import CacheListener, CacheRouter, SwitchError
-from tests.memcached_harness import memcached_process
+from tests.memcached_harness import TcpRelay, memcached_process
 from tests.test_memcache_fidelity import exchange
 
 
-class RecordingRelay:
-    """A TCP relay to ``upstream`` that records, in arrival order, the command lines sent
-    up through any of its connections (data blocks are skipped by their declared length),
-    and holds each chunk carrying an ``ms`` for ``slow_stores`` s before passing it on — a
-    slow N2, so copies are still queued when the flush comes."""
+class RecordingRelay(TcpRelay):
+    """A relay that records, in arrival order, the command lines sent up through any of its
+    connections (data blocks are skipped by their declared length), and holds each chunk
+    carrying an ``ms`` for ``slow_stores`` s before passing it on — a slow N2, so copies are
+    still queued when the flush comes."""
 
     def __init__(self, upstream: tuple[str, int], slow_stores: float = 0.05) -> None:
-        self.upstream = upstream
+        super().__init__(upstream)
         self.slow_stores = slow_stores
         self.lines: list[bytes] = []
-        self.server: asyncio.base_events.Server | None = None
-        self.handlers: set[asyncio.Task] = set()
 
-    async def start(self) -> tuple[str, int]:
-        self.server = await asyncio.start_server(self._handle, HOST, 0)
-        return HOST, self.server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.handlers.add(asyncio.current_task())  # type: ignore[arg-type]
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-
-        async def down() -> None:
-            while data := await up_reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-            writer.close()
-
-        pump = asyncio.create_task(down())
+    async def send_up(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
         buf = b""
         skip = 0
-        try:
-            while data := await reader.read(65536):
-                buf += data
-                while True:
-                    if skip:
-                        if len(buf) < skip:
-                            break
-                        buf, skip = buf[skip:], 0
-                    nl = buf.find(b"\r\n")
-                    if nl < 0:
+        while data := await reader.read(65536):
+            buf += data
+            while True:
+                if skip:
+                    if len(buf) < skip:
                         break
-                    line, buf = buf[:nl], buf[nl + 2:]
-                    self.lines.append(line)
-                    if line.startswith(b"ms "):
-                        skip = int(line.split()[2]) + 2
-                if b"ms " in data:
-                    await asyncio.sleep(self.slow_stores)
-                up_writer.write(data)
-                await up_writer.drain()
-        finally:
-            up_writer.close()
-            pump.cancel()
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for task in self.handlers:
-            task.cancel()
-        await asyncio.gather(*self.handlers, return_exceptions=True)
+                    buf, skip = buf[skip:], 0
+                nl = buf.find(b"\r\n")
+                if nl < 0:
+                    break
+                line, buf = buf[:nl], buf[nl + 2:]
+                self.lines.append(line)
+                if line.startswith(b"ms "):
+                    skip = int(line.split()[2]) + 2
+            if b"ms " in data:
+                await asyncio.sleep(self.slow_stores)
+            up_writer.write(data)
+            await up_writer.drain()
 
 
 @pytest.fixture
