@@ -80,6 +80,12 @@ def refuse_repeated_keys(writes: Sequence[tuple[EntityRef, bytes | None]]) -> No
         seen.add(key)
 
 
+def _serving(machine: ModeMachine | Unclaimed) -> str | None:
+    """The name of the mode ``machine`` serves in, or None while it is fenced or has none."""
+    current = machine.current
+    return None if current is None or machine.fence_reason() is not None else current.name
+
+
 class ProxyCore:
     def __init__(self, *, instance: str, clock: WriterClock, modes: Tenants, lock: LockFactory,
                  admin_token: str = "") -> None:
@@ -99,17 +105,14 @@ class ProxyCore:
     def plan_mode(self, plan: str) -> str | None:
         """The mode in force for ``plan``'s apps, or None (fenced, or the plan is not known)."""
         machine = self.modes.machines.get(plan)
-        current = machine.current if machine is not None else None
-        return None if current is None or machine.fence_reason() is not None else current.name
+        return None if machine is None else _serving(machine)
 
     def plan_modes(self) -> dict[str, str | None]:
         return {plan: self.plan_mode(plan) for plan in sorted(self.modes.machines)}
 
     def app_mode(self, app: str) -> str | None:
         """The mode ``app``'s requests are served in, or None while the instance is fenced for it."""
-        machine = self.modes.for_app(app)
-        current = machine.current
-        return None if current is None or machine.fence_reason() is not None else current.name
+        return _serving(self.modes.for_app(app))
 
     def machine(self, app: str) -> ModeMachine | Unclaimed:
         """The mode machine that admits ``app``'s requests."""

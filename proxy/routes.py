@@ -106,12 +106,6 @@ class DataRoute(ABC):
         write's legs (the core's shielded write section) needs a task only for the rest: a
         write that completed here had no point at which it could be cancelled."""
 
-    async def write(self, entities: Sequence[Entity], admission: Admission) -> None:
-        """``start_write``, then the rest awaited."""
-        rest = self.start_write(entities, admission)
-        if rest is not None:
-            await rest
-
     async def close(self) -> None:
         """Finish background work (shadow reads) before the route is dropped."""
 
