@@ -5,13 +5,14 @@ cold (every get fills N2: COR) and ``proxy`` — the paper's 0.17 ms (COW) and 0
 
 An unchanged app client (pymemcache, TCP_NODELAY, replies awaited: no ``noreply``) sends
 100 B and 5 KB values, one request at a time, to each target in turn; then the same with
-several client processes at once. The proxy runs in its own process (uvloop), as in
+several client processes at once, all of them on the same target at the same time (they
+start each chunk of 100 requests together). The proxy runs in its own process (uvloop), as in
 production. Prints p50/p99 per target, p50 and p99 added over memcached direct, and the
 verdict against the goals: nxnw ``passthrough`` adds at most 1.5× what twemproxy adds,
 COW and COR at most 15 µs more than ``passthrough``.
 
-With one client it also prints the CPU the serving process (twemproxy, or the nxnw
-proxy) spent per request, read from Linux's ``schedstat``: a figure the machine's load
+It also prints the CPU the serving process (twemproxy, or the nxnw proxy) spent per
+request, read from Linux's ``schedstat``: a figure the machine's load
 hardly moves, unlike latency. ``--floor`` adds a minimal uvloop byte relay (one N1
 connection per client connection, no parsing): what pure Python on uvloop can do here.
 
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import multiprocessing.synchronize
 import os
 import shutil
 import statistics
@@ -182,14 +184,30 @@ def _client(addr: tuple[str, int]) -> Client:
     return Client(addr, no_delay=True, timeout=5, connect_timeout=5)
 
 
-def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int, dict[str, int]]
+#: set in each client process of the concurrent round (``Pool`` initializer): every client
+#: starts each chunk of a row together, so each target is measured under the same
+#: concurrency. Unsynchronised, clients drift apart: the rows served by the one nxnw
+#: process (passthrough, cow, COR, proxy, floor) then overlap each other far more often
+#: than twemproxy's row overlaps anything, so nxnw was measured under more concurrency.
+_BARRIER: multiprocessing.synchronize.Barrier | None = None
+
+
+def _join(barrier: multiprocessing.synchronize.Barrier) -> None:
+    global _BARRIER
+    _BARRIER = barrier
+
+
+def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int, dict[str, int], int]
              ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Latency in ms of each row's op on each of its keys, one request at a time. Rows take
-    turns every 100 requests, so a load change on the machine hits every row alike. For
-    the rows in ``pids`` (label -> pid of the process serving it), also the CPU that
+    turns every 100 requests, so a load change on the machine hits every row alike; with
+    several clients, all of them run the same chunk of the same row at once (``_BARRIER``).
+    For the rows in ``pids`` (label -> pid of the process serving it), also the CPU that
     process spent per request, in µs (a chunk is followed by a 5 ms pause so that work it
-    left queued — a copy — is counted with it): a figure the machine's load hardly moves."""
-    rows, size, pids = job
+    left queued — a copy — is counted with it): a figure the machine's load hardly moves.
+    With several clients, one of them reads it over every client's chunk (``clients``)."""
+    rows, size, pids, clients_at_once = job
+    barrier = _BARRIER
     value = value_of(size)
     clients = {label: _client(addr) for label, _, addr, _ in rows}
     out: dict[str, list[float]] = {label: [] for label, *_ in rows}
@@ -205,6 +223,8 @@ def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int
             for label, op, addr, keys in rows:
                 client, lat = clients[label], out[label]
                 pid = pids.get(label)
+                if barrier is not None:
+                    barrier.wait()
                 before = cpu_ns(pid) if pid else 0
                 for key in keys[start:start + chunk]:
                     begin = clock()
@@ -214,13 +234,15 @@ def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int
                     else:
                         client.set(key, value, expire=EXPIRE, noreply=False)
                     lat.append((clock() - begin) * 1000)
+                if barrier is not None:
+                    barrier.wait()
                 if pid:
                     time.sleep(0.005)
                     cpu[label] += cpu_ns(pid) - before
     finally:
         for client in clients.values():
             client.close()
-    return out, {label: ns / 1000 / max(len(out[label]), 1) for label, ns in cpu.items()}
+    return out, {label: ns / 1000 / max(len(out[label]) * clients_at_once, 1) for label, ns in cpu.items()}
 
 
 def seed(addr: tuple[str, int], keys: list[bytes], size: int) -> None:
@@ -263,17 +285,18 @@ def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, si
             if phase == "get":
                 rows.append((COR, phase, at("cor"), keys(b"cor", c)))
             serving = {label: pids["proxy" if label not in pids else label] for label, *_ in rows if label != DIRECT}
-            per_client.append((rows, size, serving if clients == 1 else {}))
+            per_client.append((rows, size, serving if c == 0 else {}, clients))
         if clients == 1:
             results = [run_rows(per_client[0])]
         else:
-            with multiprocessing.get_context("spawn").Pool(clients) as pool:
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(clients, initializer=_join, initargs=(context.Barrier(clients),)) as pool:
                 results = pool.map(run_rows, per_client)
         merged: dict[str, list[float]] = {}
         for result, _ in results:
             for label, lat in result.items():
                 merged.setdefault(label, []).extend(lat)
-        phases.append((phase, merged, results[0][1] if clients == 1 else {}))
+        phases.append((phase, merged, results[0][1]))
         time.sleep(0.5)  # let the sets' mirrors land before the gets
     out = []
     for phase, merged, cpu in phases:
