@@ -45,8 +45,15 @@ workers in batches (pipelined round trips per batch); a set relayed by the liste
 callback path, and the fill after a hit it relayed, are copied at once by a chain of
 callbacks on the sides' pipelined connections (``copy_value_now``, ``fill_now``,
 ``_CopyChain``) — no task or coroutine, which is most of what a copy costs the proxy's one
-event loop. The argument above does not depend on which way a copy of a key ran, nor on
-their order.
+event loop. Under load the chains' first steps are corked (``RelayConnection.send_soon``):
+a store started while its dest server still has requests in flight waits up to ``linger``
+s and goes out with the other stores corked meanwhile in one write; their replies then
+come back together, so the later steps of the whole run go out together too (the loop
+writes what one iteration sent in one call), and a run of copies pays one write and one
+read per server and step instead of one each. With nothing in flight (a sequential
+client) the store goes at once: a cork would only add a timer's wake-up. Corking only
+delays a step; each chain still sends its next step after the previous step's reply. The
+argument above does not depend on which way a copy of a key ran, nor on their order.
 
 Jobs that cannot complete (a server error, a timeout between steps 1 and 3, a drain that
 runs out of time) and jobs dropped because the queue is full record their key in
@@ -110,8 +117,10 @@ class CopyQueue:
     A worker takes up to ``batch_max`` jobs at once, after waiting ``linger`` s for more
     to arrive, and runs them as one batch of pipelined requests: at most four round trips
     per batch instead of two or three per job, which is what keeps COW/COR cheap for the
-    requests that share the proxy's CPU. ``linger`` is added to the copy's delay, never
-    to a client's request.
+    requests that share the proxy's CPU. The callback path (``copy_value_now``,
+    ``fill_now``) corks its stores on dest for up to ``linger`` s the same way while that
+    server has requests in flight (``_store``). ``linger`` is added to the copy's delay,
+    never to a client's request.
 
     ``may_copy()`` is asked once per batch, before anything is stored on ``dest``: while it
     is False (the instance is fenced) the batch stores no value — each copy becomes a delete
@@ -223,7 +232,7 @@ class CopyQueue:
             self._idle.clear()
         self._unfinished += 1
         chain = _CopyChain(self, key, source_cas, src, dst)
-        dst.send(chain, b"ms %b %d MS F%d T%d c\r\n%b\r\n" % (key, len(value), flags, exptime, value))
+        self._store(dst, chain, b"ms %b %d MS F%d T%d c\r\n%b\r\n" % (key, len(value), flags, exptime, value))
 
     def may_need_fill(self, key: bytes) -> bool:
         """False while dest was seen holding the key's source version within ``known_for``
@@ -264,7 +273,16 @@ class CopyQueue:
             self._idle.clear()
         self._unfinished += 1
         chain = _CopyChain(self, key, item.cas, src, dst, fill=True)
-        dst.send(chain, b"ms %b %d ME F%d T%d c\r\n%b\r\n" % (key, len(item.value), item.flags, exptime, item.value))
+        self._store(dst, chain, b"ms %b %d ME F%d T%d c\r\n%b\r\n" % (key, len(item.value), item.flags, exptime,
+                                                                            item.value))
+
+    def _store(self, dst: RelayConnection, chain: _CopyChain, payload: bytes) -> None:
+        """A chain's first step: corked for up to ``linger`` s while ``dst`` has requests in
+        flight (copies are coming faster than one round trip: batch them), else sent now."""
+        if dst.queue:
+            dst.send_soon(chain, payload, self.linger)
+        else:
+            dst.send(chain, payload)
 
     def copy_current(self, key: bytes) -> None:
         """The source changed ``key`` in a way we did not see (append, incr, touch, …): the
