@@ -275,10 +275,10 @@ class RelayConnection:
     ``on_success``/``on_failure`` report the server's health to its pool: one call per
     reply, one per failed connection (not per request on it).
 
-    ``send_soon`` corks a request that may wait (a cache copy's step): the corked requests
-    go out together in one write — at the end of the loop iteration, ``delay`` s later, or
-    at once ahead of the next ``send`` — so a batch of copies costs one ``write`` and,
-    answered together, one ``data_received`` per server instead of one each.
+    ``send_soon`` corks a request that may wait (a cache copy's store): the corked requests
+    go out together in one write — ``delay`` s after the first of them, or at once ahead of
+    the next ``send`` — so a batch of copies costs one ``write`` and, answered together,
+    one ``data_received`` per server instead of one each.
     """
 
     def __init__(self, host: str, port: int, server: str, *, timeout: float, connect_timeout: float,
@@ -300,7 +300,7 @@ class RelayConnection:
         self._closed = False
         #: requests queued by ``send_soon`` and not written yet: always the queue's tail
         self._corked: list[bytes] = []
-        self._flush_at: asyncio.Handle | None = None
+        self._flush_at: asyncio.TimerHandle | None = None
 
     def send(self, entry: RelayEntry, payload: bytes) -> None:
         """Write ``payload`` (one request, as memcached reads it) and queue ``entry`` for its reply."""
@@ -320,11 +320,11 @@ class RelayConnection:
         else:
             self._write_all([payload])
 
-    def send_soon(self, entry: RelayEntry, payload: bytes, delay: float = 0.0) -> None:
+    def send_soon(self, entry: RelayEntry, payload: bytes, delay: float) -> None:
         """``send``, corked: ``payload`` is written with the other corked requests in one
-        write, at the end of this loop iteration (``delay`` 0) or ``delay`` s from the first
-        of them, or ahead of the next ``send``, whichever comes first. ``entry`` is queued
-        (and its deadline runs) from now."""
+        write, ``delay`` s after the first of them or ahead of the next ``send``, whichever
+        comes first. ``entry`` is queued (and its deadline runs) from now, so ``delay`` must
+        stay well under the connection's timeout."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -334,7 +334,7 @@ class RelayConnection:
             self._timer = loop.call_at(entry.deadline, self._check)
         self._corked.append(payload)
         if self._flush_at is None:
-            self._flush_at = loop.call_later(delay, self._flush) if delay > 0 else loop.call_soon(self._flush)
+            self._flush_at = loop.call_later(delay, self._flush)
 
     def _flush(self) -> None:
         if self._flush_at is not None:
