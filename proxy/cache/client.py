@@ -274,11 +274,6 @@ class RelayConnection:
 
     ``on_success``/``on_failure`` report the server's health to its pool: one call per
     reply, one per failed connection (not per request on it).
-
-    ``send_soon`` corks a request that may wait (a cache copy's store): the corked requests
-    go out together in one write — ``delay`` s after the first of them, or at once ahead of
-    the next ``send`` — so a batch of copies costs one ``write`` and, answered together,
-    one ``data_received`` per server instead of one each.
     """
 
     def __init__(self, host: str, port: int, server: str, *, timeout: float, connect_timeout: float,
@@ -298,9 +293,6 @@ class RelayConnection:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        #: requests queued by ``send_soon`` and not written yet: always the queue's tail
-        self._corked: list[bytes] = []
-        self._flush_at: asyncio.TimerHandle | None = None
 
     def send(self, entry: RelayEntry, payload: bytes) -> None:
         """Write ``payload`` (one request, as memcached reads it) and queue ``entry`` for its reply."""
@@ -312,50 +304,15 @@ class RelayConnection:
         if self._timer is None:
             self._timer = loop.call_at(entry.deadline, self._check)
         transport = self._transport
-        if self._corked:  # the corked requests were queued first: they go first, in the same write
-            self._corked.append(payload)
-            self._flush()
-        elif transport is not None:
-            transport.write(payload)
-        else:
-            self._write_all([payload])
-
-    def send_soon(self, entry: RelayEntry, payload: bytes, delay: float) -> None:
-        """``send``, corked: ``payload`` is written with the other corked requests in one
-        write, ``delay`` s after the first of them or ahead of the next ``send``, whichever
-        comes first. ``entry`` is queued (and its deadline runs) from now, so ``delay`` must
-        stay well under the connection's timeout."""
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        entry.deadline = loop.time() + self.timeout
-        self.queue.append(entry)
-        if self._timer is None:
-            self._timer = loop.call_at(entry.deadline, self._check)
-        self._corked.append(payload)
-        if self._flush_at is None:
-            self._flush_at = loop.call_later(delay, self._flush)
-
-    def _flush(self) -> None:
-        if self._flush_at is not None:
-            self._flush_at.cancel()
-            self._flush_at = None
-        corked, self._corked = self._corked, []
-        if corked:
-            self._write_all(corked)
-
-    def _write_all(self, payloads: list[bytes]) -> None:
-        """Write ``payloads`` (their entries queued already) in one write, or after the connect."""
-        transport = self._transport
         if transport is not None:
-            transport.writelines(payloads)
+            transport.write(payload)
         elif self._connecting is not None:
-            self._connecting.extend(payloads)
+            self._connecting.append(payload)
         elif self._closed:
             self._fail_all(MemcacheUnavailable(self.server, "client is closed"))
         else:
-            self._connecting = payloads
-            self._loop.create_task(self._connect())  # type: ignore[union-attr]
+            self._connecting = [payload]
+            loop.create_task(self._connect())
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -412,7 +369,6 @@ class RelayConnection:
         already detached: a request a failure callback sends goes on a new one."""
         entries = list(self.queue)
         self.queue.clear()
-        self._corked.clear()  # their entries are among those failed here
         if late is not None:
             late.fail(MemcacheTimeout(self.server, f"no reply within {self.timeout}s"))
         for entry in entries:

@@ -45,15 +45,17 @@ workers in batches (pipelined round trips per batch); a set relayed by the liste
 callback path, and the fill after a hit it relayed, are copied at once by a chain of
 callbacks on the sides' pipelined connections (``copy_value_now``, ``fill_now``,
 ``_CopyChain``) — no task or coroutine, which is most of what a copy costs the proxy's one
-event loop. Under load the chains' first steps are corked (``RelayConnection.send_soon``):
-a store started while its dest server still has requests in flight waits up to ``linger``
-s and goes out with the other stores corked meanwhile in one write; their replies then
-come back together, so the later steps of the whole run go out together too (the loop
-writes what one iteration sent in one call), and a run of copies pays one write and one
-read per server and step instead of one each. With nothing in flight (a sequential
-client) the store goes at once: a cork would only add a timer's wake-up. Corking only
-delays a step; each chain still sends its next step after the previous step's reply. The
-argument above does not depend on which way a copy of a key ran, nor on their order.
+event loop. Under load the chains' first steps are corked (``_store``): a store started
+while its dest server still has requests in flight, or while others are corked, waits up
+to ``linger`` s; then every corked store is sent in one callback, which the loop writes
+as one call per server, and is fenced like a batch (``may_copy()`` asked then: while
+fenced, a write's copy becomes a delete and a fill is skipped — a store must never leave
+after the fence closed, e.g. when a paused process resumes). Their replies come back
+together, so the later steps of the run go out together too, and a run of copies pays one
+write and one read per server and step instead of one each. With nothing in flight (a
+sequential client) the store goes at once: a cork would only add a timer's wake-up.
+Corking only delays a step; each chain still sends its next step after the previous
+step's reply. The argument above does not depend on which way a copy of a key ran, nor on their order.
 
 Jobs that cannot complete (a server error, a timeout between steps 1 and 3, a drain that
 runs out of time) and jobs dropped because the queue is full record their key in
@@ -119,7 +121,7 @@ class CopyQueue:
     per batch instead of two or three per job, which is what keeps COW/COR cheap for the
     requests that share the proxy's CPU. The callback path (``copy_value_now``,
     ``fill_now``) corks its stores on dest for up to ``linger`` s the same way while that
-    server has requests in flight (``_store``). ``linger`` is added to the copy's delay,
+    server has requests in flight (``_store``), and asks ``may_copy()`` again before they go. ``linger`` is added to the copy's delay,
     never to a client's request.
 
     ``may_copy()`` is asked once per batch, before anything is stored on ``dest``: while it
@@ -169,6 +171,10 @@ class CopyQueue:
         self._depth.set_function(lambda: self._waiting)
         self._dropped_full = metrics.COPIES_DROPPED.labels(label, "queue_full")
         self._fill_shed = metrics.COR_FILLS.labels("shed")
+        self._fenced = metrics.COPIES_DROPPED.labels(label, "fenced")
+        #: first steps of ``_CopyChain``s waiting to be sent together (``_store``, ``_uncork``)
+        self._corked: list[tuple[RelayConnection, _CopyChain, bytes]] = []
+        self._uncork_at: asyncio.TimerHandle | None = None
         # each job's result counted without a ``labels`` look-up per job (it takes a lock)
         self._copy_results = {r: metrics.COPIES.labels(label, r).inc for r in ("copied", "deleted", "lost", "undone")}
         self._fill_results = {r: metrics.COR_FILLS.labels({"copied": "done"}.get(r, r)).inc
@@ -190,7 +196,17 @@ class CopyQueue:
                            for i, shard in enumerate(self._shards)]
 
     async def close(self) -> None:
-        """Stop the workers; jobs still queued are abandoned (their keys join ``dropped``)."""
+        """Stop the workers; jobs still queued or corked are abandoned (their keys join ``dropped``)."""
+        if self._uncork_at is not None:
+            self._uncork_at.cancel()
+            self._uncork_at = None
+        corked, self._corked = self._corked, []
+        for _, chain, _ in corked:
+            if chain.fill:
+                self._pending_fills.discard(chain.key)
+            else:
+                self._drop(chain.key, "closed")
+            self._finished()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -278,11 +294,32 @@ class CopyQueue:
 
     def _store(self, dst: RelayConnection, chain: _CopyChain, payload: bytes) -> None:
         """A chain's first step: corked for up to ``linger`` s while ``dst`` has requests in
-        flight (copies are coming faster than one round trip: batch them), else sent now."""
-        if dst.queue:
-            dst.send_soon(chain, payload, self.linger)
-        else:
+        flight or other stores are corked (copies are coming faster than one round trip:
+        batch them, in order), else sent now."""
+        if not dst.queue and not self._corked:
             dst.send(chain, payload)
+            return
+        self._corked.append((dst, chain, payload))
+        if self._uncork_at is None:
+            self._uncork_at = asyncio.get_running_loop().call_later(self.linger, self._uncork)
+
+    def _uncork(self) -> None:
+        """Send every corked store — in one callback, so one write per server — unless the
+        fence closed meanwhile: then, as in a batch, a write's copy becomes a delete on dest
+        and a fill is skipped."""
+        self._uncork_at = None
+        corked, self._corked = self._corked, []
+        if self.may_copy():
+            for dst, chain, payload in corked:
+                dst.send(chain, payload)
+            return
+        for _, chain, _ in corked:
+            if chain.fill:
+                self._pending_fills.discard(chain.key)
+            else:
+                self._fenced.inc()
+                self.copy_delete(chain.key)
+            self._finished()
 
     def copy_current(self, key: bytes) -> None:
         """The source changed ``key`` in a way we did not see (append, incr, touch, …): the
@@ -425,7 +462,7 @@ class CopyQueue:
             kind, key = job[0], job[1]
             if not copying:
                 if kind not in _FILLS:
-                    metrics.COPIES_DROPPED.labels(self._label, "fenced").inc()
+                    self._fenced.inc()
                     writes.append((job, dst.cmd_delete(key), 0))
                 continue
             if kind is _DELETE:
