@@ -440,67 +440,6 @@ async def test_a_switch_waits_for_a_relayed_sets_copy_still_on_its_way(key: byte
         await held.close()
 
 
-async def test_copies_that_arrive_faster_than_a_round_trip_are_corked_and_all_land_before_a_flush(key: bytes) -> None:
-    """A burst of relayed sets in ``cow``: the first copy's store goes to N2 at once, the
-    ones that follow while it is in flight wait (``linger``) and go out together. Every
-    one of them counts as pending, so a drain waits for them and each lands with its own
-    value; a ``flush_all`` started while they are corked waits for them too (its barrier),
-    so none lands on N2 after the flush."""
-    require("memcached-n1", "memcached-n2")
-    router = CacheRouter(N1, N2, mode="cow", drain_timeout=30, timeout=30)  # a corked store's deadline runs
-    await router.start()
-    listener = CacheListener(router, HOST, 0, enable_flush=True)
-    await listener.start()
-    router.to_n2.linger = 2.0  # long enough to see the corked copies before they go
-    keys = [key + b"-%d" % i for i in range(20)]
-    try:
-        for round_ in (b"a", b"b"):
-            burst = b"".join(b"set %b 0 0 2\r\n%b%d\r\n" % (k, round_, i % 10) for i, k in enumerate(keys))
-            assert await exchange(listener.port, burst) == b"STORED\r\n" * len(keys)
-            assert router.to_n2.pending > 1, "the copies that followed the first one were not corked"
-            n2 = Client(N2)
-            assert n2.get(keys[-1]) in (None, b"a9"), "a corked copy landed before its linger was over"
-            if round_ == b"a":
-                assert await router.to_n2.drain(30) == 0
-                assert n2.get_many(keys) == {k: b"a%d" % (i % 10) for i, k in enumerate(keys)}
-            else:  # a flush while the copies are corked: they land first, then N2 is flushed
-                assert await exchange(listener.port, b"flush_all\r\n") == b"OK\r\n"
-                assert router.to_n2.pending == 0
-                assert n2.get_many(keys) == {}
-    finally:
-        await listener.close()
-        await router.close()
-
-
-async def test_a_corked_copy_is_not_stored_once_the_fence_closed_before_it_went(key: bytes) -> None:
-    """An instance whose fence closes (a paused process resuming past its lease) while
-    copies are corked must not store them when they go: a corked store is fenced again as
-    it leaves, and a write's copy then becomes a delete on N2 (its older value goes too)."""
-    require("memcached-n1", "memcached-n2")
-    closed: list[str] = []
-    router = CacheRouter(N1, N2, mode="cow", drain_timeout=30, timeout=30,
-                         fence=lambda write: closed[0] if closed else None)
-    await router.start()
-    listener = CacheListener(router, HOST, 0)
-    await listener.start()
-    router.to_n2.linger = 2.0
-    keys = [key + b"-%d" % i for i in range(20)]
-    n2 = Client(N2)
-    try:
-        n2.set_many({k: b"older" for k in keys}, noreply=False)
-        burst = b"".join(b"set %b 0 0 5\r\nnewer\r\n" % k for k in keys)
-        assert await exchange(listener.port, burst) == b"STORED\r\n" * len(keys)
-        assert router.to_n2.pending > 1, "no copy was corked"
-        closed.append("the instance's lease ran out")
-        assert await router.to_n2.drain(30) == 0
-        on_n2 = n2.get_many(keys)
-        assert b"older" not in on_n2.values(), on_n2
-        assert len(on_n2) < len(keys), "corked copies were stored after the fence closed"
-    finally:
-        await listener.close()
-        await router.close()
-
-
 async def test_relayed_requests_are_counted_in_the_listeners_stats(key: bytes) -> None:
     router, listener = await _listening("passthrough")
     try:

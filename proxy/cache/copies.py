@@ -45,17 +45,8 @@ workers in batches (pipelined round trips per batch); a set relayed by the liste
 callback path, and the fill after a hit it relayed, are copied at once by a chain of
 callbacks on the sides' pipelined connections (``copy_value_now``, ``fill_now``,
 ``_CopyChain``) — no task or coroutine, which is most of what a copy costs the proxy's one
-event loop. Under load the chains' first steps are corked (``_store``): a store started
-while its dest server still has requests in flight, or while others are corked, waits up
-to ``linger`` s; then every corked store is sent in one callback, which the loop writes
-as one call per server, and is fenced like a batch (``may_copy()`` asked then: while
-fenced, a write's copy becomes a delete and a fill is skipped — a store must never leave
-after the fence closed, e.g. when a paused process resumes). Their replies come back
-together, so the later steps of the run go out together too, and a run of copies pays one
-write and one read per server and step instead of one each. With nothing in flight (a
-sequential client) the store goes at once: a cork would only add a timer's wake-up.
-Corking only delays a step; each chain still sends its next step after the previous
-step's reply. The argument above does not depend on which way a copy of a key ran, nor on their order.
+event loop. The argument above does not depend on which way a copy of a key ran, nor on
+their order.
 
 Jobs that cannot complete (a server error, a timeout between steps 1 and 3, a drain that
 runs out of time) and jobs dropped because the queue is full record their key in
@@ -119,10 +110,8 @@ class CopyQueue:
     A worker takes up to ``batch_max`` jobs at once, after waiting ``linger`` s for more
     to arrive, and runs them as one batch of pipelined requests: at most four round trips
     per batch instead of two or three per job, which is what keeps COW/COR cheap for the
-    requests that share the proxy's CPU. The callback path (``copy_value_now``,
-    ``fill_now``) corks its stores on dest for up to ``linger`` s the same way while that
-    server has requests in flight (``_store``), and asks ``may_copy()`` again before they go. ``linger`` is added to the copy's delay,
-    never to a client's request.
+    requests that share the proxy's CPU. ``linger`` is added to the copy's delay, never
+    to a client's request.
 
     ``may_copy()`` is asked once per batch, before anything is stored on ``dest``: while it
     is False (the instance is fenced) the batch stores no value — each copy becomes a delete
@@ -171,10 +160,6 @@ class CopyQueue:
         self._depth.set_function(lambda: self._waiting)
         self._dropped_full = metrics.COPIES_DROPPED.labels(label, "queue_full")
         self._fill_shed = metrics.COR_FILLS.labels("shed")
-        self._fenced = metrics.COPIES_DROPPED.labels(label, "fenced")
-        #: first steps of ``_CopyChain``s waiting to be sent together (``_store``, ``_uncork``)
-        self._corked: list[tuple[RelayConnection, _CopyChain, bytes]] = []
-        self._uncork_at: asyncio.TimerHandle | None = None
         # each job's result counted without a ``labels`` look-up per job (it takes a lock)
         self._copy_results = {r: metrics.COPIES.labels(label, r).inc for r in ("copied", "deleted", "lost", "undone")}
         self._fill_results = {r: metrics.COR_FILLS.labels({"copied": "done"}.get(r, r)).inc
@@ -196,17 +181,7 @@ class CopyQueue:
                            for i, shard in enumerate(self._shards)]
 
     async def close(self) -> None:
-        """Stop the workers; jobs still queued or corked are abandoned (their keys join ``dropped``)."""
-        if self._uncork_at is not None:
-            self._uncork_at.cancel()
-            self._uncork_at = None
-        corked, self._corked = self._corked, []
-        for _, chain, _ in corked:
-            if chain.fill:
-                self._pending_fills.discard(chain.key)
-            else:
-                self._drop(chain.key, "closed")
-            self._finished()
+        """Stop the workers; jobs still queued are abandoned (their keys join ``dropped``)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -248,7 +223,7 @@ class CopyQueue:
             self._idle.clear()
         self._unfinished += 1
         chain = _CopyChain(self, key, source_cas, src, dst)
-        self._store(dst, chain, b"ms %b %d MS F%d T%d c\r\n%b\r\n" % (key, len(value), flags, exptime, value))
+        dst.send(chain, b"ms %b %d MS F%d T%d c\r\n%b\r\n" % (key, len(value), flags, exptime, value))
 
     def may_need_fill(self, key: bytes) -> bool:
         """False while dest was seen holding the key's source version within ``known_for``
@@ -289,37 +264,7 @@ class CopyQueue:
             self._idle.clear()
         self._unfinished += 1
         chain = _CopyChain(self, key, item.cas, src, dst, fill=True)
-        self._store(dst, chain, b"ms %b %d ME F%d T%d c\r\n%b\r\n" % (key, len(item.value), item.flags, exptime,
-                                                                            item.value))
-
-    def _store(self, dst: RelayConnection, chain: _CopyChain, payload: bytes) -> None:
-        """A chain's first step: corked for up to ``linger`` s while ``dst`` has requests in
-        flight or other stores are corked (copies are coming faster than one round trip:
-        batch them, in order), else sent now."""
-        if not dst.queue and not self._corked:
-            dst.send(chain, payload)
-            return
-        self._corked.append((dst, chain, payload))
-        if self._uncork_at is None:
-            self._uncork_at = asyncio.get_running_loop().call_later(self.linger, self._uncork)
-
-    def _uncork(self) -> None:
-        """Send every corked store — in one callback, so one write per server — unless the
-        fence closed meanwhile: then, as in a batch, a write's copy becomes a delete on dest
-        and a fill is skipped."""
-        self._uncork_at = None
-        corked, self._corked = self._corked, []
-        if self.may_copy():
-            for dst, chain, payload in corked:
-                dst.send(chain, payload)
-            return
-        for _, chain, _ in corked:
-            if chain.fill:
-                self._pending_fills.discard(chain.key)
-            else:
-                self._fenced.inc()
-                self.copy_delete(chain.key)
-            self._finished()
+        dst.send(chain, b"ms %b %d ME F%d T%d c\r\n%b\r\n" % (key, len(item.value), item.flags, exptime, item.value))
 
     def copy_current(self, key: bytes) -> None:
         """The source changed ``key`` in a way we did not see (append, incr, touch, …): the
@@ -462,7 +407,7 @@ class CopyQueue:
             kind, key = job[0], job[1]
             if not copying:
                 if kind not in _FILLS:
-                    self._fenced.inc()
+                    metrics.COPIES_DROPPED.labels(self._label, "fenced").inc()
                     writes.append((job, dst.cmd_delete(key), 0))
                 continue
             if kind is _DELETE:
