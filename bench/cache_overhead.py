@@ -255,6 +255,18 @@ def seed(addr: tuple[str, int], keys: list[bytes], size: int) -> None:
         client.close()
 
 
+def forget(keys: list[bytes]) -> None:
+    """Delete a round's keys from both memcacheds: they are shared, and several runs in a
+    row would otherwise fill them until they evict (a bench key then goes missing)."""
+    for addr in (N1, N2):
+        client = _client(addr)
+        try:
+            for start in range(0, len(keys), 500):
+                client.delete_many(keys[start:start + 500], noreply=False)
+        finally:
+            client.close()
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
@@ -298,6 +310,9 @@ def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, si
                 merged.setdefault(label, []).extend(lat)
         phases.append((phase, merged, results[0][1]))
         time.sleep(0.5)  # let the sets' mirrors land before the gets
+    time.sleep(0.5)  # the last fills land before the keys go
+    forget([k + suffix for tag in (b"direct", b"twem", b"floor", b"pass", b"cow", b"proxy", b"cor")
+            for c in range(clients) for k in keys(tag, c) for suffix in (b"", b"-w")])
     out = []
     for phase, merged, cpu in phases:
         direct50, direct99 = pct(merged[DIRECT], 50), pct(merged[DIRECT], 99)
