@@ -16,7 +16,9 @@ request, read from Linux's ``schedstat``: a figure the machine's load
 hardly moves, unlike latency. ``--floor`` adds a minimal uvloop byte relay (one N1
 connection per client connection, no parsing): what pure Python on uvloop can do here.
 
-Run: ``.venv/bin/python -m bench.cache_overhead [--requests 2000] [--clients 4] [--floor]``.
+Run: ``.venv/bin/python -m bench.cache_overhead [--requests 2000] [--clients 4] [--rounds 3] [--floor]``
+(``--rounds``: every figure is the median of that many runs of its table; one run's
+verdict can move by ±50 µs with the machine's load).
 Also prints where a request's time goes inside the proxy (``--no-breakdown`` to skip).
 """
 
@@ -325,6 +327,19 @@ def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, si
     return out
 
 
+def median_rows(runs: list[list[dict]]) -> list[dict]:
+    """Rounds of one table as one: every figure of a row is its median over the rounds."""
+    out = []
+    for row in runs[0]:
+        same = [r for run in runs for r in run if r["target"] == row["target"] and r["op"] == row["op"]]
+        merged = dict(row)
+        for field in ("p50", "p99", "added_vs_memcached", "added_vs_passthrough", "p99_added_vs_memcached", "cpu_us"):
+            values = [r[field] for r in same if r[field] is not None]
+            merged[field] = statistics.median(values) if values else None
+        out.append(merged)
+    return out
+
+
 def print_rows(title: str, rows: list[dict]) -> None:
     """The table ``python -m bench`` reads (its row layout must stay: label in 28 columns,
     then op n p50 p99 +p50-vs-memcached +p50-vs-passthrough), then p99 added."""
@@ -422,6 +437,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per row (split among clients)")
     parser.add_argument("--clients", type=int, default=4, help="client processes in the concurrent round")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every table this many times and report each figure's median (the verdict "
+                             "then moves less with the machine's load)")
     parser.add_argument("--no-breakdown", action="store_true")
     parser.add_argument("--floor", action="store_true",
                         help="also measure a minimal uvloop byte relay (one N1 connection per client, no parsing): "
@@ -438,14 +456,19 @@ def main() -> None:
         print(f"proxy listeners {ports}; twemproxy {twemproxy_port}; memcached N1 {N1[1]}, N2 {N2[1]}; "
               f"{os.cpu_count()} CPUs shared by client(s), proxy, twemproxy and both memcacheds; "
               f"load average {os.getloadavg()[0]:.1f} at the start")
+        rounds: dict[tuple[str, int], list[list[dict]]] = {}
+        for _ in range(args.rounds):
+            for clients in (1, args.clients):
+                for size_name in ("5 KB", "100 B"):
+                    rounds.setdefault((size_name, clients), []).append(
+                        bench(ports, twemproxy_port, args.requests, clients, SIZES[size_name], args.floor,
+                              {TWEMPROXY: twemproxy.pid, "proxy": proxy.pid}))
         # the 5 KB one-client table comes first: ``python -m bench`` reads it
-        for clients in (1, args.clients):
-            for size_name in ("5 KB", "100 B"):
-                rows = bench(ports, twemproxy_port, args.requests, clients, SIZES[size_name], args.floor,
-                             {TWEMPROXY: twemproxy.pid, "proxy": proxy.pid})
-                results[(size_name, clients)] = rows
-                who = "one client, sequential" if clients == 1 else f"{clients} client processes at once"
-                print_rows(f"{who}, {size_name} values, {args.requests} requests per row in all", rows)
+        for (size_name, clients), runs in rounds.items():
+            results[(size_name, clients)] = rows = median_rows(runs)
+            who = "one client, sequential" if clients == 1 else f"{clients} client processes at once"
+            of = f", medians of {args.rounds} rounds" if args.rounds > 1 else ""
+            print_rows(f"{who}, {size_name} values, {args.requests} requests per row in all{of}", rows)
     finally:
         proxy.stdin.close()
         summary = proxy.stdout.readline()
