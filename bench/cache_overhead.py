@@ -207,7 +207,7 @@ def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int
     For the rows in ``pids`` (label -> pid of the process serving it), also the CPU that
     process spent per request, in µs (a chunk is followed by a 5 ms pause so that work it
     left queued — a copy — is counted with it): a figure the machine's load hardly moves.
-    With several clients, one of them reads it over every client's chunk (``clients``)."""
+    With several clients, one of them reads it over every client's chunk (``clients_at_once``)."""
     rows, size, pids, clients_at_once = job
     barrier = _BARRIER
     value = value_of(size)
@@ -445,6 +445,11 @@ def main() -> None:
                         help="also measure a minimal uvloop byte relay (one N1 connection per client, no parsing): "
                              "what pure Python can do for this hop")
     args = parser.parse_args()
+    for name in ("requests", "clients", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.requests < args.clients:
+        parser.error(f"--requests ({args.requests}) must be at least --clients ({args.clients}): they are split among them")
     services.up(["memcached-n1", "memcached-n2"])
     workdir = Path(tempfile.mkdtemp(prefix="nxnw-bench-cache-"))
     twemproxy, twemproxy_port = start_twemproxy(workdir)
