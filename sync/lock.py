@@ -222,11 +222,19 @@ class GroupLock:
 
     def _delete_node(self, lock: Lock) -> None:
         path = join(self.path, lock.node)
+        deadline = time.monotonic() + self.op_deadline
+
+        def delete() -> None:
+            # a call made while the client reconnects waits in kazoo's queue until it is
+            # connected, however long ZooKeeper stays out of reach: bound each attempt by
+            # what is left of the deadline (the queued delete still goes if it reconnects)
+            self.client.delete_async(path).get(timeout=max(deadline - time.monotonic(), 0.01))
+
         try:
-            bounded_retry(self.op_deadline)(self.client.delete, path)
+            bounded_retry(self.op_deadline)(delete)
         except NoNodeError:
             pass
-        except CONNECTIVITY_ERRORS as exc:
+        except (*CONNECTIVITY_ERRORS, self.client.handler.timeout_exception) as exc:
             raise GroupLockError(f"lock {self.path}: could not delete {lock.node} within {self.op_deadline:g}s "
                                  f"({type(exc).__name__}); it disappears when this session ends") from exc
         finally:
