@@ -20,8 +20,10 @@ that made the node expired while kazoo was acquiring, the acquire fails with
 
 Every wait has a deadline: ``acquire`` takes a timeout (default ``timeout``; kazoo's own
 retry is given it as its deadline) and raises ``GroupLockTimeout`` naming the lock path and
-the current holder. ``release`` deletes the node through a KazooRetry with a deadline; if
-that fails the node disappears when the session ends, and ``GroupLockError`` says so.
+the current holder. ``release`` deletes the node through a KazooRetry with a deadline that
+also bounds each attempt (kazoo queues a call made while it reconnects until it is
+connected, however long ZooKeeper stays out of reach); if that fails the node disappears
+when the session ends, and ``GroupLockError`` says so.
 
 Why the lock node name carries a uuid prefix (kazoo's recipe): a create can succeed on the
 server while its reply is lost; on retry the prefix lets the recipe find its own node
