@@ -311,8 +311,7 @@ def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, si
             for label, lat in result.items():
                 merged.setdefault(label, []).extend(lat)
         phases.append((phase, merged, results[0][1]))
-        time.sleep(0.5)  # let the sets' mirrors land before the gets
-    time.sleep(0.5)  # the last fills land before the keys go
+        time.sleep(0.5)  # the sets' copies land before the gets, the gets' fills before the keys go
     forget([k + suffix for tag in (b"direct", b"twem", b"floor", b"pass", b"cow", b"proxy", b"cor")
             for c in range(clients) for k in keys(tag, c) for suffix in (b"", b"-w")])
     out = []

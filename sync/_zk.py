@@ -9,7 +9,8 @@ the expiry to recipes whose watches or ephemeral nodes died with it, retry on th
 session for stateless reads and writes).
 
 Responsible for the one way sync/ builds a retry — a ``KazooRetry`` with a deadline,
-never an unbounded loop — and for rejecting bad paths and names before they reach
+never an unbounded loop; ``bounded_call`` also bounds each attempt, for a call that must
+return within its deadline even while ZooKeeper is out of reach — and for rejecting bad paths and names before they reach
 ZooKeeper (invariant 6: bad input gets a clear ``ValueError`` naming the value).
 Must never hold state or talk to ZooKeeper itself.
 """
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote, unquote
 
 from kazoo.client import KazooClient
@@ -46,6 +49,24 @@ def bounded_retry(deadline: float, *, ignore_expire: bool = False,
         raise ValueError(f"retry deadline must be a positive number of seconds, got {deadline!r}")
     return KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_jitter=0.4, max_delay=1.0,
                       deadline=float(deadline), ignore_expire=ignore_expire, interrupt=interrupt)
+
+
+def bounded_call(client: KazooClient, deadline: float, method: str, *args: Any) -> Any:
+    """``client.<method>(*args)`` under ``bounded_retry(deadline)``, each attempt bounded by
+    what is left of the deadline: kazoo queues a call made while it reconnects until it is
+    connected, however long ZooKeeper stays out of reach, and a retry's deadline bounds only
+    the gaps between attempts. An attempt that runs out counts as an OperationTimeoutError
+    (retried while time is left; the call still goes if kazoo reconnects)."""
+    end = time.monotonic() + deadline
+    start = getattr(client, f"{method}_async")
+
+    def attempt() -> Any:
+        try:
+            return start(*args).get(timeout=max(end - time.monotonic(), 0.01))
+        except client.handler.timeout_exception:
+            raise OperationTimeoutError(f"no answer to {method} within {deadline:g}s") from None
+
+    return bounded_retry(deadline)(attempt)
 
 
 def check_timeout(value: float, what: str) -> float:

@@ -20,10 +20,9 @@ that made the node expired while kazoo was acquiring, the acquire fails with
 
 Every wait has a deadline: ``acquire`` takes a timeout (default ``timeout``; kazoo's own
 retry is given it as its deadline) and raises ``GroupLockTimeout`` naming the lock path and
-the current holder. ``release`` deletes the node through a KazooRetry with a deadline that
-also bounds each attempt (kazoo queues a call made while it reconnects until it is
-connected, however long ZooKeeper stays out of reach); if that fails the node disappears
-when the session ends, and ``GroupLockError`` says so.
+the current holder. ``release`` deletes the node through ``bounded_call``, whose deadline
+holds even while ZooKeeper is out of reach; if that fails the node disappears when the
+session ends, and ``GroupLockError`` says so.
 
 Why the lock node name carries a uuid prefix (kazoo's recipe): a create can succeed on the
 server while its reply is lost; on retry the prefix lets the recipe find its own node
@@ -66,7 +65,7 @@ from kazoo.protocol.states import KazooState
 from kazoo.recipe.lock import Lock
 
 from sync import layout
-from sync._zk import CONNECTIVITY_ERRORS, bounded_retry, check_name, check_path, check_timeout, join
+from sync._zk import CONNECTIVITY_ERRORS, bounded_call, bounded_retry, check_name, check_path, check_timeout, join
 from sync.aio import run_blocking, zk_wait_executor
 
 log = logging.getLogger("nxnw.sync.lock")
@@ -224,19 +223,11 @@ class GroupLock:
 
     def _delete_node(self, lock: Lock) -> None:
         path = join(self.path, lock.node)
-        deadline = time.monotonic() + self.op_deadline
-
-        def delete() -> None:
-            # a call made while the client reconnects waits in kazoo's queue until it is
-            # connected, however long ZooKeeper stays out of reach: bound each attempt by
-            # what is left of the deadline (the queued delete still goes if it reconnects)
-            self.client.delete_async(path).get(timeout=max(deadline - time.monotonic(), 0.01))
-
         try:
-            bounded_retry(self.op_deadline)(delete)
+            bounded_call(self.client, self.op_deadline, "delete", path)
         except NoNodeError:
             pass
-        except (*CONNECTIVITY_ERRORS, self.client.handler.timeout_exception) as exc:
+        except CONNECTIVITY_ERRORS as exc:
             raise GroupLockError(f"lock {self.path}: could not delete {lock.node} within {self.op_deadline:g}s "
                                  f"({type(exc).__name__}); it disappears when this session ends") from exc
         finally:

@@ -82,3 +82,24 @@ class TcpRelay:
         for task in self.handlers:
             task.cancel()
         await asyncio.gather(*self.handlers, return_exceptions=True)
+
+
+class GatedRelay(TcpRelay):
+    """A relay that passes what clients send only while ``gate`` is set, and holds it (never
+    drops it) while ``gate`` is clear: a server slow to answer (start closed, set ``gate``
+    to let it answer) or a network path gone dark (start open, clear ``gate``). ``arrived``
+    is set once a client has sent anything."""
+
+    def __init__(self, upstream: tuple[str, int], *, open: bool) -> None:
+        super().__init__(upstream)
+        self.gate = asyncio.Event()
+        self.arrived = asyncio.Event()
+        if open:
+            self.gate.set()
+
+    async def send_up(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            self.arrived.set()
+            await self.gate.wait()
+            up_writer.write(data)
+            await up_writer.drain()

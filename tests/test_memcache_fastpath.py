@@ -16,7 +16,7 @@ from nxnw.services.endpoints import HOST, MEMCACHED
 from proxy.cache import CacheListener, CacheRouter
 from proxy.cache.client import REPLY_VALUES, RelayConnection
 from tests.conftest import require
-from tests.memcached_harness import TcpRelay
+from tests.memcached_harness import GatedRelay
 from tests.test_cache_routes import Gate
 from tests.test_memcache_fidelity import exchange, normalised
 
@@ -175,29 +175,13 @@ async def test_a_pipelined_burst_mixing_relayed_and_parsed_commands_is_answered_
         await router.close()
 
 
-class HeldUpstream(TcpRelay):
-    """A relay that holds what clients send until ``release`` is set (a server slow to
-    answer); replies pass straight back."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        super().__init__(upstream)
-        self.release = asyncio.Event()
-        self.arrived = asyncio.Event()
-
-    async def send_up(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            self.arrived.set()
-            await self.release.wait()
-            up_writer.write(data)
-
-
 async def test_a_relayed_write_out_when_the_fence_closes_is_answered_outcome_unknown(key: bytes) -> None:
     """The fence is asked again when a relayed reply comes back, as for the parsed path: a
     write that ran while the instance lost its session may belong to a mode the fleet has
     left, so the client is told its outcome is unknown, and the request leaves the count of
     requests in flight (a switch waits for that count)."""
     require("memcached-n1", "memcached-n2")
-    held = HeldUpstream(N1)
+    held = GatedRelay(N1, open=False)
     fenced: list[str] = []
     router = CacheRouter(await held.start(), N2, mode="passthrough", fence=lambda write: fenced[0] if fenced else None)
     await router.start()
@@ -208,7 +192,7 @@ async def test_a_relayed_write_out_when_the_fence_closes_is_answered_outcome_unk
         await asyncio.wait_for(held.arrived.wait(), 10)
         assert router.route.inflight >= 1, "the set was not relayed by the callback path"
         fenced.append("session lost (test)")
-        held.release.set()
+        held.gate.set()
         got = await ask
         assert got == (b"SERVER_ERROR cache store not answered: session lost (test); it may have been applied\r\n"
                        b"SERVER_ERROR cache get not answered: session lost (test)\r\n"), got
@@ -228,7 +212,7 @@ async def test_a_server_that_stops_answering_fails_the_relayed_requests_with_its
     drops the connection, whose place in the reply stream is lost; the next request gets a
     fresh one."""
     require("memcached-n1", "memcached-n2")
-    held = HeldUpstream(N1)
+    held = GatedRelay(N1, open=False)
     upstream = await held.start()
     router = CacheRouter(upstream, N2, mode="passthrough", timeout=0.3)
     await router.start()
@@ -240,7 +224,7 @@ async def test_a_server_that_stops_answering_fails_the_relayed_requests_with_its
         assert got == (b"SERVER_ERROR memcached %b: no reply within 0.3s\r\n" % server
                        + b"SERVER_ERROR memcached %b: connection dropped after a request got no reply within 0.3s\r\n"
                        % server), got
-        held.release.set()
+        held.gate.set()
         assert await exchange(listener.port, b"get %b\r\n" % key) == b"END\r\n"
     finally:
         await listener.close()
@@ -279,7 +263,7 @@ async def test_a_relayed_sets_copy_is_undone_when_n1_changed_before_it_was_verif
     overwritten elsewhere while the copy is on its way to N2 — a write whose own copy never
     comes through this proxy — leaves N2 without the key, never with the old value."""
     require("memcached-n1", "memcached-n2")
-    held = HeldUpstream(N2)
+    held = GatedRelay(N2, open=False)
     router = CacheRouter(N1, await held.start(), mode="cow")
     await router.start()
     listener = CacheListener(router, HOST, 0)
@@ -289,7 +273,7 @@ async def test_a_relayed_sets_copy_is_undone_when_n1_changed_before_it_was_verif
         await asyncio.wait_for(held.arrived.wait(), 10)  # the copy's store is held on its way to N2
         assert router.to_n2.pending == 1
         Client(N1).set(key, b"new", noreply=False)       # written elsewhere meanwhile
-        held.release.set()
+        held.gate.set()
         assert await router.to_n2.drain(10) == 0
         assert Client(N2).get(key) is None
         assert Client(N1).get(key) == b"new"
@@ -305,7 +289,7 @@ async def test_a_relayed_hits_fill_is_undone_when_n1_changed_before_it_was_verif
     on its way leaves N2 without the key — the COR race mcrouter's WarmUpRoute leaves open."""
     require("memcached-n1", "memcached-n2")
     Client(N1).set(key, b"old", expire=300, noreply=False, flags=3)
-    held = HeldUpstream(N2)
+    held = GatedRelay(N2, open=False)
     router = CacheRouter(N1, await held.start(), mode="cow")
     await router.start()
     listener = CacheListener(router, HOST, 0)
@@ -316,7 +300,7 @@ async def test_a_relayed_hits_fill_is_undone_when_n1_changed_before_it_was_verif
         await asyncio.wait_for(held.arrived.wait(), 10)  # the fill's add is held on its way to N2
         assert router.to_n2.pending == 1                  # one fill for the key, the second hit shed
         Client(N1).set(key, b"new", noreply=False)       # written elsewhere meanwhile
-        held.release.set()
+        held.gate.set()
         assert await router.to_n2.drain(10) == 0
         assert Client(N2).get(key) is None
     finally:
@@ -399,13 +383,13 @@ async def test_a_request_sent_right_after_a_timed_out_connection_goes_on_a_new_o
     """The connection a timeout dropped reports its loss later; by then a request may wait
     for the next connection, and that request must not be failed with the old one."""
     require("memcached-n1")
-    held = HeldUpstream(N1)
+    held = GatedRelay(N1, open=False)
     upstream = await held.start()
     relay = RelayConnection(*upstream, "n1 test", timeout=0.3, connect_timeout=5,
                             on_success=lambda: None, on_failure=lambda: None)
     try:
         second = _Probe()
-        first = _Probe(then=lambda: (relay.send(second, b"get %b\r\n" % key), held.release.set()))
+        first = _Probe(then=lambda: (relay.send(second, b"get %b\r\n" % key), held.gate.set()))
         relay.send(first, b"get %b\r\n" % key)
         assert (await asyncio.wait_for(first.got, 30)).startswith(b"failed: memcached n1 test: no reply within")
         assert await asyncio.wait_for(second.got, 30) == b"END\r\n"
@@ -418,7 +402,7 @@ async def test_a_switch_waits_for_a_relayed_sets_copy_still_on_its_way(key: byte
     """A copy run by callbacks counts as pending in its queue: a switch out of ``cow``
     drains it like a queued one, so it cannot land on N2 after the switch."""
     require("memcached-n1", "memcached-n2")
-    held = HeldUpstream(N2)
+    held = GatedRelay(N2, open=False)
     router = CacheRouter(N1, await held.start(), mode="cow", timeout=30, drain_timeout=30)
     await router.start()
     listener = CacheListener(router, HOST, 0)
@@ -430,7 +414,7 @@ async def test_a_switch_waits_for_a_relayed_sets_copy_still_on_its_way(key: byte
         for _ in range(20):
             await asyncio.sleep(0.01)
         assert not switch.done() and router.mode == "cow", "the switch did not wait for the copy"
-        held.release.set()
+        held.gate.set()
         report = await asyncio.wait_for(switch, 60)
         assert router.mode == "proxy" and report["dropped_at_drain_n2"] == 0
         assert Client(N2).get(key) == b"v1"

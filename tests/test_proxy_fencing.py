@@ -36,7 +36,7 @@ from sync.aio import run_blocking
 from sync.mode import read_mode
 from tests.conftest import require
 from nxnw.fleet import free_port
-from tests.memcached_harness import TcpRelay, memcached_process
+from tests.memcached_harness import GatedRelay, memcached_process
 from tests.proxy_harness import TEST_PLAN, key_path, proxy_config, register_plan, running_proxy, switch, zk_namespace
 
 AUTH = {"Authorization": "Bearer test-token"}
@@ -383,22 +383,6 @@ async def test_a_proxy_stopped_past_its_session_timeout_answers_nothing_under_th
         await wait_for(back_in_passthrough, "the resumed proxy adopting passthrough", timeout=40)
 
 
-class DarkenedUpstream(TcpRelay):
-    """A relay to ZooKeeper that passes everything while ``open`` is set and holds what the
-    client sends while it is clear: a network path gone dark (no reply, no reset)."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        super().__init__(upstream)
-        self.open = asyncio.Event()
-        self.open.set()
-
-    async def send_up(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            await self.open.wait()
-            up_writer.write(data)
-            await up_writer.drain()
-
-
 async def test_a_committed_transaction_whose_lock_cannot_be_released_is_not_answered_refused(
         tmp_path: Path, app_name: str) -> None:
     """ZooKeeper goes dark after a transaction's writes are in and before its group lock is
@@ -408,7 +392,7 @@ async def test_a_committed_transaction_whose_lock_cannot_be_released_is_not_answ
     transaction is acknowledged."""
     require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
     n1_url, n2_url = f"sqlite:///{tmp_path}/n1.db", f"sqlite:///{tmp_path}/n2.db"
-    relay = DarkenedUpstream((HOST, ZOOKEEPER["n1"]))
+    relay = GatedRelay((HOST, ZOOKEEPER["n1"]), open=True)
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         n1, _ = await stack.enter_async_context(engines(n1_url, n2_url))
@@ -417,7 +401,7 @@ async def test_a_committed_transaction_whose_lock_cannot_be_released_is_not_answ
         chroot = zk_hosts[zk_hosts.index("/"):]
         server, http = await stack.enter_async_context(
             running_proxy(proxy_config("p1", n1_url, n2_url, f"{host}:{port}{chroot}")))
-        stack.callback(relay.open.set)  # first: the proxy's cleanup needs its ZooKeeper back
+        stack.callback(relay.gate.set)  # first: the proxy's cleanup needs its ZooKeeper back
         await switch(zk, "cow", apps=[app_name])
         locked = server.core.lock
 
@@ -425,14 +409,14 @@ async def test_a_committed_transaction_whose_lock_cannot_be_released_is_not_answ
         async def dark_before_the_unlock(app: str, group: str) -> AsyncIterator[Callable[[], None]]:
             async with locked(app, group) as ensure_held:
                 yield ensure_held
-                relay.open.clear()  # the writes are in; the release goes out into the dark
+                relay.gate.clear()  # the writes are in; the release goes out into the dark
 
         server.core.lock = dark_before_the_unlock
         txn = {"group": "g", "writes": [{"kind": "K", "key": base64.b64encode(b"k").decode(),
                                          "value": base64.b64encode(b"committed").decode()}]}
         resp = await http.post(f"/v1/apps/{app_name}/transactions", json=txn)
         body = await resp.json()
-        assert not relay.open.is_set(), "the transaction did not reach its unlock"
+        assert not relay.gate.is_set(), "the transaction did not reach its unlock"
         assert (await n1.get(EntityRef(app_name, "K", b"k"))).value == b"committed"
         assert resp.status == 200, body
 
