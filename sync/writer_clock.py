@@ -27,11 +27,17 @@ is refused until its wall clock catches up; the refusal says so.
 
 How the offset is measured. Every renewal of the high-water mark (one ZooKeeper write per
 ``tick_s``) is bracketed by the local clock: the znode's ``mtime`` (ms, the leader's clock)
-was stamped between ``before`` and ``after``, so e lies in
-``[before − (mtime + 1 ms), after − mtime]``; the estimate is the middle, the uncertainty
-half the width. Between measurements the estimate follows this host's wall clock against
-its monotonic clock, so a step of the wall clock (NTP, ``skew_us``) counts at once, and the
-uncertainty grows by ``DRIFT_PPM`` of the time since the measurement.
+was stamped within the round trip ``rtt`` that began at wall time ``before``, so the offset
+at ``before`` lies in ``[before − (mtime + 1 ms), before − mtime + rtt]``; the estimate is
+the middle, the uncertainty half the width. ``rtt`` is timed by the monotonic clock, never
+as a difference of two wall readings: a step of the wall clock inside the round trip would
+make that bracket narrower than the round trip, even negative, and the clock would trust it
+as its tightest measurement. Between measurements the estimate follows this host's wall
+clock against its monotonic clock, so a step of the wall clock (NTP, ``skew_us``) counts at
+once, and the uncertainty grows by ``DRIFT_PPM`` of the time since the measurement. Each
+wall reading is taken between two monotonic ones, and the gap between them counts as
+uncertainty too: a thread preempted between a wall and a monotonic read would otherwise
+shift the offset by as long as it was held off.
 
 The high-water mark. Before issuing any timestamp above R the clock has persisted R in
 ``<root>/high-water/<id>`` (R = now + ``reservation_s``, renewed every ``tick_s``); a new
@@ -122,8 +128,27 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class Reading:
+    """This host's wall clock (skewed) read between two readings of its monotonic clock:
+    the wall reading belongs to monotonic instant ``mono`` give or take ``gap`` µs (a thread
+    preempted between the two reads would otherwise shift every offset derived from them)."""
+
+    wall: int
+    mono: int
+    gap: int
+
+
+def read_clocks(skew_us: int) -> Reading:
+    first = time.monotonic_ns()
+    wall = wall_us(skew_us)
+    last = time.monotonic_ns()
+    return Reading(wall, (first + last) // 2000, (last - first + 1999) // 2000)
+
+
+@dataclass(frozen=True, slots=True)
 class Measurement:
-    """One bracketed reading of ZooKeeper's clock, in this host's (skewed) wall and monotonic µs."""
+    """This host's offset from ZooKeeper's clock, ``offset_us`` ± ``uncertainty_us``, taken
+    at monotonic instant ``mono`` when the wall clock read ``wall`` (all µs)."""
 
     offset_us: float
     uncertainty_us: float
@@ -131,17 +156,34 @@ class Measurement:
     mono: int
 
 
-def _mono_us() -> int:
-    return time.monotonic_ns() // 1000
+def measure(before: Reading, after_mono: int, mtime_ms: int) -> Measurement:
+    """The offset at ``before`` of a znode write made between the reading ``before`` and the
+    monotonic instant ``after_mono`` whose ``mtime`` ZooKeeper stamped as ``mtime_ms``.
+
+    Only ``before``'s wall reading is used; the round trip is timed by the monotonic clock.
+    A step of the wall clock inside the round trip would otherwise mix two time frames in
+    one bracket: a step back makes it narrower than the round trip, even of negative width,
+    and it would pass for the tightest measurement there is. Measured this way the step
+    counts later, like any other, as the wall clock moving against the monotonic one.
+
+    The monotonic instant paired with the wall reading may lie up to the reading's gap off
+    it. Lying after, it times the round trip short and ``carry_forward``'s elapsed time
+    short by as much, which cancels on the high side of the bracket and not on the low
+    one; lying before, it errs the safe way on both sides. So the bracket widens by the gap
+    on its low side only.
+    """
+    lo = before.wall - (mtime_ms * 1000 + 1000) - before.gap
+    hi = before.wall - mtime_ms * 1000 + (after_mono - before.mono)
+    return Measurement((lo + hi) / 2, (hi - lo) / 2, before.wall, before.mono)
 
 
-def measure(before: int, after: int, mtime_ms: int, mono_mid: int) -> Measurement:
-    """The offset bracket of a znode write made between local wall times ``before`` and
-    ``after`` (``mono_mid``: the monotonic clock half-way) whose ``mtime`` ZooKeeper
-    stamped as ``mtime_ms``."""
-    lo = before - (mtime_ms * 1000 + 1000)
-    hi = after - mtime_ms * 1000
-    return Measurement((lo + hi) / 2, (hi - lo) / 2, (before + after) // 2, mono_mid)
+def carry_forward(m: Measurement, now: Reading) -> tuple[float, float]:
+    """(offset, uncertainty) in µs at the instant of ``now``, from the measurement ``m``: the
+    offset moves as the wall clock moves against the monotonic one (a step counts at once),
+    and the uncertainty grows by ``now``'s gap and by ``DRIFT_PPM`` of the time since."""
+    elapsed = max(0, now.mono - m.mono)
+    return (m.offset_us + (now.wall - m.wall) - elapsed,
+            m.uncertainty_us + now.gap + elapsed * DRIFT_PPM / 1_000_000)
 
 
 class WriterClock:
@@ -208,12 +250,12 @@ class WriterClock:
     @property
     def offset_ms(self) -> float | None:
         """This instance's clock minus ZooKeeper's now, in ms (None before the first measurement)."""
-        now = self._offset_now(wall_us(self.skew_us), _mono_us())
+        now = self._offset_now(read_clocks(self.skew_us))
         return None if now is None else now[0] / 1000
 
     @property
     def uncertainty_ms(self) -> float | None:
-        now = self._offset_now(wall_us(self.skew_us), _mono_us())
+        now = self._offset_now(read_clocks(self.skew_us))
         return None if now is None else now[1] / 1000
 
     @property
@@ -245,29 +287,27 @@ class WriterClock:
         with self._lock:
             if ts <= self._last:
                 return
-            now = self._offset_now(wall_us(self.skew_us), _mono_us())
+            reading = read_clocks(self.skew_us)
+            now = self._offset_now(reading)
             if now is not None:
-                wall = wall_us(self.skew_us)
-                limit = int(wall - now[0] - now[1] + self.max_offset_us) - TICK_US
+                limit = int(reading.wall - now[0] - now[1] + self.max_offset_us) - TICK_US
                 if ts > limit:
                     FUTURE.labels(self.instance).inc()
                     ts = limit
             self._last = max(self._last, ts)
 
-    def _offset_now(self, wall: int, mono: int) -> tuple[float, float] | None:
-        """(offset, uncertainty) in µs at this wall/monotonic instant, from the last measurement."""
+    def _offset_now(self, now: Reading) -> tuple[float, float] | None:
+        """(offset, uncertainty) in µs at the instant of ``now``, from the last measurement."""
         m = self._measurement
-        if m is None:
-            return None
-        elapsed = max(0, mono - m.mono)
-        return m.offset_us + (wall - m.wall) - elapsed, m.uncertainty_us + elapsed * DRIFT_PPM / 1_000_000
+        return None if m is None else carry_forward(m, now)
 
     def _next(self) -> int:
         """The timestamp ``now()`` would issue, checked against every promise (under the lock)."""
         if self._stopped:
             raise ClockUnsafe("stopped", f"writer clock of {self.instance} is stopped")
-        lease, wall = self._lease, wall_us(self.skew_us)
-        estimate = self._offset_now(wall, _mono_us())
+        lease, reading = self._lease, read_clocks(self.skew_us)
+        wall = reading.wall
+        estimate = self._offset_now(reading)
         if lease is None or estimate is None:
             raise ClockUnsafe("not_started", f"writer clock of {self.instance} holds no writer id yet")
         offset, error = estimate
@@ -363,7 +403,7 @@ class WriterClock:
             self._refresh_gauges()
 
     def _refresh_gauges(self) -> None:
-        estimate = self._offset_now(wall_us(self.skew_us), _mono_us())
+        estimate = self._offset_now(read_clocks(self.skew_us))
         if estimate is not None:
             OFFSET.labels(self.instance).set(estimate[0] / 1e6)
             UNCERTAINTY.labels(self.instance).set(estimate[1] / 1e6)
@@ -474,7 +514,7 @@ class WriterClock:
         write_id = uuid.uuid4().hex
         data = json.dumps({"reserved_until": reserved, "instance": self.instance, "write_id": write_id}).encode()
         retry = bounded_retry(deadline, ignore_expire=True)
-        before, mono_before = wall_us(self.skew_us), _mono_us()
+        before = read_clocks(self.skew_us)
         try:
             if lease.version < 0:
                 _, stat = retry(self.zk.create, path, data, makepath=True, include_data=True)
@@ -482,8 +522,7 @@ class WriterClock:
                 stat = retry(self.zk.set, path, data, version=lease.version)
         except (BadVersionError, NodeExistsError):
             stat = self._own_write(path, write_id, retry)
-        after, mono_after = wall_us(self.skew_us), _mono_us()
-        self._measurement = self._tighter(measure(before, after, stat.mtime, (mono_before + mono_after) // 2))
+        self._measurement = self._tighter(measure(before, time.monotonic_ns() // 1000, stat.mtime))
         return Lease(lease.node_id, reserved, stat.version)
 
     def _tighter(self, new: Measurement) -> Measurement:

@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from kazoo.client import KazooClient
 from prometheus_client import REGISTRY
 
 from datastore import HybridLogicalClock
 from datastore.clock import MAX_NODES, NODE_BITS, TICK_US, ClockUnsafe, wall_us
-from sync.writer_clock import WriterClock
+from sync.writer_clock import Reading, WriterClock, carry_forward, measure
 
 # ---- the hybrid logical clock's step (no ZooKeeper) ----
 
@@ -277,6 +278,91 @@ def test_observe_follows_a_peer_within_the_bound_and_not_a_timestamp_beyond_it(c
     clock.observe(wall_us() + 3_600_000_000)  # an hour ahead: no writer keeping the bound wrote it
     assert metric("nxnw_writer_clock_future_timestamps_total", instance="p-observe") == before + 1
     assert refusal(clock) is None
+
+
+@given(mtime_ms=st.integers(min_value=10**12, max_value=2 * 10**12), within_ms=st.integers(0, 999),
+       offset=st.integers(-10**6, 10**6), to_stamp=st.integers(0, 50_000), after_stamp=st.integers(0, 50_000),
+       gaps=st.tuples(st.integers(0, 5_000), st.integers(0, 5_000)), where=st.tuples(st.floats(0, 1), st.floats(0, 1)),
+       later=st.integers(0, 10**8), step=st.integers(-10**6, 10**6))
+@example(mtime_ms=10**12, within_ms=999, offset=0, to_stamp=0, after_stamp=0, gaps=(5_000, 5_000),
+         where=(0.0, 1.0), later=0, step=0)
+@example(mtime_ms=10**12, within_ms=0, offset=0, to_stamp=0, after_stamp=0, gaps=(5_000, 5_000),
+         where=(1.0, 0.0), later=0, step=0)
+def test_an_estimate_holds_the_true_offset_whatever_the_round_trip_the_reading_gaps_and_a_later_step(
+        mtime_ms: int, within_ms: int, offset: int, to_stamp: int, after_stamp: int, gaps: tuple[int, int],
+        where: tuple[float, float], later: int, step: int) -> None:
+    """``measure`` then ``carry_forward`` hold the host's true offset: for any split of the
+    round trip around ZooKeeper's stamp (``within_ms`` µs into its millisecond), each wall
+    reading anywhere between the two monotonic reads around it (``where``: how far between),
+    and a step of the wall clock, inside the round trip or after it, before the estimate is
+    wanted. Monotonic times are µs from the first read; ``zk_at_before`` is ZooKeeper's clock
+    when the first wall reading was taken."""
+
+    def paired(first: int, gap: int, at: float) -> tuple[int, int]:
+        """Monotonic reads at ``first`` and ``first + 2 × gap``, the wall read between them:
+        (when the wall clock was read, the monotonic instant a Reading pairs it with)."""
+        return first + round(at * 2 * gap), first + gap
+
+    read_at, mono = paired(0, gaps[0], where[0])
+    zk_at_before = mtime_ms * 1000 + within_ms - to_stamp
+    before = Reading(zk_at_before + offset, mono, gaps[0])
+    after_mono = max(read_at + to_stamp, 2 * gaps[0]) + after_stamp
+    m = measure(before, after_mono, mtime_ms)
+    assert m.uncertainty_us >= 0
+    now_at, mono = paired(after_mono + later, gaps[1], where[1])
+    now = Reading(zk_at_before + (now_at - read_at) + offset + step, mono, gaps[1])
+    estimate, uncertainty = carry_forward(m, now)
+    assert abs(estimate - (offset + step)) <= uncertainty
+
+
+class SteppingClient(KazooClient):
+    """A ZooKeeper client that, once armed, steps a clock's wall clock (``skew_us``) right
+    after ZooKeeper answers one high-water renewal and before the clock reads its wall clock
+    again: an NTP step inside that renewal's round trip."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.armed: tuple[WriterClock, int] | None = None
+        self.stepped_version: int | None = None
+        self.stepped = threading.Event()
+
+    def set(self, path: str, value: bytes, version: int = -1):
+        stat = super().set(path, value, version)
+        armed = self.armed
+        if armed is not None and "/high-water/" in path:
+            self.armed = None
+            clock, step_us = armed
+            clock.skew_us += step_us
+            self.stepped_version = stat.version
+            self.stepped.set()
+        return stat
+
+
+def test_a_wall_clock_step_inside_a_renewal_is_not_taken_for_a_tight_measurement(
+        zk_hosts: dict[str, str], zk_root: str) -> None:
+    """The bracket of a renewal read across a step of the wall clock mixes two time frames:
+    a step back comes out as a bracket narrower than the round trip, even of negative width,
+    which then passes for the tightest measurement there is. A clock that trusts it stamps
+    writes while 300 ms off with a 250 ms bound; this one refuses them and says how far off."""
+    zk = SteppingClient(hosts=zk_hosts["n1"], timeout=10.0)
+    zk.start(timeout=10)
+    clock = WriterClock(zk, "p-step", root=f"{zk_root}/clock", max_offset_ms=250, tick_s=0.1)
+    try:
+        clock.start()
+        stamp_when_allowed(clock)
+        zk.armed = (clock, -300_000)
+        assert zk.stepped.wait(10), "no renewal within 10 s"
+        wait_for(lambda: clock._lease.version >= zk.stepped_version,  # noqa: SLF001
+                 "the clock to take in the renewal the step fell into")
+        error = refusal(clock)
+        assert error is not None and error.reason == "offset", (clock.offset_ms, clock.uncertainty_ms)
+        assert re.search(r"is -[23][0-9]{2}\.[0-9] ms ± ", str(error)), str(error)
+        clock.skew_us = 0
+        stamp_when_allowed(clock)
+    finally:
+        clock.stop()
+        zk.stop()
+        zk.close()
 
 
 BOUND_MS = 50.0
