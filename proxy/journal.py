@@ -61,7 +61,11 @@ is read before the transaction; when another instance created or removed it in b
 the transaction fails as a whole and is planned again (``RACE_ATTEMPTS`` times). A lost
 reply to a transaction that had committed makes the retry bump what it created: harmless.
 Replay keeps an entry or mark until the target has taken the write; a target that is still
-down leaves it for the next pass. Every ZooKeeper call runs off the event loop.
+down leaves it for the next pass. Every ZooKeeper call runs off the event loop, and every
+operation (a record, a depth read, a replay pass's reads and deletes) gives up after
+``DEADLINE_S``, each wait for an answer included: kazoo queues a call made while it
+reconnects until it is connected again, however long ZooKeeper stays out of reach, and the
+client of a write whose N2 leg failed would wait that long for its answer.
 
 Every instance's replayer works on the one journal: two resolving the same entry or mark
 at once is harmless (last-write-wins, deletes at the version read), only repeated work.
@@ -78,19 +82,21 @@ import base64
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (BadVersionError, NodeExistsError, NoNodeError, RolledBackError,
                               RuntimeInconsistency)
-from kazoo.retry import KazooRetry
 from prometheus_client import Counter, Gauge
 
 from datastore import Engine, Entity, EntityRef
 from proxy.range_repair import READ_CONCURRENCY, bucket_of, repair_buckets
 from sync.aio import run_blocking
 from sync import layout
+from sync._zk import answer, bounded_call, bounded_retry
 
 log = logging.getLogger("nxnw.proxy.journal")
 
@@ -104,6 +110,9 @@ TRANSACTION_OPS = 200
 #: How many times a record is planned again after another instance created or removed
 #: one of its entries between the existence reads and the transaction.
 RACE_ATTEMPTS = 8
+#: How long one journal operation may wait for ZooKeeper, retries included; a record that
+#: runs out holds its keys and the write is answered 503 (see the module docstring).
+DEADLINE_S = 10.0
 ENTRY_PREFIX = "k-"
 MARK_PREFIX = "r-"
 
@@ -129,8 +138,13 @@ class _Raced(Exception):
     """An entry or mark appeared or vanished between the existence reads and the transaction."""
 
 
-def _retry() -> KazooRetry:
-    return KazooRetry(max_tries=5, delay=0.05, max_delay=1.0, deadline=10.0, ignore_expire=False)
+T = TypeVar("T")
+
+
+def _within(end: float, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args, end)`` retried on connection loss until monotonic time ``end``; ``fn``
+    bounds each wait for an answer by ``end`` too (``sync._zk.answer``)."""
+    return bounded_retry(max(end - time.monotonic(), 0.01))(fn, *args, end)
 
 
 def entry_name(ref: EntityRef) -> str:
@@ -188,13 +202,13 @@ class RepairJournal:
         return json.dumps({"app": app, "bucket": bucket, "buckets": MARK_BUCKETS, "reason": reason[:200]}).encode()
 
     def _plan(self, refs: Sequence[EntityRef], reason: str,
-              marks: Sequence[tuple[str, int]]) -> tuple[dict[str, tuple[bytes, bool]], int, int]:
+              marks: Sequence[tuple[str, int]], end: float) -> tuple[dict[str, tuple[bytes, bool]], int, int]:
         """What to write for ``refs`` and the (app, bucket) ``marks``: {znode path: (data,
         exists)}, the keys marked, and the depth seen."""
         zk = self.zk
         parent = zk.exists_async(self.path)
         entries = {ref: zk.exists_async(f"{self.path}/{entry_name(ref)}") for ref in refs}
-        stat = parent.get()
+        stat = answer(zk, parent, end, "a journal read")
         if stat is None:
             raise NoNodeError(f"the journal znode {self.path} is gone")
         depth = stat.numChildren
@@ -203,7 +217,7 @@ class RepairJournal:
         keys_marked = 0
         for ref, found in entries.items():
             path = f"{self.path}/{entry_name(ref)}"
-            if found.get() is not None:
+            if answer(zk, found, end, "a journal read") is not None:
                 plan[path] = (self._entry(ref, reason), True)
             elif depth < self.bound:
                 plan[path] = (self._entry(ref, reason), False)
@@ -214,10 +228,10 @@ class RepairJournal:
                 keys_marked += 1
         mark_checks = {path: zk.exists_async(path) for path in marked}
         for path, found in mark_checks.items():
-            plan[path] = (marked[path], found.get() is not None)
+            plan[path] = (marked[path], answer(zk, found, end, "a journal read") is not None)
         return plan, keys_marked, depth
 
-    def _commit(self, plan: dict[str, tuple[bytes, bool]], mode_version: int | None) -> None:
+    def _commit(self, plan: dict[str, tuple[bytes, bool]], mode_version: int | None, end: float) -> None:
         items = list(plan.items())
         for start in range(0, len(items), TRANSACTION_OPS):
             transaction = self.zk.transaction()
@@ -228,7 +242,7 @@ class RepairJournal:
                     transaction.set_data(path, data)  # the bump: see the module docstring
                 else:
                     transaction.create(path, data)
-            results = transaction.commit()
+            results = answer(self.zk, transaction.commit_async(), end, "the journal transaction")
             failed = [r for r in results if isinstance(r, Exception)
                       and not isinstance(r, (RolledBackError, RuntimeInconsistency))]
             if not failed:
@@ -245,10 +259,11 @@ class RepairJournal:
         """Create or bump each key's entry (or its range mark) and each of ``marks``; returns
         the keys marked."""
         unique = list(dict.fromkeys(refs))
+        end = time.monotonic() + DEADLINE_S
         for _ in range(RACE_ATTEMPTS):
-            plan, keys_marked, depth = _retry()(self._plan, unique, reason, marks)
+            plan, keys_marked, depth = _within(end, self._plan, unique, reason, marks)
             try:
-                _retry()(self._commit, plan, mode_version)
+                _within(end, self._commit, plan, mode_version)
             except _Raced:
                 continue
             self._note_bound(keys_marked, depth)
@@ -333,7 +348,7 @@ class RepairJournal:
     # --- depth ----------------------------------------------------------------------------
 
     def _depth(self) -> int:
-        stat = _retry()(self.zk.exists, self.path)
+        stat = bounded_call(self.zk, DEADLINE_S, "exists", self.path)
         depth = stat.numChildren if stat is not None else 0
         JOURNAL_DEPTH.labels(self.plan, self.target).set(depth)
         return depth
@@ -344,13 +359,13 @@ class RepairJournal:
 
     # --- replay ---------------------------------------------------------------------------
 
-    def _read_children(self, names: list[str]) -> list[tuple[str, bytes, int]]:
+    def _read_children(self, names: list[str], end: float) -> list[tuple[str, bytes, int]]:
         """(name, data, version) of each child still there, read in one pipelined round."""
         pending = [(name, self.zk.get_async(f"{self.path}/{name}")) for name in names]
         out = []
         for name, result in pending:
             try:
-                data, stat = result.get()
+                data, stat = answer(self.zk, result, end, "a journal read")
             except NoNodeError:
                 continue  # another instance replayed it
             out.append((name, data, stat.version))
@@ -359,28 +374,32 @@ class RepairJournal:
     def _entries(self, limit: int) -> list[tuple[str, int, EntityRef]]:
         # Any child but a mark is a key entry, whatever its name (older proxies named them
         # with a sequence suffix; they replay the same way).
-        names = [n for n in _retry()(self.zk.get_children, self.path) if not n.startswith(MARK_PREFIX)][:limit]
+        end = time.monotonic() + DEADLINE_S
+        names = [n for n in bounded_call(self.zk, DEADLINE_S, "get_children", self.path)
+                 if not n.startswith(MARK_PREFIX)][:limit]
         out = []
-        for name, data, version in _retry()(self._read_children, names):
+        for name, data, version in _within(end, self._read_children, names):
             entry = json.loads(data)
             out.append((name, version, EntityRef(entry["app"], entry["kind"], base64.b64decode(entry["key"]))))
         return out
 
     def _marks(self) -> list[RangeMark]:
-        names = [n for n in _retry()(self.zk.get_children, self.path) if n.startswith(MARK_PREFIX)]
+        end = time.monotonic() + DEADLINE_S
+        names = [n for n in bounded_call(self.zk, DEADLINE_S, "get_children", self.path) if n.startswith(MARK_PREFIX)]
         out = []
-        for name, data, version in _retry()(self._read_children, names):
+        for name, data, version in _within(end, self._read_children, names):
             mark = json.loads(data)
             out.append(RangeMark(name, mark["app"], int(mark["bucket"]), int(mark["buckets"]), version))
         return out
 
     def _remove(self, settled: list[tuple[str, int]]) -> int:
         """Delete each (name, version) still at that version; returns how many went."""
+        end = time.monotonic() + DEADLINE_S
         pending = [self.zk.delete_async(f"{self.path}/{name}", version=version) for name, version in settled]
         removed = 0
         for result in pending:
             try:
-                result.get()
+                answer(self.zk, result, end, "a journal delete")
                 removed += 1
             except NoNodeError:
                 removed += 1  # another instance settled it

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from kazoo.client import KazooClient
+from kazoo.interfaces import IAsyncResult
 from kazoo.exceptions import (ConnectionLoss, NodeExistsError, NoNodeError, OperationTimeoutError,
                                SessionExpiredError)
 from kazoo.retry import KazooRetry, RetryFailedError
@@ -59,14 +60,16 @@ def bounded_call(client: KazooClient, deadline: float, method: str, *args: Any) 
     (retried while time is left; the call still goes if kazoo reconnects)."""
     end = time.monotonic() + deadline
     start = getattr(client, f"{method}_async")
+    return bounded_retry(deadline)(lambda: answer(client, start(*args), end, method))
 
-    def attempt() -> Any:
-        try:
-            return start(*args).get(timeout=max(end - time.monotonic(), 0.01))
-        except client.handler.timeout_exception:
-            raise OperationTimeoutError(f"no answer to {method} within {deadline:g}s") from None
 
-    return bounded_retry(deadline)(attempt)
+def answer(client: KazooClient, result: IAsyncResult, end: float, what: str) -> Any:
+    """What the asynchronous call ``result`` answers, waited for until monotonic time ``end``
+    at most (the same reason as ``bounded_call``); OperationTimeoutError past it."""
+    try:
+        return result.get(timeout=max(end - time.monotonic(), 0.01))
+    except client.handler.timeout_exception:
+        raise OperationTimeoutError(f"no answer to {what} from ZooKeeper in time") from None
 
 
 def check_timeout(value: float, what: str) -> float:

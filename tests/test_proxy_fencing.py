@@ -239,6 +239,56 @@ async def test_a_journal_record_zookeeper_refuses_is_answered_503_and_recorded_o
         assert not server.modes.journals[0].held
 
 
+async def test_a_journal_record_while_zookeeper_is_out_of_reach_is_answered_503_within_its_deadline(
+        tmp_path: Path, app_name: str) -> None:
+    """N2's leg fails while N1's ZooKeeper is out of reach (its connection dark, not closed).
+    kazoo queues a call made while it reconnects until it is connected again, so the journal
+    record, and the client with it, waited as long as ZooKeeper stayed dark. The client gets
+    503 "unknown outcome" within the record's deadline, the key is held, and it is journalled
+    and replayed to N2 once ZooKeeper is back."""
+    require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
+    n1_url, n2_path = f"sqlite:///{tmp_path}/n1.db", f"{tmp_path}/n2.db"
+    n2_url = f"sqlite:///{n2_path}"
+    relay = GatedRelay((HOST, ZOOKEEPER["n1"]), open=True)
+    async with AsyncExitStack() as stack:
+        zk_hosts, zk = await stack.enter_async_context(zk_namespace())
+        n1, n2 = await stack.enter_async_context(engines(n1_url, n2_url))
+        host, port = await relay.start()
+        stack.push_async_callback(relay.close)
+        chroot = zk_hosts[zk_hosts.index("/"):]
+        server, http = await stack.enter_async_context(
+            running_proxy(proxy_config("p1", n1_url, n2_url, f"{host}:{port}{chroot}")))
+        stack.callback(relay.gate.set)  # first: the proxy's cleanup needs its ZooKeeper back
+        await switch(zk, "cow", apps=[app_name])
+        ref = EntityRef(app_name, "K", b"dark")
+
+        async def on_n1() -> bool:
+            entity = await n1.get(ref)
+            return entity is not None and entity.value == b"v"
+
+        with locked_sqlite(n2_path):
+            put = asyncio.ensure_future(http.put(key_path(app_name, "K", b"dark"), data=b"v"))
+            await wait_for(on_n1, "the write on N1, its N2 leg waiting for the lock")
+            relay.gate.clear()
+            # N2's leg fails when the engine's 10 s busy timeout passes; the record's deadline is 10 s.
+            done, _ = await asyncio.wait([put], timeout=40)
+            if not done:
+                put.cancel()
+                pytest.fail("no answer within 40 s while ZooKeeper stayed out of reach")
+        response = put.result()
+        body = await response.json()
+        assert response.status == 503 and body["error"] == "unknown outcome", body
+        assert "held" in body["reason"], body
+        assert server.modes.journals[0].held, "the key is not held for the journal"
+        relay.gate.set()
+
+        async def on_n2() -> bool:
+            entity = await n2.get(ref)
+            return entity is not None and entity.value == b"v"
+        await wait_for(on_n2, "the held key journalled and replayed to N2 once ZooKeeper is back", timeout=60)
+        assert not server.modes.journals[0].held
+
+
 # --- fencing of in-flight work (item 5) ------------------------------------------------------
 
 
