@@ -20,9 +20,11 @@ that made the node expired while kazoo was acquiring, the acquire fails with
 
 Every wait has a deadline: ``acquire`` takes a timeout (default ``timeout``; kazoo's own
 retry is given it as its deadline) and raises ``GroupLockTimeout`` naming the lock path and
-the current holder. ``release`` deletes the node through ``bounded_call``, whose deadline
-holds even while ZooKeeper is out of reach; if that fails the node disappears when the
-session ends, and ``GroupLockError`` says so.
+the current holder. While ZooKeeper is out of reach kazoo queues the recipe's calls until it
+reconnects, so the acquire runs on a thread that is abandoned (cancelled, and its lock
+released should it get one later) ``ANSWER_GRACE_S`` past the timeout; the other calls go
+through ``bounded_call``. ``release`` deletes the node that way too; if that fails the node
+disappears when the session ends, and ``GroupLockError`` says so.
 
 Why the lock node name carries a uuid prefix (kazoo's recipe): a create can succeed on the
 server while its reply is lost; on retry the prefix lets the recipe find its own node
@@ -65,12 +67,14 @@ from kazoo.protocol.states import KazooState
 from kazoo.recipe.lock import Lock
 
 from sync import layout
-from sync._zk import CONNECTIVITY_ERRORS, bounded_call, bounded_retry, check_name, check_path, check_timeout, join
+from sync._zk import CONNECTIVITY_ERRORS, bounded_call, check_name, check_path, check_timeout, join
 from sync.aio import run_blocking, zk_wait_executor
 
 log = logging.getLogger("nxnw.sync.lock")
 
 LOCKS_ROOT = layout.LOCKS
+#: How long past its timeout an acquire's thread is waited for before it is abandoned.
+ANSWER_GRACE_S = 1.0
 
 
 class GroupLockError(RuntimeError):
@@ -138,15 +142,14 @@ class GroupLock:
 
     def holder(self) -> str | None:
         """Identifier of the contender that holds the lock now, or None if it is free."""
-        retry = bounded_retry(self.op_deadline, ignore_expire=True)
         try:
-            children = retry(self.client.get_children, self.path)
+            children = bounded_call(self.client, self.op_deadline, "get_children", self.path)
         except NoNodeError:
             return None
         contenders = sorted((c[-10:], c) for c in children if "__lock__" in c)
         for _, name in contenders:
             try:
-                data, _ = retry(self.client.get, join(self.path, name))
+                data, _ = bounded_call(self.client, self.op_deadline, "get", join(self.path, name))
                 return data.decode("utf-8", "replace")
             except NoNodeError:
                 continue  # released meanwhile: the next one holds it
@@ -160,9 +163,20 @@ class GroupLock:
     # -- blocking API ----------------------------------------------------------------------
 
     def acquire(self, timeout: float | None = None) -> None:
-        """Block until the lock is held, or raise GroupLockTimeout after ``timeout`` seconds."""
+        """Block until the lock is held, or raise GroupLockTimeout after ``timeout`` seconds
+        (plus ``ANSWER_GRACE_S`` at most, however long ZooKeeper stays out of reach: the
+        acquire runs on the wait pool and is abandoned then, as in ``acquire_async``)."""
         timeout = self.timeout if timeout is None else check_timeout(timeout, "lock timeout")
-        self._acquire_by(time.monotonic() + timeout, timeout)
+        future = (self._wait_executor or zk_wait_executor()).submit(self._acquire_by, time.monotonic() + timeout,
+                                                                     timeout)
+        try:
+            future.result(timeout + ANSWER_GRACE_S)
+        except TimeoutError:
+            if future.done():
+                raise  # the acquire's own GroupLockTimeout
+            self._abandon(future)
+            raise GroupLockTimeout(f"lock {self.path} not acquired within {timeout:g}s: ZooKeeper did not answer "
+                                   "in time") from None
 
     def _acquire_by(self, deadline: float, timeout: float) -> None:
         with self._mutex:
@@ -203,7 +217,7 @@ class GroupLock:
 
     def _node_owner(self, lock: Lock) -> int:
         path = join(self.path, lock.node)
-        stat = bounded_retry(self.op_deadline)(self.client.exists, path)
+        stat = bounded_call(self.client, self.op_deadline, "exists", path)
         client_id = self.client.client_id
         if stat is None or client_id is None or stat.ephemeralOwner != client_id[0]:
             raise GroupLockLost(f"lock {self.path}: node {lock.node} vanished with its session while acquiring")
@@ -252,15 +266,28 @@ class GroupLock:
     # -- asyncio API -----------------------------------------------------------------------
 
     async def acquire_async(self, timeout: float | None = None) -> None:
-        """``acquire`` off the event loop; cancelling the task cancels the acquire."""
+        """``acquire`` off the event loop; cancelling the task cancels the acquire.
+
+        The thread's acquire is waited for ``ANSWER_GRACE_S`` past its timeout and then
+        abandoned: kazoo's recipe makes calls that wait for as long as ZooKeeper is out of
+        reach (kazoo queues them until it reconnects), and the lock's timeout must hold then
+        too."""
         timeout = self.timeout if timeout is None else check_timeout(timeout, "lock timeout")
         deadline = time.monotonic() + timeout  # queueing for an executor thread counts
         future = (self._wait_executor or zk_wait_executor()).submit(self._acquire_by, deadline, timeout)
+        waited = asyncio.wrap_future(future)
         try:
-            await asyncio.wrap_future(future)
+            await asyncio.wait([waited], timeout=timeout + ANSWER_GRACE_S)
         except asyncio.CancelledError:
+            waited.cancel()
             self._abandon(future)
             raise
+        if not waited.done():
+            waited.cancel()
+            self._abandon(future)
+            raise GroupLockTimeout(f"lock {self.path} not acquired within {timeout:g}s: ZooKeeper did not answer "
+                                   "in time")
+        waited.result()
 
     def _abandon(self, future: concurrent.futures.Future) -> None:
         if future.cancel():

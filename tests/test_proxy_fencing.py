@@ -471,6 +471,38 @@ async def test_a_committed_transaction_whose_lock_cannot_be_released_is_not_answ
         assert resp.status == 200, body
 
 
+async def test_a_transaction_while_zookeeper_is_out_of_reach_is_refused_within_the_lock_timeout(
+        tmp_path: Path, app_name: str) -> None:
+    """N1's ZooKeeper goes dark (not closed) just before a transaction: kazoo queues the lock
+    recipe's calls until it reconnects, and the client got no answer for as long as that
+    took. It is refused (nothing reached an engine) once the lock's 10 s timeout passes."""
+    require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
+    n1_url, n2_url = f"sqlite:///{tmp_path}/n1.db", f"sqlite:///{tmp_path}/n2.db"
+    relay = GatedRelay((HOST, ZOOKEEPER["n1"]), open=True)
+    async with AsyncExitStack() as stack:
+        zk_hosts, zk = await stack.enter_async_context(zk_namespace())
+        n1, _ = await stack.enter_async_context(engines(n1_url, n2_url))
+        host, port = await relay.start()
+        stack.push_async_callback(relay.close)
+        chroot = zk_hosts[zk_hosts.index("/"):]
+        server, http = await stack.enter_async_context(
+            running_proxy(proxy_config("p1", n1_url, n2_url, f"{host}:{port}{chroot}")))
+        stack.callback(relay.gate.set)  # first: the proxy's cleanup needs its ZooKeeper back
+        await switch(zk, "cow", apps=[app_name])
+        txn = {"group": "g", "writes": [{"kind": "K", "key": base64.b64encode(b"k").decode(),
+                                         "value": base64.b64encode(b"dark").decode()}]}
+        relay.gate.clear()
+        post = asyncio.ensure_future(http.post(f"/v1/apps/{app_name}/transactions", json=txn))
+        done, _ = await asyncio.wait([post], timeout=30)
+        if not done:
+            post.cancel()
+            pytest.fail("no answer within 30 s while ZooKeeper stayed out of reach")
+        response = post.result()
+        body = await response.json()
+        assert response.status == 503 and body["error"] == "refused", body
+        assert await n1.get(EntityRef(app_name, "K", b"k")) is None
+
+
 # --- a failed adoption is retried (item 6) --------------------------------------------------
 
 
