@@ -405,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keys", type=int, default=200, help="keys the workload writes, deletes and reads")
     demo.add_argument("--fault", action="append", default=[], metavar="NAME",
                       help="inject this fault (repeatable, each with its --in): kill-proxy, pause-proxy, "
-                      "expire-session, n2-engine-down, n2-memcached-down, client-timeout, kill-orchestrator")
+                      "expire-session, partition-zookeeper, n2-engine-down, n2-memcached-down, client-timeout, "
+                      "kill-orchestrator")
     demo.add_argument("--in", dest="fault_phase", action="append", default=[], metavar="PHASE",
                       help="the phase the matching --fault is injected in: cow, snapshot+load, verify, proxy, handoff")
     demo.add_argument("--kill-orchestrator-in", nargs="*", default=[], metavar="PHASE",

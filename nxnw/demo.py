@@ -50,9 +50,10 @@ from dns_handoff.provider import RecordSet
 from dns_handoff.rfc2136 import Rfc2136Provider
 from nxnw import services
 from nxnw.config import Plan, parse_plan
-from nxnw.faults import FAULT_PHASES, Fault, FaultTarget, parse_fault
+from nxnw.faults import FAULT_PHASES, Fault, FaultTarget, PartitionZookeeper, parse_fault
 from nxnw.fleet import MemcachedProcess, ProxyFleet, free_port
 from nxnw.history import History, Report, check
+from nxnw.partition import Partition
 from sync.state import PHASES
 from nxnw.services.base import REPO_ROOT, log_tail
 from nxnw.services.endpoints import (BIND_DNS, BIND_TSIG_ALGORITHM, BIND_TSIG_NAME, BIND_TSIG_SECRET, BIND_ZONE,
@@ -133,6 +134,8 @@ class DemoEnvironment:
         self.workload: Workload | None = None
         self.workload_stopped = False
         self.plan: Plan | None = None
+        #: each slot's path to N1's ZooKeeper, when a fault will cut one (else the proxies connect directly)
+        self.zk_partitions: list[Partition] = []
 
     def needed_services(self) -> list[str]:
         engines = {self.options.source, self.options.target}
@@ -170,6 +173,8 @@ class DemoEnvironment:
         text = _toml(self.plan_dict())
         self.plan_path.write_text(text)
         self.plan = parse_plan(text, str(self.plan_path))
+        if any(name == PartitionZookeeper.name for name, _ in self.options.faults):
+            await self._partitionable_proxies()
         for side in ("n1", "n2"):
             async with zk_session(f"{HOST}:{ZOOKEEPER[side]}", side.upper() + "'s") as zk:
                 await run_blocking(zk.ensure_path, self.chroot)
@@ -184,6 +189,21 @@ class DemoEnvironment:
         await run_blocking(provider.wait_in_sync, change, 30, executor=io_executor())
         await self._seed()
         await self.fleet.start()
+
+    async def _partitionable_proxies(self) -> None:
+        """Each slot's proxies reach N1's ZooKeeper through a partition relay of their own
+        (a plan file per slot naming it); the orchestrator and the checker connect directly."""
+        plans = []
+        for slot in range(len(self.slots)):
+            partition = Partition((HOST, ZOOKEEPER["n1"]))
+            self.zk_partitions.append(partition)
+            port = await partition.start()
+            plan = self.plan_dict()
+            plan["n1"]["zookeeper"] = f"{HOST}:{port}{self.chroot}"
+            path = self.workdir / f"plan-slot{slot}.toml"
+            path.write_text(_toml(plan))
+            plans.append(path)
+        self.fleet.slot_plans = plans
 
     async def _seed(self) -> None:
         """N1's data before the migration, recorded in the history so the checker checks it too."""
@@ -277,8 +297,12 @@ class DemoEnvironment:
 
     async def cleanup(self) -> None:
         await self.stop_workload()
+        for partition in self.zk_partitions:
+            partition.heal()  # a proxy's clean stop needs its ZooKeeper
         await self.fleet.stop()
         await self.memcached_n2.stop()
+        for partition in self.zk_partitions:
+            await partition.close()
 
 
 class MigrationStuck(RuntimeError):
@@ -342,7 +366,8 @@ class MigrationDriver:
                            target=env.options.target, n1_zookeeper=env.plan.n1.zookeeper,
                            n2_engine_url=env.plan.n2.engine, busiest_slot=env.busiest_slot,
                            set_client_timeout=env.set_client_timeout,
-                           kill_orchestrator=self.kill_orchestrator, say=lambda line: print(line, flush=True))
+                           kill_orchestrator=self.kill_orchestrator, say=lambda line: print(line, flush=True),
+                           zk_partitions=env.zk_partitions)
 
     async def _inject(self, fault: Fault, phase: str) -> None:
         try:

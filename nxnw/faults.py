@@ -26,7 +26,7 @@ import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 from urllib.parse import urlsplit
 
@@ -34,6 +34,7 @@ from kazoo.client import KazooClient
 
 from nxnw import services
 from nxnw.fleet import MemcachedProcess, ProxyFleet
+from nxnw.partition import Partition
 from nxnw.zk import zk_session
 from sync import layout
 from sync.aio import io_executor, run_blocking
@@ -75,6 +76,8 @@ class FaultTarget:
     #: SIGKILLs the orchestrator child; the demo starts it again
     kill_orchestrator: Callable[[], Awaitable[str]]
     say: Callable[[str], None]
+    #: each slot's path to N1's ZooKeeper, when the run was set up to partition them
+    zk_partitions: list[Partition] = field(default_factory=list)
 
 
 class Fault(ABC):
@@ -182,6 +185,31 @@ class ExpireSession(Fault):
         self.say(t, phase, f"proxy {victim.instance} serves again")
 
 
+class PartitionZookeeper(Fault):
+    name = "partition-zookeeper"
+    summary = ("cut the busiest proxy off from N1's ZooKeeper (its connection dark, not closed) until its session "
+               "expired and ~10 s passed, while it goes on serving clients and reaching the engines; then heal")
+
+    async def inject(self, t: FaultTarget, phase: str) -> None:
+        if not t.zk_partitions:
+            raise FaultNotApplicable("the run's proxies do not reach N1's ZooKeeper through a partition relay")
+        slot = t.busiest_slot()
+        victim, partition = t.fleet.current[slot], t.zk_partitions[slot]
+        session = await _member_session(t.n1_zookeeper, victim.instance)
+        started = time.monotonic()
+        partition.cut()
+        self.say(t, phase, f"cut proxy {victim.instance} off from N1's ZooKeeper")
+        try:
+            waited = await _wait_session_gone(t.n1_zookeeper, victim.instance, session)
+            self.say(t, phase, f"its ZooKeeper session expired after {waited:.1f} s; the proxy still runs")
+            await asyncio.sleep(max(0.0, started + OUTAGE_SECONDS - time.monotonic()))
+        finally:
+            partition.heal()
+        self.say(t, phase, f"healed the partition after {time.monotonic() - started:.1f} s")
+        await victim.wait_ready()
+        self.say(t, phase, f"proxy {victim.instance} serves again")
+
+
 class N2EngineDown(Fault):
     name = "n2-engine-down"
     summary = ("N2's engine down ~10 s, then back (Cassandra/HBase: the service stopped and started; "
@@ -283,8 +311,9 @@ class KillOrchestrator(Fault):
         self.say(t, phase, await t.kill_orchestrator())
 
 
-FAULTS: dict[str, Fault] = {f.name: f for f in (KillProxy(), PauseProxy(), ExpireSession(), N2EngineDown(),
-                                                N2MemcachedDown(), ClientTimeout(), KillOrchestrator())}
+FAULTS: dict[str, Fault] = {f.name: f for f in (KillProxy(), PauseProxy(), ExpireSession(), PartitionZookeeper(),
+                                                N2EngineDown(), N2MemcachedDown(), ClientTimeout(),
+                                                KillOrchestrator())}
 
 
 def parse_fault(name: str, phase: str) -> tuple[Fault, str]:

@@ -177,6 +177,9 @@ class ProxyFleet:
     slots: list[tuple[str, int, int]]
     admin_token: str = field(default_factory=lambda: uuid.uuid4().hex)
     tls: ProxyTls | None = None
+    #: a plan file per slot instead of ``plan_path`` (the ``partition-zookeeper`` fault gives
+    #: each slot its own path to N1's ZooKeeper)
+    slot_plans: list[Path] | None = None
     current: list[ProxyProcess] = field(default_factory=list)
     retired: list[ProxyProcess] = field(default_factory=list)
 
@@ -184,8 +187,9 @@ class ProxyFleet:
         host, port, memcache_port = self.slots[slot]
         generation = sum(1 for p in self.retired if p.host == host and p.port == port)
         name = f"demo-p{slot}" + (f"-r{generation}" if generation else "")
-        return ProxyProcess(name, host, port, memcache_port, self.plan_path, self.workdir / f"{name}.log",
-                            self.admin_token, self.tls)
+        plan = self.plan_path if self.slot_plans is None else self.slot_plans[slot]
+        return ProxyProcess(name, host, port, memcache_port, plan, self.workdir / f"{name}.log", self.admin_token,
+                            self.tls)
 
     async def start(self) -> None:
         self.current = [self._new(slot) for slot in range(len(self.slots))]

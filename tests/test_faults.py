@@ -35,6 +35,9 @@ CELLS = {
     "pause-proxy": "cow",
     # same, with the instance running on: it must fence itself before the server drops it
     "expire-session": "cow",
+    # cut off from ZooKeeper while it runs on, serving clients and engines: it learns of it
+    # only from its own lease, and must stop acting before the switch goes on without it
+    "partition-zookeeper": "cow",
     # N2's leg of every dual write fails: the repair journal fills and must drain before proxy
     "n2-engine-down": "cow",
     # down across the cow -> proxy switch (verify is the phase just before it)
