@@ -274,6 +274,16 @@ class RelayConnection:
 
     ``on_success``/``on_failure`` report the server's health to its pool: one call per
     reply, one per failed connection (not per request on it).
+
+    A request is written at once when none is in flight on the connection (one client,
+    one request at a time: nothing to wait for). Otherwise it joins the ones the loop's
+    current pass sends, and they go out in one write once the pass's callbacks have run:
+    several clients' requests and the copies they cause then cost the server one read and
+    one wake-up instead of one each (with four clients and copies to N2, ~10 % of the
+    proxy's CPU per request). The hold ends with the loop's current pass (no await in
+    between, microseconds: the order of the time any request spends between its fence check
+    and its write), and everything that waits for requests in flight (a switch's drain, the
+    flush barrier) counts a held request as in flight.
     """
 
     def __init__(self, host: str, port: int, server: str, *, timeout: float, connect_timeout: float,
@@ -290,6 +300,7 @@ class RelayConnection:
         self._wire: _Wire | None = None
         self._connecting: list[bytes] | None = None
         self._buf = bytearray()
+        self._out: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -305,7 +316,13 @@ class RelayConnection:
             self._timer = loop.call_at(entry.deadline, self._check)
         transport = self._transport
         if transport is not None:
-            transport.write(payload)
+            if self._out:
+                self._out.append(payload)
+            elif len(self.queue) > 1:  # others in flight: join this pass's write
+                self._out.append(payload)
+                loop.call_soon(self._flush, transport)
+            else:
+                transport.write(payload)
         elif self._connecting is not None:
             self._connecting.append(payload)
         elif self._closed:
@@ -313,6 +330,11 @@ class RelayConnection:
         else:
             self._connecting = [payload]
             loop.create_task(self._connect())
+
+    def _flush(self, transport: asyncio.Transport) -> None:
+        if transport is self._transport:
+            out, self._out = self._out, []
+            transport.writelines(out)
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -344,6 +366,7 @@ class RelayConnection:
         self._wire = None
         self._transport = None
         self._buf.clear()
+        self._out = []
         if self.queue:
             self._on_failure()
             detail = f": {exc}" if exc else ""
@@ -359,6 +382,7 @@ class RelayConnection:
         transport, self._transport = self._transport, None
         self._wire = None  # its late callbacks are not this relay's any more
         self._buf.clear()
+        self._out = []
         if transport is not None:
             transport.abort()
         self._on_failure()
