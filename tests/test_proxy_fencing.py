@@ -21,7 +21,9 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -83,6 +85,46 @@ async def engines(n1_url: str, n2_url: str) -> AsyncIterator[tuple]:
     finally:
         await n1.close()
         await n2.close()
+
+
+@dataclass
+class BehindRelay:
+    """A proxy in ``cow`` whose N1 ZooKeeper connection passes through ``relay`` (clear its
+    gate to take ZooKeeper out of its reach), with both engines and a direct ZooKeeper client."""
+
+    server: Any
+    http: aiohttp.ClientSession
+    zk: Any
+    n1: Any
+    n2: Any
+    relay: GatedRelay
+
+
+@asynccontextmanager
+async def proxy_behind_zk_relay(n1_url: str, n2_url: str, app: str) -> AsyncIterator[BehindRelay]:
+    relay = GatedRelay((HOST, ZOOKEEPER["n1"]), open=True)
+    async with AsyncExitStack() as stack:
+        zk_hosts, zk = await stack.enter_async_context(zk_namespace())
+        n1, n2 = await stack.enter_async_context(engines(n1_url, n2_url))
+        host, port = await relay.start()
+        stack.push_async_callback(relay.close)
+        chroot = zk_hosts[zk_hosts.index("/"):]
+        server, http = await stack.enter_async_context(
+            running_proxy(proxy_config("p1", n1_url, n2_url, f"{host}:{port}{chroot}")))
+        stack.callback(relay.gate.set)  # first: the proxy's cleanup needs its ZooKeeper back
+        await switch(zk, "cow", apps=[app])
+        yield BehindRelay(server, http, zk, n1, n2, relay)
+
+
+async def answer_within(request: asyncio.Future, seconds: float) -> tuple[int, Any]:
+    """The status and JSON body of the started ``request``; the test fails if no answer
+    comes within ``seconds`` while ZooKeeper stays out of reach."""
+    done, _ = await asyncio.wait([request], timeout=seconds)
+    if not done:
+        request.cancel()
+        pytest.fail(f"no answer within {seconds:g} s while ZooKeeper stayed out of reach")
+    response = request.result()
+    return response.status, await response.json()
 
 
 # --- the transition table (item 11) -------------------------------------------------------
@@ -249,17 +291,8 @@ async def test_a_journal_record_while_zookeeper_is_out_of_reach_is_answered_503_
     require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
     n1_url, n2_path = f"sqlite:///{tmp_path}/n1.db", f"{tmp_path}/n2.db"
     n2_url = f"sqlite:///{n2_path}"
-    relay = GatedRelay((HOST, ZOOKEEPER["n1"]), open=True)
-    async with AsyncExitStack() as stack:
-        zk_hosts, zk = await stack.enter_async_context(zk_namespace())
-        n1, n2 = await stack.enter_async_context(engines(n1_url, n2_url))
-        host, port = await relay.start()
-        stack.push_async_callback(relay.close)
-        chroot = zk_hosts[zk_hosts.index("/"):]
-        server, http = await stack.enter_async_context(
-            running_proxy(proxy_config("p1", n1_url, n2_url, f"{host}:{port}{chroot}")))
-        stack.callback(relay.gate.set)  # first: the proxy's cleanup needs its ZooKeeper back
-        await switch(zk, "cow", apps=[app_name])
+    async with proxy_behind_zk_relay(n1_url, n2_url, app_name) as run:
+        server, http, n1, n2, relay = run.server, run.http, run.n1, run.n2, run.relay
         ref = EntityRef(app_name, "K", b"dark")
 
         async def on_n1() -> bool:
@@ -271,13 +304,8 @@ async def test_a_journal_record_while_zookeeper_is_out_of_reach_is_answered_503_
             await wait_for(on_n1, "the write on N1, its N2 leg waiting for the lock")
             relay.gate.clear()
             # N2's leg fails when the engine's 10 s busy timeout passes; the record's deadline is 10 s.
-            done, _ = await asyncio.wait([put], timeout=40)
-            if not done:
-                put.cancel()
-                pytest.fail("no answer within 40 s while ZooKeeper stayed out of reach")
-        response = put.result()
-        body = await response.json()
-        assert response.status == 503 and body["error"] == "unknown outcome", body
+            status, body = await answer_within(put, 40)
+        assert status == 503 and body["error"] == "unknown outcome", body
         assert "held" in body["reason"], body
         assert server.modes.journals[0].held, "the key is not held for the journal"
         relay.gate.set()
@@ -442,17 +470,8 @@ async def test_a_committed_transaction_whose_lock_cannot_be_released_is_not_answ
     transaction is acknowledged."""
     require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
     n1_url, n2_url = f"sqlite:///{tmp_path}/n1.db", f"sqlite:///{tmp_path}/n2.db"
-    relay = GatedRelay((HOST, ZOOKEEPER["n1"]), open=True)
-    async with AsyncExitStack() as stack:
-        zk_hosts, zk = await stack.enter_async_context(zk_namespace())
-        n1, _ = await stack.enter_async_context(engines(n1_url, n2_url))
-        host, port = await relay.start()
-        stack.push_async_callback(relay.close)
-        chroot = zk_hosts[zk_hosts.index("/"):]
-        server, http = await stack.enter_async_context(
-            running_proxy(proxy_config("p1", n1_url, n2_url, f"{host}:{port}{chroot}")))
-        stack.callback(relay.gate.set)  # first: the proxy's cleanup needs its ZooKeeper back
-        await switch(zk, "cow", apps=[app_name])
+    async with proxy_behind_zk_relay(n1_url, n2_url, app_name) as run:
+        server, http, n1, relay = run.server, run.http, run.n1, run.relay
         locked = server.core.lock
 
         @asynccontextmanager
@@ -478,28 +497,14 @@ async def test_a_transaction_while_zookeeper_is_out_of_reach_is_refused_within_t
     took. It is refused (nothing reached an engine) once the lock's 10 s timeout passes."""
     require("zookeeper-n1", "zookeeper-n2", "memcached-n1", "memcached-n2")
     n1_url, n2_url = f"sqlite:///{tmp_path}/n1.db", f"sqlite:///{tmp_path}/n2.db"
-    relay = GatedRelay((HOST, ZOOKEEPER["n1"]), open=True)
-    async with AsyncExitStack() as stack:
-        zk_hosts, zk = await stack.enter_async_context(zk_namespace())
-        n1, _ = await stack.enter_async_context(engines(n1_url, n2_url))
-        host, port = await relay.start()
-        stack.push_async_callback(relay.close)
-        chroot = zk_hosts[zk_hosts.index("/"):]
-        server, http = await stack.enter_async_context(
-            running_proxy(proxy_config("p1", n1_url, n2_url, f"{host}:{port}{chroot}")))
-        stack.callback(relay.gate.set)  # first: the proxy's cleanup needs its ZooKeeper back
-        await switch(zk, "cow", apps=[app_name])
+    async with proxy_behind_zk_relay(n1_url, n2_url, app_name) as run:
+        http, n1, relay = run.http, run.n1, run.relay
         txn = {"group": "g", "writes": [{"kind": "K", "key": base64.b64encode(b"k").decode(),
                                          "value": base64.b64encode(b"dark").decode()}]}
         relay.gate.clear()
         post = asyncio.ensure_future(http.post(f"/v1/apps/{app_name}/transactions", json=txn))
-        done, _ = await asyncio.wait([post], timeout=30)
-        if not done:
-            post.cancel()
-            pytest.fail("no answer within 30 s while ZooKeeper stayed out of reach")
-        response = post.result()
-        body = await response.json()
-        assert response.status == 503 and body["error"] == "refused", body
+        status, body = await answer_within(post, 30)
+        assert status == 503 and body["error"] == "refused", body
         assert await n1.get(EntityRef(app_name, "K", b"k")) is None
 
 
