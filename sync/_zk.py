@@ -25,9 +25,9 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from kazoo.client import KazooClient
-from kazoo.interfaces import IAsyncResult
 from kazoo.exceptions import (ConnectionLoss, NodeExistsError, NoNodeError, OperationTimeoutError,
                                SessionExpiredError)
+from kazoo.interfaces import IAsyncResult
 from kazoo.retry import KazooRetry, RetryFailedError
 
 #: What a bounded retry gives up with, or what means "the session/connection is gone":
