@@ -96,7 +96,7 @@ from datastore import Engine, Entity, EntityRef
 from proxy.range_repair import READ_CONCURRENCY, bucket_of, repair_buckets
 from sync.aio import run_blocking
 from sync import layout
-from sync._zk import answer, bounded_call, bounded_retry
+from sync._zk import answer, bounded_retry
 
 log = logging.getLogger("nxnw.proxy.journal")
 
@@ -348,7 +348,7 @@ class RepairJournal:
     # --- depth ----------------------------------------------------------------------------
 
     def _depth(self) -> int:
-        stat = bounded_call(self.zk, DEADLINE_S, "exists", self.path)
+        stat = bounded_retry(DEADLINE_S)(self.zk.exists, self.path)
         depth = stat.numChildren if stat is not None else 0
         JOURNAL_DEPTH.labels(self.plan, self.target).set(depth)
         return depth
@@ -375,7 +375,7 @@ class RepairJournal:
         # Any child but a mark is a key entry, whatever its name (older proxies named them
         # with a sequence suffix; they replay the same way).
         end = time.monotonic() + DEADLINE_S
-        names = [n for n in bounded_call(self.zk, DEADLINE_S, "get_children", self.path)
+        names = [n for n in bounded_retry(DEADLINE_S)(self.zk.get_children, self.path)
                  if not n.startswith(MARK_PREFIX)][:limit]
         out = []
         for name, data, version in _within(end, self._read_children, names):
@@ -385,7 +385,7 @@ class RepairJournal:
 
     def _marks(self) -> list[RangeMark]:
         end = time.monotonic() + DEADLINE_S
-        names = [n for n in bounded_call(self.zk, DEADLINE_S, "get_children", self.path) if n.startswith(MARK_PREFIX)]
+        names = [n for n in bounded_retry(DEADLINE_S)(self.zk.get_children, self.path) if n.startswith(MARK_PREFIX)]
         out = []
         for name, data, version in _within(end, self._read_children, names):
             mark = json.loads(data)

@@ -9,9 +9,10 @@ the expiry to recipes whose watches or ephemeral nodes died with it, retry on th
 session for stateless reads and writes).
 
 Responsible for the one way sync/ builds a retry — a ``KazooRetry`` with a deadline,
-never an unbounded loop; ``bounded_call`` also bounds each attempt, for a call that must
-return within its deadline even while ZooKeeper is out of reach — and for rejecting bad paths and names before they reach
-ZooKeeper (invariant 6: bad input gets a clear ``ValueError`` naming the value).
+never an unbounded loop, whose attempts at a client call are bounded by the deadline too,
+so that the call returns within it even while ZooKeeper is out of reach — and for rejecting
+bad paths and names before they reach ZooKeeper (invariant 6: bad input gets a clear
+``ValueError`` naming the value).
 Must never hold state or talk to ZooKeeper itself.
 """
 
@@ -38,9 +39,41 @@ CONNECTIVITY_ERRORS = (ConnectionLoss, OperationTimeoutError, SessionExpiredErro
 _FORBIDDEN = re.compile("[\u0000-\u001f\u007f-\u009f\ud800-\uf8ff\ufff0-\uffff]")
 
 
+#: KazooClient methods that are their ``*_async`` twin plus an unbounded wait for the
+#: answer (kazoo's source: ``return self.<name>_async(...).get()``); a bounded retry runs
+#: the twin and waits no longer than its deadline.
+_ASYNC_TWINS = frozenset({"create", "delete", "exists", "get", "get_children", "set", "sync", "get_acls",
+                          "set_acls", "ensure_path"})
+
+
+class BoundedRetry:
+    """A KazooRetry whose attempts at a KazooClient call are bounded by its deadline too.
+
+    A retry's deadline bounds only the gaps between attempts, and kazoo queues a call made
+    while it reconnects until it is connected again, however long ZooKeeper stays out of
+    reach: an attempt could wait that long. Called with a client method that has an async
+    twin, each attempt runs the twin and waits for its answer until the deadline at most
+    (an attempt that runs out counts as an OperationTimeoutError, retried while time is
+    left). Any other callable runs as it is: calls it makes inside are not bounded.
+    """
+
+    def __init__(self, retry: KazooRetry, deadline: float) -> None:
+        self.retry = retry
+        self.deadline = deadline
+
+    def __call__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        client, name = getattr(func, "__self__", None), getattr(func, "__name__", "")
+        if not isinstance(client, KazooClient) or name not in _ASYNC_TWINS or kwargs.get("recursive"):
+            return self.retry(func, *args, **kwargs)
+        end = time.monotonic() + self.deadline
+        start = getattr(client, f"{name}_async")
+        return self.retry(lambda: answer(client, start(*args, **kwargs), end, name))
+
+
 def bounded_retry(deadline: float, *, ignore_expire: bool = False,
-                  interrupt: Callable[[], bool] | None = None) -> KazooRetry:
-    """A KazooRetry that retries connection loss until ``deadline`` seconds have passed.
+                  interrupt: Callable[[], bool] | None = None) -> BoundedRetry:
+    """A retry of connection loss until ``deadline`` seconds have passed, each attempt at a
+    client call bounded too (``BoundedRetry``).
 
     ``ignore_expire=False`` (the default) lets a session expiry surface: the caller's
     watches and ephemeral nodes are gone, and only the caller knows what that means.
@@ -48,24 +81,14 @@ def bounded_retry(deadline: float, *, ignore_expire: bool = False,
     """
     if not (isinstance(deadline, (int, float)) and math.isfinite(deadline) and deadline > 0):
         raise ValueError(f"retry deadline must be a positive number of seconds, got {deadline!r}")
-    return KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_jitter=0.4, max_delay=1.0,
-                      deadline=float(deadline), ignore_expire=ignore_expire, interrupt=interrupt)
-
-
-def bounded_call(client: KazooClient, deadline: float, method: str, *args: Any) -> Any:
-    """``client.<method>(*args)`` under ``bounded_retry(deadline)``, each attempt bounded by
-    what is left of the deadline: kazoo queues a call made while it reconnects until it is
-    connected, however long ZooKeeper stays out of reach, and a retry's deadline bounds only
-    the gaps between attempts. An attempt that runs out counts as an OperationTimeoutError
-    (retried while time is left; the call still goes if kazoo reconnects)."""
-    end = time.monotonic() + deadline
-    start = getattr(client, f"{method}_async")
-    return bounded_retry(deadline)(lambda: answer(client, start(*args), end, method))
+    return BoundedRetry(KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_jitter=0.4, max_delay=1.0,
+                                   deadline=float(deadline), ignore_expire=ignore_expire, interrupt=interrupt),
+                        float(deadline))
 
 
 def answer(client: KazooClient, result: IAsyncResult, end: float, what: str) -> Any:
     """What the asynchronous call ``result`` answers, waited for until monotonic time ``end``
-    at most (the same reason as ``bounded_call``); OperationTimeoutError past it."""
+    at most (the same reason as ``BoundedRetry``); OperationTimeoutError past it."""
     try:
         return result.get(timeout=max(end - time.monotonic(), 0.01))
     except client.handler.timeout_exception:

@@ -23,8 +23,9 @@ retry is given it as its deadline) and raises ``GroupLockTimeout`` naming the lo
 the current holder. While ZooKeeper is out of reach kazoo queues the recipe's calls until it
 reconnects, so the acquire runs on a thread that is abandoned (cancelled, and its lock
 released should it get one later) ``ANSWER_GRACE_S`` past the timeout; the other calls go
-through ``bounded_call``. ``release`` deletes the node that way too; if that fails the node
-disappears when the session ends, and ``GroupLockError`` says so.
+through ``bounded_retry``, whose attempts are bounded by its deadline too. ``release``
+deletes the node that way; if that fails the node disappears when the session ends, and
+``GroupLockError`` says so.
 
 Why the lock node name carries a uuid prefix (kazoo's recipe): a create can succeed on the
 server while its reply is lost; on retry the prefix lets the recipe find its own node
@@ -67,7 +68,7 @@ from kazoo.protocol.states import KazooState
 from kazoo.recipe.lock import Lock
 
 from sync import layout
-from sync._zk import CONNECTIVITY_ERRORS, bounded_call, check_name, check_path, check_timeout, join
+from sync._zk import CONNECTIVITY_ERRORS, bounded_retry, check_name, check_path, check_timeout, join
 from sync.aio import run_blocking, zk_wait_executor
 
 log = logging.getLogger("nxnw.sync.lock")
@@ -142,14 +143,15 @@ class GroupLock:
 
     def holder(self) -> str | None:
         """Identifier of the contender that holds the lock now, or None if it is free."""
+        retry = bounded_retry(self.op_deadline, ignore_expire=True)
         try:
-            children = bounded_call(self.client, self.op_deadline, "get_children", self.path)
+            children = retry(self.client.get_children, self.path)
         except NoNodeError:
             return None
         contenders = sorted((c[-10:], c) for c in children if "__lock__" in c)
         for _, name in contenders:
             try:
-                data, _ = bounded_call(self.client, self.op_deadline, "get", join(self.path, name))
+                data, _ = retry(self.client.get, join(self.path, name))
                 return data.decode("utf-8", "replace")
             except NoNodeError:
                 continue  # released meanwhile: the next one holds it
@@ -217,7 +219,7 @@ class GroupLock:
 
     def _node_owner(self, lock: Lock) -> int:
         path = join(self.path, lock.node)
-        stat = bounded_call(self.client, self.op_deadline, "exists", path)
+        stat = bounded_retry(self.op_deadline)(self.client.exists, path)
         client_id = self.client.client_id
         if stat is None or client_id is None or stat.ephemeralOwner != client_id[0]:
             raise GroupLockLost(f"lock {self.path}: node {lock.node} vanished with its session while acquiring")
@@ -238,7 +240,7 @@ class GroupLock:
     def _delete_node(self, lock: Lock) -> None:
         path = join(self.path, lock.node)
         try:
-            bounded_call(self.client, self.op_deadline, "delete", path)
+            bounded_retry(self.op_deadline)(self.client.delete, path)
         except NoNodeError:
             pass
         except CONNECTIVITY_ERRORS as exc:

@@ -317,25 +317,25 @@ def test_an_estimate_holds_the_true_offset_whatever_the_round_trip_the_reading_g
 
 class SteppingClient(KazooClient):
     """A ZooKeeper client that, once armed, steps a clock's wall clock (``skew_us``) right
-    after ZooKeeper answers one high-water renewal and before the clock reads its wall clock
-    again: an NTP step inside that renewal's round trip."""
+    after it sends one high-water renewal, before ZooKeeper answers and the clock reads its
+    clocks again: an NTP step inside that renewal's round trip."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.armed: tuple[WriterClock, int] | None = None
-        self.stepped_version: int | None = None
+        self.lease_before_the_step: object = None
         self.stepped = threading.Event()
 
-    def set(self, path: str, value: bytes, version: int = -1):
-        stat = super().set(path, value, version)
+    def set_async(self, path: str, value: bytes, version: int = -1):
+        result = super().set_async(path, value, version)
         armed = self.armed
         if armed is not None and "/high-water/" in path:
             self.armed = None
             clock, step_us = armed
+            self.lease_before_the_step = clock._lease  # noqa: SLF001 — the renewal's own lease
             clock.skew_us += step_us
-            self.stepped_version = stat.version
             self.stepped.set()
-        return stat
+        return result
 
 
 def test_a_wall_clock_step_inside_a_renewal_is_not_taken_for_a_tight_measurement(
@@ -352,7 +352,7 @@ def test_a_wall_clock_step_inside_a_renewal_is_not_taken_for_a_tight_measurement
         stamp_when_allowed(clock)
         zk.armed = (clock, -300_000)
         assert zk.stepped.wait(10), "no renewal within 10 s"
-        wait_for(lambda: clock._lease.version >= zk.stepped_version,  # noqa: SLF001
+        wait_for(lambda: clock._lease is not zk.lease_before_the_step,  # noqa: SLF001
                  "the clock to take in the renewal the step fell into")
         error = refusal(clock)
         assert error is not None and error.reason == "offset", (clock.offset_ms, clock.uncertainty_ms)

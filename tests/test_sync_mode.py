@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import time
 
+import pytest
+from kazoo.client import KazooClient
+
+from nxnw.services.endpoints import HOST, ZOOKEEPER
+from sync._zk import CONNECTIVITY_ERRORS
+from sync.aio import run_blocking
 from sync.mode import MODES, ModeConflict, ModeWatcher, ensure_mode, read_mode, set_mode
+from tests.memcached_harness import GatedRelay
 
 
 @pytest.fixture
@@ -130,3 +138,26 @@ def test_load_verification_is_recorded_next_to_the_mode_znode(zk_connect, mode_p
     assert load_verified_epoch(client, path=mode_path) == 5
     with pytest.raises(ValueError, match="cow_epoch"):
         mark_load_verified(client, -1, path=mode_path)
+
+
+async def test_a_mode_read_while_zookeeper_is_out_of_reach_gives_up_at_its_deadline(mode_path) -> None:
+    """The orchestrator reads and writes the mode through ``bounded_retry``, whose deadline
+    bounded only the gaps between attempts: kazoo queues a call made while it reconnects
+    until it is connected again, so with ZooKeeper out of reach (the connection dark, not
+    closed) a read waited for as long as that lasted. It gives up at its deadline now."""
+    relay = GatedRelay((HOST, ZOOKEEPER["n1"]), open=True)
+    host, port = await relay.start()
+    client = KazooClient(hosts=f"{host}:{port}", timeout=4.0)
+    await run_blocking(client.start, 10)
+    try:
+        await run_blocking(set_mode, client, "passthrough", None, path=mode_path)
+        relay.gate.clear()
+        started = time.monotonic()
+        with pytest.raises(CONNECTIVITY_ERRORS):
+            await asyncio.wait_for(run_blocking(read_mode, client, path=mode_path, deadline=3), 30)
+        assert time.monotonic() - started < 10
+    finally:
+        relay.gate.set()
+        await run_blocking(client.stop)
+        await run_blocking(client.close)
+        await relay.close()
