@@ -63,7 +63,7 @@ class BoundedRetry:
 
     def __call__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         client, name = getattr(func, "__self__", None), getattr(func, "__name__", "")
-        if not isinstance(client, KazooClient) or name not in _ASYNC_TWINS or kwargs.get("recursive"):
+        if not isinstance(client, KazooClient) or name not in _ASYNC_TWINS or "recursive" in kwargs:
             return self.retry(func, *args, **kwargs)
         end = time.monotonic() + self.deadline
         start = getattr(client, f"{name}_async")
