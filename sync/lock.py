@@ -176,9 +176,7 @@ class GroupLock:
         except TimeoutError:
             if future.done():
                 raise  # the acquire's own GroupLockTimeout
-            self._abandon(future)
-            raise GroupLockTimeout(f"lock {self.path} not acquired within {timeout:g}s: ZooKeeper did not answer "
-                                   "in time") from None
+            raise self._outlived(future, timeout) from None
 
     def _acquire_by(self, deadline: float, timeout: float) -> None:
         with self._mutex:
@@ -286,10 +284,13 @@ class GroupLock:
             raise
         if not waited.done():
             waited.cancel()
-            self._abandon(future)
-            raise GroupLockTimeout(f"lock {self.path} not acquired within {timeout:g}s: ZooKeeper did not answer "
-                                   "in time")
+            raise self._outlived(future, timeout)
         waited.result()
+
+    def _outlived(self, future: concurrent.futures.Future, timeout: float) -> GroupLockTimeout:
+        """Abandon an acquire whose thread outlived its timeout; the error to raise."""
+        self._abandon(future)
+        return GroupLockTimeout(f"lock {self.path} not acquired within {timeout:g}s: ZooKeeper did not answer in time")
 
     def _abandon(self, future: concurrent.futures.Future) -> None:
         if future.cancel():

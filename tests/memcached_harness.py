@@ -85,17 +85,14 @@ class TcpRelay:
 
 
 class GatedRelay(TcpRelay):
-    """A relay that passes what clients send only while ``gate`` is set, and holds it (never
-    drops it) while ``gate`` is clear: a server slow to answer (start closed, set ``gate``
-    to let it answer) or a network path gone dark (start open, clear ``gate``). ``arrived``
-    is set once a client has sent anything."""
+    """A server slow to answer: what clients send is held (never dropped) until ``gate`` is
+    set; ``arrived`` is set once a client has sent anything. (A network path gone dark both
+    ways is ``nxnw.partition.Partition``.)"""
 
-    def __init__(self, upstream: tuple[str, int], *, open: bool) -> None:
+    def __init__(self, upstream: tuple[str, int]) -> None:
         super().__init__(upstream)
         self.gate = asyncio.Event()
         self.arrived = asyncio.Event()
-        if open:
-            self.gate.set()
 
     async def send_up(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(65536):

@@ -181,7 +181,7 @@ async def test_a_relayed_write_out_when_the_fence_closes_is_answered_outcome_unk
     left, so the client is told its outcome is unknown, and the request leaves the count of
     requests in flight (a switch waits for that count)."""
     require("memcached-n1", "memcached-n2")
-    held = GatedRelay(N1, open=False)
+    held = GatedRelay(N1)
     fenced: list[str] = []
     router = CacheRouter(await held.start(), N2, mode="passthrough", fence=lambda write: fenced[0] if fenced else None)
     await router.start()
@@ -212,7 +212,7 @@ async def test_a_server_that_stops_answering_fails_the_relayed_requests_with_its
     drops the connection, whose place in the reply stream is lost; the next request gets a
     fresh one."""
     require("memcached-n1", "memcached-n2")
-    held = GatedRelay(N1, open=False)
+    held = GatedRelay(N1)
     upstream = await held.start()
     router = CacheRouter(upstream, N2, mode="passthrough", timeout=0.3)
     await router.start()
@@ -263,7 +263,7 @@ async def test_a_relayed_sets_copy_is_undone_when_n1_changed_before_it_was_verif
     overwritten elsewhere while the copy is on its way to N2 — a write whose own copy never
     comes through this proxy — leaves N2 without the key, never with the old value."""
     require("memcached-n1", "memcached-n2")
-    held = GatedRelay(N2, open=False)
+    held = GatedRelay(N2)
     router = CacheRouter(N1, await held.start(), mode="cow")
     await router.start()
     listener = CacheListener(router, HOST, 0)
@@ -289,7 +289,7 @@ async def test_a_relayed_hits_fill_is_undone_when_n1_changed_before_it_was_verif
     on its way leaves N2 without the key — the COR race mcrouter's WarmUpRoute leaves open."""
     require("memcached-n1", "memcached-n2")
     Client(N1).set(key, b"old", expire=300, noreply=False, flags=3)
-    held = GatedRelay(N2, open=False)
+    held = GatedRelay(N2)
     router = CacheRouter(N1, await held.start(), mode="cow")
     await router.start()
     listener = CacheListener(router, HOST, 0)
@@ -383,7 +383,7 @@ async def test_a_request_sent_right_after_a_timed_out_connection_goes_on_a_new_o
     """The connection a timeout dropped reports its loss later; by then a request may wait
     for the next connection, and that request must not be failed with the old one."""
     require("memcached-n1")
-    held = GatedRelay(N1, open=False)
+    held = GatedRelay(N1)
     upstream = await held.start()
     relay = RelayConnection(*upstream, "n1 test", timeout=0.3, connect_timeout=5,
                             on_success=lambda: None, on_failure=lambda: None)
@@ -402,7 +402,7 @@ async def test_a_switch_waits_for_a_relayed_sets_copy_still_on_its_way(key: byte
     """A copy run by callbacks counts as pending in its queue: a switch out of ``cow``
     drains it like a queued one, so it cannot land on N2 after the switch."""
     require("memcached-n1", "memcached-n2")
-    held = GatedRelay(N2, open=False)
+    held = GatedRelay(N2)
     router = CacheRouter(N1, await held.start(), mode="cow", timeout=30, drain_timeout=30)
     await router.start()
     listener = CacheListener(router, HOST, 0)

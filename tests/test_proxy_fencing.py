@@ -38,7 +38,8 @@ from sync.aio import run_blocking
 from sync.mode import read_mode
 from tests.conftest import require
 from nxnw.fleet import free_port
-from tests.memcached_harness import GatedRelay, memcached_process
+from nxnw.partition import Partition
+from tests.memcached_harness import memcached_process
 from tests.proxy_harness import TEST_PLAN, key_path, proxy_config, register_plan, running_proxy, switch, zk_namespace
 
 AUTH = {"Authorization": "Bearer test-token"}
@@ -89,29 +90,29 @@ async def engines(n1_url: str, n2_url: str) -> AsyncIterator[tuple]:
 
 @dataclass
 class BehindRelay:
-    """A proxy in ``cow`` whose N1 ZooKeeper connection passes through ``relay`` (clear its
-    gate to take ZooKeeper out of its reach), with both engines and a direct ZooKeeper client."""
+    """A proxy in ``cow`` whose N1 ZooKeeper connection passes through ``relay`` (``cut`` it
+    to take ZooKeeper out of its reach), with both engines and a direct ZooKeeper client."""
 
     server: Any
     http: aiohttp.ClientSession
     zk: Any
     n1: Any
     n2: Any
-    relay: GatedRelay
+    relay: Partition
 
 
 @asynccontextmanager
 async def proxy_behind_zk_relay(n1_url: str, n2_url: str, app: str) -> AsyncIterator[BehindRelay]:
-    relay = GatedRelay((HOST, ZOOKEEPER["n1"]), open=True)
+    relay = Partition((HOST, ZOOKEEPER["n1"]))
     async with AsyncExitStack() as stack:
         zk_hosts, zk = await stack.enter_async_context(zk_namespace())
         n1, n2 = await stack.enter_async_context(engines(n1_url, n2_url))
-        host, port = await relay.start()
+        port = await relay.start()
         stack.push_async_callback(relay.close)
         chroot = zk_hosts[zk_hosts.index("/"):]
         server, http = await stack.enter_async_context(
-            running_proxy(proxy_config("p1", n1_url, n2_url, f"{host}:{port}{chroot}")))
-        stack.callback(relay.gate.set)  # first: the proxy's cleanup needs its ZooKeeper back
+            running_proxy(proxy_config("p1", n1_url, n2_url, f"{HOST}:{port}{chroot}")))
+        stack.callback(relay.heal)  # first: the proxy's cleanup needs its ZooKeeper back
         await switch(zk, "cow", apps=[app])
         yield BehindRelay(server, http, zk, n1, n2, relay)
 
@@ -302,13 +303,13 @@ async def test_a_journal_record_while_zookeeper_is_out_of_reach_is_answered_503_
         with locked_sqlite(n2_path):
             put = asyncio.ensure_future(http.put(key_path(app_name, "K", b"dark"), data=b"v"))
             await wait_for(on_n1, "the write on N1, its N2 leg waiting for the lock")
-            relay.gate.clear()
+            relay.cut()
             # N2's leg fails when the engine's 10 s busy timeout passes; the record's deadline is 10 s.
             status, body = await answer_within(put, 40)
         assert status == 503 and body["error"] == "unknown outcome", body
         assert "held" in body["reason"], body
         assert server.modes.journals[0].held, "the key is not held for the journal"
-        relay.gate.set()
+        relay.heal()
 
         async def on_n2() -> bool:
             entity = await n2.get(ref)
@@ -478,14 +479,14 @@ async def test_a_committed_transaction_whose_lock_cannot_be_released_is_not_answ
         async def dark_before_the_unlock(app: str, group: str) -> AsyncIterator[Callable[[], None]]:
             async with locked(app, group) as ensure_held:
                 yield ensure_held
-                relay.gate.clear()  # the writes are in; the release goes out into the dark
+                relay.cut()  # the writes are in; the release goes out into the dark
 
         server.core.lock = dark_before_the_unlock
         txn = {"group": "g", "writes": [{"kind": "K", "key": base64.b64encode(b"k").decode(),
                                          "value": base64.b64encode(b"committed").decode()}]}
         resp = await http.post(f"/v1/apps/{app_name}/transactions", json=txn)
         body = await resp.json()
-        assert not relay.gate.is_set(), "the transaction did not reach its unlock"
+        assert relay.is_cut, "the transaction did not reach its unlock"
         assert (await n1.get(EntityRef(app_name, "K", b"k"))).value == b"committed"
         assert resp.status == 200, body
 
@@ -501,7 +502,7 @@ async def test_a_transaction_while_zookeeper_is_out_of_reach_is_refused_within_t
         http, n1, relay = run.http, run.n1, run.relay
         txn = {"group": "g", "writes": [{"kind": "K", "key": base64.b64encode(b"k").decode(),
                                          "value": base64.b64encode(b"dark").decode()}]}
-        relay.gate.clear()
+        relay.cut()
         post = asyncio.ensure_future(http.post(f"/v1/apps/{app_name}/transactions", json=txn))
         status, body = await answer_within(post, 30)
         assert status == 503 and body["error"] == "refused", body

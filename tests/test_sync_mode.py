@@ -8,11 +8,11 @@ import time
 import pytest
 from kazoo.client import KazooClient
 
+from nxnw.partition import Partition
 from nxnw.services.endpoints import HOST, ZOOKEEPER
 from sync._zk import CONNECTIVITY_ERRORS
 from sync.aio import run_blocking
 from sync.mode import MODES, ModeConflict, ModeWatcher, ensure_mode, read_mode, set_mode
-from tests.memcached_harness import GatedRelay
 
 
 @pytest.fixture
@@ -145,19 +145,18 @@ async def test_a_mode_read_while_zookeeper_is_out_of_reach_gives_up_at_its_deadl
     bounded only the gaps between attempts: kazoo queues a call made while it reconnects
     until it is connected again, so with ZooKeeper out of reach (the connection dark, not
     closed) a read waited for as long as that lasted. It gives up at its deadline now."""
-    relay = GatedRelay((HOST, ZOOKEEPER["n1"]), open=True)
-    host, port = await relay.start()
-    client = KazooClient(hosts=f"{host}:{port}", timeout=4.0)
+    relay = Partition((HOST, ZOOKEEPER["n1"]))
+    client = KazooClient(hosts=f"{HOST}:{await relay.start()}", timeout=4.0)
     await run_blocking(client.start, 10)
     try:
         await run_blocking(set_mode, client, "passthrough", None, path=mode_path)
-        relay.gate.clear()
+        relay.cut()
         started = time.monotonic()
         with pytest.raises(CONNECTIVITY_ERRORS):
             await asyncio.wait_for(run_blocking(read_mode, client, path=mode_path, deadline=3), 30)
         assert time.monotonic() - started < 10
     finally:
-        relay.gate.set()
+        relay.heal()
         await run_blocking(client.stop)
         await run_blocking(client.close)
         await relay.close()
