@@ -14,7 +14,9 @@ COW and COR at most 15 µs more than ``passthrough``.
 It also prints the CPU the serving process (twemproxy, or the nxnw proxy) spent per
 request, read from Linux's ``schedstat``: a figure the machine's load
 hardly moves, unlike latency. ``--floor`` adds a minimal uvloop byte relay (one N1
-connection per client connection, no parsing): what pure Python on uvloop can do here.
+connection per client connection, no parsing): what pure Python on uvloop can do here;
+and, for sets, the same relay sending every byte to N2 as well (replies dropped): the
+least a copy can cost — half of a real copy's round trips, nothing verified.
 
 Run: ``.venv/bin/python -m bench.cache_overhead [--requests 2000] [--clients 4] [--rounds 3] [--floor]``
 (``--rounds``: every figure is the median of that many runs of its table; one run's
@@ -55,6 +57,7 @@ DIRECT, TWEMPROXY = "memcached N1 direct", "twemproxy (nutcracker)"
 PASS, COW, WARM, COR, PROXY = ("proxy passthrough", "proxy cow (COW)", "proxy cow, N2 warm", "proxy cow, N2 cold (COR)",
                                "proxy proxy (reads N2)")
 FLOOR = "floor: uvloop byte relay"
+FLOOR_COW = "floor COW: relay + copy to N2"
 
 
 def value_of(size: int) -> bytes:
@@ -67,9 +70,15 @@ class _FloorClient(asyncio.Protocol):
     """The floor: a client connection relayed byte for byte to its own N1 connection (no
     parsing, no routing, no pooling) — what pure Python on uvloop costs per hop here."""
 
+    #: also send every byte to an N2 connection of its own, whose replies are read and
+    #: dropped: the floor of COW (one extra send per set, no verification — a real copy
+    #: makes two round trips, see ``proxy/cache/copies.py``)
+    copy = False
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.backend: asyncio.Transport | None = None
+        self.n2: asyncio.Transport | None = None
         self.early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,21 +87,30 @@ class _FloorClient(asyncio.Protocol):
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.copy:
+            self.n2, _ = await loop.create_connection(asyncio.Protocol, *N2)
         backend, _ = await loop.create_connection(lambda: _FloorBackend(self.transport), *N1)
         self.backend = backend
         for data in self.early:
-            backend.write(data)
+            self.data_received(data)
         self.early = []
 
     def data_received(self, data: bytes) -> None:
         if self.backend is None:
             self.early.append(data)
-        else:
-            self.backend.write(data)
+            return
+        self.backend.write(data)
+        if self.n2 is not None:
+            self.n2.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.backend is not None:
-            self.backend.close()
+        for side in (self.backend, self.n2):
+            if side is not None:
+                side.close()
+
+
+class _FloorCopyClient(_FloorClient):
+    copy = True
 
 
 class _FloorBackend(asyncio.Protocol):
@@ -126,6 +144,8 @@ def serve() -> None:
             ports[name] = listener.port
         floor = await asyncio.get_running_loop().create_server(_FloorClient, HOST, 0)
         ports["floor"] = floor.sockets[0].getsockname()[1]
+        floor_cow = await asyncio.get_running_loop().create_server(_FloorCopyClient, HOST, 0)
+        ports["floor_cow"] = floor_cow.sockets[0].getsockname()[1]
         print(json.dumps(ports), flush=True)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, sys.stdin.read)
@@ -134,6 +154,7 @@ def serve() -> None:
         fills = {s.labels["result"]: s.value for m in metrics.COR_FILLS.collect() for s in m.samples
                  if s.name.endswith("_total")}
         floor.close()
+        floor_cow.close()
         for router, listener in parts:
             await listener.close()
             await router.close()
@@ -293,6 +314,7 @@ def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, si
             rows = [(DIRECT, phase, N1, keys(b"direct", c)),
                     (TWEMPROXY, phase, (HOST, twemproxy), keys(b"twem", c)),
                     *([(FLOOR, phase, at("floor"), keys(b"floor", c))] if floor else []),
+                    *([(FLOOR_COW, phase, at("floor_cow"), keys(b"floorcow", c))] if floor and phase == "set" else []),
                     (PASS, phase, at("passthrough"), keys(b"pass", c)),
                     (COW if phase == "set" else WARM, phase, at("cow"), keys(b"cow", c)),
                     (PROXY, phase, at("proxy"), keys(b"proxy", c))]
@@ -312,7 +334,7 @@ def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, si
                 merged.setdefault(label, []).extend(lat)
         phases.append((phase, merged, results[0][1]))
         time.sleep(0.5)  # the sets' copies land before the gets, the gets' fills before the keys go
-    forget([k + suffix for tag in (b"direct", b"twem", b"floor", b"pass", b"cow", b"proxy", b"cor")
+    forget([k + suffix for tag in (b"direct", b"twem", b"floor", b"floorcow", b"pass", b"cow", b"proxy", b"cor")
             for c in range(clients) for k in keys(tag, c) for suffix in (b"", b"-w")])
     out = []
     for phase, merged, cpu in phases:
@@ -372,6 +394,7 @@ def verdict(results: dict[tuple[str, int], list[dict]]) -> list[str]:
                 f"passthrough {passthrough:+.0f}, {'COW' if op == 'set' else 'COR'} {mirrored:+.0f}, "
                 f"{'cow warm get ' + format(added[WARM], '+.0f') + ', ' if op == 'get' else ''}"
                 f"{'floor ' + format(added[FLOOR], '+.0f') + ', ' if FLOOR in added else ''}"
+                f"{'floor COW ' + format(added[FLOOR_COW], '+.0f') + ', ' if FLOOR_COW in added else ''}"
                 f"proxy {added[PROXY]:+.0f}; passthrough ≤ 1.5× twemproxy ({bound:.0f}): {goal1}; "
                 f"{'COW' if op == 'set' else 'COR'} ≤ passthrough + 15 µs: {goal2} ({mirrored - passthrough:+.0f})")
             cpu = {r["target"]: r["cpu_us"] for r in rows if r["op"] == op and r["cpu_us"] is not None}
@@ -379,7 +402,8 @@ def verdict(results: dict[tuple[str, int], list[dict]]) -> list[str]:
                 mirrored_cpu = cpu[COW] if op == "set" else cpu[COR]
                 lines.append(
                     f"      CPU µs per request of the serving process — twemproxy {cpu[TWEMPROXY]:.0f}, "
-                    f"{'floor ' + format(cpu[FLOOR], '.0f') + ', ' if FLOOR in cpu else ''}passthrough {cpu[PASS]:.0f} "
+                    f"{'floor ' + format(cpu[FLOOR], '.0f') + ', ' if FLOOR in cpu else ''}"
+                    f"{'floor COW ' + format(cpu[FLOOR_COW], '.0f') + ', ' if FLOOR_COW in cpu else ''}passthrough {cpu[PASS]:.0f} "
                     f"({cpu[PASS] / max(cpu[TWEMPROXY], 1e-9):.1f}× twemproxy's), "
                     f"{'COW' if op == 'set' else 'COR'} {mirrored_cpu:.0f}, proxy {cpu[PROXY]:.0f}")
     return lines
@@ -441,7 +465,8 @@ def main() -> None:
                              "then moves less with the machine's load)")
     parser.add_argument("--no-breakdown", action="store_true")
     parser.add_argument("--floor", action="store_true",
-                        help="also measure a minimal uvloop byte relay (one N1 connection per client, no parsing): "
+                        help="also measure a minimal uvloop byte relay (one N1 connection per client, no parsing), and for sets "
+                             "the same relay copying every byte to N2 (replies dropped): "
                              "what pure Python can do for this hop")
     args = parser.parse_args()
     for name in ("requests", "clients", "rounds"):
