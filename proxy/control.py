@@ -29,9 +29,12 @@ N2's memcached is flushed whole (memcached has no per-prefix flush), also the ke
 other plans' apps. That is harmless to them: a flush never makes a value stale, only
 cold — their next read misses and is filled from the side their own mode reads.
 
-Blocking (kazoo); call it off the event loop. Each wait has a deadline. Must never: change
-a mode outside the transition table; return while an instance that can still act under
-the plan's old mode is not accounted for.
+Blocking (kazoo); call it off the event loop. Each wait has a deadline, and so has each
+ZooKeeper call inside it (``sync._zk.bounded_retry``): kazoo fails a call in flight when it
+drops a connection and holds one made while it reconnects until ZooKeeper answers again.
+While ZooKeeper is out of reach a switch retries its reads until the step's deadline, then
+raises SwitchBlocked saying whether the mode changed. Must never: change a mode outside the transition table; return while an
+instance that can still act under the plan's old mode is not accounted for.
 """
 
 from __future__ import annotations
@@ -45,32 +48,46 @@ from kazoo.exceptions import BadVersionError, NoNodeError
 
 from proxy.cache.pool import parse_servers
 from sync import layout
+from sync._zk import CONNECTIVITY_ERRORS, bounded_retry
 from sync.mode import ModeState, TransitionRefused, check_mode, load_verified_epoch, read_mode, set_mode, transition
 
 __all__ = ["SwitchBlocked", "TransitionRefused", "acknowledged", "journal_depth", "members", "switch_mode"]
+
+
+#: Seconds a single ZooKeeper read or write of this module waits for its answer at most.
+CALL_DEADLINE_S = 10.0
+#: The least a read inside a wait is given, however little of the wait is left.
+_LEAST_S = 1.0
 
 
 class SwitchBlocked(RuntimeError):
     """The switch cannot complete (yet); the message says what it waited for."""
 
 
-def journal_depth(zk: KazooClient, plan: str, target: str) -> int:
+def _call(deadline: float, func, *args, **kwargs):
+    """``func`` (a KazooClient method) retried on connection loss and answered within
+    ``deadline`` s, else one of ``CONNECTIVITY_ERRORS``."""
+    return bounded_retry(max(deadline, _LEAST_S), ignore_expire=True)(func, *args, **kwargs)
+
+
+def journal_depth(zk: KazooClient, plan: str, target: str, *, deadline: float = CALL_DEADLINE_S) -> int:
     """Entries and range marks in plan ``plan``'s repair journal toward ``target`` ("n1" or
     "n2"); 0 means nothing is left to repair (``proxy/journal.py``). One read, however deep
     the journal."""
-    stat = zk.exists(layout.journal(plan, target))
+    stat = _call(deadline, zk.exists, layout.journal(plan, target))
     return stat.numChildren if stat is not None else 0
 
 
-def _children(zk: KazooClient, root: str) -> dict[str, tuple[dict, int]]:
+def _children(zk: KazooClient, root: str, deadline: float = CALL_DEADLINE_S) -> dict[str, tuple[dict, int]]:
     out: dict[str, tuple[dict, int]] = {}
+    end = time.monotonic() + deadline
     try:
-        names = zk.get_children(root)
+        names = _call(deadline, zk.get_children, root)
     except NoNodeError:
         return out
     for name in names:
         try:
-            data, stat = zk.get(f"{root}/{name}")
+            data, stat = _call(end - time.monotonic(), zk.get, f"{root}/{name}")
         except NoNodeError:
             continue
         try:
@@ -81,10 +98,10 @@ def _children(zk: KazooClient, root: str) -> dict[str, tuple[dict, int]]:
     return out
 
 
-def members(zk: KazooClient) -> dict[str, dict]:
+def members(zk: KazooClient, *, deadline: float = CALL_DEADLINE_S) -> dict[str, dict]:
     """The registered proxy instances: each one's membership document, whose ``plans`` names
     the mode and epoch it acknowledged for each plan it follows."""
-    return {name: doc for name, (doc, _) in _children(zk, layout.PROXIES).items()}
+    return {name: doc for name, (doc, _) in _children(zk, layout.PROXIES, deadline).items()}
 
 
 def acknowledged(member: dict, plan: str) -> dict:
@@ -97,7 +114,7 @@ def acknowledged(member: dict, plan: str) -> dict:
 
 def wait_journal_empty(zk: KazooClient, plan: str, target: str, timeout: float, *, after: str = "") -> None:
     deadline = time.monotonic() + timeout
-    while (depth := journal_depth(zk, plan, target)) > 0:
+    while (depth := journal_depth(zk, plan, target, deadline=deadline - time.monotonic())) > 0:
         if time.monotonic() > deadline:
             raise SwitchBlocked(f"{after}plan {plan}'s repair journal toward {target} still holds {depth} key(s) or "
                                 f"range(s) after {timeout:g} s; is {target} reachable?")
@@ -107,7 +124,7 @@ def wait_journal_empty(zk: KazooClient, plan: str, target: str, timeout: float, 
 def wait_acknowledged(zk: KazooClient, plan: str, state: ModeState, timeout: float) -> dict[str, dict]:
     deadline = time.monotonic() + timeout
     while True:
-        found = members(zk)
+        found = members(zk, deadline=deadline - time.monotonic())
         behind = {n: acknowledged(m, plan) for n, m in found.items() if acknowledged(m, plan).get("epoch") != state.epoch}
         if not behind:
             return found
@@ -128,7 +145,7 @@ def wait_out_vanished_leases(zk: KazooClient, live: dict[str, dict]) -> list[str
     time.sleep(longest)
     for name, (_, version) in vanished.items():
         try:
-            zk.delete(layout.proxy_lease(name), version=version)
+            _call(CALL_DEADLINE_S, zk.delete, layout.proxy_lease(name), version=version)
         except (NoNodeError, BadVersionError):
             pass  # re-registered meanwhile: it is live again and counted by the next switch
     return sorted(vanished)
@@ -170,7 +187,7 @@ def flush_n2_cache_if_dirty(zk: KazooClient, plan: str, n2_memcached: str | None
     flush_memcached(n2_memcached)
     for name, version in dirty.items():
         try:
-            zk.delete(f"{root}/{name}", version=version)
+            _call(CALL_DEADLINE_S, zk.delete, f"{root}/{name}", version=version)
         except (NoNodeError, BadVersionError):
             pass  # renewed by a live instance meanwhile: it drains, or the next check flushes again
     return sorted(dirty)
@@ -189,25 +206,32 @@ def switch_mode(zk: KazooClient, plan: str, mode: str, *, drain_timeout: float =
     """
     check_mode(mode)
     mode_path = layout.mode(plan)
-    current = read_mode(zk, path=mode_path)
-    if current is None:
-        raise TransitionRefused(f"plan {plan!r} is not registered (no mode znode {mode_path}); register it first "
-                                "(nxnw migrate does)")
-    step = transition(current, mode, load_verified_epoch(zk, path=mode_path))
-    if step.journal_empty:
-        wait_journal_empty(zk, plan, step.journal_empty, drain_timeout, after=f"before {current.mode} -> {mode}: ")
-    to_proxy = mode == "proxy"
-    if to_proxy and current.mode == "cow":
-        flush_n2_cache_if_dirty(zk, plan, n2_memcached, during=f"before {current.mode} -> {mode}")
-    state = current if current.mode == mode else set_mode(zk, mode, current.version, path=mode_path)
-    live = wait_acknowledged(zk, plan, state, ack_timeout)
-    wait_out_vanished_leases(zk, live)
-    after = f"plan {plan}'s mode is now {state.mode} (epoch {state.epoch}), but "
-    if to_proxy:
-        try:
-            flush_n2_cache_if_dirty(zk, plan, n2_memcached, during=f"after {current.mode} -> {mode}")
-        except SwitchBlocked as exc:
-            raise SwitchBlocked(after + str(exc)) from exc
-    if step.journal_empty:
-        wait_journal_empty(zk, plan, step.journal_empty, drain_timeout, after=after)
-    return state
+    where = f"plan {plan}'s mode did not change: "
+    try:
+        current = read_mode(zk, path=mode_path, deadline=CALL_DEADLINE_S)
+        if current is None:
+            raise TransitionRefused(f"plan {plan!r} is not registered (no mode znode {mode_path}); register it "
+                                    "first (nxnw migrate does)")
+        step = transition(current, mode, load_verified_epoch(zk, path=mode_path, deadline=CALL_DEADLINE_S))
+        if step.journal_empty:
+            wait_journal_empty(zk, plan, step.journal_empty, drain_timeout, after=f"before {current.mode} -> {mode}: ")
+        to_proxy = mode == "proxy"
+        if to_proxy and current.mode == "cow":
+            flush_n2_cache_if_dirty(zk, plan, n2_memcached, during=f"before {current.mode} -> {mode}")
+        where = f"plan {plan}'s mode may or may not be {mode} now (the change was sent): "
+        state = current if current.mode == mode else set_mode(zk, mode, current.version, path=mode_path,
+                                                               deadline=CALL_DEADLINE_S)
+        where = f"plan {plan}'s mode is now {state.mode} (epoch {state.epoch}), but "
+        live = wait_acknowledged(zk, plan, state, ack_timeout)
+        wait_out_vanished_leases(zk, live)
+        if to_proxy:
+            try:
+                flush_n2_cache_if_dirty(zk, plan, n2_memcached, during=f"after {current.mode} -> {mode}")
+            except SwitchBlocked as exc:
+                raise SwitchBlocked(where + str(exc)) from exc
+        if step.journal_empty:
+            wait_journal_empty(zk, plan, step.journal_empty, drain_timeout, after=where)
+        return state
+    except CONNECTIVITY_ERRORS as exc:
+        raise SwitchBlocked(f"{where}ZooKeeper did not answer in time ({type(exc).__name__}: {exc}); call again "
+                            "once it is reachable") from exc

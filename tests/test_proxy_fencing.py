@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from kazoo.client import KazooClient
 from pymemcache.client.base import Client
 
 from datastore import EntityRef, open_engine
@@ -34,7 +35,7 @@ from nxnw.services.endpoints import HOST, MEMCACHED, ZOOKEEPER, engine_url
 from proxy.control import SwitchBlocked, journal_depth, members, switch_mode
 from snapshot import verify_app
 from sync import layout
-from sync.aio import run_blocking
+from sync.aio import run_blocking, zk_wait_executor
 from sync.mode import read_mode
 from tests.conftest import require
 from nxnw.fleet import free_port
@@ -507,6 +508,49 @@ async def test_a_transaction_while_zookeeper_is_out_of_reach_is_refused_within_t
         status, body = await answer_within(post, 30)
         assert status == 503 and body["error"] == "refused", body
         assert await n1.get(EntityRef(app_name, "K", b"k")) is None
+
+
+async def test_a_switch_while_zookeeper_is_out_of_reach_is_blocked_within_its_timeouts_saying_the_mode_changed(
+) -> None:
+    """ZooKeeper goes dark while ``switch_mode`` waits for an instance's acknowledgement. The
+    wait's reads went to kazoo as they were: the one in flight when kazoo dropped the
+    connection failed with a bare ConnectionLoss (a 502 "backend failure" from
+    ``POST /admin/mode``, an unexplained error in the orchestrator, nothing saying the mode
+    had changed), and one made while kazoo reconnected waited for as long as ZooKeeper stayed
+    dark, whatever the switch's timeouts. The switch is blocked within them now, and says
+    that the mode did change."""
+    require("zookeeper-n1")
+    relay = Partition((HOST, ZOOKEEPER["n1"]))
+    async with zk_namespace() as (zk_hosts, zk):
+        # an instance on its own session that never acknowledges: the switch waits for it
+        ghost = {"instance": "ghost", "incarnation": "x", "session": None, "plans": {}}
+        await run_blocking(zk.create, layout.proxy_member("ghost"), json.dumps(ghost).encode(), ephemeral=True,
+                           makepath=True)
+        await run_blocking(register_plan, zk, ["w_dark"], "dark", {"w_dark": "dark:"})
+        port = await relay.start()
+        client = KazooClient(hosts=f"{HOST}:{port}{zk_hosts[zk_hosts.index('/'):]}", timeout=4.0)
+        await run_blocking(client.start, 10)
+        try:
+            switching = asyncio.ensure_future(run_blocking(switch_mode, client, "dark", "cow", drain_timeout=3,
+                                                           ack_timeout=3, executor=zk_wait_executor()))
+
+            async def changed() -> bool:
+                state = await run_blocking(read_mode, zk, path=layout.mode("dark"))
+                return state is not None and state.mode == "cow"
+
+            await wait_for(changed, "the switch set the mode")
+            relay.cut()
+            started = time.monotonic()
+            done, _ = await asyncio.wait([switching], timeout=30)
+            assert done, "switch_mode did not return within 30 s while ZooKeeper stayed out of reach"
+            with pytest.raises(SwitchBlocked, match="mode is now cow .*ZooKeeper did not answer in time"):
+                switching.result()
+            assert time.monotonic() - started < 3 + 5
+        finally:
+            relay.heal()
+            await run_blocking(client.stop)
+            await run_blocking(client.close)
+            await relay.close()
 
 
 # --- a failed adoption is retried (item 6) --------------------------------------------------
