@@ -154,6 +154,8 @@ class Handoff:
         #: authoritative server had the lowered TTL (None until then).
         self.ttl_lowering: dict[str, Any] | None = None
         self.steps: list[Step] = []
+        #: The wall clock ``in_sync_at`` is read from (a seam: tests step it).
+        self.wall: Callable[[], float] = time.time
 
     # --- the timeline ----------------------------------------------------------------
 
@@ -228,17 +230,28 @@ class Handoff:
                 self._persist()
         self.wait_in_sync(change, sync_timeout)
         # A resolver that asked just before the last server had the new TTL caches the old
-        # answer for old_ttl from then: so the clock starts now, not at the write. Wall
-        # clock, persisted: a resumed run in another process counts from the same instant.
-        self.ttl_lowering = {"ttl": ttl, "old_ttl": old_ttl, "change": change, "in_sync_at": time.time()}
+        # answer for old_ttl from then: so the clock starts now, not at the write. Persisted
+        # as wall-clock time: a resumed run in another process counts from the same instant.
+        in_sync = time.monotonic()
+        self.ttl_lowering = {"ttl": ttl, "old_ttl": old_ttl, "change": change, "in_sync_at": self.wall()}
         self._persist()
-        return self._wait_old_ttl(old_ttl, self.ttl_lowering["in_sync_at"])
+        return self._wait_old_ttl(old_ttl, self.ttl_lowering["in_sync_at"], in_sync)
 
-    def _wait_old_ttl(self, old_ttl: int, in_sync_at: float) -> float:
-        """Sleep until ``old_ttl`` seconds have passed since ``in_sync_at`` (wall clock); return the sleep."""
+    def _wait_old_ttl(self, old_ttl: int, in_sync_at: float, in_sync: float | None = None) -> float:
+        """Sleep until ``old_ttl`` seconds have passed since the lowered TTL was in sync; return the sleep.
+
+        Timed by the monotonic clock, so that a step of the wall clock (an NTP correction)
+        during the wait cannot end it early: from ``in_sync``, the monotonic instant this
+        process saw it in sync, or, in a resumed run, for what the wall clock says is left
+        of the old TTL since ``in_sync_at`` — never more than the whole old TTL, whatever
+        the wall clock did meanwhile."""
         with self._step("wait-old-ttl", seconds=old_ttl, in_sync_at=in_sync_at) as step:
             started = time.monotonic()
-            while (left := in_sync_at + old_ttl - time.time()) > 0:
+            if in_sync is None:
+                end = started + min(max(in_sync_at + old_ttl - self.wall(), 0.0), float(old_ttl))
+            else:
+                end = in_sync + old_ttl
+            while (left := end - time.monotonic()) > 0:
                 time.sleep(left)
             waited = time.monotonic() - started
             step.detail["waited"] = round(waited, 3)

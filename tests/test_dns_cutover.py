@@ -79,6 +79,24 @@ def test_lowering_a_ttl_that_was_never_higher_changes_nothing_and_waits_nothing(
     assert bind_dns.get(app, "A") == RecordSet(app, "A", 3, tuple(N1))
 
 
+def test_a_wall_clock_step_forward_does_not_cut_the_wait_for_the_old_ttl_short(bind_dns: Rfc2136Provider,
+                                                                              app: str) -> None:
+    """The wait for the old TTL was timed by the wall clock: a step forward (an NTP
+    correction) right after the lowered TTL was in sync ended it at once, and the switch
+    could follow while resolvers still held the TTL-3 answer. Timed by the monotonic clock now."""
+    handoff = Handoff(bind_dns, app)
+
+    def stepped() -> float:  # an hour ahead from the moment the lowering is in sync
+        in_sync = (handoff.ttl_lowering or {}).get("in_sync_at") is not None
+        return time.time() + (3600.0 if in_sync else 0.0)
+
+    handoff.wall = stepped
+    started = time.monotonic()
+    waited = handoff.lower_ttl(1)
+    assert waited >= 2.9 and time.monotonic() - started >= 3  # the whole old TTL (3 s), as without the step
+    assert verbs(handoff)[-1] == "wait-old-ttl:ok"
+
+
 class Killed(Exception):
     """Stands for the orchestrator being killed right after a persisted step."""
 
