@@ -222,14 +222,6 @@ class Plan(_Strict):
             raise ValueError("n1 and n2 name the same ZooKeeper; N2 must have its own")
         return self
 
-    @model_validator(mode="after")
-    def dask_without_zookeeper_credentials(self) -> "Plan":
-        security = self.n1.zookeeper_security
-        if self.scale.scheduler and security is not None and (security.digest_user or security.tls):
-            raise ValueError("[scale] scheduler with n1.zookeeper_security: the Dask workers' checkpoint sessions "
-                             "carry no ZooKeeper credentials yet; leave out the scheduler (ranges run in process)")
-        return self
-
 
 def _where(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"

@@ -11,10 +11,10 @@ submit one task per range, and fold each task's result into the ``LoadStats`` /
 ``VerifyReport`` the in-process path returns, so the CLI's progress bar, the
 orchestrator and the status page read the same objects.
 
-Worker side (one task = one range): the task gets engine URLs, ZooKeeper hosts and the
-checkpoints' root (a plan's ``layout.checkpoints(plan)``, the same records as the
-in-process copy; the shared root only for ``nxnw snapshot``, which has no plan), never
-open objects, and opens its own connections on the worker (kept for the worker's
+Worker side (one task = one range): the task gets engine URLs, ZooKeeper hosts, their
+security settings and the checkpoints' root (a plan's ``layout.checkpoints(plan)``, the
+same records as the in-process copy; the shared root only for ``nxnw snapshot``, which has
+no plan), never open objects, and opens its own connections on the worker (kept for the worker's
 lifetime, one set per process, on one event loop thread of ours: the engines are asyncio
 code and must not run on the worker's own loop, whose heartbeats a long range would
 stall). A copy task:
@@ -71,6 +71,7 @@ from snapshot.verify import BUCKETS, SCAN_PAGE_ROWS, add_to_buckets, bucket_chec
 from sync import layout
 from sync.aio import run_blocking
 from sync.state import TaskRecordStore
+from sync.zk_client import ZooKeeperSecurity
 
 T = TypeVar("T")
 
@@ -107,6 +108,9 @@ class RangeCopy:
     load_workers: int = RANGE_LOAD_WORKERS
     #: where in ``zookeeper`` the task's checkpoints live (``TaskRecordStore``'s root)
     checkpoints_root: str = layout.SHARED_CHECKPOINTS
+    #: how the worker's session authenticates (the plan's N1 ``zookeeper_security``): the
+    #: digest password travels with the task, and TLS files must exist on the worker
+    zookeeper_security: ZooKeeperSecurity | None = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ class _WorkerRuntime:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="nxnw-dask-ranges", daemon=True).start()
         self._engines: dict[str, Engine] = {}
-        self._zk: dict[str, KazooClient] = {}
+        self._zk: dict[tuple[str, ZooKeeperSecurity | None], KazooClient] = {}
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
@@ -162,14 +166,15 @@ class _WorkerRuntime:
                 self._engines[url] = engine
         return self._engines[url]
 
-    async def checkpoints(self, hosts: str, root: str) -> TaskRecordStore:
-        if hosts not in self._zk:
-            client = await start_zk(hosts, "the checkpoints'")
-            if hosts in self._zk:
+    async def checkpoints(self, hosts: str, security: ZooKeeperSecurity | None, root: str) -> TaskRecordStore:
+        session = (hosts, security)
+        if session not in self._zk:
+            client = await start_zk(hosts, "the checkpoints'", security)
+            if session in self._zk:
                 await stop_zk(client)
             else:
-                self._zk[hosts] = client
-        return TaskRecordStore(self._zk[hosts], root=root)
+                self._zk[session] = client
+        return TaskRecordStore(self._zk[session], root=root)
 
 
 _runtime: _WorkerRuntime | None = None
@@ -216,7 +221,7 @@ async def _copy_range(spec: RangeCopy, worker: str, on_progress: Callable[[LoadS
     checkpoints = None
     attempts = 0
     if spec.zookeeper is not None:
-        store = await runtime.checkpoints(spec.zookeeper, spec.checkpoints_root)
+        store = await runtime.checkpoints(spec.zookeeper, spec.zookeeper_security, spec.checkpoints_root)
         doc = await run_blocking(store.get, spec.task, spec.range_id) or {}
         if doc.get("done"):
             return RangeCopied(spec.range_id, applied=False, entities=int(doc.get("entities", 0)),
@@ -347,7 +352,7 @@ class _Progress:
 
 async def copy_app_distributed(scheduler: str, source: Engine, target: Engine, app: str, *, task: str,
                                zookeeper: str | None, checkpoints_root: str = layout.SHARED_CHECKPOINTS,
-                               at_least: int = 16,
+                               zookeeper_security: ZooKeeperSecurity | None = None, at_least: int = 16,
                                on_progress: Callable[[LoadStats], None] | None = None,
                                on_range: Callable[[RangeCopied], None] | None = None) -> LoadStats:
     """``snapshot.copy_app`` with each range a Dask task on ``scheduler``'s workers.
@@ -357,11 +362,13 @@ async def copy_app_distributed(scheduler: str, source: Engine, target: Engine, a
     each range's checkpoint live there under ``checkpoints_root``/``task``: a plan's
     migration passes its own root (``layout.checkpoints(plan)``), where the in-process
     copy keeps the same records, so either path resumes the other's run; the default, the
-    shared root, is for ``nxnw snapshot``, which has no plan. ``on_range`` sees each
-    range's result (which worker, how many attempts).
+    shared root, is for ``nxnw snapshot``, which has no plan. ``zookeeper_security`` is how
+    this process and every worker authenticate to it: a plan's checkpoints carry its digest
+    ACL, which a worker's session without it is refused. ``on_range`` sees each range's
+    result (which worker, how many attempts).
     """
     async with dask_client(scheduler) as client:
-        async with _plan_store(zookeeper, checkpoints_root) as checkpoints:
+        async with _plan_store(zookeeper, zookeeper_security, checkpoints_root) as checkpoints:
             plan, done = await range_plan(source, app, task, checkpoints, at_least)
         stats = LoadStats(ranges_total=len(plan), ranges_skipped=len(done), ranges_done=len(done))
         progress = _Progress(stats)
@@ -375,8 +382,8 @@ async def copy_app_distributed(scheduler: str, source: Engine, target: Engine, a
         client.subscribe_topic(topic, event)
         try:
             futures = [client.submit(copy_range_task, RangeCopy(source.url, target.url, app, task, rid, key_range,
-                                                                zookeeper, topic,
-                                                                checkpoints_root=checkpoints_root),
+                                                                zookeeper, topic, checkpoints_root=checkpoints_root,
+                                                                zookeeper_security=zookeeper_security),
                                      key=_task_key("copy", rid), pure=False, retries=TASK_RETRIES)
                        for rid, key_range in plan if rid not in done]
             async for result in _results(client, futures):
@@ -391,11 +398,12 @@ async def copy_app_distributed(scheduler: str, source: Engine, target: Engine, a
 
 
 @asynccontextmanager
-async def _plan_store(zookeeper: str | None, root: str) -> AsyncIterator[ZooKeeperRangeCheckpoints | None]:
+async def _plan_store(zookeeper: str | None, security: ZooKeeperSecurity | None,
+                      root: str) -> AsyncIterator[ZooKeeperRangeCheckpoints | None]:
     if zookeeper is None:
         yield None
         return
-    async with zk_session(zookeeper, "N1's") as zk:
+    async with zk_session(zookeeper, "N1's", security) as zk:
         yield ZooKeeperRangeCheckpoints(TaskRecordStore(zk, root=root))
 
 

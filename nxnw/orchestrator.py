@@ -552,6 +552,7 @@ class Orchestrator:
             from nxnw.dask_ranges import copy_app_distributed
             stats = await copy_app_distributed(self.plan.scale.scheduler, self.n1, self.n2, app, task=task,
                                                zookeeper=self.plan.n1.zookeeper, checkpoints_root=self.records.root,
+                                               zookeeper_security=self.plan.n1.zookeeper_security,
                                                at_least=th.ranges_per_app,
                                                on_progress=on_progress)
         else:

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,6 +24,9 @@ from pathlib import Path
 
 import pytest
 from distributed import Client
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+from pydantic import SecretStr
 
 from datastore import Engine, Entity, EntityRef, open_engine
 from nxnw.config import PlanError, parse_plan
@@ -32,6 +36,7 @@ from nxnw.services.endpoints import HOST, ZOOKEEPER, engine_url
 from snapshot import verify_app
 from sync import layout
 from sync.state import TaskRecordStore
+from sync.zk_client import ZooKeeperSecurity, zk_client
 from tests.conftest import require
 from tests.proxy_harness import zk_chroot
 from tests.test_config import readme_plan
@@ -291,13 +296,14 @@ async def test_a_scheduler_without_workers_is_refused_before_any_write(open_pair
 
 
 def _orchestrator_for(plan_name: str, app: str, n1: Engine, n2: Engine, zk_hosts: str, zk,
-                      scheduler: str | None) -> Orchestrator:
-    """An orchestrator of a plan whose N1 ZooKeeper is ``zk_hosts``, with or without [scale]."""
+                      scheduler: str | None, extra: str = "") -> Orchestrator:
+    """An orchestrator of a plan whose N1 ZooKeeper is ``zk_hosts``, with or without [scale];
+    ``extra`` is more of the plan's TOML."""
     text = (f'name = "{plan_name}"\napps = ["{app}"]\n\n'
             f'[n1]\nengine = "{n1.url}"\nzookeeper = "{zk_hosts}"\nmemcached = "127.0.0.1:1"\n\n'
             f'[n2]\nengine = "{n2.url}"\nzookeeper = "{HOST}:{ZOOKEEPER["n2"]}"\nmemcached = "127.0.0.1:2"\n\n'
             '[thresholds]\nranges_per_app = 8\n'
-            + (f'\n[scale]\nscheduler = "{scheduler}"\n' if scheduler else ""))
+            + (f'\n[scale]\nscheduler = "{scheduler}"\n' if scheduler else "") + extra)
     return Orchestrator(parse_plan(text, "plan.toml"), zk, n1, n2)
 
 
@@ -327,3 +333,49 @@ async def test_the_dask_copy_keeps_its_checkpoints_under_the_plan_and_either_pat
         assert (await in_process._load(app_name))["ranges_resumed"] == first["ranges"] - len(redo)
         assert (await dask._load(app_name))["ranges_resumed"] == first["ranges"], \
             "the Dask copy redid ranges the in-process copy had done"
+
+
+async def test_a_plan_with_a_zookeeper_digest_loads_through_the_workers_and_its_checkpoints_carry_the_acl(
+        dask_cluster: DaskCluster, open_pair, app_name: str) -> None:
+    """N1's ZooKeeper with digest authentication, the plan's chroot readable by that identity
+    alone: the workers (and the plan store of the process that submits them) opened their
+    sessions without the plan's ``zookeeper_security`` and were refused (NoAuthError) on the
+    plan's checkpoints, so a secured deployment could not load through Dask at all."""
+    require("zookeeper-n1")
+    n1, n2 = await open_pair("sqlite", "sqlite")
+    await apply_in_batches(n1, seed(app_name, 2_000))
+    security = ZooKeeperSecurity(digest_user=f"nxnw-{uuid.uuid4().hex[:6]}", digest_password=SecretStr(uuid.uuid4().hex))
+    root = f"/nxnw-test-{uuid.uuid4().hex[:10]}"
+    admin = zk_client(f"{HOST}:{ZOOKEEPER['n1']}", security, timeout=10)
+    admin.start(15)
+    admin.create(root)  # the digest identity's alone
+    zk = zk_client(f"{HOST}:{ZOOKEEPER['n1']}{root}", security, timeout=10)
+    zk.start(15)
+    os.environ["NXNW_TEST_DASK_ZK_DIGEST"] = security.digest_password.get_secret_value()
+    try:
+        plan_name = "dask-digest"
+        dask = _orchestrator_for(plan_name, app_name, n1, n2, f"{HOST}:{ZOOKEEPER['n1']}{root}", zk,
+                                 dask_cluster.address,
+                                 f'\n[n1.zookeeper_security]\ndigest_user = "{security.digest_user}"\n'
+                                 'digest_password = { env = "NXNW_TEST_DASK_ZK_DIGEST" }\n')
+        loaded = await asyncio.wait_for(dask._load(app_name), 300)
+        assert loaded["entities"] == 2_000 and loaded["ranges_resumed"] == 0
+        store = TaskRecordStore(zk, root=layout.checkpoints(plan_name))
+        done = [rid for rid, doc in store.list(f"{plan_name}.{app_name}").items() if rid != "_plan" and doc["done"]]
+        assert len(done) == loaded["ranges"], "a range's checkpoint is missing"
+        plain = KazooClient(hosts=f"{HOST}:{ZOOKEEPER['n1']}", timeout=10)
+        plain.start(15)
+        try:
+            with pytest.raises(NoAuthError):
+                plain.get_children(f"{root}{layout.checkpoints(plan_name)}")
+        finally:
+            plain.stop()
+            plain.close()
+        assert (await verify_app(n1, n2, app_name)).identical
+    finally:
+        del os.environ["NXNW_TEST_DASK_ZK_DIGEST"]
+        zk.stop()
+        zk.close()
+        admin.delete(root, recursive=True)
+        admin.stop()
+        admin.close()
