@@ -33,8 +33,9 @@ Blocking (kazoo); call it off the event loop. Each wait has a deadline, and so h
 ZooKeeper call inside it (``sync._zk.bounded_retry``): kazoo fails a call in flight when it
 drops a connection and holds one made while it reconnects until ZooKeeper answers again.
 While ZooKeeper is out of reach a switch retries its reads until the step's deadline, then
-raises SwitchBlocked saying whether the mode changed. Must never: change a mode outside the transition table; return while an
-instance that can still act under the plan's old mode is not accounted for.
+raises SwitchBlocked saying whether the mode changed. Must never: change a mode outside the
+transition table; return while an instance that can still act under the plan's old mode is
+not accounted for.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoNodeError
@@ -54,6 +57,8 @@ from sync.mode import ModeState, TransitionRefused, check_mode, load_verified_ep
 __all__ = ["SwitchBlocked", "TransitionRefused", "acknowledged", "journal_depth", "members", "switch_mode"]
 
 
+T = TypeVar("T")
+
 #: Seconds a single ZooKeeper read or write of this module waits for its answer at most.
 CALL_DEADLINE_S = 10.0
 #: The least a read inside a wait is given, however little of the wait is left.
@@ -64,7 +69,7 @@ class SwitchBlocked(RuntimeError):
     """The switch cannot complete (yet); the message says what it waited for."""
 
 
-def _call(deadline: float, func, *args, **kwargs):
+def _call(deadline: float, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``func`` (a KazooClient method) retried on connection loss and answered within
     ``deadline`` s, else one of ``CONNECTIVITY_ERRORS``."""
     return bounded_retry(max(deadline, _LEAST_S), ignore_expire=True)(func, *args, **kwargs)
