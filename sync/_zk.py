@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
-from kazoo.client import KazooClient
+from kazoo.client import KazooClient, TransactionRequest
 from kazoo.exceptions import (ConnectionLoss, NodeExistsError, NoNodeError, OperationTimeoutError,
                                SessionExpiredError)
 from kazoo.interfaces import IAsyncResult
@@ -68,6 +68,21 @@ class BoundedRetry:
         end = time.monotonic() + self.deadline
         start = getattr(client, f"{name}_async")
         return self.retry(lambda: answer(client, start(*args, **kwargs), end, name))
+
+    def transaction(self, client: KazooClient, build: Callable[[TransactionRequest], None]) -> list:
+        """Commit the transaction ``build`` fills in, retried as a client call is: a fresh
+        TransactionRequest each attempt (kazoo refuses to commit one twice, so a retried
+        ``commit`` raised "Transaction already committed"), each answered within the deadline.
+        An attempt whose reply was lost may have committed: the caller reads that in the
+        next attempt's results (a create's NodeExistsError, a set's BadVersionError)."""
+        end = time.monotonic() + self.deadline
+
+        def attempt() -> list:
+            request = client.transaction()
+            build(request)
+            return answer(client, request.commit_async(), end, "transaction")
+
+        return self.retry(attempt)
 
 
 def bounded_retry(deadline: float, *, ignore_expire: bool = False,

@@ -53,7 +53,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from kazoo.client import KazooClient
+from kazoo.client import KazooClient, TransactionRequest
 from kazoo.exceptions import BadVersionError, NoNodeError, NodeExistsError, RolledBackError, RuntimeInconsistency
 from kazoo.protocol.states import ZnodeStat
 
@@ -380,15 +380,16 @@ class PlanRegistry:
             self._retry()(self.client.ensure_path, root)
         failed: list[Exception] = []
         for _ in range(3):
-            transaction = self.client.transaction()
-            if existing is None:
-                transaction.create(layout.plan(name), doc)
-                transaction.create(layout.mode(name), mode_document("passthrough", 0))
-            else:
-                transaction.set_data(layout.plan(name), doc)
-            for path, data, _ in self._claims(wanted):
-                transaction.create(path, data)
-            results = self._retry()(transaction.commit)
+            def build(transaction: TransactionRequest, existing: RegisteredPlan | None = existing) -> None:
+                if existing is None:
+                    transaction.create(layout.plan(name), doc)
+                    transaction.create(layout.mode(name), mode_document("passthrough", 0))
+                else:
+                    transaction.set_data(layout.plan(name), doc)
+                for path, data, _ in self._claims(wanted):
+                    transaction.create(path, data)
+
+            results = self._retry().transaction(self.client, build)
             failed = [r for r in results if isinstance(r, Exception)
                       and not isinstance(r, (RolledBackError, RuntimeInconsistency))]
             if not failed:
@@ -416,14 +417,17 @@ class PlanRegistry:
         plan = self.get(name)
         if plan is None or not plan.live:
             return
-        transaction = self.client.transaction()
         data, stat = self._retry()(self.client.get, layout.plan(name))
         doc = _decode_object(data, layout.plan(name))
-        transaction.set_data(layout.plan(name), _encode({**doc, "live": False}, f"plan {name}"), version=stat.version)
-        for path, _, _ in self._claims(plan):
-            if self._retry()(self.client.exists, path) is not None:
+        held = [path for path, _, _ in self._claims(plan) if self._retry()(self.client.exists, path) is not None]
+
+        def build(transaction: TransactionRequest) -> None:
+            transaction.set_data(layout.plan(name), _encode({**doc, "live": False}, f"plan {name}"),
+                                 version=stat.version)
+            for path in held:
                 transaction.delete(path)
-        results = self._retry()(transaction.commit)
+
+        results = self._retry().transaction(self.client, build)
         failed = [r for r in results if isinstance(r, Exception)
                   and not isinstance(r, (RolledBackError, RuntimeInconsistency))]
         if failed and (now := self.get(name)) is not None and now.live:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import time
 
-from sync.state import TaskRecordStore, CorruptDocument, MigrationStateStore, StateConflict
+import pytest
+from kazoo.client import KazooClient, TransactionRequest
+
+from nxnw.partition import Partition
+from nxnw.services.endpoints import HOST, ZOOKEEPER
+from sync.aio import run_blocking
+from sync.state import CorruptDocument, MigrationStateStore, PlanRegistry, StateConflict, TaskRecordStore
+from tests.conftest import require
+from tests.proxy_harness import zk_chroot
 
 
 def test_phases_advance_by_compare_and_set_only(zk_connect, zk_root):
@@ -53,3 +62,68 @@ def test_checkpoints_put_get_list_clear(zk_connect, zk_root):
     assert store.list("load-users") == {}
     with pytest.raises(ValueError, match="JSON-serialisable"):
         store.put("load-users", "r", {"x": object()})
+
+
+class _ReplyLostAtCommit(KazooClient):
+    """A client whose next transaction, once ``armed``, goes into a cut partition: ``cut``
+    returns once the relay holds everything, before the commit is sent, so ZooKeeper's
+    answer (if it ever commits it) cannot come back on that connection."""
+
+    def __init__(self, *args, cut, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._cut = cut
+        self.armed = False
+
+    def transaction(self) -> TransactionRequest:
+        request = super().transaction()
+        if self.armed:
+            self.armed = False
+            send = request.commit_async
+
+            def commit_async():
+                self._cut()
+                return send()
+
+            request.commit_async = commit_async  # type: ignore[method-assign]
+        return request
+
+
+async def test_a_plan_release_whose_commit_went_unanswered_is_retried_and_completes() -> None:
+    """The connection goes dark with a plan's release committing (the orchestrator's last
+    step of ``complete``, and of a rollback). The retry committed the same TransactionRequest
+    again, which kazoo refuses ("Transaction already committed": a ValueError out of the
+    release, the apps' claims left held), and that retry could wait as long as the partition
+    lasted. Each attempt is a fresh transaction answered within the deadline now; the
+    release completes once ZooKeeper is back, whether the first attempt committed or not."""
+    require("zookeeper-n1")
+    loop = asyncio.get_running_loop()
+    relay = Partition((HOST, ZOOKEEPER["n1"]))
+    port = await relay.start()
+
+    def cut() -> None:  # from the release's thread: done once the relay's loop has cut
+        asyncio.run_coroutine_threadsafe(_cut(relay), loop).result(5)
+
+    with zk_chroot() as (zk_hosts, zk):
+        client = _ReplyLostAtCommit(hosts=f"{HOST}:{port}{zk_hosts[zk_hosts.index('/'):]}", timeout=4.0, cut=cut)
+        await run_blocking(client.start, 10)
+        try:
+            registry = PlanRegistry(client, deadline=30)
+            await run_blocking(registry.register, "lost", ["w_lost"], {"w_lost": "lost:"})
+            client.armed = True
+            heal = loop.call_later(6, relay.heal)
+            started = time.monotonic()
+            await asyncio.wait_for(run_blocking(registry.release, "lost"), 40)
+            assert time.monotonic() - started >= 5, "the release did not wait for ZooKeeper to come back"
+            heal.cancel()
+            seen = PlanRegistry(zk)
+            assert not seen.get("lost").live
+            assert seen.holder("w_lost") is None, "the app's claim is still held"
+        finally:
+            relay.heal()
+            await run_blocking(client.stop)
+            await run_blocking(client.close)
+            await relay.close()
+
+
+async def _cut(relay: Partition) -> None:
+    relay.cut()
