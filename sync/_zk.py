@@ -69,6 +69,10 @@ class BoundedRetry:
         start = getattr(client, f"{name}_async")
         return self.retry(lambda: answer(client, start(*args, **kwargs), end, name))
 
+    def put(self, client: KazooClient, path: str, data: bytes) -> None:
+        """``put``, retried, each of its calls answered within the deadline."""
+        self.retry(put, client, path, data, time.monotonic() + self.deadline)
+
     def transaction(self, client: KazooClient, build: Callable[[TransactionRequest], None]) -> list:
         """Commit the transaction ``build`` fills in, retried as a client call is: a fresh
         TransactionRequest each attempt (kazoo refuses to commit one twice, so a retried
@@ -178,16 +182,22 @@ def decode_name(name: str) -> str:
     return unquote(name)
 
 
-def put(client: KazooClient, path: str, data: bytes) -> None:
-    """Set ``path`` to ``data``, creating it (and its parents) if it does not exist.
+def put(client: KazooClient, path: str, data: bytes, end: float | None = None) -> None:
+    """Set ``path`` to ``data``, creating it (and its parents) if it does not exist; each
+    call answered by monotonic time ``end`` (``BoundedRetry.put`` passes its deadline), else
+    as long as ZooKeeper takes.
 
     Unconditional: for znodes one writer owns. A create that races another (or our own
     earlier attempt whose reply was lost) falls back to a set.
     """
+    def call(name: str, *args: Any, **kwargs: Any) -> Any:
+        result = getattr(client, f"{name}_async")(*args, **kwargs)
+        return result.get() if end is None else answer(client, result, end, name)
+
     try:
-        client.set(path, data)
+        call("set", path, data)
     except NoNodeError:
         try:
-            client.create(path, data, makepath=True)
+            call("create", path, data, makepath=True)
         except NodeExistsError:
-            client.set(path, data)
+            call("set", path, data)

@@ -71,7 +71,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoNodeError, NodeExistsError
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent, ZnodeStat
 
-from sync._zk import CONNECTIVITY_ERRORS, bounded_retry, check_path, check_timeout, put
+from sync._zk import CONNECTIVITY_ERRORS, bounded_retry, check_path, check_timeout
 
 log = logging.getLogger("nxnw.sync.mode")
 
@@ -150,7 +150,7 @@ def mark_load_verified(client: KazooClient, cow_epoch: int, *, path: str, deadli
         raise ValueError(f"cow_epoch must be a mode epoch (int >= 0), got {cow_epoch!r}")
     data = json.dumps({"cow_epoch": cow_epoch, "verified_at": time.time()}).encode()
     target = load_verified_path(path)
-    bounded_retry(deadline, ignore_expire=True)(put, client, target, data)
+    bounded_retry(deadline, ignore_expire=True).put(client, target, data)
 
 
 def load_verified_epoch(client: KazooClient, *, path: str, deadline: float = 10.0) -> int | None:

@@ -86,7 +86,7 @@ from prometheus_client import Counter, Gauge
 
 from datastore.clock import MAX_NODES, TICK_US, ClockUnsafe, next_timestamp, wall_us
 from sync import layout
-from sync._zk import CONNECTIVITY_ERRORS, bounded_retry, check_name, check_path, check_timeout, join, put
+from sync._zk import CONNECTIVITY_ERRORS, bounded_retry, check_name, check_path, check_timeout, join
 
 log = logging.getLogger("nxnw.sync.writer_clock")
 
@@ -443,7 +443,7 @@ class WriterClock:
                 break
             except (BadVersionError, NodeExistsError):
                 continue  # a previous holder renewed between our read and write: read it again
-        retry(put, self.zk, self._instance_path(), str(node_id).encode())
+        retry.put(self.zk, self._instance_path(), str(node_id).encode())
         with self._lock:
             self._last = max(self._last, floor)
             self._lease = lease

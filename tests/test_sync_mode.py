@@ -160,3 +160,33 @@ async def test_a_mode_read_while_zookeeper_is_out_of_reach_gives_up_at_its_deadl
         await run_blocking(client.stop)
         await run_blocking(client.close)
         await relay.close()
+
+
+async def test_a_verified_load_recorded_while_kazoo_reconnects_gives_up_at_its_deadline(mode_path) -> None:
+    """``mark_load_verified`` (the orchestrator's verify step) writes through ``put``, whose
+    set and create ran as kazoo's blocking calls inside the bounded retry: one made while
+    kazoo reconnected to a ZooKeeper out of reach waited for as long as that lasted. Each of
+    them is answered within the retry's deadline now."""
+    from kazoo.protocol.states import KazooState
+
+    from sync.mode import mark_load_verified
+
+    relay = Partition((HOST, ZOOKEEPER["n1"]))
+    client = KazooClient(hosts=f"{HOST}:{await relay.start()}", timeout=4.0)
+    await run_blocking(client.start, 10)
+    try:
+        await run_blocking(set_mode, client, "cow", None, path=mode_path)
+        relay.cut()
+        deadline = time.monotonic() + 30
+        while client.state == KazooState.CONNECTED:  # until kazoo has dropped the dark connection
+            assert time.monotonic() < deadline, "kazoo did not notice the partition"
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(CONNECTIVITY_ERRORS):
+            await asyncio.wait_for(run_blocking(mark_load_verified, client, 0, path=mode_path, deadline=3), 30)
+        assert time.monotonic() - started < 10
+    finally:
+        relay.heal()
+        await run_blocking(client.stop)
+        await run_blocking(client.close)
+        await relay.close()
