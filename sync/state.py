@@ -58,7 +58,7 @@ from kazoo.exceptions import BadVersionError, NoNodeError, NodeExistsError, Roll
 from kazoo.protocol.states import ZnodeStat
 
 from sync import layout
-from sync._zk import bounded_retry, check_path, check_timeout, decode_name, encode_name, join
+from sync._zk import answer, bounded_retry, check_path, check_timeout, decode_name, encode_name, join
 from sync.mode import mode_document
 
 #: The phases of a migration in order: the one vocabulary of the CLI, the znodes, the logs
@@ -254,18 +254,7 @@ class TaskRecordStore:
         path = self._path(task, record_id)
         if not isinstance(value, dict):
             raise ValueError(f"record {task}/{record_id} must be a JSON object (dict), got {type(value).__name__}")
-        data = _encode(value, f"record {task}/{record_id}")
-
-        def put_once() -> None:
-            try:
-                self.client.set(path, data)
-            except NoNodeError:
-                try:
-                    self.client.create(path, data, makepath=True)
-                except NodeExistsError:
-                    self.client.set(path, data)  # created meanwhile (or by our lost-reply attempt)
-
-        self._retry()(put_once)
+        self._retry().put(self.client, path, _encode(value, f"record {task}/{record_id}"))
 
     def get(self, task: str, record_id: str) -> dict[str, Any] | None:
         path = self._path(task, record_id)
@@ -278,17 +267,18 @@ class TaskRecordStore:
     def list(self, task: str) -> dict[str, dict[str, Any]]:
         """Every record of ``task``: record id -> value (reads pipelined)."""
         task_path = self._task_path(task)
+        client, end = self.client, time.monotonic() + self.deadline
 
         def read_all() -> dict[str, bytes]:
             try:
-                names = self.client.get_children(task_path)
+                names = answer(client, client.get_children_async(task_path), end, "get_children")
             except NoNodeError:
                 return {}
-            pending = {name: self.client.get_async(join(task_path, name)) for name in names}
+            pending = {name: client.get_async(join(task_path, name)) for name in names}
             found = {}
             for name, result in pending.items():
                 try:
-                    found[name] = result.get()[0]
+                    found[name] = answer(client, result, end, "get")[0]
                 except NoNodeError:
                     pass  # cleared meanwhile
             return found

@@ -10,6 +10,7 @@ from kazoo.client import KazooClient, TransactionRequest
 
 from nxnw.partition import Partition
 from nxnw.services.endpoints import HOST, ZOOKEEPER
+from sync._zk import CONNECTIVITY_ERRORS
 from sync.aio import run_blocking
 from sync.state import CorruptDocument, MigrationStateStore, PlanRegistry, StateConflict, TaskRecordStore
 from tests.conftest import require
@@ -127,3 +128,36 @@ async def test_a_plan_release_whose_commit_went_unanswered_is_retried_and_comple
 
 async def _cut(relay: Partition) -> None:
     relay.cut()
+
+
+async def test_a_checkpoint_written_or_listed_while_kazoo_reconnects_gives_up_at_its_deadline() -> None:
+    """A range's checkpoint (the loader's, a Dask worker's) and the list a resumed load reads
+    were kazoo's blocking calls inside the bounded retry: one made while kazoo reconnected
+    to a ZooKeeper out of reach waited for as long as that lasted, and the load with it.
+    Each call is answered within the store's deadline now."""
+    from kazoo.protocol.states import KazooState
+
+    require("zookeeper-n1")
+    relay = Partition((HOST, ZOOKEEPER["n1"]))
+    port = await relay.start()
+    with zk_chroot() as (zk_hosts, _):
+        client = KazooClient(hosts=f"{HOST}:{port}{zk_hosts[zk_hosts.index('/'):]}", timeout=4.0)
+        await run_blocking(client.start, 10)
+        try:
+            store = TaskRecordStore(client, root="/checkpoints", deadline=3)
+            await run_blocking(store.put, "load", "r1", {"done": False})
+            relay.cut()
+            deadline = time.monotonic() + 30
+            while client.state == KazooState.CONNECTED:  # until kazoo has dropped the dark connection
+                assert time.monotonic() < deadline, "kazoo did not notice the partition"
+                await asyncio.sleep(0.05)
+            for call in (lambda: store.put("load", "r1", {"done": True}), lambda: store.list("load")):
+                started = time.monotonic()
+                with pytest.raises(CONNECTIVITY_ERRORS):
+                    await asyncio.wait_for(run_blocking(call), 30)
+                assert time.monotonic() - started < 10
+        finally:
+            relay.heal()
+            await run_blocking(client.stop)
+            await run_blocking(client.close)
+            await relay.close()
