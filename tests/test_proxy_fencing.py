@@ -27,7 +27,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from kazoo.client import KazooClient
 from pymemcache.client.base import Client
 
 from datastore import EntityRef, open_engine
@@ -42,6 +41,7 @@ from nxnw.fleet import free_port
 from nxnw.partition import Partition
 from tests.memcached_harness import memcached_process
 from tests.proxy_harness import TEST_PLAN, key_path, proxy_config, register_plan, running_proxy, switch, zk_namespace
+from tests.zk_harness import client_behind_partition
 
 AUTH = {"Authorization": "Bearer test-token"}
 
@@ -520,17 +520,13 @@ async def test_a_switch_while_zookeeper_is_out_of_reach_is_blocked_within_its_ti
     dark, whatever the switch's timeouts. The switch is blocked within them now, and says
     that the mode did change."""
     require("zookeeper-n1")
-    relay = Partition((HOST, ZOOKEEPER["n1"]))
     async with zk_namespace() as (zk_hosts, zk):
         # an instance on its own session that never acknowledges: the switch waits for it
         ghost = {"instance": "ghost", "incarnation": "x", "session": None, "plans": {}}
         await run_blocking(zk.create, layout.proxy_member("ghost"), json.dumps(ghost).encode(), ephemeral=True,
                            makepath=True)
         await run_blocking(register_plan, zk, ["w_dark"], "dark", {"w_dark": "dark:"})
-        port = await relay.start()
-        client = KazooClient(hosts=f"{HOST}:{port}{zk_hosts[zk_hosts.index('/'):]}", timeout=4.0)
-        await run_blocking(client.start, 10)
-        try:
+        async with client_behind_partition(zk_hosts[zk_hosts.index("/"):]) as (client, relay):
             switching = asyncio.ensure_future(run_blocking(switch_mode, client, "dark", "cow", drain_timeout=3,
                                                            ack_timeout=3, executor=zk_wait_executor()))
 
@@ -546,11 +542,6 @@ async def test_a_switch_while_zookeeper_is_out_of_reach_is_blocked_within_its_ti
             with pytest.raises(SwitchBlocked, match="mode is now cow .*ZooKeeper did not answer in time"):
                 switching.result()
             assert time.monotonic() - started < 3 + 5
-        finally:
-            relay.heal()
-            await run_blocking(client.stop)
-            await run_blocking(client.close)
-            await relay.close()
 
 
 # --- a failed adoption is retried (item 6) --------------------------------------------------

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
-from kazoo.client import KazooClient
 
-from nxnw.partition import Partition
-from nxnw.services.endpoints import HOST, ZOOKEEPER
-from sync._zk import CONNECTIVITY_ERRORS
 from sync.aio import run_blocking
 from sync.mode import MODES, ModeConflict, ModeWatcher, ensure_mode, read_mode, set_mode
+from tests.zk_harness import client_behind_partition, gives_up, until_dropped
 
 
 @pytest.fixture
@@ -145,21 +139,10 @@ async def test_a_mode_read_while_zookeeper_is_out_of_reach_gives_up_at_its_deadl
     bounded only the gaps between attempts: kazoo queues a call made while it reconnects
     until it is connected again, so with ZooKeeper out of reach (the connection dark, not
     closed) a read waited for as long as that lasted. It gives up at its deadline now."""
-    relay = Partition((HOST, ZOOKEEPER["n1"]))
-    client = KazooClient(hosts=f"{HOST}:{await relay.start()}", timeout=4.0)
-    await run_blocking(client.start, 10)
-    try:
+    async with client_behind_partition() as (client, relay):
         await run_blocking(set_mode, client, "passthrough", None, path=mode_path)
         relay.cut()
-        started = time.monotonic()
-        with pytest.raises(CONNECTIVITY_ERRORS):
-            await asyncio.wait_for(run_blocking(read_mode, client, path=mode_path, deadline=3), 30)
-        assert time.monotonic() - started < 10
-    finally:
-        relay.heal()
-        await run_blocking(client.stop)
-        await run_blocking(client.close)
-        await relay.close()
+        await gives_up(lambda: run_blocking(read_mode, client, path=mode_path, deadline=3), within=10)
 
 
 async def test_a_verified_load_recorded_while_kazoo_reconnects_gives_up_at_its_deadline(mode_path) -> None:
@@ -167,26 +150,10 @@ async def test_a_verified_load_recorded_while_kazoo_reconnects_gives_up_at_its_d
     set and create ran as kazoo's blocking calls inside the bounded retry: one made while
     kazoo reconnected to a ZooKeeper out of reach waited for as long as that lasted. Each of
     them is answered within the retry's deadline now."""
-    from kazoo.protocol.states import KazooState
-
     from sync.mode import mark_load_verified
 
-    relay = Partition((HOST, ZOOKEEPER["n1"]))
-    client = KazooClient(hosts=f"{HOST}:{await relay.start()}", timeout=4.0)
-    await run_blocking(client.start, 10)
-    try:
+    async with client_behind_partition() as (client, relay):
         await run_blocking(set_mode, client, "cow", None, path=mode_path)
         relay.cut()
-        deadline = time.monotonic() + 30
-        while client.state == KazooState.CONNECTED:  # until kazoo has dropped the dark connection
-            assert time.monotonic() < deadline, "kazoo did not notice the partition"
-            await asyncio.sleep(0.05)
-        started = time.monotonic()
-        with pytest.raises(CONNECTIVITY_ERRORS):
-            await asyncio.wait_for(run_blocking(mark_load_verified, client, 0, path=mode_path, deadline=3), 30)
-        assert time.monotonic() - started < 10
-    finally:
-        relay.heal()
-        await run_blocking(client.stop)
-        await run_blocking(client.close)
-        await relay.close()
+        await until_dropped(client)
+        await gives_up(lambda: run_blocking(mark_load_verified, client, 0, path=mode_path, deadline=3), within=10)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 from kazoo.client import KazooClient, TransactionRequest
 
 from nxnw.partition import Partition
-from nxnw.services.endpoints import HOST, ZOOKEEPER
-from sync._zk import CONNECTIVITY_ERRORS
 from sync.aio import run_blocking
 from sync.state import CorruptDocument, MigrationStateStore, PlanRegistry, StateConflict, TaskRecordStore
 from tests.conftest import require
 from tests.proxy_harness import zk_chroot
+from tests.zk_harness import client_behind_partition, gives_up, until_dropped
 
 
 def test_phases_advance_by_compare_and_set_only(zk_connect, zk_root):
@@ -67,13 +67,11 @@ def test_checkpoints_put_get_list_clear(zk_connect, zk_root):
 
 class _ReplyLostAtCommit(KazooClient):
     """A client whose next transaction, once ``armed``, goes into a cut partition: ``cut``
-    returns once the relay holds everything, before the commit is sent, so ZooKeeper's
-    answer (if it ever commits it) cannot come back on that connection."""
+    (set by the test) returns once the relay holds everything, before the commit is sent,
+    so ZooKeeper's answer (if it ever commits it) cannot come back on that connection."""
 
-    def __init__(self, *args, cut, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._cut = cut
-        self.armed = False
+    cut: Callable[[], None]
+    armed = False
 
     def transaction(self) -> TransactionRequest:
         request = super().transaction()
@@ -82,7 +80,7 @@ class _ReplyLostAtCommit(KazooClient):
             send = request.commit_async
 
             def commit_async():
-                self._cut()
+                self.cut()
                 return send()
 
             request.commit_async = commit_async  # type: ignore[method-assign]
@@ -98,16 +96,12 @@ async def test_a_plan_release_whose_commit_went_unanswered_is_retried_and_comple
     release completes once ZooKeeper is back, whether the first attempt committed or not."""
     require("zookeeper-n1")
     loop = asyncio.get_running_loop()
-    relay = Partition((HOST, ZOOKEEPER["n1"]))
-    port = await relay.start()
-
-    def cut() -> None:  # from the release's thread: done once the relay's loop has cut
-        asyncio.run_coroutine_threadsafe(_cut(relay), loop).result(5)
 
     with zk_chroot() as (zk_hosts, zk):
-        client = _ReplyLostAtCommit(hosts=f"{HOST}:{port}{zk_hosts[zk_hosts.index('/'):]}", timeout=4.0, cut=cut)
-        await run_blocking(client.start, 10)
-        try:
+        async with client_behind_partition(zk_hosts[zk_hosts.index("/"):],
+                                           client_class=_ReplyLostAtCommit) as (client, relay):
+            # from the release's thread: returns once the relay's loop has cut
+            client.cut = lambda: asyncio.run_coroutine_threadsafe(_cut(relay), loop).result(5)
             registry = PlanRegistry(client, deadline=30)
             await run_blocking(registry.register, "lost", ["w_lost"], {"w_lost": "lost:"})
             client.armed = True
@@ -116,14 +110,9 @@ async def test_a_plan_release_whose_commit_went_unanswered_is_retried_and_comple
             await asyncio.wait_for(run_blocking(registry.release, "lost"), 40)
             assert time.monotonic() - started >= 5, "the release did not wait for ZooKeeper to come back"
             heal.cancel()
-            seen = PlanRegistry(zk)
-            assert not seen.get("lost").live
-            assert seen.holder("w_lost") is None, "the app's claim is still held"
-        finally:
-            relay.heal()
-            await run_blocking(client.stop)
-            await run_blocking(client.close)
-            await relay.close()
+        seen = PlanRegistry(zk)
+        assert not seen.get("lost").live
+        assert seen.holder("w_lost") is None, "the app's claim is still held"
 
 
 async def _cut(relay: Partition) -> None:
@@ -135,29 +124,12 @@ async def test_a_checkpoint_written_or_listed_while_kazoo_reconnects_gives_up_at
     were kazoo's blocking calls inside the bounded retry: one made while kazoo reconnected
     to a ZooKeeper out of reach waited for as long as that lasted, and the load with it.
     Each call is answered within the store's deadline now."""
-    from kazoo.protocol.states import KazooState
-
     require("zookeeper-n1")
-    relay = Partition((HOST, ZOOKEEPER["n1"]))
-    port = await relay.start()
     with zk_chroot() as (zk_hosts, _):
-        client = KazooClient(hosts=f"{HOST}:{port}{zk_hosts[zk_hosts.index('/'):]}", timeout=4.0)
-        await run_blocking(client.start, 10)
-        try:
+        async with client_behind_partition(zk_hosts[zk_hosts.index("/"):]) as (client, relay):
             store = TaskRecordStore(client, root="/checkpoints", deadline=3)
             await run_blocking(store.put, "load", "r1", {"done": False})
             relay.cut()
-            deadline = time.monotonic() + 30
-            while client.state == KazooState.CONNECTED:  # until kazoo has dropped the dark connection
-                assert time.monotonic() < deadline, "kazoo did not notice the partition"
-                await asyncio.sleep(0.05)
-            for call in (lambda: store.put("load", "r1", {"done": True}), lambda: store.list("load")):
-                started = time.monotonic()
-                with pytest.raises(CONNECTIVITY_ERRORS):
-                    await asyncio.wait_for(run_blocking(call), 30)
-                assert time.monotonic() - started < 10
-        finally:
-            relay.heal()
-            await run_blocking(client.stop)
-            await run_blocking(client.close)
-            await relay.close()
+            await until_dropped(client)
+            await gives_up(lambda: run_blocking(store.put, "load", "r1", {"done": True}), within=10)
+            await gives_up(lambda: run_blocking(store.list, "load"), within=10)
