@@ -155,13 +155,3 @@ async def test_dry_run_signs_with_the_tsig_key_from_the_environment_and_never_pr
     assert result.returncode == 2
     assert "dns.rfc2136.key_secret: environment variable NXNW_TEST_TSIG is not set" in result.stdout + result.stderr
     assert BIND_TSIG_SECRET not in result.stdout + result.stderr
-
-
-def test_a_dask_scheduler_with_zookeeper_credentials_is_refused_until_workers_carry_them():
-    text = _plan(key_secret=f'"{SECRET}"').replace(
-        'memcached = "127.0.0.1:2"\n',
-        'memcached = "127.0.0.1:2"\n[n1.zookeeper_security]\ndigest_user = "nxnw"\ndigest_password = "pw"\n'
-    ) + '[scale]\nscheduler = "tcp://127.0.0.1:8786"\n'
-    with pytest.raises(PlanError) as caught:
-        parse_plan(text)
-    assert len(caught.value.problems) == 1 and "Dask workers' checkpoint sessions" in caught.value.problems[0]
