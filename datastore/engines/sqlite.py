@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -129,7 +130,7 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 def _connect(path: Path, busy_timeout_ms: int, autocheckpoint: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        _wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         if not autocheckpoint:
@@ -138,6 +139,23 @@ def _connect(path: Path, busy_timeout_ms: int, autocheckpoint: bool) -> sqlite3.
         conn.close()
         raise
     return conn
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Put the file in WAL mode, retried while another connection holds it, for up to
+    ``BUSY_TIMEOUT_MS``. Needed when several processes open a new file at once: each reads
+    it, then asks for the exclusive lock the change takes, and SQLite answers "database is
+    locked" at once instead of waiting (a wait there could deadlock), so the busy timeout
+    does not apply."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 class SqliteEngine(Engine):
