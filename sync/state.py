@@ -370,7 +370,7 @@ class PlanRegistry:
             self._retry()(self.client.ensure_path, root)
         failed: list[Exception] = []
         for _ in range(3):
-            def build(transaction: TransactionRequest, existing: RegisteredPlan | None = existing) -> None:
+            def build(transaction: TransactionRequest) -> None:  # runs within this iteration
                 if existing is None:
                     transaction.create(layout.plan(name), doc)
                     transaction.create(layout.mode(name), mode_document("passthrough", 0))
@@ -408,12 +408,11 @@ class PlanRegistry:
         if plan is None or not plan.live:
             return
         data, stat = self._retry()(self.client.get, layout.plan(name))
-        doc = _decode_object(data, layout.plan(name))
+        released = _encode({**_decode_object(data, layout.plan(name)), "live": False}, f"plan {name}")
         held = [path for path, _, _ in self._claims(plan) if self._retry()(self.client.exists, path) is not None]
 
         def build(transaction: TransactionRequest) -> None:
-            transaction.set_data(layout.plan(name), _encode({**doc, "live": False}, f"plan {name}"),
-                                 version=stat.version)
+            transaction.set_data(layout.plan(name), released, version=stat.version)
             for path in held:
                 transaction.delete(path)
 
