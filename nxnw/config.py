@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -223,17 +223,24 @@ class Plan(_Strict):
         return self
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
 def _where(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
 def parse_plan(text: str, source: str = "plan") -> Plan:
+    return _parse(Plan, text, source)
+
+
+def _parse(model: type[_M], text: str, source: str) -> _M:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PlanError(source, [f"not valid TOML: {exc}"]) from None
     try:
-        return Plan.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -246,10 +253,20 @@ def parse_plan(text: str, source: str = "plan") -> Plan:
         raise PlanError(source, problems) from None
 
 
-def load_plan(path: str | Path) -> Plan:
-    path = Path(path)
+def _read(path: str | Path) -> str:
     try:
-        text = path.read_text()
+        return Path(path).read_text()
     except OSError as exc:
         raise PlanError(str(path), [f"cannot read: {exc.strerror}"]) from None
-    return parse_plan(text, str(path))
+
+
+def load_plan(path: str | Path) -> Plan:
+    return parse_plan(_read(path), str(path))
+
+
+def load_zookeeper_security(path: str | Path) -> ZooKeeperSecurity:
+    """A TOML file with the keys of a plan's ``[n1.zookeeper_security]`` table, for the
+    commands that reach a ZooKeeper without a plan (``nxnw snapshot --zookeeper``): the
+    password stays ``{env = …}`` or ``{file = …}`` there, never an argument that ``ps``
+    shows. PlanError naming the file and each bad key, as for a plan."""
+    return _parse(ZooKeeperSecurity, _read(path), str(path))

@@ -5,7 +5,9 @@ writes the chunk stream to a file (a manifest of its ranges first) and ``load`` 
 one, exiting non-zero with the ranges named when the file lacks any range's final chunk
 (a file cut short; see snapshot/chunks.py). With ``--zookeeper`` (N1's)
 the loader checkpoints each finished range there, so a killed ``copy`` or ``load``
-started again with the same ``--task`` skips what it finished.
+started again with the same ``--task`` skips what it finished. A secured ensemble's
+settings come from ``--zookeeper-security FILE`` (the keys of a plan's
+``[n1.zookeeper_security]``), so the checkpoints get the same digest ACL as a plan's.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from datastore import Engine, open_engine
 from nxnw.checkpoints import ZooKeeperRangeCheckpoints
-from nxnw.config import scheduler_address
+from nxnw.config import load_zookeeper_security, scheduler_address
 from nxnw.zk import zk_session
 from snapshot import Loader, LoadStats, copy_app, encode, encode_manifest, export_chunks, plan_ids, read_chunks
 from sync.state import TaskRecordStore
+from sync.zk_client import ZooKeeperSecurity
 
 
 def progress_bar() -> Progress:
@@ -49,26 +52,40 @@ async def _engine(url: str) -> AsyncIterator[Engine]:
 
 
 @asynccontextmanager
-async def _checkpoints(hosts: str | None) -> AsyncIterator[ZooKeeperRangeCheckpoints | None]:
+async def _checkpoints(hosts: str | None, security: ZooKeeperSecurity | None) \
+        -> AsyncIterator[ZooKeeperRangeCheckpoints | None]:
     if hosts is None:
         yield None
         return
-    async with zk_session(hosts, "the checkpoints'") as zk:
+    async with zk_session(hosts, "the checkpoints'", security) as zk:
         yield ZooKeeperRangeCheckpoints(TaskRecordStore(zk))
+
+
+def _security(args: argparse.Namespace) -> ZooKeeperSecurity | None:
+    """``--zookeeper-security``'s settings, read before any engine is opened; ValueError
+    when it comes without ``--zookeeper`` (it would secure nothing)."""
+    if args.zookeeper_security is None:
+        return None
+    if args.zookeeper is None:
+        raise ValueError("--zookeeper-security needs --zookeeper: it says how to reach the checkpoints' ZooKeeper")
+    return load_zookeeper_security(args.zookeeper_security)
 
 
 async def copy(args: argparse.Namespace) -> int:
     task = args.task or f"copy.{args.app}"
+    security = _security(args)
     if args.scheduler:
         from nxnw.dask_ranges import check_scheduler
         await check_scheduler(args.scheduler)
-    async with _engine(args.source) as n1, _engine(args.target) as n2, _checkpoints(args.zookeeper) as checkpoints:
+    async with _engine(args.source) as n1, _engine(args.target) as n2, \
+            _checkpoints(args.zookeeper, security) as checkpoints:
         with progress_bar() as progress:
             bar = progress.add_task(f"copy {args.app}", total=None, entities=0, mib=0.0, rate=0.0)
             if args.scheduler:
                 from nxnw.dask_ranges import copy_app_distributed
                 stats = await copy_app_distributed(args.scheduler, n1, n2, args.app, task=task,
-                                                   zookeeper=args.zookeeper, at_least=args.ranges,
+                                                   zookeeper=args.zookeeper, zookeeper_security=security,
+                                                   at_least=args.ranges,
                                                    on_progress=_reporter(progress, bar))
             else:
                 stats = await copy_app(n1, n2, args.app, task=task, checkpoints=checkpoints, at_least=args.ranges,
@@ -102,7 +119,8 @@ async def export(args: argparse.Namespace) -> int:
 
 async def load(args: argparse.Namespace) -> int:
     task = args.task or f"load.{args.app or 'file'}"
-    async with _engine(args.target) as n2, _checkpoints(args.zookeeper) as checkpoints:
+    security = _security(args)
+    async with _engine(args.target) as n2, _checkpoints(args.zookeeper, security) as checkpoints:
         done = await checkpoints.completed(task) if checkpoints is not None else set()
 
         async def chunks():
@@ -125,12 +143,16 @@ def add_parser(verbs: argparse._SubParsersAction, run: Callable) -> None:
     actions = snap.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     zk_help = "N1's ZooKeeper (host:port[/chroot]) for range checkpoints; a rerun with the same --task resumes"
+    security_help = ("a TOML file with the keys of a plan's [n1.zookeeper_security] (digest_user, digest_password "
+                     "= {env = \"NAME\"} or {file = \"PATH\"}, tls, tls_ca, tls_cert, tls_key) for a secured "
+                     "--zookeeper; the checkpoints get the digest's ACL")
 
     p = actions.add_parser("copy", help="stream an app from one engine straight into another")
     p.add_argument("--from", dest="source", required=True, help="N1's engine URL")
     p.add_argument("--to", dest="target", required=True, help="N2's engine URL")
     p.add_argument("--app", required=True)
     p.add_argument("--zookeeper", help=zk_help)
+    p.add_argument("--zookeeper-security", metavar="FILE", help=security_help)
     p.add_argument("--task", help="checkpoint task name (default copy.APP)")
     p.add_argument("--ranges", type=int, default=32, help="at least this many ranges (default 32)")
     p.add_argument("--workers", type=int, default=4, help="ranges read at once; twice as many batches load at once")
@@ -151,6 +173,7 @@ def add_parser(verbs: argparse._SubParsersAction, run: Callable) -> None:
     p.add_argument("--in", dest="input", required=True, help="the chunk file to read")
     p.add_argument("--app", help="only used to name the default task")
     p.add_argument("--zookeeper", help=zk_help)
+    p.add_argument("--zookeeper-security", metavar="FILE", help=security_help)
     p.add_argument("--task", help="checkpoint task name (default load.APP)")
     p.add_argument("--workers", type=int, default=8)
     p.set_defaults(func=lambda a: run(load(a)))

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
 
 from datastore import EngineUnavailable
 from sync.aio import run_blocking
@@ -25,8 +26,13 @@ async def start_zk(hosts: str, what: str, security: ZooKeeperSecurity | None = N
     client = zk_client(hosts, security, timeout=6.0)
     try:
         await run_blocking(client.start, CONNECT_SECONDS)
+    except NoAuthError as exc:  # connected, then refused the chroot's first read: the digest is missing or wrong
+        await stop_zk(client)
+        raise EngineUnavailable(f"{what} ZooKeeper at {hosts} refused nxnw's session on its chroot (NoAuthError): "
+                                "nxnw must authenticate as a digest identity the chroot's ACL grants "
+                                "(zookeeper_security)") from exc
     except Exception as exc:
-        await run_blocking(client.close)
+        await stop_zk(client)  # a started client must be stopped before it can be closed
         raise EngineUnavailable(f"{what} ZooKeeper at {hosts} did not answer within {CONNECT_SECONDS:g} s "
                                 f"({type(exc).__name__})") from exc
     return client
