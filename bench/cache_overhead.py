@@ -16,7 +16,10 @@ request, read from Linux's ``schedstat``: a figure the machine's load
 hardly moves, unlike latency. ``--floor`` adds a minimal uvloop byte relay (one N1
 connection per client connection, no parsing): what pure Python on uvloop can do here;
 and, for sets, the same relay sending every byte to N2 as well (replies dropped): the
-least a copy can cost — half of a real copy's round trips, nothing verified.
+least a copy can cost — half of a real copy's round trips, nothing verified; and the same
+relay handing each set to a second process, which stores it on N2 and re-reads N1's CAS
+(both round trips of a verified copy, the comparison left out): what a copy costs the
+clients when none of it runs on the proxy's event loop. Its CPU figure is both processes'.
 
 Run: ``.venv/bin/python -m bench.cache_overhead [--requests 2000] [--clients 4] [--rounds 3] [--floor]``
 (``--rounds``: every figure is the median of that many runs of its table; one run's
@@ -58,6 +61,7 @@ PASS, COW, WARM, COR, PROXY = ("proxy passthrough", "proxy cow (COW)", "proxy co
                                "proxy proxy (reads N2)")
 FLOOR = "floor: uvloop byte relay"
 FLOOR_COW = "floor COW: relay + copy to N2"
+FLOOR_HELPER = "floor copy in a 2nd process"
 
 
 def value_of(size: int) -> bytes:
@@ -113,6 +117,81 @@ class _FloorCopyClient(_FloorClient):
     copy = True
 
 
+class _Handoff:
+    """The floor relay's side of the copy helper: the sets of one loop pass go to the
+    helper process in one write."""
+
+    transport: asyncio.Transport | None = None
+    out: list[bytes] = []
+
+    @classmethod
+    def add(cls, data: bytes) -> None:
+        if not cls.out:
+            asyncio.get_running_loop().call_soon(cls.flush)
+        cls.out.append(data)
+
+    @classmethod
+    def flush(cls) -> None:
+        out, cls.out = cls.out, []
+        if cls.transport is not None:
+            cls.transport.writelines(out)
+
+
+class _FloorHandoffClient(_FloorClient):
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.backend is not None and data[:4] == b"set ":
+            _Handoff.add(data)
+
+
+class _CopyHelperInput(asyncio.Protocol):
+    """The helper process's end: each whole ``set`` it reads is written to N2 as it came
+    and followed by ``mg <key> c`` to N1, a pass's requests in one write per side."""
+
+    def __init__(self, n2: asyncio.Transport, n1: asyncio.Transport) -> None:
+        self.n2, self.n1 = n2, n1
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        pos, size = 0, len(buf)
+        stores: list[bytes] = []
+        reads: list[bytes] = []
+        while (line_end := buf.find(b"\r\n", pos)) >= 0:
+            tokens = buf[pos:line_end].split(b" ")
+            end = line_end + 2 + int(tokens[4]) + 2
+            if end > size:
+                break
+            stores.append(buf[pos:end])
+            reads.append(b"mg %b c\r\n" % tokens[1])
+            pos = end
+        self.buf = buf[pos:]
+        if stores:
+            self.n2.writelines(stores)
+            self.n1.writelines(reads)
+
+
+class _Drain(asyncio.Protocol):
+    """Reads a side's replies: the helper counts on them no more than the floor COW does."""
+
+
+def copy_helper(path: str) -> None:
+    """Child of ``serve``: the copy helper, listening on the Unix socket ``path`` until
+    stdin closes."""
+    import uvloop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        n2, _ = await loop.create_connection(_Drain, *N2)
+        n1, _ = await loop.create_connection(_Drain, *N1)
+        server = await loop.create_unix_server(lambda: _CopyHelperInput(n2, n1), path)
+        print("ready", flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)
+        server.close()
+
+    uvloop.run(main())
+
+
 class _FloorBackend(asyncio.Protocol):
     def __init__(self, client: asyncio.Transport) -> None:
         self.client = client
@@ -146,15 +225,27 @@ def serve() -> None:
         ports["floor"] = floor.sockets[0].getsockname()[1]
         floor_cow = await asyncio.get_running_loop().create_server(_FloorCopyClient, HOST, 0)
         ports["floor_cow"] = floor_cow.sockets[0].getsockname()[1]
-        print(json.dumps(ports), flush=True)
         loop = asyncio.get_running_loop()
+        socket_path = str(Path(tempfile.mkdtemp(prefix="nxnw-bench-helper-")) / "copies.sock")
+        helper = subprocess.Popen([sys.executable, "-m", "bench.cache_overhead", "--copy-helper", socket_path],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        await loop.run_in_executor(None, helper.stdout.readline)
+        _Handoff.transport, _ = await loop.create_unix_connection(asyncio.Protocol, socket_path)
+        floor_helper = await loop.create_server(_FloorHandoffClient, HOST, 0)
+        ports["floor_helper"] = floor_helper.sockets[0].getsockname()[1]
+        ports["helper_pid"] = helper.pid
+        print(json.dumps(ports), flush=True)
         await loop.run_in_executor(None, sys.stdin.read)
+        helper.stdin.close()
+        await loop.run_in_executor(None, helper.wait, 30)
+        shutil.rmtree(Path(socket_path).parent, ignore_errors=True)
         pending = {name: r.to_n2.pending + r.to_n1.pending for name, (r, _) in zip(ports, parts)}
         dropped = {name: len(r.to_n2.dropped) + len(r.to_n1.dropped) for name, (r, _) in zip(ports, parts)}
         fills = {s.labels["result"]: s.value for m in metrics.COR_FILLS.collect() for s in m.samples
                  if s.name.endswith("_total")}
         floor.close()
         floor_cow.close()
+        floor_helper.close()
         for router, listener in parts:
             await listener.close()
             await router.close()
@@ -220,13 +311,13 @@ def _join(barrier: multiprocessing.synchronize.Barrier) -> None:
     _BARRIER = barrier
 
 
-def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int, dict[str, int], int]
+def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int, dict[str, tuple[int, ...]], int]
              ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Latency in ms of each row's op on each of its keys, one request at a time. Rows take
     turns every 100 requests, so a load change on the machine hits every row alike; with
     several clients, all of them run the same chunk of the same row at once (``_BARRIER``).
-    For the rows in ``pids`` (label -> pid of the process serving it), also the CPU that
-    process spent per request, in µs (a chunk is followed by a 5 ms pause so that work it
+    For the rows in ``pids`` (label -> pids of the processes serving it), also the CPU those
+    processes spent per request, in µs (a chunk is followed by a 5 ms pause so that work it
     left queued — a copy — is counted with it): a figure the machine's load hardly moves.
     With several clients, one of them reads it over every client's chunk (``clients_at_once``)."""
     rows, size, pids, clients_at_once = job
@@ -245,10 +336,10 @@ def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int
         for start in range(0, max(len(r[3]) for r in rows), chunk):
             for label, op, addr, keys in rows:
                 client, lat = clients[label], out[label]
-                pid = pids.get(label)
+                serving = pids.get(label, ())
                 if barrier is not None:
                     barrier.wait()
-                before = cpu_ns(pid) if pid else 0
+                before = sum(cpu_ns(pid) for pid in serving)
                 for key in keys[start:start + chunk]:
                     begin = clock()
                     if op == "get":
@@ -259,9 +350,9 @@ def run_rows(job: tuple[list[tuple[str, str, tuple[str, int], list[bytes]]], int
                     lat.append((clock() - begin) * 1000)
                 if barrier is not None:
                     barrier.wait()
-                if pid:
+                if serving:
                     time.sleep(0.005)
-                    cpu[label] += cpu_ns(pid) - before
+                    cpu[label] += sum(cpu_ns(pid) for pid in serving) - before
     finally:
         for client in clients.values():
             client.close()
@@ -296,7 +387,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, size: int, floor: bool,
-          pids: dict[str, int]) -> list[dict]:
+          pids: dict[str, tuple[int, ...]]) -> list[dict]:
     """Sets first (each target writes its own keys), then gets of what each target's set
     wrote — in ``cow`` those keys are already on N2 (the warm row), in ``proxy`` they are
     on N2 — plus the COR row: keys written to N1 directly, absent from N2, so every read
@@ -314,7 +405,8 @@ def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, si
             rows = [(DIRECT, phase, N1, keys(b"direct", c)),
                     (TWEMPROXY, phase, (HOST, twemproxy), keys(b"twem", c)),
                     *([(FLOOR, phase, at("floor"), keys(b"floor", c))] if floor else []),
-                    *([(FLOOR_COW, phase, at("floor_cow"), keys(b"floorcow", c))] if floor and phase == "set" else []),
+                    *([(FLOOR_COW, phase, at("floor_cow"), keys(b"floorcow", c)),
+                       (FLOOR_HELPER, phase, at("floor_helper"), keys(b"floorhelper", c))] if floor and phase == "set" else []),
                     (PASS, phase, at("passthrough"), keys(b"pass", c)),
                     (COW if phase == "set" else WARM, phase, at("cow"), keys(b"cow", c)),
                     (PROXY, phase, at("proxy"), keys(b"proxy", c))]
@@ -334,7 +426,8 @@ def bench(ports: dict[str, int], twemproxy: int, requests: int, clients: int, si
                 merged.setdefault(label, []).extend(lat)
         phases.append((phase, merged, results[0][1]))
         time.sleep(0.5)  # the sets' copies land before the gets, the gets' fills before the keys go
-    forget([k + suffix for tag in (b"direct", b"twem", b"floor", b"floorcow", b"pass", b"cow", b"proxy", b"cor")
+    forget([k + suffix for tag in (b"direct", b"twem", b"floor", b"floorcow", b"floorhelper", b"pass", b"cow", b"proxy",
+                                   b"cor")
             for c in range(clients) for k in keys(tag, c) for suffix in (b"", b"-w")])
     out = []
     for phase, merged, cpu in phases:
@@ -395,6 +488,7 @@ def verdict(results: dict[tuple[str, int], list[dict]]) -> list[str]:
                 f"{'cow warm get ' + format(added[WARM], '+.0f') + ', ' if op == 'get' else ''}"
                 f"{'floor ' + format(added[FLOOR], '+.0f') + ', ' if FLOOR in added else ''}"
                 f"{'floor COW ' + format(added[FLOOR_COW], '+.0f') + ', ' if FLOOR_COW in added else ''}"
+                f"{'floor copy in a 2nd process ' + format(added[FLOOR_HELPER], '+.0f') + ', ' if FLOOR_HELPER in added else ''}"
                 f"proxy {added[PROXY]:+.0f}; passthrough ≤ 1.5× twemproxy ({bound:.0f}): {goal1}; "
                 f"{'COW' if op == 'set' else 'COR'} ≤ passthrough + 15 µs: {goal2} ({mirrored - passthrough:+.0f})")
             cpu = {r["target"]: r["cpu_us"] for r in rows if r["op"] == op and r["cpu_us"] is not None}
@@ -403,7 +497,9 @@ def verdict(results: dict[tuple[str, int], list[dict]]) -> list[str]:
                 lines.append(
                     f"      CPU µs per request of the serving process — twemproxy {cpu[TWEMPROXY]:.0f}, "
                     f"{'floor ' + format(cpu[FLOOR], '.0f') + ', ' if FLOOR in cpu else ''}"
-                    f"{'floor COW ' + format(cpu[FLOOR_COW], '.0f') + ', ' if FLOOR_COW in cpu else ''}passthrough {cpu[PASS]:.0f} "
+                    f"{'floor COW ' + format(cpu[FLOOR_COW], '.0f') + ', ' if FLOOR_COW in cpu else ''}"
+                    f"{'floor copy in a 2nd process (both) ' + format(cpu[FLOOR_HELPER], '.0f') + ', ' if FLOOR_HELPER in cpu else ''}"
+                    f"passthrough {cpu[PASS]:.0f} "
                     f"({cpu[PASS] / max(cpu[TWEMPROXY], 1e-9):.1f}× twemproxy's), "
                     f"{'COW' if op == 'set' else 'COR'} {mirrored_cpu:.0f}, proxy {cpu[PROXY]:.0f}")
     return lines
@@ -457,6 +553,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         serve()
         return
+    if len(sys.argv) > 2 and sys.argv[1] == "--copy-helper":
+        copy_helper(sys.argv[2])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per row (split among clients)")
     parser.add_argument("--clients", type=int, default=4, help="client processes in the concurrent round")
@@ -466,8 +565,9 @@ def main() -> None:
     parser.add_argument("--no-breakdown", action="store_true")
     parser.add_argument("--floor", action="store_true",
                         help="also measure a minimal uvloop byte relay (one N1 connection per client, no parsing), and for sets "
-                             "the same relay copying every byte to N2 (replies dropped): "
-                             "what pure Python can do for this hop")
+                             "the same relay copying every byte to N2 (replies dropped), and the same relay handing each "
+                             "set to a second process that stores it on N2 and re-reads N1's CAS: "
+                             "what pure Python can do for this hop and its copy")
     args = parser.parse_args()
     for name in ("requests", "clients", "rounds"):
         if getattr(args, name) < 1:
@@ -491,7 +591,8 @@ def main() -> None:
                 for size_name in ("5 KB", "100 B"):
                     rounds.setdefault((size_name, clients), []).append(
                         bench(ports, twemproxy_port, args.requests, clients, SIZES[size_name], args.floor,
-                              {TWEMPROXY: twemproxy.pid, "proxy": proxy.pid}))
+                              {TWEMPROXY: (twemproxy.pid,), "proxy": (proxy.pid,),
+                               FLOOR_HELPER: (proxy.pid, ports["helper_pid"])}))
         # the 5 KB one-client table comes first: ``python -m bench`` reads it
         for (size_name, clients), runs in rounds.items():
             results[(size_name, clients)] = rows = median_rows(runs)
