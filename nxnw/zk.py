@@ -16,7 +16,7 @@ from kazoo.exceptions import NoAuthError
 
 from datastore import EngineUnavailable
 from sync.aio import run_blocking
-from sync.zk_client import ZooKeeperSecurity, zk_client
+from sync.zk_client import ZooKeeperSecurity, refused_chroot, zk_client
 
 CONNECT_SECONDS = 8.0
 
@@ -28,9 +28,7 @@ async def start_zk(hosts: str, what: str, security: ZooKeeperSecurity | None = N
         await run_blocking(client.start, CONNECT_SECONDS)
     except NoAuthError as exc:  # connected, then refused the chroot's first read: the digest is missing or wrong
         await stop_zk(client)
-        raise EngineUnavailable(f"{what} ZooKeeper at {hosts} refused nxnw's session on its chroot (NoAuthError): "
-                                "nxnw must authenticate as a digest identity the chroot's ACL grants "
-                                "(zookeeper_security)") from exc
+        raise EngineUnavailable(refused_chroot(hosts, what)) from exc
     except Exception as exc:
         await stop_zk(client)  # a started client must be stopped before it can be closed
         raise EngineUnavailable(f"{what} ZooKeeper at {hosts} did not answer within {CONNECT_SECONDS:g} s "

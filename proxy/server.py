@@ -21,8 +21,9 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
 
-from datastore import Engine, open_engine
+from datastore import Engine, EngineUnavailable, open_engine
 from proxy.api import build_app
 from proxy.cache import CacheListener, CacheRouter
 from proxy.config import ProxyConfig
@@ -33,7 +34,7 @@ from proxy.tls import server_context
 from sync.aio import run_blocking
 from sync.lock import GroupLock
 from sync.writer_clock import WriterClock
-from sync.zk_client import zk_client
+from sync.zk_client import refused_chroot, zk_client
 
 log = logging.getLogger("nxnw.proxy.server")
 
@@ -64,7 +65,10 @@ class ProxyServer:
         if cfg.tls_cert is not None and cfg.tls_key is not None:
             self.ssl_context = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
         self.zk = zk_client(cfg.n1_zookeeper, cfg.n1_zookeeper_security, timeout=cfg.session_timeout)
-        await run_blocking(self.zk.start, 15)
+        try:
+            await run_blocking(self.zk.start, 15)
+        except NoAuthError as exc:  # cleanup stops and closes the client
+            raise EngineUnavailable(refused_chroot(cfg.n1_zookeeper, "N1's")) from exc
         # The server may grant a shorter session than asked for: the lease follows the shorter.
         granted = getattr(self.zk, "_session_timeout", 0) / 1000 or cfg.session_timeout
         self.lease = ZooKeeperLease(self.zk, min(granted, cfg.session_timeout) / 2)

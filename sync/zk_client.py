@@ -94,6 +94,13 @@ class ZooKeeperSecurity(BaseModel):
         return arguments
 
 
+def refused_chroot(hosts: str, what: str) -> str:
+    """The one line for a session that connected and then got NoAuthError on kazoo's first
+    read of its chroot: the digest identity is missing, wrong, or not granted there."""
+    return (f"{what} ZooKeeper at {hosts} refused nxnw's session on its chroot (NoAuthError): nxnw must "
+            "authenticate as a digest identity the chroot's ACL grants (zookeeper_security)")
+
+
 def zk_client(hosts: str, security: ZooKeeperSecurity | None = None, *, timeout: float,
               **extra: Any) -> KazooClient:
     """A new, not yet started client of ``hosts`` with ``security``'s authentication and ACL.

@@ -1,6 +1,7 @@
-"""``nxnw snapshot`` against a ZooKeeper that only a digest identity may use: the
-checkpoints' session authenticates as a plan's would, and bad security settings are one
-line before any engine is touched."""
+"""Commands against a ZooKeeper chroot that only a digest identity may use: ``nxnw
+snapshot``'s checkpoints authenticate as a plan's sessions do, a session refused on the
+chroot is one line (never a traceback) whichever command meets it, and bad security
+settings are one line before any engine is touched."""
 
 from __future__ import annotations
 
@@ -132,3 +133,34 @@ def test_bad_zookeeper_security_settings_are_one_line_and_exit_2_before_an_engin
     assert (lone.stdout + lone.stderr).strip().splitlines() == [
         "nxnw snapshot: --zookeeper-security needs --zookeeper: it says how to reach the checkpoints' ZooKeeper"]
     assert not target.exists(), "an engine was opened before the settings were checked"
+
+
+def test_a_proxy_and_a_plan_command_refused_on_the_chroot_say_so_in_one_line(tmp_path: Path) -> None:
+    """A plan whose digest password is wrong: ``nxnw proxy serve`` said only "ZooKeeper:
+    NoAuthError:" and ``nxnw status`` crashed with a traceback (kazoo cannot close a client
+    that is still started)."""
+    require("zookeeper-n1")
+    security = ZooKeeperSecurity(digest_user=f"nxnw-{uuid.uuid4().hex[:6]}", digest_password=SecretStr(uuid.uuid4().hex))
+    root = f"/nxnw-test-{uuid.uuid4().hex[:10]}"
+    admin = zk_client(f"{HOST}:{ZOOKEEPER['n1']}", security, timeout=10)
+    admin.start(15)
+    admin.create(root)
+    hosts, n2_hosts = f"{HOST}:{ZOOKEEPER['n1']}{root}", f"{HOST}:{ZOOKEEPER['n2']}"
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'name = "refused"\napps = ["a"]\nsync_paths = ["/apps/a"]\n\n'
+                    f'[n1]\nengine = "sqlite:///{tmp_path / "n1.db"}"\nzookeeper = "{hosts}"\nmemcached = "127.0.0.1:9"\n\n'
+                    f'[n1.zookeeper_security]\ndigest_user = "{security.digest_user}"\ndigest_password = "not-it"\n\n'
+                    f'[n2]\nengine = "sqlite:///{tmp_path / "n2.db"}"\nzookeeper = "{n2_hosts}"\n'
+                    'memcached = "127.0.0.1:9"\n')
+    try:
+        for verb, argv in (("proxy", ("proxy", "serve", str(plan), "--instance", "refused", "--port", "0")),
+                           ("status", ("status", str(plan)))):
+            proc = nxnw(*argv)
+            assert proc.returncode == 2, (verb, proc.stdout, proc.stderr)
+            assert (proc.stdout + proc.stderr).strip().splitlines() == [
+                f"nxnw {verb}: N1's ZooKeeper at {hosts} refused nxnw's session on its chroot (NoAuthError): nxnw "
+                "must authenticate as a digest identity the chroot's ACL grants (zookeeper_security)"], verb
+    finally:
+        admin.delete(root, recursive=True)
+        admin.stop()
+        admin.close()
