@@ -60,7 +60,7 @@ DIRECT, TWEMPROXY = "memcached N1 direct", "twemproxy (nutcracker)"
 PASS, COW, WARM, COR, PROXY = ("proxy passthrough", "proxy cow (COW)", "proxy cow, N2 warm", "proxy cow, N2 cold (COR)",
                                "proxy proxy (reads N2)")
 FLOOR = "floor: uvloop byte relay"
-FLOOR_COW = "floor COW: relay + copy to N2"
+FLOOR_COW = "floor COW: relay + N2 write"
 FLOOR_HELPER = "floor copy in a 2nd process"
 
 
