@@ -29,7 +29,7 @@ from rich.table import Table
 
 from nxnw import __version__, logs, services, snapshot_cli
 from datastore import EngineUnavailable
-from nxnw.config import Plan, PlanError, load_plan, scheduler_address
+from nxnw.config import Plan, PlanError, at_least, load_plan, scheduler_address
 
 if TYPE_CHECKING:
     from kazoo.client import KazooClient
@@ -398,11 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "exit 0 only when nothing was lost, resurrected or read stale.")
     demo.add_argument("--from", dest="source", choices=engines, default="sqlite", help="N1's engine (default sqlite)")
     demo.add_argument("--to", dest="target", choices=engines, default="sqlite", help="N2's engine (default sqlite)")
-    demo.add_argument("--entities", type=int, default=5000, help="entities seeded on N1 before the migration")
-    demo.add_argument("--clients", type=int, default=4, help="concurrent workload clients")
-    demo.add_argument("--ttl", type=int, default=2, help="DNS TTL during the hand-off, seconds")
+    demo.add_argument("--entities", type=at_least(0), default=5000, help="entities seeded on N1 before the migration")
+    demo.add_argument("--clients", type=at_least(1), default=4, help="concurrent workload clients")
+    demo.add_argument("--ttl", type=at_least(1), default=2, help="DNS TTL during the hand-off, seconds")
     demo.add_argument("--status-port", type=int, default=None, help="serve the live status page on this port")
-    demo.add_argument("--keys", type=int, default=200, help="keys the workload writes, deletes and reads")
+    demo.add_argument("--keys", type=at_least(1), default=200, help="keys the workload writes, deletes and reads")
     demo.add_argument("--fault", action="append", default=[], metavar="NAME",
                       help="inject this fault (repeatable, each with its --in): kill-proxy, pause-proxy, "
                       "expire-session, partition-zookeeper, n2-engine-down, n2-memcached-down, client-timeout, "
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the phase the matching --fault is injected in: cow, snapshot+load, verify, proxy, handoff")
     demo.add_argument("--kill-orchestrator-in", nargs="*", default=[], metavar="PHASE",
                       help="short for --fault kill-orchestrator --in PHASE, for each PHASE")
-    demo.add_argument("--tamper-n2", type=int, default=0, metavar="N",
+    demo.add_argument("--tamper-n2", type=at_least(0), default=0, metavar="N",
                       help="proves the checker sees: delete N keys straight in N2's engine after the migration")
     demo.set_defaults(func=_demo)
 

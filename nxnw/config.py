@@ -54,6 +54,20 @@ def scheduler_address(value: str) -> str:
     return value
 
 
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``low``. A count of workers or ranges
+    of 0 is not "none": a copy with no worker waits forever for one."""
+    def whole_number(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if number < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {number}")
+        return number
+    return whole_number
+
+
 HostPort = Annotated[str, AfterValidator(_matching(HOSTPORT, "host:port"))]
 ZooKeeperHosts = Annotated[str, AfterValidator(_matching(ZK_HOSTS, "host:port[,host:port…][/chroot]"))]
 

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from datastore import Engine, open_engine
 from nxnw.checkpoints import ZooKeeperRangeCheckpoints
-from nxnw.config import load_zookeeper_security, scheduler_address
+from nxnw.config import at_least, load_zookeeper_security, scheduler_address
 from nxnw.zk import zk_session
 from snapshot import Loader, LoadStats, copy_app, encode, encode_manifest, export_chunks, plan_ids, read_chunks
 from sync.state import TaskRecordStore
@@ -154,8 +154,9 @@ def add_parser(verbs: argparse._SubParsersAction, run: Callable) -> None:
     p.add_argument("--zookeeper", help=zk_help)
     p.add_argument("--zookeeper-security", metavar="FILE", help=security_help)
     p.add_argument("--task", help="checkpoint task name (default copy.APP)")
-    p.add_argument("--ranges", type=int, default=32, help="at least this many ranges (default 32)")
-    p.add_argument("--workers", type=int, default=4, help="ranges read at once; twice as many batches load at once")
+    p.add_argument("--ranges", type=at_least(1), default=32, help="at least this many ranges (default 32)")
+    p.add_argument("--workers", type=at_least(1), default=4,
+                   help="ranges read at once; twice as many batches load at once (default 4)")
     p.add_argument("--scheduler", type=scheduler_address, help="a Dask scheduler (tcp://HOST:PORT): its workers "
                    "copy the ranges, one task per range (--workers is then unused)")
     p.set_defaults(func=lambda a: run(copy(a)))
@@ -164,8 +165,8 @@ def add_parser(verbs: argparse._SubParsersAction, run: Callable) -> None:
     p.add_argument("--from", dest="source", required=True, help="engine URL")
     p.add_argument("--app", required=True)
     p.add_argument("--out", required=True, help="the chunk file to write")
-    p.add_argument("--ranges", type=int, default=32)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--ranges", type=at_least(1), default=32, help="at least this many ranges (default 32)")
+    p.add_argument("--workers", type=at_least(1), default=4, help="ranges read at once (default 4)")
     p.set_defaults(func=lambda a: run(export(a)))
 
     p = actions.add_parser("load", help="apply a chunk file to an engine, last-write-wins")
@@ -175,5 +176,5 @@ def add_parser(verbs: argparse._SubParsersAction, run: Callable) -> None:
     p.add_argument("--zookeeper", help=zk_help)
     p.add_argument("--zookeeper-security", metavar="FILE", help=security_help)
     p.add_argument("--task", help="checkpoint task name (default load.APP)")
-    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--workers", type=at_least(1), default=8, help="batches applied at once (default 8)")
     p.set_defaults(func=lambda a: run(load(a)))

@@ -71,6 +71,8 @@ class Loader:
 
     def __init__(self, engine: Engine, *, task: str, checkpoints: CheckpointStore | None = None, workers: int = 8,
                  on_progress: Callable[[LoadStats], None] | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"a load needs at least one worker, got {workers}: with none it would never end")
         self.engine = engine
         self.task = task
         self.checkpoints = checkpoints

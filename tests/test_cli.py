@@ -84,3 +84,21 @@ def test_an_unreachable_cassandra_is_one_line_with_no_driver_traceback_above_it(
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     assert lines[0] == "nxnw migrate: 1 problem(s) before anything was changed:", lines
     assert len(lines) == 2 and lines[1].startswith("n1.engine: cannot open cassandra://127.0.0.1:1/unreachable: "), lines
+
+
+def test_counts_of_zero_or_below_are_refused_before_anything_starts(tmp_path) -> None:
+    """``snapshot copy --workers 0`` waited forever for a worker, and ``demo --tamper-n2 -1``
+    ran a whole migration to report it FAILED: each is one error line and exit 2 now."""
+    target = tmp_path / "n2.db"
+    copy = ["snapshot", "copy", "--from", f"sqlite:///{tmp_path / 'n1.db'}", "--to", f"sqlite:///{target}", "--app", "a"]
+    cases = [((*copy, "--workers", "0"), "nxnw snapshot copy: error: argument --workers: must be at least 1, got 0"),
+             ((*copy, "--ranges", "-3"), "nxnw snapshot copy: error: argument --ranges: must be at least 1, got -3"),
+             (("snapshot", "load", "--to", f"sqlite:///{target}", "--in", "x", "--workers", "2.5"),
+              "nxnw snapshot load: error: argument --workers: '2.5' is not a whole number"),
+             (("demo", "--tamper-n2", "-1"), "nxnw demo: error: argument --tamper-n2: must be at least 0, got -1"),
+             (("demo", "--clients", "0"), "nxnw demo: error: argument --clients: must be at least 1, got 0")]
+    for argv, line in cases:
+        proc = nxnw(*argv)
+        assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
+        assert proc.stderr.strip().splitlines()[-1] == line
+    assert not target.exists()

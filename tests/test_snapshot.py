@@ -108,6 +108,14 @@ async def test_export_to_a_stream_and_load_from_it(n1_n2: tuple[Engine, Engine],
     assert (await verify_app(n1, n2, app_name)).identical
 
 
+async def test_a_load_with_no_worker_is_refused_instead_of_waiting_forever(n1_n2: tuple[Engine, Engine],
+                                                                            app_name: str) -> None:
+    n1, n2 = n1_n2
+    await seed(n1, app_name, 20, HybridLogicalClock(2))
+    with pytest.raises(ValueError, match="at least one worker, got 0"):
+        await asyncio.wait_for(copy_app(n1, n2, app_name, task=f"none-{app_name}", load_workers=0), 30)
+
+
 def test_a_chunk_with_one_flipped_byte_is_refused_naming_the_chunk() -> None:
     from datastore import KeyRange
     from snapshot import Chunk
