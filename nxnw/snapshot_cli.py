@@ -73,6 +73,8 @@ def _security(args: argparse.Namespace) -> ZooKeeperSecurity | None:
 
 async def copy(args: argparse.Namespace) -> int:
     task = args.task or f"copy.{args.app}"
+    if args.source == args.target:
+        raise ValueError(f"--from and --to name the same engine {args.source!r}: a copy needs two")
     security = _security(args)
     if args.scheduler:
         from nxnw.dask_ranges import check_scheduler

@@ -102,3 +102,14 @@ def test_counts_of_zero_or_below_are_refused_before_anything_starts(tmp_path) ->
         assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
         assert proc.stderr.strip().splitlines()[-1] == line
     assert not target.exists()
+
+
+def test_a_copy_from_an_engine_onto_itself_is_refused(tmp_path) -> None:
+    """It ran, read every row and wrote it back onto itself (an operator's typo, reported
+    as a successful copy)."""
+    engine = f"sqlite:///{tmp_path / 'n1.db'}"
+    same = nxnw("snapshot", "copy", "--from", engine, "--to", engine, "--app", "a")
+    assert same.returncode == 2
+    assert (same.stdout + same.stderr).strip().splitlines() == [
+        f"nxnw snapshot: --from and --to name the same engine '{engine}': a copy needs two"]
+    assert not (tmp_path / "n1.db").exists()
