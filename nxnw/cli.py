@@ -500,7 +500,8 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
         console.print(f"nxnw {args.verb}: ZooKeeper: {type(exc).__name__}: {exc}", markup=False, highlight=False)
         return EXIT_BAD_INPUT
     except (services.ServicesDown, PlanError, KeyError, ValueError, OSError, RuntimeError, EngineUnavailable) as exc:
-        first, _, rest = str(exc).partition("\n")
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError's str() quotes it
+        first, _, rest = text.partition("\n")
         console.print(f"nxnw {args.verb}: {first}", markup=False, highlight=False)
         if rest:
             console.print(rest, markup=False, highlight=False)

@@ -113,3 +113,11 @@ def test_a_copy_from_an_engine_onto_itself_is_refused(tmp_path) -> None:
     assert (same.stdout + same.stderr).strip().splitlines() == [
         f"nxnw snapshot: --from and --to name the same engine '{engine}': a copy needs two"]
     assert not (tmp_path / "n1.db").exists()
+
+
+def test_an_unknown_service_is_named_in_one_line_without_quotes_around_it() -> None:
+    proc = nxnw("services", "up", "bogus")
+    assert proc.returncode == 2
+    assert (proc.stdout + proc.stderr).strip().splitlines() == [
+        "nxnw services: unknown service 'bogus'; known: memcached-n1, memcached-n2, zookeeper-n1, zookeeper-n2, "
+        "cassandra, hbase, bind, moto"]
