@@ -466,9 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = proxy_verbs.add_parser("serve", help="serve the data API until SIGTERM")
     serve.add_argument("plan", help=plan_help)
     serve.add_argument("--instance", required=True, help="this instance's name, unique among the proxies")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--memcache-port", type=int, default=None, help="also speak the memcached protocol here")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address the HTTP data API and the memcache port listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="HTTP data API port (default 8080; 0: any free one)")
+    serve.add_argument("--memcache-port", type=int, default=None,
+                       help="also speak the memcached protocol here (apps' memcache clients point at it unchanged)")
     serve.add_argument("--enable-flush-cmd", action="store_true",
                        help="serve flush_all on the memcache port (both sides, in the mode's order); refused by default")
     serve.add_argument("--memcache-fail-limit", type=int, default=3,
