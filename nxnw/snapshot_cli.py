@@ -152,7 +152,7 @@ def add_parser(verbs: argparse._SubParsersAction, run: Callable) -> None:
     p = actions.add_parser("copy", help="stream an app from one engine straight into another")
     p.add_argument("--from", dest="source", required=True, help="N1's engine URL")
     p.add_argument("--to", dest="target", required=True, help="N2's engine URL")
-    p.add_argument("--app", required=True, help="the app whose entities are copied (lower-case letter, then a-z 0-9 _)")
+    p.add_argument("--app", required=True, help="the app (a lower-case letter, then up to 47 of a-z 0-9 _)")
     p.add_argument("--zookeeper", help=zk_help)
     p.add_argument("--zookeeper-security", metavar="FILE", help=security_help)
     p.add_argument("--task", help="checkpoint task name (default copy.APP)")
@@ -165,7 +165,7 @@ def add_parser(verbs: argparse._SubParsersAction, run: Callable) -> None:
 
     p = actions.add_parser("export", help="write an app's chunk stream to a file")
     p.add_argument("--from", dest="source", required=True, help="engine URL")
-    p.add_argument("--app", required=True, help="the app whose entities are copied (lower-case letter, then a-z 0-9 _)")
+    p.add_argument("--app", required=True, help="the app (a lower-case letter, then up to 47 of a-z 0-9 _)")
     p.add_argument("--out", required=True, help="the chunk file to write")
     p.add_argument("--ranges", type=at_least(1), default=32, help="at least this many ranges (default 32)")
     p.add_argument("--workers", type=at_least(1), default=4, help="ranges read at once (default 4)")
