@@ -1,7 +1,7 @@
 """Commands against a ZooKeeper chroot that only a digest identity may use: ``nxnw
 snapshot``'s checkpoints authenticate as a plan's sessions do, a session refused on the
 chroot is one line (never a traceback) whichever command meets it, and bad security
-settings are one line before any engine is touched."""
+settings are refused, naming the file, before any engine is touched."""
 
 from __future__ import annotations
 
