@@ -7,6 +7,8 @@ nothing is skipped because a server is missing.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -34,6 +36,13 @@ def require(*names: str) -> None:
     if missing:
         services.up(missing)
         _started.update(missing)
+
+
+def run_nxnw(*argv: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m nxnw.cli ARGV`` as an operator runs it, output captured; ``env`` is added
+    to this process's environment (a wide ``COLUMNS``, so that rich wraps no line)."""
+    return subprocess.run([sys.executable, "-m", "nxnw.cli", *argv], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
 
 
 @pytest.fixture(scope="session")

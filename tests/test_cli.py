@@ -9,11 +9,11 @@ from pathlib import Path
 
 from nxnw import __version__
 from nxnw.services.endpoints import ZOOKEEPER
-from tests.conftest import require
+from tests.conftest import require, run_nxnw
 
 
 def nxnw(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nxnw.cli", *argv], capture_output=True, text=True, timeout=120)
+    return run_nxnw(*argv, timeout=120)
 
 
 def test_version_names_the_package_version() -> None:

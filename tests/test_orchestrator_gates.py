@@ -9,9 +9,6 @@ in seconds: what is checked is the orchestrator's decisions.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +28,7 @@ from proxy.control import switch_mode
 from sync import layout
 from sync.mode import load_verified_epoch, mark_load_verified, read_mode
 from sync.state import MigrationStateStore
-from tests.conftest import ENGINE_SERVICES, require
+from tests.conftest import ENGINE_SERVICES, require, run_nxnw
 from tests.memcached_harness import memcached_process
 
 
@@ -130,11 +127,6 @@ def phase(s: Setting) -> str | None:
     return None if state is None else state.phase
 
 
-def nxnw(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nxnw.cli", *argv], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "COLUMNS": "200"})
-
-
 # --- prepare: N2 must start empty --------------------------------------------------------------------------------
 
 
@@ -180,7 +172,7 @@ async def test_a_difference_repair_cannot_close_stops_the_migration_before_proxy
     assert (await s.n1.get(EntityRef(s.app, "Item", b"k0007"))).value == b"v7"
 
     # The operator's verify says the same, with exit status 1 and the key.
-    result = await asyncio.to_thread(nxnw, "verify", str(s.plan_path), "--repair")
+    result = await asyncio.to_thread(run_nxnw, "verify", str(s.plan_path), "--repair")
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert f"differs: app {s.app} key Item/b'k0007': stale on N1" in result.stdout
     assert "Traceback" not in result.stderr
@@ -190,9 +182,9 @@ async def test_verify_repair_exits_0_once_the_repair_converged(setting: Setting)
     s = setting
     await seed_n1(s, 50)
     await s.n2.apply([Entity(s.app, "Item", b"k0003", b"older", 10)])  # N1's copy wins: repairable
-    result = await asyncio.to_thread(nxnw, "verify", str(s.plan_path))
+    result = await asyncio.to_thread(run_nxnw, "verify", str(s.plan_path))
     assert result.returncode == 1 and "missing on N2" in result.stdout, result.stdout
-    result = await asyncio.to_thread(nxnw, "verify", str(s.plan_path), "--repair")
+    result = await asyncio.to_thread(run_nxnw, "verify", str(s.plan_path), "--repair")
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "identical after repair" in result.stdout
 
@@ -215,7 +207,7 @@ async def test_resume_after_the_proxies_were_put_back_in_passthrough_stops_inste
     assert "the proxies are in mode passthrough" in message and "left them in mode proxy" in message, message
     assert "not running complete" in message
     assert phase(s) == "proxy"
-    status = await asyncio.to_thread(nxnw, "status", str(s.plan_path))
+    status = await asyncio.to_thread(run_nxnw, "status", str(s.plan_path))
     assert status.returncode == 0 and "passthrough (epoch 3); load verified in cow epoch 1" in status.stdout, status
 
 

@@ -26,7 +26,7 @@ from dns_handoff import RecordSet, Rfc2136Provider
 from nxnw.config import PlanError, parse_plan
 from nxnw.services.endpoints import BIND_TSIG_SECRET, BIND_ZONE
 from proxy.config import ProxyConfig
-from tests.conftest import require
+from tests.conftest import require, run_nxnw
 from tests.proxy_harness import proxy_config, running_proxy, zk_namespace
 from tests.test_orchestrator_gates import Setting, private_memcached, setting  # noqa: F401 (fixtures)
 
@@ -128,11 +128,6 @@ async def test_the_admin_token_from_a_file_opens_admin_and_any_other_token_is_re
                         assert (await resp.json())["error"] == "unauthorized"
 
 
-def _nxnw(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nxnw.cli", *argv], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "COLUMNS": "200", **env})
-
-
 async def test_dry_run_signs_with_the_tsig_key_from_the_environment_and_never_prints_it(setting: Setting,
                                                                                       bind_dns: Rfc2136Provider):
     s = setting
@@ -144,7 +139,7 @@ async def test_dry_run_signs_with_the_tsig_key_from_the_environment_and_never_pr
     assert f'key_secret = "{BIND_TSIG_SECRET}"' in text
     path.write_text(text.replace(f'key_secret = "{BIND_TSIG_SECRET}"', 'key_secret = {env = "NXNW_TEST_TSIG"}'))
 
-    result = await asyncio.to_thread(_nxnw, "migrate", str(path), "--dry-run", env={"NXNW_TEST_TSIG": BIND_TSIG_SECRET})
+    result = await asyncio.to_thread(run_nxnw, "migrate", str(path), "--dry-run", env={"NXNW_TEST_TSIG": BIND_TSIG_SECRET})
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert "the DNS zone's update rights" in result.stdout  # the probe was signed with the key from the environment
     assert BIND_TSIG_SECRET not in result.stdout + result.stderr

@@ -5,9 +5,6 @@ settings are refused, naming the file, before any engine is touched."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -20,12 +17,7 @@ from nxnw.services.endpoints import HOST, ZOOKEEPER, engine_url
 from snapshot import verify_app
 from sync.state import TaskRecordStore
 from sync.zk_client import ZooKeeperSecurity, zk_client
-from tests.conftest import require
-
-
-def nxnw(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nxnw.cli", *argv], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
+from tests.conftest import require, run_nxnw
 
 
 def _security_file(tmp_path: Path, user: str, variable: str) -> Path:
@@ -56,10 +48,10 @@ async def test_a_copy_checkpoints_on_a_digest_only_zookeeper_with_the_digest_acl
         argv = ["snapshot", "copy", "--from", source, "--to", target, "--app", app_name,
                 "--zookeeper", f"{HOST}:{ZOOKEEPER['n1']}{root}", "--task", "secured", "--ranges", "8"]
 
-        refused = nxnw(*argv)
+        refused = run_nxnw(*argv)
         wrong = tmp_path / "wrong.toml"
         wrong.write_text(f'digest_user = "{security.digest_user}"\ndigest_password = "not-the-password"\n')
-        refused_wrong = nxnw(*argv, "--zookeeper-security", str(wrong))
+        refused_wrong = run_nxnw(*argv, "--zookeeper-security", str(wrong))
         for proc in (refused, refused_wrong):
             assert proc.returncode == 2, proc.stdout + proc.stderr
             assert (proc.stdout + proc.stderr).strip().splitlines() == [
@@ -67,7 +59,7 @@ async def test_a_copy_checkpoints_on_a_digest_only_zookeeper_with_the_digest_acl
                 "on its chroot (NoAuthError): nxnw must authenticate as a digest identity the chroot's ACL grants "
                 "(zookeeper_security)"]
 
-        secured = nxnw(*argv, "--zookeeper-security", str(_security_file(tmp_path, security.digest_user, variable)),
+        secured = run_nxnw(*argv, "--zookeeper-security", str(_security_file(tmp_path, security.digest_user, variable)),
                        env=password)
         assert secured.returncode == 0, secured.stdout + secured.stderr
         assert "0 of 8 ranges were already done" in secured.stdout
@@ -96,7 +88,7 @@ async def test_a_copy_checkpoints_on_a_digest_only_zookeeper_with_the_digest_acl
             plain.stop()
             plain.close()
 
-        again = nxnw(*argv, "--zookeeper-security", str(_security_file(tmp_path, security.digest_user, variable)),
+        again = run_nxnw(*argv, "--zookeeper-security", str(_security_file(tmp_path, security.digest_user, variable)),
                      env=password)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "8 of 8 ranges were already done" in again.stdout
@@ -121,13 +113,13 @@ def test_bad_zookeeper_security_settings_are_one_line_and_exit_2_before_an_engin
         "missing file": (tmp_path / "absent.toml", "cannot read: No such file or directory"),
     }
     for name, (path, reason) in cases.items():
-        proc = nxnw(*base, "--zookeeper-security", str(path))
+        proc = run_nxnw(*base, "--zookeeper-security", str(path))
         assert proc.returncode == 2, (name, proc.stdout, proc.stderr)
         text = proc.stdout + proc.stderr
         assert text.startswith(f"nxnw snapshot: {path}: "), (name, text)
         assert reason in text, (name, text)
         assert "Traceback" not in text, (name, text)
-    lone = nxnw("snapshot", "load", "--to", f"sqlite:///{target}", "--in", str(tmp_path / "x.chunks"),
+    lone = run_nxnw("snapshot", "load", "--to", f"sqlite:///{target}", "--in", str(tmp_path / "x.chunks"),
                 "--zookeeper-security", str(unknown))
     assert lone.returncode == 2
     assert (lone.stdout + lone.stderr).strip().splitlines() == [
@@ -155,7 +147,7 @@ def test_a_proxy_and_a_plan_command_refused_on_the_chroot_say_so_in_one_line(tmp
     try:
         for verb, argv in (("proxy", ("proxy", "serve", str(plan), "--instance", "refused", "--port", "0")),
                            ("status", ("status", str(plan)))):
-            proc = nxnw(*argv)
+            proc = run_nxnw(*argv)
             assert proc.returncode == 2, (verb, proc.stdout, proc.stderr)
             assert (proc.stdout + proc.stderr).strip().splitlines() == [
                 f"nxnw {verb}: N1's ZooKeeper at {hosts} refused nxnw's session on its chroot (NoAuthError): nxnw "
