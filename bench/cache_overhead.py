@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import multiprocessing.synchronize
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from pymemcache.client.base import Client
@@ -203,10 +205,33 @@ class _FloorBackend(asyncio.Protocol):
         self.client.close()
 
 
-def serve() -> None:
+@contextlib.asynccontextmanager
+async def _copy_helper_relay() -> AsyncIterator[tuple[int, int]]:
+    """The "floor copy in a 2nd process" row: the copy helper process, and the relay that
+    hands it the sets; yields the relay's port and the helper's pid."""
+    loop = asyncio.get_running_loop()
+    workdir = Path(tempfile.mkdtemp(prefix="nxnw-bench-helper-"))
+    socket_path = str(workdir / "copies.sock")
+    helper = subprocess.Popen([sys.executable, "-m", "bench.cache_overhead", "--copy-helper", socket_path],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        await loop.run_in_executor(None, helper.stdout.readline)
+        _Handoff.transport, _ = await loop.create_unix_connection(asyncio.Protocol, socket_path)
+        relay = await loop.create_server(_FloorHandoffClient, HOST, 0)
+        try:
+            yield relay.sockets[0].getsockname()[1], helper.pid
+        finally:
+            relay.close()
+    finally:
+        helper.stdin.close()
+        await loop.run_in_executor(None, helper.wait, 30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def serve(helper: bool) -> None:
     """Child process: routers + listeners (passthrough, cow, cow for COR, proxy) and the
-    floor relay; prints their ports as JSON, serves until stdin closes, then prints what
-    the copy queues did."""
+    floor relays (with ``helper``, the copy helper's too: ``--floor``); prints their ports as JSON,
+    serves until stdin closes, then prints what the copy queues did."""
     import uvloop
 
     from proxy.cache import CacheListener, CacheRouter, metrics
@@ -226,26 +251,17 @@ def serve() -> None:
         floor_cow = await asyncio.get_running_loop().create_server(_FloorCopyClient, HOST, 0)
         ports["floor_cow"] = floor_cow.sockets[0].getsockname()[1]
         loop = asyncio.get_running_loop()
-        socket_path = str(Path(tempfile.mkdtemp(prefix="nxnw-bench-helper-")) / "copies.sock")
-        helper = subprocess.Popen([sys.executable, "-m", "bench.cache_overhead", "--copy-helper", socket_path],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        await loop.run_in_executor(None, helper.stdout.readline)
-        _Handoff.transport, _ = await loop.create_unix_connection(asyncio.Protocol, socket_path)
-        floor_helper = await loop.create_server(_FloorHandoffClient, HOST, 0)
-        ports["floor_helper"] = floor_helper.sockets[0].getsockname()[1]
-        ports["helper_pid"] = helper.pid
-        print(json.dumps(ports), flush=True)
-        await loop.run_in_executor(None, sys.stdin.read)
-        helper.stdin.close()
-        await loop.run_in_executor(None, helper.wait, 30)
-        shutil.rmtree(Path(socket_path).parent, ignore_errors=True)
+        async with contextlib.AsyncExitStack() as stack:
+            if helper:
+                ports["floor_helper"], ports["helper_pid"] = await stack.enter_async_context(_copy_helper_relay())
+            print(json.dumps(ports), flush=True)
+            await loop.run_in_executor(None, sys.stdin.read)
         pending = {name: r.to_n2.pending + r.to_n1.pending for name, (r, _) in zip(ports, parts)}
         dropped = {name: len(r.to_n2.dropped) + len(r.to_n1.dropped) for name, (r, _) in zip(ports, parts)}
         fills = {s.labels["result"]: s.value for m in metrics.COR_FILLS.collect() for s in m.samples
                  if s.name.endswith("_total")}
         floor.close()
         floor_cow.close()
-        floor_helper.close()
         for router, listener in parts:
             await listener.close()
             await router.close()
@@ -551,7 +567,7 @@ async def _breakdown(requests: int) -> dict[str, float]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        serve()
+        serve(helper="--floor" in sys.argv[2:])
         return
     if len(sys.argv) > 2 and sys.argv[1] == "--copy-helper":
         copy_helper(sys.argv[2])
@@ -577,7 +593,7 @@ def main() -> None:
     services.up(["memcached-n1", "memcached-n2"])
     workdir = Path(tempfile.mkdtemp(prefix="nxnw-bench-cache-"))
     twemproxy, twemproxy_port = start_twemproxy(workdir)
-    proxy = subprocess.Popen([sys.executable, "-m", "bench.cache_overhead", "--serve"],
+    proxy = subprocess.Popen([sys.executable, "-m", "bench.cache_overhead", "--serve", *(["--floor"] if args.floor else [])],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     results: dict[tuple[str, int], list[dict]] = {}
     try:
@@ -592,7 +608,7 @@ def main() -> None:
                     rounds.setdefault((size_name, clients), []).append(
                         bench(ports, twemproxy_port, args.requests, clients, SIZES[size_name], args.floor,
                               {TWEMPROXY: (twemproxy.pid,), "proxy": (proxy.pid,),
-                               FLOOR_HELPER: (proxy.pid, ports["helper_pid"])}))
+                               **({FLOOR_HELPER: (proxy.pid, ports["helper_pid"])} if args.floor else {})}))
         # the 5 KB one-client table comes first: ``python -m bench`` reads it
         for (size_name, clients), runs in rounds.items():
             results[(size_name, clients)] = rows = median_rows(runs)
