@@ -15,7 +15,8 @@ from datastore import Entity
 from sync.mirror import TreeMirror
 from sync import layout
 from sync.state import MigrationStateStore
-from tests.test_orchestrator_gates import Setting, nxnw, private_memcached, setting  # noqa: F401 (fixtures)
+from tests.conftest import run_nxnw
+from tests.test_orchestrator_gates import Setting, private_memcached, setting  # noqa: F401 (fixtures)
 
 
 async def test_verify_lists_orphan_locks_journal_entries_and_old_tombstones(setting: Setting) -> None:
@@ -38,7 +39,7 @@ async def test_verify_lists_orphan_locks_journal_entries_and_old_tombstones(sett
     await s.n2.apply([Entity(s.app, "K", b"old", None, 1000), Entity(s.app, "K", b"new", None, time.time_ns() // 1000)])
 
     def verify(*extra: str) -> str:
-        return nxnw("verify", str(s.plan_path), *extra).stdout
+        return run_nxnw("verify", str(s.plan_path), *extra).stdout
 
     out = await asyncio.to_thread(verify)
     assert f"lock znode with no holder on N2: {lock}" in out

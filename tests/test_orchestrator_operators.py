@@ -25,7 +25,8 @@ from nxnw.services.endpoints import BIND_DNS, BIND_ZONE, HOST
 from sync import layout
 from sync.mode import read_mode
 from sync.state import MigrationStateStore, TaskRecordStore
-from tests.test_orchestrator_gates import (Setting, nxnw, phase, private_memcached, run_orchestrator, seed_n1,
+from tests.conftest import run_nxnw
+from tests.test_orchestrator_gates import (Setting, phase, private_memcached, run_orchestrator, seed_n1,
                                            setting)
 
 __all__ = ["private_memcached", "setting"]  # fixtures used by name
@@ -47,7 +48,7 @@ async def test_dry_run_prints_the_graph_and_the_preflight_and_changes_nothing(se
         cache = _n2_cache(s)
         cache.set(b"kept", b"by the dry run")
 
-        result = await asyncio.to_thread(nxnw, "migrate", str(s.plan_path), "--dry-run")
+        result = await asyncio.to_thread(run_nxnw, "migrate", str(s.plan_path), "--dry-run")
         assert result.returncode == 0, (result.stdout, result.stderr)
         lines = result.stdout.splitlines()
         assert lines[0] == f"migration {plan.name}: dry run, nothing changed"
@@ -69,7 +70,7 @@ async def test_dry_run_prints_the_graph_and_the_preflight_and_changes_nothing(se
         # Resuming: what is done is shown as done, and the live mode stays where it was.
         await run_orchestrator(plan, until="cow")
         mode = read_mode(s.zk1, path=layout.mode(s.plan.name))
-        result = await asyncio.to_thread(nxnw, "migrate", str(s.plan_path), "--dry-run", "--until", "verify")
+        result = await asyncio.to_thread(run_nxnw, "migrate", str(s.plan_path), "--dry-run", "--until", "verify")
         assert result.returncode == 0, (result.stdout, result.stderr)
         lines = result.stdout.splitlines()
         assert lines[2] == "state: phase cow; migrate would resume it"
@@ -88,7 +89,7 @@ async def test_status_and_verify_json_carry_the_facts_of_the_text(setting: Setti
     await seed_n1(s, 30)
     await run_orchestrator(s.plan, until="proxy")
 
-    result = await asyncio.to_thread(nxnw, "status", str(s.plan_path), "--json")
+    result = await asyncio.to_thread(run_nxnw, "status", str(s.plan_path), "--json")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["plan"] == s.plan.name and status["phase"] == "proxy"
@@ -99,7 +100,7 @@ async def test_status_and_verify_json_carry_the_facts_of_the_text(setting: Setti
                                          "proxy"]
     assert done[3]["entities"] == 30 and done[3]["phase"] == "snapshot+load"
 
-    result = await asyncio.to_thread(nxnw, "verify", str(s.plan_path), "--json")
+    result = await asyncio.to_thread(run_nxnw, "verify", str(s.plan_path), "--json")
     assert result.returncode == 0, result.stderr
     verified = json.loads(result.stdout)
     assert verified["ok"] is True and verified["apps"][0]["identical"] is True
@@ -107,7 +108,7 @@ async def test_status_and_verify_json_carry_the_facts_of_the_text(setting: Setti
 
     # A row on N1 that N2 lacks (written behind the proxies' back): exit 1, the key in the JSON.
     await s.n1.apply([Entity(s.app, "Item", b"late", b"x", 9_000_000)])
-    result = await asyncio.to_thread(nxnw, "verify", str(s.plan_path), "--json")
+    result = await asyncio.to_thread(run_nxnw, "verify", str(s.plan_path), "--json")
     assert result.returncode == 1, result.stderr
     found = json.loads(result.stdout)["apps"][0]
     assert found["ok"] is False and found["remaining"] == [{"key": "Item/b'late'", "kind": "missing on N2",
@@ -120,13 +121,13 @@ async def test_a_failed_migration_exits_1_and_bad_input_exits_2(setting: Setting
     await s.n2.apply([Entity(s.app, "Item", b"k0003", b"written on N2 directly", 9_000_000)])
     s.make_plan(allow_nonempty_n2=True)
 
-    result = await asyncio.to_thread(nxnw, "migrate", str(s.plan_path))
+    result = await asyncio.to_thread(run_nxnw, "migrate", str(s.plan_path))
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"nxnw migrate: task verify:{s.app} (phase verify) failed: app {s.app}: 1 key(s) differ"), last
     assert "Traceback" not in result.stderr
 
-    result = await asyncio.to_thread(nxnw, "migrate", str(s.plan_path), "--until", "nowhere")
+    result = await asyncio.to_thread(run_nxnw, "migrate", str(s.plan_path), "--until", "nowhere")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("nxnw migrate: unknown phase 'nowhere'")
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import random
-import subprocess
-import sys
 
 import pytest
 
@@ -14,6 +12,7 @@ from datastore import Engine, Entity, EntityRef, HybridLogicalClock, open_engine
 from nxnw.services.endpoints import engine_url
 from snapshot import (CorruptChunk, IncompleteStream, Loader, copy_app, encode, encode_manifest, export_chunks,
                       plan_ids, read_chunks, verify_app)
+from tests.conftest import run_nxnw
 
 
 async def seed(n1: Engine, app: str, count: int, clock: HybridLogicalClock) -> None:
@@ -148,10 +147,6 @@ def _frame_ends(data: bytes) -> list[int]:
     return ends
 
 
-def _nxnw(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nxnw.cli", *argv], capture_output=True, text=True, timeout=300)
-
-
 async def test_loading_a_chunk_file_cut_short_exits_non_zero_naming_the_missing_ranges(sqlite_dir: str,
                                                                                        tmp_path, app_name: str) -> None:
     source, target = engine_url("sqlite", "n1", sqlite_dir), engine_url("sqlite", "n2", sqlite_dir)
@@ -162,7 +157,7 @@ async def test_loading_a_chunk_file_cut_short_exits_non_zero_naming_the_missing_
     finally:
         await n1.close()
     whole = tmp_path / "whole.chunks"
-    exported = await asyncio.to_thread(_nxnw, "snapshot", "export", "--from", source, "--app", app_name,
+    exported = await asyncio.to_thread(run_nxnw, "snapshot", "export", "--from", source, "--app", app_name,
                                        "--out", str(whole), "--ranges", "8", "--workers", "1")
     assert exported.returncode == 0, exported.stderr
     data = whole.read_bytes()
@@ -181,12 +176,12 @@ async def test_loading_a_chunk_file_cut_short_exits_non_zero_naming_the_missing_
         missing = [rid for _, rid, _ in incomplete.value.missing]
         assert (missing == []) == (name == "no-manifest")
         assert set(missing) <= set(ranges) and ranges[-1] in missing or name == "no-manifest"
-        loaded = await asyncio.to_thread(_nxnw, "snapshot", "load", "--to", target, "--in", str(short))
+        loaded = await asyncio.to_thread(run_nxnw, "snapshot", "load", "--to", target, "--in", str(short))
         assert loaded.returncode == 2, (name, loaded.stdout, loaded.stderr)
         assert "Traceback" not in loaded.stderr
         assert ("without a manifest" in loaded.stderr) if name == "no-manifest" else (
             f"{len(missing)} range(s) lack their final chunk" in loaded.stderr and ranges[-1] in loaded.stderr)
-    loaded = await asyncio.to_thread(_nxnw, "snapshot", "load", "--to", target, "--in", str(whole))
+    loaded = await asyncio.to_thread(run_nxnw, "snapshot", "load", "--to", target, "--in", str(whole))
     assert loaded.returncode == 0, loaded.stderr
     n1, n2 = open_engine(source), open_engine(target)
     await n1.open()

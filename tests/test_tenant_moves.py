@@ -22,7 +22,8 @@ from pymemcache.client.base import Client as MemcacheClient
 from datastore import Entity, EntityRef
 from nxnw.orchestrator import Orchestrator
 from nxnw.services.endpoints import HOST, MEMCACHED
-from tests.test_orchestrator_gates import Setting, nxnw, private_memcached, run_orchestrator, seed_n1, setting
+from tests.conftest import run_nxnw
+from tests.test_orchestrator_gates import Setting, private_memcached, run_orchestrator, seed_n1, setting
 
 __all__ = ["private_memcached", "setting"]  # fixtures used by name
 
@@ -288,21 +289,21 @@ async def test_a_plan_naming_an_app_another_live_plan_holds_is_refused_naming_th
     second = s.plan_path.with_name("second.toml")
     second.write_text(text)
 
-    result = await asyncio.to_thread(nxnw, "migrate", str(second))
+    result = await asyncio.to_thread(run_nxnw, "migrate", str(second))
     assert result.returncode == 2, (result.stdout, result.stderr)
     last = result.stderr.strip().splitlines()[-1]
     assert f"plan {s.plan.name} holds app {s.app}" in last and other in last, last
     assert "Traceback" not in result.stderr
     assert MigrationStateStore(s.zk1, path=layout.state(other)).get() is None
     assert s.zk1.exists(layout.plan(other)) is None, "the refused plan was registered anyway"
-    status = await asyncio.to_thread(nxnw, "status", str(second), "--json")
+    status = await asyncio.to_thread(run_nxnw, "status", str(second), "--json")
     facts = json.loads(status.stdout)
     assert facts["registered"] is None and facts["phase"] is None
     assert facts["other_plans"] == {s.plan.name: {"apps": [s.app], "live": True, "mode": "passthrough"}}
 
     # once the first plan is rolled back, its claim is released and the second may start
     await run_orchestrator(s.plan, "rollback")
-    result = await asyncio.to_thread(nxnw, "migrate", str(second), "--until", "prepare")
+    result = await asyncio.to_thread(run_nxnw, "migrate", str(second), "--until", "prepare")
     assert result.returncode == 0, (result.stdout, result.stderr)
     assert MigrationStateStore(s.zk1, path=layout.state(other)).get().phase == "prepare"
 
